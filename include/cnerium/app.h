@@ -1,0 +1,55 @@
+/*
+ * cnerium/app.h - the application: routes and the server that runs them.
+ *
+ * Register every route before cn_app_run. Paths are literal segments and "{name}"
+ * parameters ("/orders/{id}"); a literal segment wins over a parameter. Strings passed
+ * at registration are copied; ctx is borrowed and passed to the handler unchanged.
+ *
+ * Ordinary routes (cn_get, cn_post, ...) are untouched by the reliability layer. A
+ * durable route (cn_durable_post) runs its handler at most once per (operation, key):
+ * see README "The durable route contract".
+ */
+#ifndef CNERIUM_APP_H
+#define CNERIUM_APP_H
+
+#include "config.h"
+#include "request.h"
+#include "response.h"
+
+typedef struct cn_app cn_app_t;
+
+/* A route handler. The returned response is owned by the server from then on. */
+typedef cn_response_t (*cn_handler_cb)(cn_request_t *req, void *ctx);
+
+/* Creates an app for cfg (copied). Returns NULL on allocation failure. */
+cn_app_t *cn_app_new(const cn_config_t *cfg);
+
+/* Frees the app and its routes. Accepts NULL. Not to be called while cn_app_run runs. */
+void cn_app_free(cn_app_t *app);
+
+/* The configuration the app runs with (borrowed, valid until cn_app_free). */
+const cn_config_t *cn_app_config(const cn_app_t *app);
+
+/* Register ordinary routes. Return 0, -EINVAL for a malformed path or a route that is
+ * already registered, or -ENOMEM. */
+int cn_get(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
+int cn_post(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
+int cn_put(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
+int cn_delete(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
+
+/* Registers a durable POST route. operation names the logical operation and scopes its
+ * keys: 1-64 characters from [A-Za-z0-9._-]. Returns 0, -EINVAL or -ENOMEM. */
+int cn_durable_post(cn_app_t *app, const char *path, const char *operation,
+                    cn_handler_cb handler, void *ctx);
+
+/* Opens the data dir, binds the port, prints "listening on http://HOST:PORT" to stdout
+ * and serves until SIGTERM or SIGINT; then stops accepting, lets requests in progress
+ * finish (bounded) and returns. Returns a process exit code: 0 after a clean stop, 2 for
+ * a configuration problem the operator must fix (bad flag, port in use, data dir locked
+ * or unwritable), 1 for other failures. Errors are printed as one line to stderr. */
+int cn_app_run(cn_app_t *app);
+
+/* Asks a running cn_app_run to stop, as SIGTERM would. Async-signal-safe. */
+void cn_app_stop(cn_app_t *app);
+
+#endif

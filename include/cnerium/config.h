@@ -1,0 +1,98 @@
+/*
+ * cnerium/config.h - server configuration.
+ *
+ * cn_config_t is a plain value: copy it freely, no pointer in it owns memory. Start from
+ * cn_config_development(), then apply the environment and the command line:
+ *
+ *   cn_config_t cfg = cn_config_development();
+ *   cn_config_set_name(&cfg, "durable-orders");
+ *   cn_config_from_args(&cfg, argc, argv);    // CNERIUM_* env, then flags
+ *
+ * Flags (each also as --flag=value) and their environment variables:
+ *   --host H              CNERIUM_HOST              HTTP bind address (127.0.0.1)
+ *   --port N              CNERIUM_PORT              HTTP port, 0 = any free port (8080)
+ *   --workers N           CNERIUM_WORKERS           request workers (number of cores)
+ *   --data-dir D          CNERIUM_DATA_DIR          data directory (data/cnerium)
+ *   --realtime-host H     CNERIUM_REALTIME_HOST     WebSocket bind address (127.0.0.1)
+ *   --realtime-port N     CNERIUM_REALTIME_PORT     WebSocket port (9090)
+ *   --realtime-path P     CNERIUM_REALTIME_PATH     WebSocket endpoint (/ws)
+ *   --durability M        CNERIUM_DURABILITY        sync | async (sync)
+ *   --node-id ID          CNERIUM_NODE_ID           node identity (<name>-node)
+ *   --name NAME           CNERIUM_NAME              service name
+ *   --key-ttl SECONDS     CNERIUM_KEY_TTL           stored response lifetime (86400)
+ *   --max-body BYTES      CNERIUM_MAX_BODY          request body limit (1048576)
+ *   --principal-header H  CNERIUM_PRINCIPAL_HEADER  header that scopes keys per tenant
+ *   --inflight-wait-ms N  CNERIUM_INFLIGHT_WAIT_MS  bound on waiting for a duplicate (30000)
+ *   --sweep-interval-ms N CNERIUM_SWEEP_INTERVAL_MS expiry sweep period (60000)
+ *   --log-level L         CNERIUM_LOG_LEVEL         error | warn | info | debug (info)
+ *   --help
+ */
+#ifndef CNERIUM_CONFIG_H
+#define CNERIUM_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CN_CONFIG_NAME_MAX 64
+#define CN_CONFIG_HOST_MAX 256
+#define CN_CONFIG_PATH_MAX 1024
+#define CN_CONFIG_HEADER_MAX 128
+
+typedef enum cn_durability {
+    CN_DURABILITY_SYNC = 0,  /* respond once the record is on disk */
+    CN_DURABILITY_ASYNC = 1, /* respond once the record is submitted; a crash can lose it */
+} cn_durability_t;
+
+typedef struct cn_config {
+    char name[CN_CONFIG_NAME_MAX];
+    char node_id[CN_CONFIG_NAME_MAX];
+    char data_dir[CN_CONFIG_PATH_MAX];
+    char host[CN_CONFIG_HOST_MAX];
+    uint16_t port;
+    int workers;
+    int realtime_enabled;
+    char realtime_host[CN_CONFIG_HOST_MAX];
+    uint16_t realtime_port;
+    char realtime_path[CN_CONFIG_NAME_MAX];
+    cn_durability_t durability;
+    uint32_t key_ttl_s;
+    size_t max_body_bytes;
+    /* Header whose value (hashed) joins the key scope; empty = keys are scoped by
+     * operation name only. */
+    char principal_header[CN_CONFIG_HEADER_MAX];
+    uint32_t inflight_wait_ms;
+    uint32_t sweep_interval_ms;
+    int log_level; /* 0 error, 1 warn, 2 info, 3 debug */
+} cn_config_t;
+
+/* Defaults for running on a developer machine; see the table above. */
+cn_config_t cn_config_development(void);
+
+/* Setters copy the string; they return 0, or CN_ETOOBIG when it does not fit. */
+int cn_config_set_name(cn_config_t *cfg, const char *name);
+int cn_config_set_node_id(cn_config_t *cfg, const char *node_id);
+int cn_config_set_data_dir(cn_config_t *cfg, const char *dir);
+int cn_config_set_principal_header(cn_config_t *cfg, const char *header);
+/* Enables the realtime endpoint at path on host:port. */
+int cn_config_enable_realtime(cn_config_t *cfg, const char *path, const char *host,
+                              uint16_t port);
+
+/* Applies CNERIUM_* environment variables to cfg. Returns 0, or CN_ECONFIG with a
+ * one-line explanation written to err (errlen bytes). */
+int cn_config_from_env(cn_config_t *cfg, char *err, size_t errlen);
+
+/* Applies command-line flags (argv[0] is skipped). Returns 0, 1 when --help was given
+ * (nothing else is applied), or CN_ECONFIG with a one-line explanation in err. */
+int cn_config_parse_args(cn_config_t *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* The usual front door: environment, then flags. Prints usage and exits 0 on --help;
+ * prints the error and exits 2 (a configuration error: do not restart) on a bad value. */
+void cn_config_from_args(cn_config_t *cfg, int argc, char **argv);
+
+/* Checks values that only make sense together. Returns 0 or CN_ECONFIG with err set. */
+int cn_config_validate(const cn_config_t *cfg, char *err, size_t errlen);
+
+/* Writes the flag summary to f (a FILE *, declared void * to keep stdio out). */
+void cn_config_print_usage(void *f, const char *prog);
+
+#endif

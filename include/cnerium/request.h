@@ -1,0 +1,58 @@
+/*
+ * cnerium/request.h - what a handler receives.
+ *
+ * Every pointer returned here is borrowed from the request and valid until the handler
+ * returns. Strings are NUL-terminated. The request is never NULL inside a handler.
+ */
+#ifndef CNERIUM_REQUEST_H
+#define CNERIUM_REQUEST_H
+
+#include <stddef.h>
+
+#include <cjson/cJSON.h>
+
+typedef struct cn_request cn_request_t;
+
+/* "GET", "POST", ... */
+const char *cn_request_method(const cn_request_t *req);
+
+/* The path as sent, without the query string ("/orders/a%20b"). */
+const char *cn_request_path(const cn_request_t *req);
+
+/* The request target as sent, path and query ("/orders?dry_run=1"). */
+const char *cn_request_target(const cn_request_t *req);
+
+/* The raw query string without '?', "" when there is none. */
+const char *cn_request_query_string(const cn_request_t *req);
+
+/* The first query parameter called name, percent- and '+'-decoded; "" for a parameter
+ * given without '='; NULL when absent. */
+const char *cn_request_query(const cn_request_t *req, const char *name);
+
+/* The route parameter called name ("id" for a route "/orders/{id}"), percent-decoded;
+ * NULL when the route has no such parameter. */
+const char *cn_request_param(const cn_request_t *req, const char *name);
+
+/* The first header called name (case-insensitive), NULL when absent. */
+const char *cn_request_header(const cn_request_t *req, const char *name);
+
+/* The raw body and its length (*len may be NULL). Never NULL: "" when empty. The body is
+ * followed by a NUL byte that is not part of it. */
+const char *cn_request_body(const cn_request_t *req, size_t *len);
+
+/* The body parsed as JSON, parsed once on first call; NULL when it is not valid JSON
+ * (judging that is the handler's job). */
+const cJSON *cn_request_json(cn_request_t *req);
+
+/* The Idempotency-Key as the client meant it (structured-field quotes removed); NULL on
+ * ordinary routes. */
+const char *cn_request_idempotency_key(const cn_request_t *req);
+
+/* The operation name of the durable route ("orders.create"); NULL on ordinary routes. */
+const char *cn_request_operation(const cn_request_t *req);
+
+/* The request fingerprint as 64 lowercase hex digits (see README: "Fingerprint"); NULL
+ * on ordinary routes. */
+const char *cn_request_fingerprint(const cn_request_t *req);
+
+#endif

@@ -1,0 +1,84 @@
+/*
+ * http/request_internal.h - the request object behind cnerium/request.h.
+ *
+ * One request object per HTTP request, used by one thread at a time. The HTTP adapter
+ * fills it (target, headers, body), the app dispatches it, the reliability layer adds
+ * the durable fields. Everything it points to is owned by it except header strings,
+ * which borrow from the HTTP adapter's connection and live as long as the request.
+ */
+#ifndef CN_HTTP_REQUEST_INTERNAL_H
+#define CN_HTTP_REQUEST_INTERNAL_H
+
+#include <stddef.h>
+
+#include "cnerium/request.h"
+#include "http/router.h"
+#include "reliability/fingerprint.h"
+#include "reliability/key.h"
+
+struct cn_event;
+
+typedef struct cn_request_header {
+    const char *name;  /* borrowed */
+    const char *value; /* borrowed */
+} cn_request_header_t;
+
+typedef struct cn_query_param {
+    char *name;  /* owned */
+    char *value; /* owned */
+} cn_query_param_t;
+
+struct cn_request {
+    char method[16];
+    char *target;       /* owned copy of the raw target */
+    char *path;         /* owned, raw path (target up to '?') */
+    const char *query;  /* points into target after '?', or "" */
+    size_t query_len;
+
+    cn_request_header_t *headers;
+    size_t nheaders, headers_cap;
+
+    char *body;         /* owned, NUL-terminated */
+    size_t body_len, body_cap;
+
+    cn_query_param_t *qparams; /* parsed lazily */
+    size_t nqparams;
+    int qparams_parsed;
+
+    cJSON *json;
+    int json_parsed;
+
+    cn_route_match_t match;
+
+    /* durable routes only */
+    const char *operation; /* borrowed from the route */
+    char key[CN_KEY_MAX + 1];
+    size_t key_len;
+    uint8_t fingerprint[CN_SHA256_LEN];
+    char fingerprint_hex[2 * CN_SHA256_LEN + 1];
+    int is_durable;
+
+    struct cn_event *events; /* buffered by cn_emit, in emission order */
+    struct cn_event **events_tail;
+};
+
+/* Initializes req for method and raw target (copied). Returns 0, -EINVAL for a target
+ * that does not start with '/', -ENOMEM. On failure req is safe to pass to
+ * cn__request_destroy. */
+int cn__request_init(cn_request_t *req, const char *method, const char *target);
+
+/* Releases everything req owns. Accepts a zeroed request. */
+void cn__request_destroy(cn_request_t *req);
+
+/* Adds a header (both strings borrowed). Returns 0 or -ENOMEM. */
+int cn__request_add_header(cn_request_t *req, const char *name, const char *value);
+
+/* Counts headers called name (case-insensitive) and returns the first in *first. */
+size_t cn__request_header_count(const cn_request_t *req, const char *name,
+                                const char **first);
+
+/* Appends body bytes. Returns 0, CN_ETOOBIG when the body would exceed max bytes (the
+ * bytes are not kept), -ENOMEM. */
+int cn__request_append_body(cn_request_t *req, const void *data, size_t len, size_t max);
+
+#endif

@@ -1,0 +1,46 @@
+/*
+ * http/server.h - the HTTP server of one process (wraps libmicrohttpd; no MHD_* type
+ * leaves http/mhd.c).
+ *
+ * It reads requests into cn_request_t objects, calls the dispatch callback once a
+ * request's body is complete, and writes the reply. Runs its own threads; the dispatch
+ * callback runs on them, one request per thread at a time.
+ */
+#ifndef CN_HTTP_SERVER_H
+#define CN_HTTP_SERVER_H
+
+#include <stddef.h>
+
+#include "cnerium/request.h"
+#include "cnerium/response.h"
+
+enum {
+    CN_REPLY_REPLAYED = 1 << 0, /* add "Idempotent-Replayed: true" */
+    CN_REPLY_NO_STORE = 1 << 1, /* add "Cache-Control: no-store" */
+};
+
+typedef struct cn_http_reply {
+    cn_response_t response; /* consumed by the server */
+    unsigned flags;
+} cn_http_reply_t;
+
+typedef void (*cn_http_dispatch_cb)(void *arg, cn_request_t *req, cn_http_reply_t *reply);
+
+typedef struct cn_http_server cn_http_server_t;
+
+/* Serves on listen_fd (borrowed; the caller closes it after cn__http_stop) with threads
+ * threads. Bodies over max_body bytes are answered 413 without dispatching. Returns 0
+ * and *out, or a negative error. */
+int cn__http_start(int listen_fd, unsigned threads, size_t max_body,
+                   cn_http_dispatch_cb dispatch, void *arg, cn_http_server_t **out);
+
+/* Stops accepting new connections; requests in progress continue. */
+void cn__http_quiesce(cn_http_server_t *srv);
+
+/* Requests received and not yet completely answered. */
+unsigned cn__http_active(cn_http_server_t *srv);
+
+/* Stops the server, closing every connection, and frees it. Accepts NULL. */
+void cn__http_stop(cn_http_server_t *srv);
+
+#endif

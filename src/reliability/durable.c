@@ -1,0 +1,266 @@
+/*
+ * reliability/durable.c - the durable route contract (README "The durable route
+ * contract"): validate the key, fingerprint the request, replay or reject what is
+ * stored, serialize concurrent duplicates, run the handler once, store its response
+ * before it is sent, publish its events only once the record is durable.
+ *
+ * Runs on request threads. The claim on a key is held from before the handler runs
+ * until the store holds the record (or the key is released), so a duplicate can never
+ * find neither the claim nor the record.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cnerium/error.h"
+#include "http/problem.h"
+#include "realtime/event.h"
+#include "reliability/durable.h"
+#include "support/clock.h"
+#include "support/log.h"
+
+/* Bytes of the principal's SHA-256 that join the scope: 128 bits is plenty to keep
+ * tenants apart and keeps store keys short. */
+#define PRINCIPAL_HASH_BYTES 16
+
+static const char reused_msg[] = "Idempotency-Key was reused with a different request body";
+
+int
+cn__durable_status_stored(int status)
+{
+    if (status >= 500)
+        return 0;
+    return status != 408 && status != 425 && status != 429;
+}
+
+static void
+finish(cn_durable_result_t *out, cn_durable_outcome_t outcome, cn_response_t res)
+{
+    out->outcome = outcome;
+    out->response = res;
+}
+
+/* Answers with a problem response; returns 0 so callers can `return problem(...)`. */
+static int
+problem(cn_durable_result_t *out, cn_durable_outcome_t outcome, int status, const char *type,
+        const char *detail)
+{
+    finish(out, outcome, cn__problem(status, type, detail));
+    return 0;
+}
+
+/* The response a stored record replays: status, content type, body, Location. */
+static void
+replay(cn_durable_result_t *out, const cn_record_t *rec)
+{
+    char *ct = rec->content_type_len ? strndup(rec->content_type, rec->content_type_len) : NULL;
+    cn_response_t res = cn_raw_response(rec->status, NULL, rec->body, rec->body_len);
+
+    if (res.status && rec->content_type_len) {
+        if (ct)
+            res.content_type = ct, ct = NULL;
+        else
+            cn_response_free(&res);
+    }
+    free(ct);
+    if (res.status && rec->location_len) {
+        res.location = strndup(rec->location, rec->location_len);
+        if (!res.location)
+            cn_response_free(&res);
+    }
+    if (!res.status) {
+        problem(out, CN_OUTCOME_FAILED, 503, CN_PROBLEM_STORAGE,
+                "The stored response could not be loaded; retry with the same "
+                "Idempotency-Key");
+        return;
+    }
+    finish(out, CN_OUTCOME_REPLAYED, res);
+}
+
+/* Looks the key up. Returns 1 when a response was decided (replay or conflict), 0 when
+ * nothing is stored, or -1 after answering with a storage error. */
+static int
+lookup(cn_durable_t *d, const char *skey, size_t skeylen, const cn_request_t *req,
+       cn_durable_result_t *out)
+{
+    cn_record_t rec;
+    void *buf;
+    int rc = cn__store_get(d->store, skey, skeylen, cn__clock_wall_ms(), &rec, &buf);
+
+    if (rc == CN_ENOTFOUND)
+        return 0;
+    if (rc) {
+        cn_log_error("lookup of %s failed: %s", skey, cn_strerror(rc));
+        problem(out, CN_OUTCOME_FAILED, 503, CN_PROBLEM_STORAGE,
+                "The idempotency store is unavailable; retry with the same Idempotency-Key");
+        return -1;
+    }
+    if (memcmp(rec.fingerprint, req->fingerprint, CN_SHA256_LEN))
+        problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+    else
+        replay(out, &rec);
+    free(buf);
+    return 1;
+}
+
+static void
+commit_done(int status, void *arg)
+{
+    *(int *)arg = status;
+}
+
+/* Stores res for the owned key. Returns 0 once durable, or a negative error. */
+static int
+store_response(cn_durable_t *d, const char *skey, size_t skeylen, const cn_request_t *req,
+               const cn_response_t *res)
+{
+    uint64_t now = cn__clock_wall_ms();
+    cn_record_t rec = {
+        .status = (uint16_t)res->status,
+        .created_ms = now,
+        .expires_ms = now + (uint64_t)d->cfg->key_ttl_s * 1000u,
+        .content_type = res->content_type,
+        .content_type_len = res->content_type ? (uint32_t)strlen(res->content_type) : 0,
+        .location = res->location,
+        .location_len = res->location ? (uint32_t)strlen(res->location) : 0,
+        .body = res->body,
+        .body_len = (uint32_t)res->body_len,
+    };
+    cn_store_put_t item = {skey, skeylen, &rec};
+    int status = 1, rc;
+
+    if (res->body_len > CN_RECORD_FIELD_MAX)
+        return CN_ETOOBIG;
+    memcpy(rec.fingerprint, req->fingerprint, CN_SHA256_LEN);
+    rc = cn__committer_submit(d->committer, &item, commit_done, &status);
+    if (rc)
+        return rc;
+    /* The synchronous committer has called back by now; an asynchronous one will need
+     * the connection suspended here instead (see store/commit.h). */
+    CN_ASSERT(status != 1);
+    return status;
+}
+
+static int
+handler_response_ok(const cn_response_t *res)
+{
+    return res->status >= 200 && res->status <= 599;
+}
+
+static int
+handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_result_t *out)
+{
+    char skey[CN_STORE_KEY_MAX + 1], principal[2 * PRINCIPAL_HASH_BYTES + 1];
+    const char *raw = NULL, *why = NULL;
+    size_t nkeys, skeylen;
+    uint64_t deadline;
+    cn_response_t res;
+    int rc, persist;
+
+    nkeys = cn__request_header_count(req, "Idempotency-Key", &raw);
+    if (nkeys == 0)
+        return problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_MISSING,
+                       "Missing Idempotency-Key header");
+    if (nkeys > 1)
+        return problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_INVALID,
+                       "Multiple Idempotency-Key headers; send exactly one");
+    if (cn__key_parse(raw, strlen(raw), req->key, &req->key_len, &why))
+        return problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_INVALID, why);
+
+    req->is_durable = 1;
+    req->operation = route->operation;
+    if ((rc = cn__fingerprint(req->query, req->query_len, req->body, req->body_len,
+                              req->fingerprint)))
+        return problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
+                       "The request fingerprint could not be computed");
+    cn__hex(req->fingerprint, CN_SHA256_LEN, req->fingerprint_hex);
+
+    if (d->cfg->principal_header[0]) {
+        const char *who = cn_request_header(req, d->cfg->principal_header);
+        uint8_t h[CN_SHA256_LEN];
+        if (cn__sha256(who ? who : "", who ? strlen(who) : 0, h))
+            return problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
+                           "The principal could not be hashed");
+        cn__hex(h, PRINCIPAL_HASH_BYTES, principal);
+    }
+    rc = cn__store_key(skey, sizeof(skey), route->operation,
+                       d->cfg->principal_header[0] ? principal : NULL, req->key, req->key_len,
+                       &skeylen);
+    CN_ASSERT(rc == 0); /* operation <= 64 and key <= 255 bytes always fit */
+
+    /* Look, claim, look again: a duplicate that finished between the first look and the
+     * claim has stored its record by the time its claim is released. */
+    deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
+    for (;;) {
+        uint64_t now;
+        cn_claim_result_t cr;
+
+        if (lookup(d, skey, skeylen, req, out))
+            return 0;
+        now = cn__clock_mono_ms();
+        cr = cn__claims_acquire(d->claims, skey, skeylen, req->fingerprint,
+                                now < deadline ? (uint32_t)(deadline - now) : 0);
+        if (cr == CN_CLAIM_OWNED) {
+            if (lookup(d, skey, skeylen, req, out)) {
+                cn__claims_release(d->claims, skey, skeylen);
+                return 0;
+            }
+            break;
+        }
+        if (cr == CN_CLAIM_RELEASED)
+            continue;
+        if (cr == CN_CLAIM_MISMATCH)
+            return problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+        if (cr == CN_CLAIM_TIMEOUT) {
+            problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_IN_PROGRESS,
+                    "A request with this Idempotency-Key is still in progress; retry later");
+            if (out->response.status && cn_response_add_header(&out->response, "Retry-After", "1"))
+                cn_response_free(&out->response);
+            return 0;
+        }
+        return problem(out, CN_OUTCOME_FAILED, 503, CN_PROBLEM_STORAGE,
+                       "Out of memory; retry with the same Idempotency-Key");
+    }
+
+    res = route->handler(req, route->ctx);
+    if (!handler_response_ok(&res)) {
+        cn_log_error("%s handler returned an unusable response (status %d)", route->operation,
+                     res.status);
+        cn_response_free(&res);
+        res = cn__problem(500, CN_PROBLEM_HANDLER, "The handler failed to build a response");
+        persist = 0;
+    } else if (res.persist == CN_PERSIST_AUTO) {
+        persist = cn__durable_status_stored(res.status);
+    } else {
+        persist = res.persist == CN_PERSIST_ALWAYS;
+    }
+
+    if (persist && (rc = store_response(d, skey, skeylen, req, &res))) {
+        cn_log_error("storing %s failed: %s; answering 503", skey, cn_strerror(rc));
+        cn_response_free(&res);
+        res = cn__problem(503, CN_PROBLEM_STORAGE,
+                          "The response could not be stored; retry with the same "
+                          "Idempotency-Key");
+        persist = 0;
+    }
+    cn__claims_release(d->claims, skey, skeylen);
+
+    if (persist)
+        cn__events_publish(req->events);
+    else
+        cn__events_free(req->events);
+    req->events = NULL;
+    req->events_tail = &req->events;
+    out->stored = persist;
+    finish(out, res.status >= 500 && !persist ? CN_OUTCOME_FAILED : CN_OUTCOME_EXECUTED, res);
+    return 0;
+}
+
+void
+cn__durable_handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
+                   cn_durable_result_t *out)
+{
+    memset(out, 0, sizeof(*out));
+    handle(d, route, req, out);
+}

@@ -1,0 +1,45 @@
+/*
+ * reliability/durable.h - the durable route contract: decide, run once, store, replay.
+ *
+ * Called by request-handling threads with a complete request. Blocking: it may wait for a
+ * concurrent duplicate (bounded by the config) and for the commit.
+ */
+#ifndef CN_RELIABILITY_DURABLE_H
+#define CN_RELIABILITY_DURABLE_H
+
+#include "cnerium/config.h"
+#include "cnerium/response.h"
+#include "http/request_internal.h"
+#include "reliability/claims.h"
+#include "store/commit.h"
+#include "store/store.h"
+
+typedef struct cn_durable {
+    const cn_config_t *cfg; /* borrowed */
+    cn_store_t *store;      /* borrowed */
+    cn_committer_t *committer; /* borrowed */
+    cn_claims_t *claims;    /* borrowed */
+} cn_durable_t;
+
+typedef enum cn_durable_outcome {
+    CN_OUTCOME_EXECUTED = 0, /* handler ran; response stored (or released, see stored) */
+    CN_OUTCOME_REPLAYED,     /* stored response returned */
+    CN_OUTCOME_CONFLICT,     /* 409 */
+    CN_OUTCOME_INVALID,      /* 400 */
+    CN_OUTCOME_FAILED,       /* 5xx from the layer: store or commit failure */
+} cn_durable_outcome_t;
+
+typedef struct cn_durable_result {
+    cn_response_t response; /* owned by the caller: send, then cn_response_free */
+    cn_durable_outcome_t outcome;
+    int stored; /* EXECUTED: 1 when the response was stored */
+} cn_durable_result_t;
+
+/* Runs route (a durable route) for req. Always produces a response in *out. */
+void cn__durable_handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
+                        cn_durable_result_t *out);
+
+/* Whether a response with this status is stored under CN_PERSIST_AUTO. */
+int cn__durable_status_stored(int status);
+
+#endif

@@ -1,0 +1,309 @@
+/*
+ * store/store.c - stored responses in LMDB (the only file that includes lmdb.h).
+ *
+ * Two databases in one environment: "responses" (store key -> record) and "expiry"
+ * (be64(expires_ms) || store key -> empty), so the sweep walks expired records in order
+ * without scanning live ones. A put replaces the old record and its expiry entry in the
+ * same transaction, so the index never points at a record that expires later.
+ *
+ * LMDB is opened with full durability: a commit returns once it is on disk. Readers run
+ * concurrently from any thread (MDB_NOTLS: a read transaction is not tied to a thread's
+ * TLS slot); writers are serialized by LMDB itself.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <lmdb.h>
+
+#include "cnerium/error.h"
+#include "store/store.h"
+#include "support/log.h"
+
+struct cn_store {
+    MDB_env *env;
+    MDB_dbi responses;
+    MDB_dbi expiry;
+};
+
+static const char prefix[] = "cnerium:response:";
+
+/* Maps an LMDB result to our error space, logging unexpected ones once here. */
+static int
+lmdb_error(int rc, const char *what)
+{
+    if (rc == MDB_NOTFOUND)
+        return CN_ENOTFOUND;
+    if (rc == MDB_MAP_FULL)
+        return -ENOSPC;
+    if (rc > 0)
+        return -rc; /* LMDB passes errno values through */
+    cn_log_error("lmdb %s: %s", what, mdb_strerror(rc));
+    return CN_ESTORE;
+}
+
+static int
+mkdir_p(const char *dir)
+{
+    char path[1024];
+    size_t n = strlen(dir);
+
+    if (n == 0 || n >= sizeof(path))
+        return -ENAMETOOLONG;
+    memcpy(path, dir, n + 1);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0755) && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(path, 0755) && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+int
+cn__store_open(const char *dir, size_t map_size, cn_store_t **out)
+{
+    cn_store_t *s = calloc(1, sizeof(*s));
+    MDB_txn *txn = NULL;
+    int rc;
+
+    if (!s)
+        return -ENOMEM;
+    if ((rc = mkdir_p(dir)))
+        goto fail;
+    if ((rc = mdb_env_create(&s->env))) {
+        rc = lmdb_error(rc, "env_create");
+        goto fail;
+    }
+    if ((rc = mdb_env_set_maxdbs(s->env, 4)) || (rc = mdb_env_set_mapsize(s->env, map_size)) ||
+        (rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0644))) {
+        rc = lmdb_error(rc, "env_open");
+        goto fail;
+    }
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) ||
+        (rc = mdb_dbi_open(txn, "responses", MDB_CREATE, &s->responses)) ||
+        (rc = mdb_dbi_open(txn, "expiry", MDB_CREATE, &s->expiry)) ||
+        (rc = mdb_txn_commit(txn))) {
+        txn = NULL; /* aborted or committed either way by now, see below */
+        rc = lmdb_error(rc, "open databases");
+        goto fail;
+    }
+    *out = s;
+    return 0;
+
+fail:
+    /* mdb_txn_commit frees the txn even on failure; an earlier failure left it open. */
+    if (txn)
+        mdb_txn_abort(txn);
+    cn__store_close(s);
+    return rc;
+}
+
+void
+cn__store_close(cn_store_t *s)
+{
+    if (!s)
+        return;
+    if (s->env)
+        mdb_env_close(s->env);
+    free(s);
+}
+
+int
+cn__store_key(char *out, size_t cap, const char *operation, const char *principal_hex,
+              const char *key, size_t keylen, size_t *outlen)
+{
+    size_t oplen = strlen(operation), plen = principal_hex ? strlen(principal_hex) : 0;
+    size_t need = sizeof(prefix) - 1 + oplen + (plen ? 1 + plen : 0) + 1 + keylen;
+    char *p = out;
+
+    if (need > CN_STORE_KEY_MAX || need + 1 > cap)
+        return CN_ETOOBIG;
+    memcpy(p, prefix, sizeof(prefix) - 1);
+    p += sizeof(prefix) - 1;
+    memcpy(p, operation, oplen);
+    p += oplen;
+    if (plen) {
+        *p++ = '#';
+        memcpy(p, principal_hex, plen);
+        p += plen;
+    }
+    *p++ = ':';
+    memcpy(p, key, keylen);
+    p += keylen;
+    *p = '\0';
+    *outlen = need;
+    return 0;
+}
+
+int
+cn__store_get(cn_store_t *s, const char *key, size_t keylen, uint64_t now_ms,
+              cn_record_t *rec, void **buf)
+{
+    MDB_txn *txn;
+    MDB_val k = {keylen, (void *)key}, v;
+    cn_record_t r;
+    void *copy;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "begin read");
+    rc = mdb_get(txn, s->responses, &k, &v);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "get");
+    }
+    /* Copy out: LMDB's bytes are valid only while the read transaction lives. */
+    copy = malloc(v.mv_size ? v.mv_size : 1);
+    if (copy)
+        memcpy(copy, v.mv_data, v.mv_size);
+    mdb_txn_abort(txn);
+    if (!copy)
+        return -ENOMEM;
+    if ((rc = cn__record_decode(copy, v.mv_size, &r))) {
+        cn_log_error("stored response %.*s is unreadable: %s", (int)keylen, key,
+                     cn_strerror(rc));
+        free(copy);
+        return rc;
+    }
+    if (r.expires_ms <= now_ms) {
+        free(copy);
+        return CN_ENOTFOUND;
+    }
+    *rec = r;
+    *buf = copy;
+    return 0;
+}
+
+static void
+expiry_key(uint8_t *out, uint64_t expires, const char *key, size_t keylen)
+{
+    for (int i = 7; i >= 0; i--) {
+        out[i] = (uint8_t)(expires & 0xff);
+        expires >>= 8;
+    }
+    memcpy(out + 8, key, keylen);
+}
+
+int
+cn__store_put(cn_store_t *s, const cn_store_put_t *items, size_t n)
+{
+    uint8_t ekey[8 + CN_STORE_KEY_MAX];
+    MDB_txn *txn;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return lmdb_error(rc, "begin write");
+    for (size_t i = 0; i < n; i++) {
+        const cn_store_put_t *it = &items[i];
+        MDB_val k = {it->keylen, (void *)it->key}, v, ek, empty = {0, NULL};
+        cn_record_t old;
+        size_t len, written;
+
+        if (it->keylen > CN_STORE_KEY_MAX) {
+            rc = CN_ETOOBIG;
+            goto abort;
+        }
+        /* Replacing: drop the old record's expiry entry so the index stays exact. */
+        if (mdb_get(txn, s->responses, &k, &v) == 0 &&
+            cn__record_decode(v.mv_data, v.mv_size, &old) == 0) {
+            expiry_key(ekey, old.expires_ms, it->key, it->keylen);
+            ek = (MDB_val){8 + it->keylen, ekey};
+            rc = mdb_del(txn, s->expiry, &ek, NULL);
+            if (rc && rc != MDB_NOTFOUND) {
+                rc = lmdb_error(rc, "del expiry");
+                goto abort;
+            }
+        }
+        len = cn__record_encoded_size(it->rec);
+        v = (MDB_val){len, NULL};
+        /* MDB_RESERVE: encode straight into the page instead of through a copy. */
+        if ((rc = mdb_put(txn, s->responses, &k, &v, MDB_RESERVE))) {
+            rc = lmdb_error(rc, "put");
+            goto abort;
+        }
+        if ((rc = cn__record_encode(it->rec, v.mv_data, len, &written)))
+            goto abort;
+        expiry_key(ekey, it->rec->expires_ms, it->key, it->keylen);
+        ek = (MDB_val){8 + it->keylen, ekey};
+        if ((rc = mdb_put(txn, s->expiry, &ek, &empty, 0))) {
+            rc = lmdb_error(rc, "put expiry");
+            goto abort;
+        }
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return lmdb_error(rc, "commit");
+    return 0;
+
+abort:
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int
+cn__store_sweep(cn_store_t *s, uint64_t now_ms, size_t max, size_t *deleted)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val ek, ev;
+    size_t count = 0;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return lmdb_error(rc, "begin sweep");
+    if ((rc = mdb_cursor_open(txn, s->expiry, &cur))) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "cursor");
+    }
+    rc = mdb_cursor_get(cur, &ek, &ev, MDB_FIRST);
+    while (rc == 0 && count < max) {
+        uint64_t exp = 0;
+        MDB_val k;
+
+        if (ek.mv_size < 8)
+            break; /* not ours; stop rather than guess */
+        for (int i = 0; i < 8; i++)
+            exp = exp << 8 | ((const uint8_t *)ek.mv_data)[i];
+        if (exp > now_ms)
+            break;
+        k = (MDB_val){ek.mv_size - 8, (uint8_t *)ek.mv_data + 8};
+        rc = mdb_del(txn, s->responses, &k, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            break;
+        if ((rc = mdb_cursor_del(cur, 0)))
+            break;
+        count++;
+        rc = mdb_cursor_get(cur, &ek, &ev, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "sweep");
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return lmdb_error(rc, "commit sweep");
+    *deleted = count;
+    return 0;
+}
+
+int
+cn__store_count(cn_store_t *s, size_t *count)
+{
+    MDB_txn *txn;
+    MDB_stat st;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "begin read");
+    rc = mdb_stat(txn, s->responses, &st);
+    mdb_txn_abort(txn);
+    if (rc)
+        return lmdb_error(rc, "stat");
+    *count = st.ms_entries;
+    return 0;
+}

@@ -1,0 +1,13 @@
+/*
+ * support/crc32c.h - CRC-32C (Castagnoli), used to check stored and logged records.
+ */
+#ifndef CN_SUPPORT_CRC32C_H
+#define CN_SUPPORT_CRC32C_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Extends crc (0 to start) over len bytes of data. crc32c("123456789") = 0xE3069283. */
+uint32_t cn__crc32c(uint32_t crc, const void *data, size_t len);
+
+#endif
