@@ -250,7 +250,8 @@ cn__store_sweep(cn_store_t *s, uint64_t now_ms, size_t max, size_t *deleted)
 {
     MDB_txn *txn;
     MDB_cursor *cur;
-    MDB_val ek, ev;
+    MDB_val ek, ev, v;
+    cn_record_t rec;
     size_t count = 0;
     int rc;
 
@@ -272,7 +273,13 @@ cn__store_sweep(cn_store_t *s, uint64_t now_ms, size_t max, size_t *deleted)
         if (exp > now_ms)
             break;
         k = (MDB_val){ek.mv_size - 8, (uint8_t *)ek.mv_data + 8};
-        rc = mdb_del(txn, s->responses, &k, NULL);
+        /* Delete the record only if it really expired: an index entry left behind by a
+         * record that could not be decoded when it was replaced must not take the live
+         * record with it. */
+        rc = mdb_get(txn, s->responses, &k, &v);
+        if (rc == 0 && (cn__record_decode(v.mv_data, v.mv_size, &rec) ||
+                        rec.expires_ms <= now_ms))
+            rc = mdb_del(txn, s->responses, &k, NULL);
         if (rc && rc != MDB_NOTFOUND)
             break;
         if ((rc = mdb_cursor_del(cur, 0)))

@@ -22,8 +22,9 @@
 
 typedef struct cn_store cn_store_t;
 
-/* Store key limits: LMDB's default maximum key size is 511 bytes. */
-#define CN_STORE_KEY_MAX 511
+/* Store key limit: LMDB's default maximum key size is 511 bytes, and the expiry index
+ * prefixes a store key with 8 bytes of expiry time. */
+#define CN_STORE_KEY_MAX (511 - 8)
 #define CN_OPERATION_MAX 64
 
 /* One record to write. */

@@ -1,0 +1,451 @@
+/*
+ * tests/unit/test_store.c - the LMDB-backed response store: key shapes, put/get, reopen,
+ * expiry on read, the expiry sweep and overwrites. Every test opens its own store in a
+ * fresh subdirectory of the suite's temp dir.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cnerium/error.h"
+#include "store/store.h"
+#include "unit.h"
+
+#define MAP_SIZE ((size_t)64 << 20)
+
+static char tmpdir[256];
+static int store_seq;
+
+/* Opens a store in a new, not yet existing, subdirectory; its path goes to dir. */
+static cn_store_t *
+open_fresh(char *dir, size_t cap)
+{
+    cn_store_t *s = NULL;
+
+    snprintf(dir, cap, "%s/store-%d/data", tmpdir, store_seq++);
+    CU_ASSERT_EQUAL_FATAL(cn__store_open(dir, MAP_SIZE, &s), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(s);
+    return s;
+}
+
+static cn_record_t
+make_record(uint16_t status, uint64_t expires_ms, const char *body, size_t body_len)
+{
+    cn_record_t r;
+
+    memset(&r, 0, sizeof(r));
+    r.status = status;
+    r.created_ms = 100;
+    r.expires_ms = expires_ms;
+    for (size_t i = 0; i < CN_SHA256_LEN; i++)
+        r.fingerprint[i] = (uint8_t)(i * 7 + status);
+    r.content_type = "application/json";
+    r.content_type_len = 16;
+    r.location = "/orders/1";
+    r.location_len = 9;
+    r.body = body;
+    r.body_len = (uint32_t)body_len;
+    return r;
+}
+
+static int
+put_one(cn_store_t *s, const char *key, const cn_record_t *rec)
+{
+    cn_store_put_t item = {key, strlen(key), rec};
+
+    return cn__store_put(s, &item, 1);
+}
+
+static size_t
+count(cn_store_t *s)
+{
+    size_t n = 99999;
+
+    CU_ASSERT_EQUAL(cn__store_count(s, &n), 0);
+    return n;
+}
+
+static void
+expect_same(const cn_record_t *a, const cn_record_t *b)
+{
+    CU_ASSERT_EQUAL(a->status, b->status);
+    CU_ASSERT_EQUAL(a->created_ms, b->created_ms);
+    CU_ASSERT_EQUAL(a->expires_ms, b->expires_ms);
+    CU_ASSERT_EQUAL(memcmp(a->fingerprint, b->fingerprint, CN_SHA256_LEN), 0);
+    CU_ASSERT_EQUAL_FATAL(a->content_type_len, b->content_type_len);
+    CU_ASSERT_EQUAL_FATAL(a->location_len, b->location_len);
+    CU_ASSERT_EQUAL_FATAL(a->body_len, b->body_len);
+    if (a->content_type_len)
+        CU_ASSERT_EQUAL(memcmp(a->content_type, b->content_type, a->content_type_len), 0);
+    if (a->location_len)
+        CU_ASSERT_EQUAL(memcmp(a->location, b->location, a->location_len), 0);
+    if (a->body_len)
+        CU_ASSERT_EQUAL(memcmp(a->body, b->body, a->body_len), 0);
+}
+
+/* Gets key at now_ms and checks it equals want. */
+static void
+expect_get(cn_store_t *s, const char *key, uint64_t now_ms, const cn_record_t *want)
+{
+    cn_record_t rec;
+    void *buf = NULL;
+
+    CU_ASSERT_EQUAL_FATAL(cn__store_get(s, key, strlen(key), now_ms, &rec, &buf), 0);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    expect_same(&rec, want);
+    free(buf);
+}
+
+/* Expects CN_ENOTFOUND with the out-params untouched. */
+static void
+expect_absent(cn_store_t *s, const char *key, uint64_t now_ms)
+{
+    cn_record_t rec, pristine;
+    void *buf = (void *)&pristine;
+
+    memset(&rec, 0x5A, sizeof(rec));
+    memcpy(&pristine, &rec, sizeof(rec));
+    CU_ASSERT_EQUAL(cn__store_get(s, key, strlen(key), now_ms, &rec, &buf), CN_ENOTFOUND);
+    CU_ASSERT_PTR_EQUAL(buf, (void *)&pristine);
+    CU_ASSERT_EQUAL(memcmp(&rec, &pristine, sizeof(rec)), 0);
+}
+
+static void
+test_key_shapes(void)
+{
+    char out[CN_STORE_KEY_MAX + 1];
+    size_t len = 0;
+    static const char hex[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    CU_ASSERT_EQUAL_FATAL(
+        cn__store_key(out, sizeof(out), "orders.create", NULL, "order-123", 9, &len), 0);
+    CU_ASSERT_STRING_EQUAL(out, "cnerium:response:orders.create:order-123");
+    CU_ASSERT_EQUAL(len, strlen("cnerium:response:orders.create:order-123"));
+
+    CU_ASSERT_EQUAL_FATAL(
+        cn__store_key(out, sizeof(out), "orders.create", hex, "order-123", 9, &len), 0);
+    CU_ASSERT_STRING_EQUAL(out, "cnerium:response:orders.create#00112233445566778899aabbccddeeff"
+                                "00112233445566778899aabbccddeeff:order-123");
+    CU_ASSERT_EQUAL(len, strlen(out));
+
+    /* keylen bytes of key are used, not strlen(key). */
+    CU_ASSERT_EQUAL_FATAL(
+        cn__store_key(out, sizeof(out), "op", NULL, "order-123-and-more", 9, &len), 0);
+    CU_ASSERT_STRING_EQUAL(out, "cnerium:response:op:order-123");
+}
+
+static void
+test_key_too_big(void)
+{
+    char out[CN_STORE_KEY_MAX + 1], op[CN_OPERATION_MAX + 1], key[256];
+    size_t len = 4242, need;
+
+    memset(op, 'o', CN_OPERATION_MAX);
+    op[CN_OPERATION_MAX] = '\0';
+    memset(key, 'k', 255);
+    key[255] = '\0';
+
+    /* The longest legal combination fits in CN_STORE_KEY_MAX. */
+    CU_ASSERT_EQUAL_FATAL(cn__store_key(out, sizeof(out), op, NULL, key, 255, &len), 0);
+    CU_ASSERT(len <= CN_STORE_KEY_MAX);
+    need = len;
+
+    /* Exactly enough room (NUL included) and one byte too few. */
+    {
+        char *tight = malloc(need + 1);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(tight);
+        CU_ASSERT_EQUAL(cn__store_key(tight, need + 1, op, NULL, key, 255, &len), 0);
+        CU_ASSERT_EQUAL(len, need);
+        len = 4242;
+        CU_ASSERT_EQUAL(cn__store_key(tight, need, op, NULL, key, 255, &len), CN_ETOOBIG);
+        CU_ASSERT_EQUAL(len, 4242);
+        free(tight);
+    }
+    CU_ASSERT_EQUAL(cn__store_key(out, 20, "orders.create", NULL, "order-123", 9, &len),
+                    CN_ETOOBIG);
+    CU_ASSERT_EQUAL(len, 4242);
+}
+
+static void
+test_get_missing(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+
+    expect_absent(s, "cnerium:response:op:nothing", 0);
+    CU_ASSERT_EQUAL(count(s), 0);
+    cn__store_close(s);
+}
+
+static void
+test_put_get(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    static const char body[] = "{\"id\":\"o1\"}\0tail";
+    cn_record_t rec = make_record(409, UINT64_MAX, body, sizeof(body));
+    cn_record_t empty = make_record(204, UINT64_MAX, NULL, 0);
+
+    empty.content_type = NULL;
+    empty.content_type_len = 0;
+    empty.location = NULL;
+    empty.location_len = 0;
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "cnerium:response:op:a", &rec), 0);
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "cnerium:response:op:b", &empty), 0);
+    expect_get(s, "cnerium:response:op:a", 1000, &rec);
+    expect_get(s, "cnerium:response:op:b", 1000, &empty);
+    /* Keys are exact: no prefix match. */
+    expect_absent(s, "cnerium:response:op:", 1000);
+    expect_absent(s, "cnerium:response:op:ab", 1000);
+    CU_ASSERT_EQUAL(count(s), 2);
+    cn__store_close(s);
+}
+
+static void
+test_put_many_atomic(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    cn_record_t r1 = make_record(200, UINT64_MAX, "one", 3);
+    cn_record_t r2 = make_record(201, UINT64_MAX, "two", 3);
+    cn_store_put_t items[2] = {{"k:1", 3, &r1}, {"k:2", 3, &r2}};
+    char *huge = malloc(2000);
+
+    CU_ASSERT_EQUAL_FATAL(cn__store_put(s, items, 2), 0);
+    expect_get(s, "k:1", 0, &r1);
+    expect_get(s, "k:2", 0, &r2);
+
+    /* A batch whose second key is beyond what the store accepts: nothing is written. */
+    CU_ASSERT_PTR_NOT_NULL_FATAL(huge);
+    memset(huge, 'h', 2000);
+    items[0].key = "k:3";
+    items[1].key = huge;
+    items[1].keylen = 2000;
+    CU_ASSERT(cn__store_put(s, items, 2) < 0);
+    expect_absent(s, "k:3", 0);
+    CU_ASSERT_EQUAL(count(s), 2);
+    free(huge);
+    cn__store_close(s);
+}
+
+static void
+test_longest_key(void)
+{
+    char dir[512], key[CN_STORE_KEY_MAX + 2];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    cn_record_t rec = make_record(201, 1000, "long", 4);
+    cn_store_put_t item = {key, CN_STORE_KEY_MAX, &rec};
+    size_t deleted = 0;
+
+    /* Any key cn__store_key can build (up to CN_STORE_KEY_MAX bytes) can be stored,
+     * read back and swept. */
+    memset(key, 'L', sizeof(key));
+    key[CN_STORE_KEY_MAX + 1] = '\0';
+    CU_ASSERT_EQUAL(cn__store_put(s, &item, 1), 0);
+    {
+        cn_record_t got;
+        void *buf = NULL;
+        CU_ASSERT_EQUAL(cn__store_get(s, key, CN_STORE_KEY_MAX, 0, &got, &buf), 0);
+        free(buf);
+    }
+    CU_ASSERT_EQUAL(count(s), 1);
+    CU_ASSERT_EQUAL(cn__store_sweep(s, 1000, 10, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 1);
+    CU_ASSERT_EQUAL(count(s), 0);
+
+    /* One byte more is refused and writes nothing. */
+    item.keylen = CN_STORE_KEY_MAX + 1;
+    CU_ASSERT(cn__store_put(s, &item, 1) < 0);
+    CU_ASSERT_EQUAL(count(s), 0);
+    cn__store_close(s);
+}
+
+static void
+test_reopen(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    static const char body[] = "durable";
+    cn_record_t rec = make_record(201, 1u << 30, body, 7);
+
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "cnerium:response:op:keep", &rec), 0);
+    cn__store_close(s);
+    s = NULL;
+    CU_ASSERT_EQUAL_FATAL(cn__store_open(dir, MAP_SIZE, &s), 0);
+    expect_get(s, "cnerium:response:op:keep", 0, &rec);
+    CU_ASSERT_EQUAL(count(s), 1);
+    cn__store_close(s);
+}
+
+static void
+test_expiry_on_read(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    cn_record_t rec = make_record(201, 1000, "x", 1);
+
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "e:1", &rec), 0);
+    expect_get(s, "e:1", 0, &rec);
+    expect_get(s, "e:1", 999, &rec);
+    expect_absent(s, "e:1", 1000);
+    expect_absent(s, "e:1", 5000);
+    /* Expired on read is not deleted on read: still counted until swept. */
+    CU_ASSERT_EQUAL(count(s), 1);
+    cn__store_close(s);
+}
+
+static void
+test_sweep_expired_only(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    cn_record_t a = make_record(201, 1000, "a", 1);
+    cn_record_t b = make_record(201, 2000, "b", 1);
+    cn_record_t c = make_record(201, 1500, "c", 1);
+    size_t deleted = 999;
+
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "s:a", &a), 0);
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "s:b", &b), 0);
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "s:c", &c), 0);
+    CU_ASSERT_EQUAL(count(s), 3);
+
+    CU_ASSERT_EQUAL(cn__store_sweep(s, 999, 100, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 0);
+    CU_ASSERT_EQUAL(count(s), 3);
+
+    deleted = 999;
+    CU_ASSERT_EQUAL(cn__store_sweep(s, 1500, 100, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 2); /* a (1000) and c (1500 <= now) */
+    CU_ASSERT_EQUAL(count(s), 1);
+    expect_get(s, "s:b", 1600, &b);
+    expect_absent(s, "s:a", 0);
+    expect_absent(s, "s:c", 0);
+
+    deleted = 999;
+    CU_ASSERT_EQUAL(cn__store_sweep(s, 1500, 100, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 0);
+    cn__store_close(s);
+}
+
+static void
+test_sweep_respects_max(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    cn_record_t keep = make_record(200, 1u << 20, "k", 1);
+    size_t deleted;
+    static const size_t want[] = {10, 10, 5, 0}, left[] = {16, 6, 1, 1};
+
+    for (int i = 0; i < 25; i++) {
+        char key[32];
+        cn_record_t r = make_record(200, 1000 + (uint64_t)i, "e", 1);
+        snprintf(key, sizeof(key), "m:%02d", i);
+        CU_ASSERT_EQUAL_FATAL(put_one(s, key, &r), 0);
+    }
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "m:keep", &keep), 0);
+    CU_ASSERT_EQUAL(count(s), 26);
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        deleted = 999;
+        CU_ASSERT_EQUAL(cn__store_sweep(s, 1500, 10, &deleted), 0);
+        CU_ASSERT_EQUAL(deleted, want[i]);
+        CU_ASSERT_EQUAL(count(s), left[i]);
+    }
+    CU_ASSERT_EQUAL(count(s), 1);
+    expect_get(s, "m:keep", 1500, &keep);
+    cn__store_close(s);
+}
+
+static void
+test_overwrite(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    cn_record_t old_rec = make_record(201, 1000, "old", 3);
+    cn_record_t new_rec = make_record(202, 3000, "newer", 5);
+    size_t deleted;
+
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "o:k", &old_rec), 0);
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "o:k", &new_rec), 0);
+    CU_ASSERT_EQUAL(count(s), 1);
+    expect_get(s, "o:k", 0, &new_rec);
+    /* Readable past the old expiry: the new record's expiry governs. */
+    expect_get(s, "o:k", 2000, &new_rec);
+
+    /* After the old expiry, before the new one: the sweep deletes nothing. */
+    deleted = 999;
+    CU_ASSERT_EQUAL(cn__store_sweep(s, 2000, 100, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 0);
+    CU_ASSERT_EQUAL(count(s), 1);
+    expect_get(s, "o:k", 2000, &new_rec);
+
+    /* After the new expiry: exactly one record goes, once. */
+    deleted = 999;
+    CU_ASSERT_EQUAL(cn__store_sweep(s, 3000, 100, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 1);
+    CU_ASSERT_EQUAL(count(s), 0);
+    deleted = 999;
+    CU_ASSERT_EQUAL(cn__store_sweep(s, UINT64_MAX, 100, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 0);
+    cn__store_close(s);
+}
+
+static void
+test_overwrite_shorter_expiry(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    cn_record_t long_rec = make_record(201, 5000, "long", 4);
+    cn_record_t short_rec = make_record(201, 1000, "short", 5);
+    size_t deleted = 999;
+
+    /* The other direction: the later, shorter expiry must be the one the sweep sees. */
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "o:s", &long_rec), 0);
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "o:s", &short_rec), 0);
+    CU_ASSERT_EQUAL(cn__store_sweep(s, 2000, 100, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 1);
+    CU_ASSERT_EQUAL(count(s), 0);
+    deleted = 999;
+    CU_ASSERT_EQUAL(cn__store_sweep(s, 6000, 100, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, 0);
+    cn__store_close(s);
+}
+
+static void
+test_close_null(void)
+{
+    cn__store_close(NULL);
+    CU_PASS("cn__store_close(NULL) returned");
+}
+
+int
+main(void)
+{
+    static const unit_test_t tests[] = {
+        {"store key shapes", test_key_shapes},
+        {"store key too big", test_key_too_big},
+        {"get on a missing key", test_get_missing},
+        {"put then get returns identical fields", test_put_get},
+        {"a batch is written whole or not at all", test_put_many_atomic},
+        {"the longest store key can be stored", test_longest_key},
+        {"records survive close and reopen", test_reopen},
+        {"expired on read at expires_ms", test_expiry_on_read},
+        {"sweep deletes expired records only", test_sweep_expired_only},
+        {"sweep respects max", test_sweep_respects_max},
+        {"overwrite replaces record and expiry", test_overwrite},
+        {"overwrite with a shorter expiry", test_overwrite_shorter_expiry},
+        {"close accepts NULL", test_close_null},
+        {NULL, NULL},
+    };
+    int rc;
+
+    if (unit_tempdir("store", tmpdir, sizeof(tmpdir))) {
+        perror("mkdtemp");
+        return 1;
+    }
+    rc = unit_run("store", tests);
+    if (unit_rmtree(tmpdir))
+        fprintf(stderr, "warning: could not remove %s\n", tmpdir);
+    return rc;
+}
