@@ -1,7 +1,9 @@
 /*
  * http/mhd.c - the libmicrohttpd adapter (the only file that includes microhttpd.h).
  *
- * One daemon with an internal thread pool on an inherited listening socket (epoll).
+ * One daemon with an internal thread pool on an inherited listening socket. It polls with
+ * poll(), not epoll: 0.9.75 in epoll mode misses a FIN that arrives together with the
+ * last bytes it reads, so a client that vanished mid-body stayed "in progress" forever.
  * Per request: the URI-log callback creates our request state with the raw target; the
  * access handler's first call copies the headers and returns (a response queued on the
  * first call goes out with "Connection: close" in 0.9.75, which would kill keep-alive);
@@ -14,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <microhttpd.h>
 
@@ -34,6 +37,8 @@ struct cn_http_server {
 typedef struct conn_state {
     cn_request_t req;
     char *raw_target; /* from the URI-log callback, until the first access call */
+    const char *content_length; /* the first Content-Length value, MHD's memory */
+    int length_conflict;        /* Content-Length headers that disagree */
     int started;
     int too_large;
 } conn_state_t;
@@ -82,6 +87,12 @@ collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *
 {
     conn_state_t *st = cls;
 
+    if (value && !strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        if (!st->content_length)
+            st->content_length = value;
+        else if (strcmp(st->content_length, value))
+            st->length_conflict = 1; /* a request smuggling vector: RFC 9112 6.3 */
+    }
     /* MHD keeps these strings in the connection's memory until the request ends. */
     return cn__request_add_header(&st->req, key, value ? value : "") ? MHD_NO : MHD_YES;
 }
@@ -157,9 +168,16 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
             return MHD_NO;
         free(st->raw_target);
         st->raw_target = NULL;
+        if (st->length_conflict) {
+            /* Answered on the first call, so MHD closes the connection: the framing of
+             * anything after this request is unknown. */
+            reply.flags = CN_REPLY_NO_STORE;
+            reply.response = cn__problem(400, NULL, "Conflicting Content-Length headers");
+            return send_reply(conn, &reply);
+        }
         /* A declared length over the limit is refused before reading the body; MHD then
          * closes the connection instead of reading what is left. */
-        cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        cl = st->content_length;
         if (cl) {
             char *end;
             unsigned long long n = strtoull(cl, &end, 10);
@@ -199,7 +217,7 @@ cn__http_start(int listen_fd, unsigned threads, size_t max_body, cn_http_dispatc
     srv->max_body = max_body;
     atomic_init(&srv->active, 0);
     srv->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
         NULL, NULL, access_cb, srv,
         MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,

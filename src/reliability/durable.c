@@ -50,11 +50,25 @@ problem(cn_durable_result_t *out, cn_durable_outcome_t outcome, int status, cons
     return 0;
 }
 
+/* A NUL-terminated copy of len bytes that are not NUL-terminated (record fields point
+ * into the stored value). */
+static char *
+dup_field(const char *p, size_t len)
+{
+    char *s = malloc(len + 1);
+
+    if (s) {
+        memcpy(s, p, len);
+        s[len] = '\0';
+    }
+    return s;
+}
+
 /* The response a stored record replays: status, content type, body, Location. */
 static void
 replay(cn_durable_result_t *out, const cn_record_t *rec)
 {
-    char *ct = rec->content_type_len ? strndup(rec->content_type, rec->content_type_len) : NULL;
+    char *ct = rec->content_type_len ? dup_field(rec->content_type, rec->content_type_len) : NULL;
     cn_response_t res = cn_raw_response(rec->status, NULL, rec->body, rec->body_len);
 
     if (res.status && rec->content_type_len) {
@@ -65,7 +79,7 @@ replay(cn_durable_result_t *out, const cn_record_t *rec)
     }
     free(ct);
     if (res.status && rec->location_len) {
-        res.location = strndup(rec->location, rec->location_len);
+        res.location = dup_field(rec->location, rec->location_len);
         if (!res.location)
             cn_response_free(&res);
     }

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Concurrent duplicates: requests with the same key that overlap in time run the handler
+once; the others wait and replay (same body) or get 409 at once (different body).
+
+Threads connect first, meet at a Barrier, then send, so the requests really overlap; the
+fixture's /slow handler holds the key for a while. No test sleeps to synchronize."""
+
+import os
+import sys
+import threading
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cnharness as h  # noqa: E402
+from cnharness import header, parse_json  # noqa: E402
+
+JOIN_TIMEOUT_S = 60.0
+
+
+def run_together(srv, requests):
+    """Sends requests [(path, body, key)] from one thread each, released together by a
+    barrier. Returns [(status, headers, body, seconds from release to response)] in
+    request order; an exception in a thread is returned in its place."""
+    n = len(requests)
+    barrier = threading.Barrier(n, timeout=JOIN_TIMEOUT_S)
+    results = [None] * n
+
+    def worker(i, path, body, key):
+        conn = srv.connection(timeout=JOIN_TIMEOUT_S)
+        try:
+            conn.connect()
+            barrier.wait()
+            t0 = time.monotonic()
+            st, hs, b = h.send_request(conn, "POST", path, body, {"Idempotency-Key": key})
+            results[i] = (st, hs, b, time.monotonic() - t0)
+        except Exception as e:  # reported by the caller
+            results[i] = e
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,) + tuple(r), daemon=True)
+               for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + JOIN_TIMEOUT_S
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(t.is_alive() for t in threads)
+    if stuck:
+        raise AssertionError("%d request threads did not finish within %.0f s"
+                             % (stuck, JOIN_TIMEOUT_S))
+    return results
+
+
+class ConcurrentDuplicatesTest(h.ServerTestCase):
+    def setUp(self):
+        super().setUp()
+        self.srv = self.start_server(h.contract_server(), "--workers", "4")
+
+    def check_results(self, results):
+        for r in results:
+            if isinstance(r, Exception):
+                raise AssertionError("a request failed: %r" % (r,)) from r
+
+    def test_16_identical_requests_run_once(self):
+        key = "same-" + uuid.uuid4().hex
+        body = b'{"item":"x"}'
+        results = run_together(self.srv, [("/slow?ms=300", body, key)] * 16)
+        self.check_results(results)
+        statuses = [r[0] for r in results]
+        self.assertEqual(statuses, [201] * 16, [r[2] for r in results])
+        bodies = {r[2] for r in results}
+        self.assertEqual(len(bodies), 1, "every duplicate gets the one stored body: %r"
+                         % bodies)
+        self.assertEqual(parse_json(results[0][2]), {"n": 1})
+        replayed = [header(r[1], "Idempotent-Replayed") for r in results]
+        self.assertEqual(replayed.count(None), 1, replayed)
+        self.assertEqual(replayed.count("true"), 15, replayed)
+        executed = [r for r in results if header(r[1], "Idempotent-Replayed") is None][0]
+        for r in results:
+            self.assertEqual(header(r[1], "Location"), header(executed[1], "Location"))
+        self.assertEqual(self.srv.count("slow.run"), 1)
+        # Afterwards a plain retry replays too.
+        again = self.srv.post("/slow?ms=300", body, key=key)
+        self.assertEqual(again[2], executed[2])
+        self.assertEqual(header(again[1], "Idempotent-Replayed"), "true")
+        self.assertEqual(self.srv.count("slow.run"), 1)
+
+    def test_10_keys_4_duplicates_each(self):
+        keys = ["multi-%d-%s" % (i, uuid.uuid4().hex[:8]) for i in range(10)]
+        reqs = []
+        for _ in range(4):
+            for i, k in enumerate(keys):
+                reqs.append(("/slow?ms=300", b'{"i":%d}' % i, k))
+        results = run_together(self.srv, reqs)
+        self.check_results(results)
+        self.assertEqual([r[0] for r in results], [201] * len(reqs),
+                         [r[2] for r in results])
+        for k in keys:
+            mine = [r for (path, body, kk), r in zip(reqs, results) if kk == k]
+            self.assertEqual(len({r[2] for r in mine}), 1, "key %s: bodies differ" % k)
+            fresh = [r for r in mine if header(r[1], "Idempotent-Replayed") is None]
+            self.assertEqual(len(fresh), 1, "key %s ran %d times" % (k, len(fresh)))
+        ns = sorted(parse_json(r[2])["n"] for r in results
+                    if header(r[1], "Idempotent-Replayed") is None)
+        self.assertEqual(ns, list(range(1, 11)))
+        self.assertEqual(self.srv.count("slow.run"), 10)
+
+    def test_8_different_bodies_one_wins(self):
+        key = "race-" + uuid.uuid4().hex
+        reqs = [("/slow?ms=500", b'{"variant":%d}' % i, key) for i in range(8)]
+        results = run_together(self.srv, reqs)
+        self.check_results(results)
+        statuses = sorted(r[0] for r in results)
+        self.assertEqual(statuses, [201] + [409] * 7, [r[2] for r in results])
+        for r in results:
+            if r[0] == 409:
+                self.assertProblem(r[:3], 409, h.KEY_REUSED, h.REUSED_ERROR)
+        self.assertEqual(self.srv.count("slow.run"), 1)
+        winner = [i for i, r in enumerate(results) if r[0] == 201][0]
+        # The winner's body replays; every loser's body is still a conflict.
+        again = self.srv.post("/slow?ms=500", reqs[winner][1], key=key)
+        self.assertEqual(header(again[1], "Idempotent-Replayed"), "true")
+        self.assertEqual(again[2], results[winner][2])
+        loser = (winner + 1) % 8
+        self.assertEqual(self.srv.post("/slow?ms=500", reqs[loser][1], key=key)[0], 409)
+        self.assertEqual(self.srv.count("slow.run"), 1)
+
+    def test_different_body_while_in_flight_is_409_at_once(self):
+        """While the owner of a key is still running, a different body is rejected without
+        waiting for it; the same body waits and replays."""
+        key = "inflight-" + uuid.uuid4().hex
+        owner_result = []
+        owner = threading.Thread(
+            target=lambda: owner_result.append(
+                self.srv.post("/slow?ms=3000", b'{"owner":1}', key=key)),
+            daemon=True)
+        owner.start()
+        # The owner is in its handler once the fixture counted it.
+        self.srv.wait_for_count("slow.run", 1)
+        results = run_together(self.srv, [("/slow?ms=3000", b'{"other":%d}' % i, key)
+                                          for i in range(7)])
+        owner_done_at_conflicts = not owner.is_alive()
+        self.check_results(results)
+        for r in results:
+            self.assertProblem(r[:3], 409, h.KEY_REUSED)
+        self.assertFalse(owner_done_at_conflicts,
+                         "the 409s must come while the owner still runs, not after it")
+        self.assertLess(max(r[3] for r in results), 2.5)
+        # Same body while in flight: waits for the owner and replays its response.
+        waiter = self.srv.post("/slow?ms=3000", b'{"owner":1}', key=key)
+        owner.join(JOIN_TIMEOUT_S)
+        self.assertFalse(owner.is_alive())
+        self.assertEqual(owner_result[0][0], 201)
+        self.assertEqual(waiter[0], 201)
+        self.assertEqual(waiter[2], owner_result[0][2])
+        self.assertEqual(header(waiter[1], "Idempotent-Replayed"), "true")
+        self.assertEqual(self.srv.count("slow.run"), 1)
+
+    def test_inflight_reject_mode(self):
+        """--inflight-wait-ms 0: a same-body duplicate of a running request is not kept
+        waiting; it gets 409 request-in-progress with Retry-After."""
+        srv = self.start_server(h.contract_server(), "--workers", "2",
+                                "--inflight-wait-ms", "0")
+        key = "reject-" + uuid.uuid4().hex
+        owner_result = []
+        owner = threading.Thread(
+            target=lambda: owner_result.append(srv.post("/slow?ms=2000", b"{}", key=key)),
+            daemon=True)
+        owner.start()
+        srv.wait_for_count("slow.run", 1)
+        resp = srv.post("/slow?ms=2000", b"{}", key=key)
+        self.assertTrue(owner.is_alive(), "the duplicate must not wait for the owner")
+        self.assertProblem(resp, 409, h.IN_PROGRESS)
+        self.assertIsNotNone(header(resp[1], "Retry-After"))
+        owner.join(JOIN_TIMEOUT_S)
+        self.assertEqual(owner_result[0][0], 201)
+        # Once the owner finished, a retry replays.
+        again = srv.post("/slow?ms=2000", b"{}", key=key)
+        self.assertEqual(header(again[1], "Idempotent-Replayed"), "true")
+        self.assertEqual(srv.count("slow.run"), 1)
+
+
+if __name__ == "__main__":
+    h.main()
