@@ -11,7 +11,9 @@
  * Flags (each also as --flag=value) and their environment variables:
  *   --host H              CNERIUM_HOST              HTTP bind address (127.0.0.1)
  *   --port N              CNERIUM_PORT              HTTP port, 0 = any free port (8080)
- *   --workers N           CNERIUM_WORKERS           request workers (number of cores)
+ *   --workers N           CNERIUM_WORKERS           HTTP worker processes (number of cores)
+ *   --threads N           CNERIUM_THREADS           request threads per worker (4)
+ *   --single-process      CNERIUM_SINGLE_PROCESS    one process, no supervisor (debugging)
  *   --data-dir D          CNERIUM_DATA_DIR          data directory (data/cnerium)
  *   --realtime-host H     CNERIUM_REALTIME_HOST     WebSocket bind address (127.0.0.1)
  *   --realtime-port N     CNERIUM_REALTIME_PORT     WebSocket port (9090)
@@ -22,7 +24,10 @@
  *   --key-ttl SECONDS     CNERIUM_KEY_TTL           stored response lifetime (86400)
  *   --max-body BYTES      CNERIUM_MAX_BODY          request body limit (1048576)
  *   --principal-header H  CNERIUM_PRINCIPAL_HEADER  header that scopes keys per tenant
+ *   --inflight M          CNERIUM_INFLIGHT          wait | reject: concurrent duplicates (wait)
  *   --inflight-wait-ms N  CNERIUM_INFLIGHT_WAIT_MS  bound on waiting for a duplicate (30000)
+ *   --inflight-slots N    CNERIUM_INFLIGHT_SLOTS    in-flight table capacity, power of 2 (65536)
+ *   --lease-ms N          CNERIUM_LEASE_MS          a running handler's claim lease (60000)
  *   --sweep-interval-ms N CNERIUM_SWEEP_INTERVAL_MS expiry sweep period (60000)
  *   --log-level L         CNERIUM_LOG_LEVEL         error | warn | info | debug (info)
  *   --help
@@ -37,11 +42,17 @@
 #define CN_CONFIG_HOST_MAX 256
 #define CN_CONFIG_PATH_MAX 1024
 #define CN_CONFIG_HEADER_MAX 128
+#define CN_CONFIG_WORKERS_MAX 64
 
 typedef enum cn_durability {
     CN_DURABILITY_SYNC = 0,  /* respond once the record is on disk */
     CN_DURABILITY_ASYNC = 1, /* respond once the record is submitted; a crash can lose it */
 } cn_durability_t;
+
+typedef enum cn_inflight_mode {
+    CN_INFLIGHT_WAIT = 0,   /* a concurrent duplicate waits, then replays */
+    CN_INFLIGHT_REJECT = 1, /* a concurrent duplicate gets 409 with Retry-After: 1 */
+} cn_inflight_mode_t;
 
 typedef struct cn_config {
     char name[CN_CONFIG_NAME_MAX];
@@ -49,7 +60,9 @@ typedef struct cn_config {
     char data_dir[CN_CONFIG_PATH_MAX];
     char host[CN_CONFIG_HOST_MAX];
     uint16_t port;
-    int workers;
+    int workers;        /* HTTP worker processes */
+    int threads;        /* request threads in each worker */
+    int single_process; /* 1: serve from the calling process, no supervisor or children */
     int realtime_enabled;
     char realtime_host[CN_CONFIG_HOST_MAX];
     uint16_t realtime_port;
@@ -60,7 +73,10 @@ typedef struct cn_config {
     /* Header whose value (hashed) joins the key scope; empty = keys are scoped by
      * operation name only. */
     char principal_header[CN_CONFIG_HEADER_MAX];
+    cn_inflight_mode_t inflight_mode;
     uint32_t inflight_wait_ms;
+    uint32_t inflight_slots; /* a power of two */
+    uint32_t lease_ms;
     uint32_t sweep_interval_ms;
     int log_level; /* 0 error, 1 warn, 2 info, 3 debug */
 } cn_config_t;

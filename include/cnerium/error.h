@@ -20,6 +20,7 @@ enum {
     CN_ECONFIG,                   /* invalid configuration */
     CN_ESTORE,                    /* the storage engine reported an error */
     CN_EMETHOD,                   /* the path exists but not for this method */
+    CN_ELOST,                     /* an in-flight claim was lost (lease expired, freed) */
     CN_ERR_LAST
 };
 

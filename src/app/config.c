@@ -22,6 +22,8 @@ typedef enum opt_kind {
     OPT_U32,     /* uint32_t within [min, max] */
     OPT_INT,     /* int within [min, max] */
     OPT_SIZE,    /* size_t within [min, max] */
+    OPT_BOOL,    /* int 0/1; the flag alone means 1 */
+    OPT_INFLIGHT,
     OPT_DURABILITY,
     OPT_LOGLEVEL,
 } opt_kind_t;
@@ -42,7 +44,12 @@ typedef struct opt {
 static const opt_t options[] = {
     {"host", "CNERIUM_HOST", OPT_STR, F(host), 0, 0, "H", "HTTP bind address"},
     {"port", "CNERIUM_PORT", OPT_PORT, F(port), 0, 65535, "N", "HTTP port, 0 = any free port"},
-    {"workers", "CNERIUM_WORKERS", OPT_INT, F(workers), 1, 256, "N", "request workers"},
+    {"workers", "CNERIUM_WORKERS", OPT_INT, F(workers), 1, CN_CONFIG_WORKERS_MAX, "N",
+     "HTTP worker processes"},
+    {"threads", "CNERIUM_THREADS", OPT_INT, F(threads), 1, 256, "N",
+     "request threads in each worker"},
+    {"single-process", "CNERIUM_SINGLE_PROCESS", OPT_BOOL, F(single_process), 0, 1, "",
+     "serve from one process, no supervisor (debugging)"},
     {"data-dir", "CNERIUM_DATA_DIR", OPT_STR, F(data_dir), 0, 0, "DIR", "data directory"},
     {"realtime-host", "CNERIUM_REALTIME_HOST", OPT_STR, F(realtime_host), 0, 0, "H",
      "WebSocket bind address"},
@@ -60,6 +67,12 @@ static const opt_t options[] = {
      "BYTES", "request body limit"},
     {"principal-header", "CNERIUM_PRINCIPAL_HEADER", OPT_STR, F(principal_header), 0, 0,
      "NAME", "header whose value scopes keys per tenant"},
+    {"inflight", "CNERIUM_INFLIGHT", OPT_INFLIGHT, F(inflight_mode), 0, 0, "wait|reject",
+     "concurrent duplicates wait and replay, or get 409"},
+    {"inflight-slots", "CNERIUM_INFLIGHT_SLOTS", OPT_U32, F(inflight_slots), 64, 1u << 24,
+     "N", "in-flight table capacity (a power of two)"},
+    {"lease-ms", "CNERIUM_LEASE_MS", OPT_U32, F(lease_ms), 100, 86400000u, "MS",
+     "how long a running handler keeps its claim"},
     {"inflight-wait-ms", "CNERIUM_INFLIGHT_WAIT_MS", OPT_U32, F(inflight_wait_ms), 0,
      600000, "MS", "bound on waiting for a concurrent duplicate"},
     {"sweep-interval-ms", "CNERIUM_SWEEP_INTERVAL_MS", OPT_U32, F(sweep_interval_ms), 10,
@@ -107,7 +120,12 @@ cn_config_development(void)
     copy_str(c.data_dir, sizeof(c.data_dir), "data/cnerium");
     copy_str(c.host, sizeof(c.host), "127.0.0.1");
     c.port = 8080;
-    c.workers = cores > 0 && cores <= 256 ? (int)cores : 1;
+    c.workers = cores > 0 && cores <= CN_CONFIG_WORKERS_MAX ? (int)cores : 1;
+    c.threads = 4;
+    c.single_process = 0;
+    c.inflight_mode = CN_INFLIGHT_WAIT;
+    c.inflight_slots = 65536;
+    c.lease_ms = 60000;
     c.realtime_enabled = 0;
     copy_str(c.realtime_host, sizeof(c.realtime_host), "127.0.0.1");
     c.realtime_port = 9090;
@@ -210,6 +228,24 @@ apply(cn_config_t *cfg, const opt_t *o, const char *value, const char *source, c
         else
             *(size_t *)(void *)field = (size_t)v;
         return 0;
+    case OPT_BOOL:
+        if (!strcmp(value, "1") || !strcmp(value, "true") || !strcmp(value, "yes"))
+            *(int *)(void *)field = 1;
+        else if (!strcmp(value, "0") || !strcmp(value, "false") || !strcmp(value, "no"))
+            *(int *)(void *)field = 0;
+        else
+            return fail(err, errlen, "%s: '%s' is not a boolean (1/0, true/false)", source,
+                        value);
+        return 0;
+    case OPT_INFLIGHT:
+        if (!strcmp(value, "wait"))
+            cfg->inflight_mode = CN_INFLIGHT_WAIT;
+        else if (!strcmp(value, "reject"))
+            cfg->inflight_mode = CN_INFLIGHT_REJECT;
+        else
+            return fail(err, errlen, "%s: '%s' is not an in-flight mode (wait or reject)",
+                        source, value);
+        return 0;
     case OPT_DURABILITY:
         if (!strcmp(value, "sync"))
             cfg->durability = CN_DURABILITY_SYNC;
@@ -274,6 +310,8 @@ cn_config_parse_args(cn_config_t *cfg, int argc, char **argv, char *err, size_t 
             return fail(err, errlen, "unknown flag '--%.*s' (see --help)", (int)namelen, a);
         if (eq)
             value = eq + 1;
+        else if (o->kind == OPT_BOOL)
+            value = "1";
         else if (i + 1 < argc)
             value = argv[++i];
         else
@@ -293,8 +331,15 @@ cn_config_validate(const cn_config_t *cfg, char *err, size_t errlen)
         return fail(err, errlen, "--host must not be empty");
     if (!cfg->data_dir[0])
         return fail(err, errlen, "--data-dir must not be empty");
-    if (cfg->workers < 1)
-        return fail(err, errlen, "--workers must be at least 1");
+    if (cfg->workers < 1 || cfg->workers > CN_CONFIG_WORKERS_MAX)
+        return fail(err, errlen, "--workers must be in 1..%d", CN_CONFIG_WORKERS_MAX);
+    if (cfg->threads < 1)
+        return fail(err, errlen, "--threads must be at least 1");
+    if (cfg->inflight_slots < 64 || (cfg->inflight_slots & (cfg->inflight_slots - 1)))
+        return fail(err, errlen, "--inflight-slots must be a power of two, at least 64 "
+                                 "(got %u)", cfg->inflight_slots);
+    if (cfg->lease_ms < 100)
+        return fail(err, errlen, "--lease-ms must be at least 100");
     if (cfg->realtime_path[0] != '/')
         return fail(err, errlen, "--realtime-path must start with '/'");
     if (cfg->key_ttl_s < 1)
@@ -320,7 +365,8 @@ cn_config_print_usage(void *f, const char *prog)
                  "brackets):\n", prog);
     for (size_t i = 0; i < sizeof(options) / sizeof(options[0]); i++) {
         char left[64];
-        snprintf(left, sizeof(left), "--%s %s", options[i].flag, options[i].arg);
+        snprintf(left, sizeof(left), options[i].arg[0] ? "--%s %s" : "--%s", options[i].flag,
+                 options[i].arg);
         fprintf(out, "  %-36s %s [%s]\n", left, options[i].help, options[i].env);
     }
     fprintf(out, "  %-36s %s\n", "--help", "print this help and exit");

@@ -329,3 +329,15 @@ cn__router_allow(int allowed, char *buf, size_t cap)
         off += (size_t)w;
     }
 }
+
+size_t
+cn__router_count(const cn_router_t *router)
+{
+    return router->n;
+}
+
+cn_route_t *
+cn__router_route(cn_router_t *router, size_t i)
+{
+    return i < router->n ? router->routes[i] : NULL;
+}

@@ -29,6 +29,7 @@ typedef struct cn_route {
     int method;
     char *pattern;   /* owned */
     char *operation; /* owned; NULL for an ordinary route */
+    unsigned op_index; /* durable routes: the operation's index in the app's counters */
     cn_handler_cb handler;
     void *ctx;
     size_t nsegments;
@@ -69,6 +70,10 @@ int cn__router_match(const cn_router_t *router, int method, const char *path, si
                      cn_route_match_t *m);
 
 void cn__route_match_clear(cn_route_match_t *m);
+
+/* The routes in the order they were added (i < cn__router_count). */
+size_t cn__router_count(const cn_router_t *router);
+cn_route_t *cn__router_route(cn_router_t *router, size_t i);
 
 /* Writes the Allow header value for a method mask ("GET, HEAD, POST"). */
 void cn__router_allow(int allowed, char *buf, size_t cap);

@@ -168,6 +168,8 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
     char skey[CN_STORE_KEY_MAX + 1], principal[2 * PRINCIPAL_HASH_BYTES + 1];
     const char *raw = NULL, *why = NULL;
     size_t nkeys, skeylen;
+    uint8_t slot_key[CN_SHA256_LEN];
+    cn_claim_t claim;
     uint64_t deadline;
     cn_response_t res;
     int rc, persist;
@@ -203,38 +205,40 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
                        &skeylen);
     CN_ASSERT(rc == 0); /* operation <= 64 and key <= 255 bytes always fit */
 
+    if ((rc = cn__sha256(skey, skeylen, slot_key)))
+        return problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
+                       "The request key could not be hashed");
+
     /* Look, claim, look again: a duplicate that finished between the first look and the
      * claim has stored its record by the time its claim is released. */
     deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
     for (;;) {
-        uint64_t now;
-        cn_claim_result_t cr;
+        cn_inflight_result_t ir;
+        int waited;
 
         if (lookup(d, skey, skeylen, req, out))
             return 0;
-        now = cn__clock_mono_ms();
-        cr = cn__claims_acquire(d->claims, skey, skeylen, req->fingerprint,
-                                now < deadline ? (uint32_t)(deadline - now) : 0);
-        if (cr == CN_CLAIM_OWNED) {
+        ir = cn__inflight_acquire(d->inflight, slot_key, req->fingerprint, d->cfg->lease_ms,
+                                  deadline, &waited, &claim);
+        out->waited |= waited;
+        if (ir == CN_INFLIGHT_OWNED) {
             if (lookup(d, skey, skeylen, req, out)) {
-                cn__claims_release(d->claims, skey, skeylen);
+                cn__inflight_release(d->inflight, &claim);
                 return 0;
             }
             break;
         }
-        if (cr == CN_CLAIM_RELEASED)
+        if (ir == CN_INFLIGHT_RELEASED)
             continue;
-        if (cr == CN_CLAIM_MISMATCH)
+        if (ir == CN_INFLIGHT_MISMATCH)
             return problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
-        if (cr == CN_CLAIM_TIMEOUT) {
-            problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_IN_PROGRESS,
-                    "A request with this Idempotency-Key is still in progress; retry later");
-            if (out->response.status && cn_response_add_header(&out->response, "Retry-After", "1"))
-                cn_response_free(&out->response);
-            return 0;
-        }
-        return problem(out, CN_OUTCOME_FAILED, 503, CN_PROBLEM_STORAGE,
-                       "Out of memory; retry with the same Idempotency-Key");
+        /* BUSY (reject mode) or TIMEOUT: the IETF draft's answer to a request in
+         * progress, a problem type of its own. */
+        problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_IN_PROGRESS,
+                "A request with this Idempotency-Key is still in progress; retry later");
+        if (out->response.status && cn_response_add_header(&out->response, "Retry-After", "1"))
+            cn_response_free(&out->response);
+        return 0;
     }
 
     res = route->handler(req, route->ctx);
@@ -250,7 +254,18 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         persist = res.persist == CN_PERSIST_ALWAYS;
     }
 
-    if (persist && (rc = store_response(d, skey, skeylen, req, &res))) {
+    if (!cn__inflight_holds(d->inflight, &claim)) {
+        /* The handler ran past its lease and another request has taken the key over: it
+         * runs (or ran) the operation again, so this response must neither be stored nor
+         * sent as the operation's result. */
+        cn_log_error("%s: the handler ran past its %u ms lease; its response is dropped",
+                     route->operation, d->cfg->lease_ms);
+        cn_response_free(&res);
+        res = cn__problem(503, CN_PROBLEM_STORAGE,
+                          "The request ran past its lease and was taken over; retry with "
+                          "the same Idempotency-Key");
+        persist = 0;
+    } else if (persist && (rc = store_response(d, skey, skeylen, req, &res))) {
         cn_log_error("storing %s failed: %s; answering 503", skey, cn_strerror(rc));
         cn_response_free(&res);
         res = cn__problem(503, CN_PROBLEM_STORAGE,
@@ -258,7 +273,8 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
                           "Idempotency-Key");
         persist = 0;
     }
-    cn__claims_release(d->claims, skey, skeylen);
+    if (cn__inflight_release(d->inflight, &claim) == CN_ELOST && persist)
+        cn_log_warn("%s: claim lost after its record was stored", route->operation);
 
     if (persist)
         cn__events_publish(req->events);

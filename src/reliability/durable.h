@@ -10,7 +10,8 @@
 #include "cnerium/config.h"
 #include "cnerium/response.h"
 #include "http/request_internal.h"
-#include "reliability/claims.h"
+#include "shm/inflight.h"
+#include "shm/shm.h"
 #include "store/commit.h"
 #include "store/store.h"
 
@@ -18,21 +19,17 @@ typedef struct cn_durable {
     const cn_config_t *cfg; /* borrowed */
     cn_store_t *store;      /* borrowed */
     cn_committer_t *committer; /* borrowed */
-    cn_claims_t *claims;    /* borrowed */
+    cn_inflight_t *inflight; /* borrowed: this process's view of the shared table */
 } cn_durable_t;
 
-typedef enum cn_durable_outcome {
-    CN_OUTCOME_EXECUTED = 0, /* handler ran; response stored (or released, see stored) */
-    CN_OUTCOME_REPLAYED,     /* stored response returned */
-    CN_OUTCOME_CONFLICT,     /* 409 */
-    CN_OUTCOME_INVALID,      /* 400 */
-    CN_OUTCOME_FAILED,       /* 5xx from the layer: store or commit failure */
-} cn_durable_outcome_t;
+/* One of CN_OUTCOME_* (shm/shm.h): how the request ended, for the counters. */
+typedef enum cn_shm_counter cn_durable_outcome_t;
 
 typedef struct cn_durable_result {
     cn_response_t response; /* owned by the caller: send, then cn_response_free */
     cn_durable_outcome_t outcome;
     int stored; /* EXECUTED: 1 when the response was stored */
+    int waited; /* the request slept on a concurrent duplicate */
 } cn_durable_result_t;
 
 /* Runs route (a durable route) for req. Always produces a response in *out. */

@@ -31,6 +31,8 @@ cn_strerror(int err)
         return "storage engine error";
     case CN_EMETHOD:
         return "method not allowed";
+    case CN_ELOST:
+        return "in-flight claim lost";
     default:
         break;
     }

@@ -1,0 +1,244 @@
+/*
+ * shm/inflight.c - the lock-free in-flight table (see inflight.h for the contract).
+ *
+ * The state word of a slot:
+ *
+ *   bits 0-1   phase: FREE, WRITING (a claimer is filling the payload), OWNED
+ *   bit  2     WAITERS: somebody sleeps on this word; whoever changes it next wakes them
+ *   bits 3-10  owner: the worker id of the claimer
+ *   bits 11-31 generation: bumped by every claim (and takeover), never by a release
+ *
+ * Claim: CAS FREE -> WRITING(gen+1, me), write the payload (key, fingerprint, lease), then
+ * CAS WRITING -> OWNED (release order), so a reader that loads OWNED with acquire order
+ * sees the whole payload. Readers copy the payload and load the word again: if anything
+ * but WAITERS changed, the copy is discarded (a sequence lock on the generation).
+ * Release: CAS OWNED(gen, me) -> FREE(gen); if WAITERS was set, FUTEX_WAKE everyone.
+ * A claim whose generation or owner no longer matches has been lost (takeover after the
+ * lease, or freed after its worker died): its release changes nothing.
+ *
+ * The region is shared between processes, so the futexes are not FUTEX_PRIVATE.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <linux/futex.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cnerium/error.h"
+#include "shm/inflight.h"
+#include "support/clock.h"
+#include "support/log.h"
+
+#define PHASE_MASK 3u
+#define PH_FREE 0u
+#define PH_WRITING 1u
+#define PH_OWNED 2u
+#define WAITERS (1u << 2)
+#define OWNER_SHIFT 3
+#define OWNER_MASK (0xffu << OWNER_SHIFT)
+#define GEN_SHIFT 11
+#define GEN_MASK (~0u << GEN_SHIFT)
+
+static uint32_t
+next_gen(uint32_t s)
+{
+    return (s & GEN_MASK) + (1u << GEN_SHIFT); /* wraps modulo 2^21 generations */
+}
+
+static unsigned
+owner_of(uint32_t s)
+{
+    return (s & OWNER_MASK) >> OWNER_SHIFT;
+}
+
+static void
+futex_wait(_Atomic uint32_t *word, uint32_t expected, uint64_t timeout_ms)
+{
+    struct timespec ts = {(time_t)(timeout_ms / 1000), (long)(timeout_ms % 1000) * 1000000L};
+
+    /* EAGAIN (the word already changed), EINTR and ETIMEDOUT all mean: look again. */
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, expected, &ts, NULL, 0);
+}
+
+static void
+futex_wake_all(_Atomic uint32_t *word)
+{
+    (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+
+static uint64_t
+load_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+/* Fills the payload of a slot the caller moved to WRITING as `mine`, then publishes it
+ * as OWNED. Returns the published state (without WAITERS). */
+static uint32_t
+publish(cn_inflight_t *t, cn_shm_slot_t *sl, uint32_t mine, const uint8_t *key,
+        const uint8_t *fp, uint32_t lease_ms, uint64_t now)
+{
+    uint32_t cur = mine, owned = (mine & ~(PHASE_MASK | WAITERS)) | PH_OWNED;
+
+    memcpy(sl->key, key, CN_SHM_KEY_LEN);
+    memcpy(sl->fingerprint, fp, CN_SHM_FP_LEN);
+    sl->started_ms = now;
+    sl->lease_until_ms = now + lease_ms;
+    sl->owner_pid = (uint32_t)getpid();
+    /* Only a waiter can change the word meanwhile, and only by adding WAITERS. */
+    while (!atomic_compare_exchange_weak_explicit(&sl->state, &cur, owned | (cur & WAITERS),
+                                                  memory_order_release, memory_order_relaxed))
+        ;
+    if (cur & WAITERS)
+        futex_wake_all(&sl->state);
+    atomic_fetch_add_explicit(&t->shm->workers[t->worker].owned, 1, memory_order_relaxed);
+    return owned;
+}
+
+cn_inflight_result_t
+cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
+                     const uint8_t fp[CN_SHM_FP_LEN], uint32_t lease_ms, uint64_t deadline_ms,
+                     int *waited, cn_claim_t *claim)
+{
+    uint32_t idx = (uint32_t)(load_le64(key) & (t->shm->hdr->nslots - 1u));
+    cn_shm_slot_t *sl = &t->shm->slots[idx];
+    uint32_t watched_gen = 0;
+    int watching = 0; /* we saw our own key in flight and are waiting for it */
+
+    *waited = 0;
+    for (;;) {
+        uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
+        uint64_t now = cn__clock_mono_ms(), wait_until = deadline_ms;
+        uint32_t phase = s & PHASE_MASK;
+
+        if (watching && (s & GEN_MASK) != watched_gen)
+            return CN_INFLIGHT_RELEASED; /* its owner released, died or lost the lease */
+
+        if (phase == PH_FREE && watching)
+            return CN_INFLIGHT_RELEASED; /* its record is stored now, or was not kept */
+        if (phase == PH_FREE) {
+            uint32_t mine = next_gen(s) | ((uint32_t)t->worker << OWNER_SHIFT) | PH_WRITING;
+            if (!atomic_compare_exchange_strong_explicit(&sl->state, &s, mine,
+                                                         memory_order_acquire,
+                                                         memory_order_relaxed))
+                continue;
+            claim->slot = idx;
+            claim->state = publish(t, sl, mine, key, fp, lease_ms, now);
+            return CN_INFLIGHT_OWNED;
+        }
+
+        if (phase == PH_OWNED) {
+            uint8_t skey[CN_SHM_KEY_LEN], sfp[CN_SHM_FP_LEN];
+            uint64_t lease_until;
+
+            memcpy(skey, sl->key, sizeof(skey));
+            memcpy(sfp, sl->fingerprint, sizeof(sfp));
+            lease_until = sl->lease_until_ms;
+            atomic_thread_fence(memory_order_acquire);
+            if ((atomic_load_explicit(&sl->state, memory_order_relaxed) & ~WAITERS) !=
+                (s & ~WAITERS))
+                continue; /* changed while we copied: the copy may be torn */
+
+            if (!memcmp(skey, key, CN_SHM_KEY_LEN)) {
+                if (memcmp(sfp, fp, CN_SHM_FP_LEN))
+                    return CN_INFLIGHT_MISMATCH;
+                if (t->reject)
+                    return CN_INFLIGHT_BUSY;
+                if (!watching) {
+                    watching = 1;
+                    watched_gen = s & GEN_MASK;
+                }
+            }
+            if (now >= lease_until) {
+                /* The owner ran past its lease: its claim is ours now. It finds out at
+                 * its next check and neither stores nor sends its response. */
+                uint32_t mine = next_gen(s) | ((uint32_t)t->worker << OWNER_SHIFT) |
+                                PH_WRITING | (s & WAITERS);
+                if (!atomic_compare_exchange_strong_explicit(&sl->state, &s, mine,
+                                                             memory_order_acquire,
+                                                             memory_order_relaxed))
+                    continue;
+                atomic_fetch_add_explicit(&t->shm->hdr->lease_takeovers, 1,
+                                          memory_order_relaxed);
+                cn_log_warn("in-flight slot %u: worker %u ran past its %u ms lease; its "
+                            "claim is taken over", idx, owner_of(s), lease_ms);
+                claim->slot = idx;
+                claim->state = publish(t, sl, mine, key, fp, lease_ms, now);
+                return CN_INFLIGHT_OWNED;
+            }
+            if (lease_until < wait_until)
+                wait_until = lease_until;
+        }
+        /* WRITING lasts a few stores; its publish wakes us like a release would. */
+
+        if (now >= deadline_ms)
+            return CN_INFLIGHT_TIMEOUT;
+        if (!(s & WAITERS)) {
+            if (!atomic_compare_exchange_strong_explicit(&sl->state, &s, s | WAITERS,
+                                                         memory_order_relaxed,
+                                                         memory_order_relaxed))
+                continue;
+            s |= WAITERS;
+        }
+        *waited = 1;
+        futex_wait(&sl->state, s, wait_until > now ? wait_until - now : 1);
+    }
+}
+
+int
+cn__inflight_holds(cn_inflight_t *t, const cn_claim_t *claim)
+{
+    uint32_t s = atomic_load_explicit(&t->shm->slots[claim->slot].state, memory_order_acquire);
+
+    return (s & ~WAITERS) == claim->state;
+}
+
+int
+cn__inflight_release(cn_inflight_t *t, const cn_claim_t *claim)
+{
+    cn_shm_slot_t *sl = &t->shm->slots[claim->slot];
+    uint32_t cur = atomic_load_explicit(&sl->state, memory_order_relaxed);
+    uint32_t freed = (claim->state & GEN_MASK) | PH_FREE;
+
+    atomic_fetch_sub_explicit(&t->shm->workers[t->worker].owned, 1, memory_order_relaxed);
+    do {
+        if ((cur & ~WAITERS) != claim->state)
+            return CN_ELOST;
+    } while (!atomic_compare_exchange_weak_explicit(&sl->state, &cur, freed,
+                                                    memory_order_release,
+                                                    memory_order_relaxed));
+    if (cur & WAITERS)
+        futex_wake_all(&sl->state);
+    return 0;
+}
+
+size_t
+cn__inflight_free_worker(cn_shm_t *shm, unsigned worker)
+{
+    size_t freed = 0;
+
+    for (uint32_t i = 0; i < shm->hdr->nslots; i++) {
+        cn_shm_slot_t *sl = &shm->slots[i];
+        uint32_t cur = atomic_load_explicit(&sl->state, memory_order_relaxed);
+
+        while ((cur & PHASE_MASK) != PH_FREE && owner_of(cur) == worker) {
+            if (atomic_compare_exchange_weak_explicit(&sl->state, &cur,
+                                                      (cur & GEN_MASK) | PH_FREE,
+                                                      memory_order_release,
+                                                      memory_order_relaxed)) {
+                freed++;
+                if (cur & WAITERS)
+                    futex_wake_all(&sl->state);
+                break;
+            }
+        }
+    }
+    atomic_store_explicit(&shm->workers[worker].owned, 0, memory_order_relaxed);
+    return freed;
+}

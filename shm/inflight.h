@@ -1,0 +1,62 @@
+/*
+ * shm/inflight.h - the in-flight table: at most one request per (scope, operation, key)
+ * runs its handler at a time, across every thread of every worker process.
+ *
+ * Lock-free: a slot is decided by compare-and-swap on its 32-bit state word; nothing
+ * takes a mutex. A request that has to wait sleeps on a futex on that word and is woken
+ * by the release (no spinning, no polling). The table is direct-mapped by the key's
+ * hash: a slot held by a different key is waited on like a busy one, which is rare with
+ * a table much larger than the requests in flight and needs no tombstones.
+ *
+ * A claim is held from before the handler runs until the store holds its record (or the
+ * response is known not to be stored), so a duplicate always finds the slot or the
+ * record. A claim ends by cn__inflight_release, by cn__inflight_free_worker when its
+ * worker died, or by takeover when its lease ran out.
+ */
+#ifndef CN_SHM_INFLIGHT_H
+#define CN_SHM_INFLIGHT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shm/region.h"
+
+typedef struct cn_inflight {
+    cn_shm_t *shm;    /* borrowed */
+    unsigned worker;  /* this process's worker id, < shm->hdr->nworkers */
+    int reject;       /* 1: a same-key, same-body duplicate is refused (BUSY), not waited */
+} cn_inflight_t;
+
+/* What a successful acquire holds. */
+typedef struct cn_claim {
+    uint32_t slot;
+    uint32_t state; /* the state word as published (without the waiters bit) */
+} cn_claim_t;
+
+typedef enum cn_inflight_result {
+    CN_INFLIGHT_OWNED = 0, /* the caller owns the key: run, store, then release */
+    CN_INFLIGHT_RELEASED,  /* the key's owner finished (or died): look the store up again */
+    CN_INFLIGHT_MISMATCH,  /* the key is in flight with a different fingerprint */
+    CN_INFLIGHT_BUSY,      /* reject mode: the key is in flight with the same fingerprint */
+    CN_INFLIGHT_TIMEOUT,   /* the wait reached deadline_ms */
+} cn_inflight_result_t;
+
+/* Claims key for a request with fingerprint fp, for lease_ms. Waits (futex) while the
+ * key, or a different key in the same slot, is held, until the monotonic clock reaches
+ * deadline_ms. Sets *waited to 1 when it slept at least once. */
+cn_inflight_result_t cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
+                                          const uint8_t fp[CN_SHM_FP_LEN], uint32_t lease_ms,
+                                          uint64_t deadline_ms, int *waited, cn_claim_t *claim);
+
+/* 1 while the claim is still the caller's (not taken over nor freed). */
+int cn__inflight_holds(cn_inflight_t *t, const cn_claim_t *claim);
+
+/* Ends the claim and wakes its waiters. Returns 0, or CN_ELOST when the claim had
+ * already been taken over or freed (nothing is changed then). */
+int cn__inflight_release(cn_inflight_t *t, const cn_claim_t *claim);
+
+/* Frees every slot owned by worker (which must not be running) and wakes their waiters.
+ * Called by the supervisor after the worker died. Returns the number of slots freed. */
+size_t cn__inflight_free_worker(cn_shm_t *shm, unsigned worker);
+
+#endif

@@ -1,0 +1,91 @@
+/*
+ * shm/shm.h - the layout of the shared-memory region every server process maps.
+ *
+ * The supervisor creates the region (memfd + mmap, MAP_SHARED) before it forks, so every
+ * child maps the same pages at the same address. Layout, in order, each part 64-byte
+ * aligned:
+ *
+ *   header            magic, layout version, sizes (checked by every attach)
+ *   workers[nworkers] one cache line per worker: pid, in-flight slots it owns now
+ *   slots[nslots]     the in-flight table (shm/inflight.h), 128 bytes per slot
+ *   counters          [nworkers][nops][CN_SHM_COUNTERS] uint64, one 64-byte-aligned
+ *                     block per worker so workers never write the same cache line
+ *
+ * Everything in the region is either written once before fork (the header) or accessed
+ * through C11 atomics, except slot payloads, which follow the publication protocol of
+ * shm/inflight.c. Changing any of it bumps CN_SHM_LAYOUT_VERSION.
+ */
+#ifndef CN_SHM_SHM_H
+#define CN_SHM_SHM_H
+
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define CN_SHM_MAGIC UINT64_C(0x314d48534e52454e) /* "NERNSHM1" read as little endian */
+#define CN_SHM_LAYOUT_VERSION 1u
+#define CN_SHM_MAX_WORKERS 64 /* owner ids fit the state word's 8 bits with room */
+#define CN_SHM_MAX_OPS 256
+#define CN_SHM_KEY_LEN 32 /* SHA-256 of the store key: the slot's identity */
+#define CN_SHM_FP_LEN 32  /* the request fingerprint */
+
+/* Per-operation counters. The first five are the final outcome of a durable request
+ * (each request counts exactly once); WAITS counts requests that slept on a duplicate. */
+enum cn_shm_counter {
+    CN_OUTCOME_EXECUTED = 0, /* the handler ran (response stored, or released as 5xx) */
+    CN_OUTCOME_REPLAYED,     /* a stored response was returned */
+    CN_OUTCOME_CONFLICT,     /* 409: body mismatch, or a duplicate in progress */
+    CN_OUTCOME_INVALID,      /* 400: missing or malformed key */
+    CN_OUTCOME_FAILED,       /* 5xx: the handler failed or the layer could not store */
+    CN_OUTCOME_COUNT,
+    CN_SHM_WAITS = CN_OUTCOME_COUNT,
+    CN_SHM_COUNTERS
+};
+
+/* One in-flight slot. `state` is the only word that decides anything; see inflight.c for
+ * its bits and the protocol. The payload is written only by the thread that moved the
+ * state from FREE to WRITING, and read under the generation check. */
+typedef struct cn_shm_slot {
+    _Atomic uint32_t state;
+    uint32_t owner_pid;       /* informational (logs) */
+    uint64_t started_ms;      /* monotonic clock, system-wide */
+    uint64_t lease_until_ms;  /* monotonic; past it the claim may be taken over */
+    uint8_t key[CN_SHM_KEY_LEN];
+    uint8_t fingerprint[CN_SHM_FP_LEN];
+    uint8_t reserved[128 - 4 - 4 - 8 - 8 - CN_SHM_KEY_LEN - CN_SHM_FP_LEN];
+} cn_shm_slot_t;
+
+typedef struct cn_shm_worker {
+    alignas(64) _Atomic int64_t owned; /* in-flight slots this worker holds now */
+    _Atomic int32_t pid;               /* 0 while the worker is not running */
+    _Atomic uint32_t starts;           /* how many times this worker slot was started */
+} cn_shm_worker_t;
+
+typedef struct cn_shm_header {
+    uint64_t magic;
+    uint32_t layout_version;
+    uint32_t header_size;
+    uint32_t slot_size;
+    uint32_t worker_size;
+    uint32_t nslots; /* a power of two */
+    uint32_t nworkers;
+    uint32_t nops;
+    uint32_t counters_per_worker; /* nops * CN_SHM_COUNTERS, rounded up to 8 */
+    uint64_t workers_offset;
+    uint64_t slots_offset;
+    uint64_t counters_offset;
+    uint64_t total_size;
+    alignas(64) _Atomic uint64_t worker_restarts;
+    _Atomic uint64_t lease_takeovers;
+} cn_shm_header_t;
+
+_Static_assert(sizeof(cn_shm_slot_t) == 128, "an in-flight slot is two cache lines");
+_Static_assert(offsetof(cn_shm_slot_t, state) == 0, "the state word leads the slot");
+_Static_assert(sizeof(cn_shm_worker_t) == 64, "one cache line per worker");
+_Static_assert(sizeof(cn_shm_header_t) % 64 == 0, "the header fills whole cache lines");
+_Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
+               "shared atomics must be lock-free to work across processes");
+_Static_assert(CN_SHM_MAX_WORKERS <= 255, "owner ids are 8 bits in the state word");
+
+#endif

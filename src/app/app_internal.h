@@ -1,0 +1,73 @@
+/*
+ * app/app_internal.h - the app object and the per-process worker state, shared by the
+ * app (registration, dispatch, metrics) and the process mains in workers/.
+ */
+#ifndef CN_APP_APP_INTERNAL_H
+#define CN_APP_APP_INTERNAL_H
+
+#include <pthread.h>
+
+#include "cnerium/app.h"
+#include "cnerium/config.h"
+#include "http/router.h"
+#include "http/server.h"
+#include "reliability/durable.h"
+#include "shm/inflight.h"
+#include "shm/region.h"
+#include "store/commit.h"
+#include "store/store.h"
+
+#define CN_APP_STORE_MAP_SIZE ((size_t)1 << 30)
+#define CN_APP_DRAIN_TIMEOUT_MS 10000
+
+struct cn_app {
+    cn_config_t cfg;
+    cn_router_t *router;
+    char *ops[CN_SHM_MAX_OPS]; /* owned: distinct durable operation names, by op_index */
+    unsigned nops;
+    cn_shm_t shm; /* while cn_app_run runs: created before fork, shared by every process */
+};
+
+/* What one HTTP worker process (or the single process) runs with. */
+typedef struct cn_worker {
+    cn_app_t *app;
+    unsigned id;
+    cn_store_t *store;
+    cn_committer_t *committer;
+    cn_inflight_t inflight;
+    cn_durable_t durable;
+    cn_http_server_t *http;
+
+    int sweep; /* this worker runs the expiry sweep (worker 0) */
+    pthread_t sweeper;
+    int sweeper_started;
+    pthread_mutex_t sweep_mu;
+    pthread_cond_t sweep_cond;
+    int sweep_stop;
+} cn_worker_t;
+
+/* Dispatches one complete request (the HTTP server's callback; arg is a cn_worker_t). */
+void cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply);
+
+/* The GET /metrics handler (ctx is the app). */
+cn_response_t cn__metrics_handler(cn_request_t *req, void *ctx);
+
+/* Creates the data dir (and parents) if missing. Returns 0 or a negative errno. */
+int cn__app_mkdir_p(const char *dir);
+
+/* Takes the data dir's exclusive lock, waiting up to wait_ms for a previous server's
+ * processes to let go of it. Returns the lock fd, -EBUSY, or a negative errno. */
+int cn__app_lock_data_dir(const char *dir, unsigned wait_ms);
+
+/* Serves as worker `id` until SIGTERM/SIGINT (which the caller has blocked), then drains.
+ * on_ready runs once the worker accepts requests. Returns the process exit code. */
+int cn__worker_run(cn_app_t *app, unsigned id, int listen_fd,
+                   void (*on_ready)(void *arg), void *ready_arg);
+
+/* The supervisor: forks the workers, restarts them, drains. Returns the exit code. */
+int cn__supervisor_run(cn_app_t *app);
+
+/* Prints the ready line ("listening on http://HOST:PORT") on stdout. */
+void cn__app_print_listening(const cn_config_t *cfg, uint16_t port);
+
+#endif
