@@ -1,7 +1,8 @@
 -- wrk script: POST /orders with a fresh Idempotency-Key per request (thread id + counter),
 -- so every request runs the handler and stores a record.
+-- tid is a global on purpose: setup() sets it in each thread's Lua state with
+-- thread:set, which a file-level local would shadow (every thread would then use 0).
 local counter = 0
-local tid = 0
 local next_tid = 0
 
 function setup(thread)

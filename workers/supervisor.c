@@ -428,6 +428,7 @@ cn__supervisor_run(cn_app_t *app)
     s.n = cfg->single_process ? 1 : (unsigned)cfg->workers;
     s.listen_fd = s.sfd = s.ready_rd = s.ready_wr = -1;
     s.self = getpid();
+    app->server_pid = s.self;
 
     if ((rc = cn__app_mkdir_p(cfg->data_dir))) {
         fprintf(stderr, "cnerium: cannot create data dir '%s': %s; pass a writable "
@@ -506,6 +507,7 @@ out:
     if (s.listen_fd >= 0)
         close(s.listen_fd);
     cn__shm_destroy(&app->shm);
+    app->server_pid = 0;
     close(lock_fd);
     if (exit_code == 0)
         cn_log_info("stopped");

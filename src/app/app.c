@@ -274,6 +274,8 @@ cn_app_run(cn_app_t *app)
 void
 cn_app_stop(cn_app_t *app)
 {
-    (void)app;
-    kill(getpid(), SIGTERM);
+    /* From a worker process this stops the whole server: the supervisor drains all. */
+    pid_t server = app->server_pid;
+
+    kill(server > 0 ? server : getpid(), SIGTERM);
 }

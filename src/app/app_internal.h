@@ -6,6 +6,7 @@
 #define CN_APP_APP_INTERNAL_H
 
 #include <pthread.h>
+#include <sys/types.h>
 
 #include "cnerium/app.h"
 #include "cnerium/config.h"
@@ -26,6 +27,7 @@ struct cn_app {
     char *ops[CN_SHM_MAX_OPS]; /* owned: distinct durable operation names, by op_index */
     unsigned nops;
     cn_shm_t shm; /* while cn_app_run runs: created before fork, shared by every process */
+    pid_t server_pid; /* while cn_app_run runs: the supervisor (or the single process) */
 };
 
 /* What one HTTP worker process (or the single process) runs with. */

@@ -160,10 +160,10 @@ class ConcurrentDuplicatesTest(h.ServerTestCase):
         self.assertEqual(self.srv.count("slow.run"), 1)
 
     def test_inflight_reject_mode(self):
-        """--inflight-wait-ms 0: a same-body duplicate of a running request is not kept
-        waiting; it gets 409 request-in-progress with Retry-After."""
+        """--inflight reject: a same-body duplicate of a running request is not kept
+        waiting; it gets 409 request-in-progress with Retry-After: 1."""
         srv = self.start_server(h.contract_server(), "--workers", "2",
-                                "--inflight-wait-ms", "0")
+                                "--inflight", "reject")
         key = "reject-" + uuid.uuid4().hex
         owner_result = []
         owner = threading.Thread(
@@ -174,12 +174,34 @@ class ConcurrentDuplicatesTest(h.ServerTestCase):
         resp = srv.post("/slow?ms=2000", b"{}", key=key)
         self.assertTrue(owner.is_alive(), "the duplicate must not wait for the owner")
         self.assertProblem(resp, 409, h.IN_PROGRESS)
-        self.assertIsNotNone(header(resp[1], "Retry-After"))
+        self.assertEqual(header(resp[1], "Retry-After"), "1")
         owner.join(JOIN_TIMEOUT_S)
         self.assertEqual(owner_result[0][0], 201)
         # Once the owner finished, a retry replays.
         again = srv.post("/slow?ms=2000", b"{}", key=key)
         self.assertEqual(header(again[1], "Idempotent-Replayed"), "true")
+        self.assertEqual(srv.count("slow.run"), 1)
+
+    def test_wait_bound_gives_in_progress(self):
+        """--inflight-wait-ms bounds the default wait: past it the duplicate gets the same
+        409 request-in-progress while the owner keeps running."""
+        srv = self.start_server(h.contract_server(), "--workers", "2",
+                                "--inflight-wait-ms", "200")
+        key = "bound-" + uuid.uuid4().hex
+        owner_result = []
+        owner = threading.Thread(
+            target=lambda: owner_result.append(srv.post("/slow?ms=2000", b"{}", key=key)),
+            daemon=True)
+        owner.start()
+        srv.wait_for_count("slow.run", 1)
+        started = time.monotonic()
+        resp = srv.post("/slow?ms=2000", b"{}", key=key)
+        self.assertGreaterEqual(time.monotonic() - started, 0.15, "the duplicate must wait")
+        self.assertTrue(owner.is_alive(), "the wait is bounded by --inflight-wait-ms")
+        self.assertProblem(resp, 409, h.IN_PROGRESS)
+        self.assertEqual(header(resp[1], "Retry-After"), "1")
+        owner.join(JOIN_TIMEOUT_S)
+        self.assertEqual(owner_result[0][0], 201)
         self.assertEqual(srv.count("slow.run"), 1)
 
 

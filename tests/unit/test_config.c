@@ -27,6 +27,11 @@ static const char *const env_names[] = {
     "CNERIUM_MAX_BODY",
     "CNERIUM_PRINCIPAL_HEADER",
     "CNERIUM_INFLIGHT_WAIT_MS",
+    "CNERIUM_THREADS",
+    "CNERIUM_SINGLE_PROCESS",
+    "CNERIUM_INFLIGHT",
+    "CNERIUM_INFLIGHT_SLOTS",
+    "CNERIUM_LEASE_MS",
     "CNERIUM_SWEEP_INTERVAL_MS",
     "CNERIUM_LOG_LEVEL",
 };
@@ -475,6 +480,64 @@ test_usage_lists_every_flag(void)
     free(text);
 }
 
+static void
+test_process_flags(void)
+{
+    cn_config_t cfg = cn_config_development();
+    char err[256];
+    static const char *const args[] = {"--threads", "8", "--single-process", "--inflight",
+                                       "reject", "--inflight-slots", "1024", "--lease-ms",
+                                       "500", NULL};
+    static const char *const off[] = {"--single-process=0", "--inflight=wait", NULL};
+    static const char *const slots_not_pow2[] = {"--inflight-slots", "1000", NULL};
+    static const char *const bad_mode[] = {"--inflight", "queue", NULL};
+    static const char *const bad_bool[] = {"--single-process=maybe", NULL};
+    static const char *const too_many_workers[] = {"--workers", "65", NULL};
+    static const char *const short_lease[] = {"--lease-ms", "10", NULL};
+
+    /* Defaults. */
+    CU_ASSERT_EQUAL(cfg.threads, 4);
+    CU_ASSERT_EQUAL(cfg.single_process, 0);
+    CU_ASSERT_EQUAL(cfg.inflight_mode, CN_INFLIGHT_WAIT);
+    CU_ASSERT_EQUAL(cfg.inflight_slots, 65536u);
+    CU_ASSERT_EQUAL(cfg.lease_ms, 60000u);
+    CU_ASSERT(cfg.workers >= 1 && cfg.workers <= CN_CONFIG_WORKERS_MAX);
+
+    /* A boolean flag takes no value; the others do. */
+    CU_ASSERT_EQUAL_FATAL(parse(&cfg, err, sizeof(err), args), 0);
+    CU_ASSERT_EQUAL(cfg.threads, 8);
+    CU_ASSERT_EQUAL(cfg.single_process, 1);
+    CU_ASSERT_EQUAL(cfg.inflight_mode, CN_INFLIGHT_REJECT);
+    CU_ASSERT_EQUAL(cfg.inflight_slots, 1024u);
+    CU_ASSERT_EQUAL(cfg.lease_ms, 500u);
+    CU_ASSERT_EQUAL(cn_config_validate(&cfg, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(parse(&cfg, err, sizeof(err), off), 0);
+    CU_ASSERT_EQUAL(cfg.single_process, 0);
+    CU_ASSERT_EQUAL(cfg.inflight_mode, CN_INFLIGHT_WAIT);
+
+    /* The environment. */
+    cfg = cn_config_development();
+    setenv("CNERIUM_SINGLE_PROCESS", "true", 1);
+    setenv("CNERIUM_INFLIGHT", "reject", 1);
+    setenv("CNERIUM_THREADS", "2", 1);
+    CU_ASSERT_EQUAL(cn_config_from_env(&cfg, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(cfg.single_process, 1);
+    CU_ASSERT_EQUAL(cfg.inflight_mode, CN_INFLIGHT_REJECT);
+    CU_ASSERT_EQUAL(cfg.threads, 2);
+    clear_env();
+
+    /* Values that parse but cannot work together fail validation with a message. */
+    cfg = cn_config_development();
+    CU_ASSERT_EQUAL_FATAL(parse(&cfg, err, sizeof(err), slots_not_pow2), 0);
+    CU_ASSERT_EQUAL(cn_config_validate(&cfg, err, sizeof(err)), CN_ECONFIG);
+    CU_ASSERT_PTR_NOT_NULL(strstr(err, "power of two"));
+
+    expect_bad_args(bad_mode);
+    expect_bad_args(bad_bool);
+    expect_bad_args(too_many_workers);
+    expect_bad_args(short_lease);
+}
+
 int
 main(void)
 {
@@ -493,6 +556,7 @@ main(void)
         {"bad environment values are CN_ECONFIG", test_env_bad_values},
         {"flags override the environment", test_flags_override_env},
         {"usage lists every flag", test_usage_lists_every_flag},
+        {"process model and in-flight flags", test_process_flags},
         {NULL, NULL},
     };
     int rc;
