@@ -33,11 +33,11 @@
 /* Per-operation counters. The first five are the final outcome of a durable request
  * (each request counts exactly once); WAITS counts requests that slept on a duplicate. */
 enum cn_shm_counter {
-    CN_OUTCOME_EXECUTED = 0, /* the handler ran (response stored, or released as 5xx) */
+    CN_OUTCOME_EXECUTED = 0, /* the handler ran and answered below 500 */
     CN_OUTCOME_REPLAYED,     /* a stored response was returned */
     CN_OUTCOME_CONFLICT,     /* 409: body mismatch, or a duplicate in progress */
     CN_OUTCOME_INVALID,      /* 400: missing or malformed key */
-    CN_OUTCOME_FAILED,       /* 5xx: the handler failed or the layer could not store */
+    CN_OUTCOME_FAILED,       /* 5xx, from the handler or the layer; nothing stored */
     CN_OUTCOME_COUNT,
     CN_SHM_WAITS = CN_OUTCOME_COUNT,
     CN_SHM_COUNTERS
