@@ -166,6 +166,9 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
                     continue;
                 atomic_fetch_add_explicit(&t->shm->hdr->lease_takeovers, 1,
                                           memory_order_relaxed);
+                if (owner_of(s) < t->shm->hdr->nworkers)
+                    atomic_fetch_sub_explicit(&t->shm->workers[owner_of(s)].owned, 1,
+                                              memory_order_relaxed);
                 cn_log_warn("in-flight slot %u: worker %u ran past its %u ms lease; its "
                             "claim is taken over", idx, owner_of(s), lease_ms);
                 claim->slot = idx;
@@ -206,13 +209,13 @@ cn__inflight_release(cn_inflight_t *t, const cn_claim_t *claim)
     uint32_t cur = atomic_load_explicit(&sl->state, memory_order_relaxed);
     uint32_t freed = (claim->state & GEN_MASK) | PH_FREE;
 
-    atomic_fetch_sub_explicit(&t->shm->workers[t->worker].owned, 1, memory_order_relaxed);
     do {
         if ((cur & ~WAITERS) != claim->state)
-            return CN_ELOST;
+            return CN_ELOST; /* the takeover or free already moved the count */
     } while (!atomic_compare_exchange_weak_explicit(&sl->state, &cur, freed,
                                                     memory_order_release,
                                                     memory_order_relaxed));
+    atomic_fetch_sub_explicit(&t->shm->workers[t->worker].owned, 1, memory_order_relaxed);
     if (cur & WAITERS)
         futex_wake_all(&sl->state);
     return 0;
