@@ -155,7 +155,9 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
                     watched_gen = s & GEN_MASK;
                 }
             }
-            if (now >= lease_until) {
+            /* Only a duplicate may take over an expired claim: a different key that
+             * shares the slot would otherwise void an unrelated operation's result. */
+            if (watching && now >= lease_until) {
                 /* The owner ran past its lease: its claim is ours now. It finds out at
                  * its next check and neither stores nor sends its response. */
                 uint32_t mine = next_gen(s) | ((uint32_t)t->worker << OWNER_SHIFT) |
@@ -175,7 +177,7 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
                 claim->state = publish(t, sl, mine, key, fp, lease_ms, now);
                 return CN_INFLIGHT_OWNED;
             }
-            if (lease_until < wait_until)
+            if (watching && lease_until < wait_until)
                 wait_until = lease_until;
         }
         /* WRITING lasts a few stores; its publish wakes us like a release would. */

@@ -11,7 +11,8 @@
  * A claim is held from before the handler runs until the store holds its record (or the
  * response is known not to be stored), so a duplicate always finds the slot or the
  * record. A claim ends by cn__inflight_release, by cn__inflight_free_worker when its
- * worker died, or by takeover when its lease ran out.
+ * worker died, or by takeover when its lease ran out and a duplicate (same key) wants
+ * it; a different key sharing the slot never takes a claim over, it waits.
  */
 #ifndef CN_SHM_INFLIGHT_H
 #define CN_SHM_INFLIGHT_H
