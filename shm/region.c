@@ -4,7 +4,9 @@
 #include <errno.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cnerium/error.h"
@@ -18,7 +20,8 @@ align64(uint64_t n)
 
 /* The header this build would write for these sizes. */
 static void
-plan(uint32_t nslots, uint32_t nworkers, uint32_t nops, cn_shm_header_t *h)
+plan(uint32_t nslots, uint32_t nworkers, uint32_t nops, uint64_t ring_capacity,
+     cn_shm_header_t *h)
 {
     memset(h, 0, sizeof(*h));
     h->magic = CN_SHM_MAGIC;
@@ -33,15 +36,20 @@ plan(uint32_t nslots, uint32_t nworkers, uint32_t nops, cn_shm_header_t *h)
     h->workers_offset = align64(sizeof(cn_shm_header_t));
     h->slots_offset = align64(h->workers_offset + (uint64_t)nworkers * sizeof(cn_shm_worker_t));
     h->counters_offset = align64(h->slots_offset + (uint64_t)nslots * sizeof(cn_shm_slot_t));
-    h->total_size = align64(h->counters_offset + (uint64_t)nworkers * h->counters_per_worker *
-                                                     sizeof(uint64_t));
+    h->rings_offset = align64(h->counters_offset + (uint64_t)nworkers * h->counters_per_worker *
+                                                       sizeof(uint64_t));
+    h->ring_capacity = ring_capacity;
+    h->ring_size = ring_capacity ? align64(sizeof(cn_ring_t) + ring_capacity) : 0;
+    h->total_size = h->rings_offset + (uint64_t)nworkers * h->ring_size;
 }
 
 static int
-valid_sizes(uint32_t nslots, uint32_t nworkers, uint32_t nops)
+valid_sizes(uint32_t nslots, uint32_t nworkers, uint32_t nops, uint64_t ring_capacity)
 {
     return nslots >= 1 && nslots <= (1u << 24) && !(nslots & (nslots - 1)) && nworkers >= 1 &&
-           nworkers <= CN_SHM_MAX_WORKERS && nops <= CN_SHM_MAX_OPS;
+           nworkers <= CN_SHM_MAX_WORKERS && nops <= CN_SHM_MAX_OPS &&
+           (ring_capacity == 0 || (ring_capacity >= 4096 && ring_capacity <= (1ull << 30) &&
+                                   !(ring_capacity & (ring_capacity - 1))));
 }
 
 static void
@@ -53,6 +61,7 @@ address(cn_shm_t *shm, void *base, size_t size, int fd)
     shm->workers = (cn_shm_worker_t *)(void *)(p + shm->hdr->workers_offset);
     shm->slots = (cn_shm_slot_t *)(void *)(p + shm->hdr->slots_offset);
     shm->counters = (_Atomic uint64_t *)(void *)(p + shm->hdr->counters_offset);
+    shm->rings = shm->hdr->ring_size ? (uint8_t *)(p + shm->hdr->rings_offset) : NULL;
     shm->size = size;
     shm->fd = fd;
 }
@@ -60,15 +69,24 @@ address(cn_shm_t *shm, void *base, size_t size, int fd)
 int
 cn__shm_create(uint32_t nslots, uint32_t nworkers, uint32_t nops, cn_shm_t *out)
 {
+    return cn__shm_create_rings(nslots, nworkers, nops, 0, out);
+}
+
+int
+cn__shm_create_rings(uint32_t nslots, uint32_t nworkers, uint32_t nops,
+                     uint64_t ring_capacity, cn_shm_t *out)
+{
     cn_shm_header_t h;
     void *base;
     int fd;
 
     memset(out, 0, sizeof(*out));
     out->fd = -1;
-    if (!valid_sizes(nslots, nworkers, nops))
+    if (!valid_sizes(nslots, nworkers, nops, ring_capacity))
         return -EINVAL;
-    plan(nslots, nworkers, nops, &h);
+    plan(nslots, nworkers, nops, ring_capacity, &h);
+    if (getrandom(&h.epoch, sizeof(h.epoch), 0) != (ssize_t)sizeof(h.epoch))
+        h.epoch = ((uint64_t)getpid() << 32) ^ (uint64_t)time(NULL);
     /* Not MFD_CLOEXEC: nothing execs, and children inherit the fd with the mapping. */
     fd = memfd_create("cnerium-shm", 0);
     if (fd < 0)
@@ -87,6 +105,8 @@ cn__shm_create(uint32_t nslots, uint32_t nworkers, uint32_t nops, cn_shm_t *out)
     /* A fresh memfd reads as zeros: every slot FREE, every counter 0. */
     memcpy(base, &h, sizeof(h));
     address(out, base, h.total_size, fd);
+    for (uint32_t w = 0; ring_capacity && w < nworkers; w++)
+        cn__ring_init(cn__shm_ring(out, w), ring_capacity);
     return 0;
 }
 
@@ -104,13 +124,14 @@ cn__shm_attach(int fd, cn_shm_t *out)
     if ((size_t)st.st_size < sizeof(h) || pread(fd, &h, sizeof(h), 0) != (ssize_t)sizeof(h))
         return CN_ECORRUPT;
     if (h.magic != CN_SHM_MAGIC || h.layout_version != CN_SHM_LAYOUT_VERSION ||
-        !valid_sizes(h.nslots, h.nworkers, h.nops))
+        !valid_sizes(h.nslots, h.nworkers, h.nops, h.ring_capacity))
         return CN_ECORRUPT;
-    plan(h.nslots, h.nworkers, h.nops, &want);
+    plan(h.nslots, h.nworkers, h.nops, h.ring_capacity, &want);
     if (h.header_size != want.header_size || h.slot_size != want.slot_size ||
         h.worker_size != want.worker_size || h.counters_per_worker != want.counters_per_worker ||
         h.workers_offset != want.workers_offset || h.slots_offset != want.slots_offset ||
-        h.counters_offset != want.counters_offset || h.total_size != want.total_size ||
+        h.counters_offset != want.counters_offset || h.rings_offset != want.rings_offset ||
+        h.ring_size != want.ring_size || h.total_size != want.total_size ||
         (uint64_t)st.st_size < h.total_size)
         return CN_ECORRUPT;
     base = mmap(NULL, h.total_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);

@@ -4,6 +4,7 @@
 #ifndef CN_SHM_REGION_H
 #define CN_SHM_REGION_H
 
+#include "shm/ring.h"
 #include "shm/shm.h"
 
 typedef struct cn_shm {
@@ -11,6 +12,7 @@ typedef struct cn_shm {
     cn_shm_worker_t *workers;
     cn_shm_slot_t *slots;
     _Atomic uint64_t *counters;
+    uint8_t *rings; /* NULL when the region has none */
     size_t size;
     int fd; /* the memfd; -1 once closed */
 } cn_shm_t;
@@ -19,6 +21,18 @@ typedef struct cn_shm {
  * and nops operations, and maps it shared. Returns 0 or a negative error (-EINVAL for
  * sizes out of range). The mapping survives fork. */
 int cn__shm_create(uint32_t nslots, uint32_t nworkers, uint32_t nops, cn_shm_t *out);
+
+/* The same, with one record ring of ring_capacity bytes (a power of two, >= 4096; 0 for
+ * none) per worker, and a fresh random epoch. */
+int cn__shm_create_rings(uint32_t nslots, uint32_t nworkers, uint32_t nops,
+                         uint64_t ring_capacity, cn_shm_t *out);
+
+/* Worker w's record ring (the region must have rings). */
+static inline cn_ring_t *
+cn__shm_ring(const cn_shm_t *shm, unsigned w)
+{
+    return (cn_ring_t *)(void *)(shm->rings + (size_t)w * shm->hdr->ring_size);
+}
 
 /* Maps an existing region from its memfd and validates it (magic, layout version, sizes
  * of this build, offsets within the file). Returns 0, CN_ECORRUPT or a negative error. */

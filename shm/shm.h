@@ -10,6 +10,8 @@
  *   slots[nslots]     the in-flight table (shm/inflight.h), 128 bytes per slot
  *   counters          [nworkers][nops][CN_SHM_COUNTERS] uint64, one 64-byte-aligned
  *                     block per worker so workers never write the same cache line
+ *   rings[nworkers]   each worker's record ring to the persister (shm/ring.h), ring_size
+ *                     bytes apart (absent when ring_capacity is 0)
  *
  * Everything in the region is either written once before fork (the header) or accessed
  * through C11 atomics, except slot payloads, which follow the publication protocol of
@@ -24,7 +26,7 @@
 #include <stdint.h>
 
 #define CN_SHM_MAGIC UINT64_C(0x314d48534e52454e) /* "NERNSHM1" read as little endian */
-#define CN_SHM_LAYOUT_VERSION 1u
+#define CN_SHM_LAYOUT_VERSION 2u
 #define CN_SHM_MAX_WORKERS 64 /* owner ids fit the state word's 8 bits with room */
 #define CN_SHM_MAX_OPS 256
 #define CN_SHM_KEY_LEN 32 /* SHA-256 of the store key: the slot's identity */
@@ -62,6 +64,33 @@ typedef struct cn_shm_worker {
     _Atomic uint32_t starts;           /* how many times this worker slot was started */
 } cn_shm_worker_t;
 
+/* Histogram bucket upper bounds: fdatasync latency in microseconds, batch sizes in
+ * records. The last bucket is +Inf. */
+#define CN_SHM_SYNC_BUCKETS 12
+#define CN_SHM_BATCH_BUCKETS 12
+#define CN_SHM_SYNC_BOUNDS_US {50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000}
+#define CN_SHM_BATCH_BOUNDS {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}
+
+/* The persister's figures, written by the persister only. */
+typedef struct cn_shm_persist {
+    alignas(64) _Atomic int32_t pid; /* 0 while not running */
+    _Atomic uint32_t starts;
+    _Atomic uint64_t batches;
+    _Atomic uint64_t records;
+    _Atomic uint64_t records_failed;     /* could not be stored: the client got 503 */
+    _Atomic uint64_t duplicates_skipped; /* already applied before a persister restart */
+    _Atomic uint64_t wal_bytes;          /* written to the WAL since the server started */
+    _Atomic uint64_t applied_lsn;
+    _Atomic uint64_t checkpoint_lsn;
+    _Atomic uint64_t checkpoint_unix_ms;
+    _Atomic uint64_t checkpoints;
+    _Atomic uint64_t sync_us_sum;
+    _Atomic uint64_t sync_buckets[CN_SHM_SYNC_BUCKETS];
+    _Atomic uint64_t batch_buckets[CN_SHM_BATCH_BUCKETS];
+    _Atomic uint64_t recovered_records;  /* replayed from the WAL at the last start */
+    _Atomic uint64_t restarts;
+} cn_shm_persist_t;
+
 typedef struct cn_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -75,15 +104,21 @@ typedef struct cn_shm_header {
     uint64_t workers_offset;
     uint64_t slots_offset;
     uint64_t counters_offset;
+    uint64_t rings_offset;
+    uint64_t ring_capacity; /* data bytes per ring; 0 = no rings */
+    uint64_t ring_size;     /* bytes from one ring to the next */
+    uint64_t epoch;         /* random per server start: (epoch, worker, seq) names a record */
     uint64_t total_size;
     alignas(64) _Atomic uint64_t worker_restarts;
     _Atomic uint64_t lease_takeovers;
+    cn_shm_persist_t persist;
 } cn_shm_header_t;
 
 _Static_assert(sizeof(cn_shm_slot_t) == 128, "an in-flight slot is two cache lines");
 _Static_assert(offsetof(cn_shm_slot_t, state) == 0, "the state word leads the slot");
 _Static_assert(sizeof(cn_shm_worker_t) == 64, "one cache line per worker");
 _Static_assert(sizeof(cn_shm_header_t) % 64 == 0, "the header fills whole cache lines");
+_Static_assert(sizeof(cn_shm_persist_t) % 64 == 0, "persister figures fill whole lines");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
                "shared atomics must be lock-free to work across processes");
 _Static_assert(CN_SHM_MAX_WORKERS <= 255, "owner ids are 8 bits in the state word");

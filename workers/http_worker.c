@@ -1,7 +1,8 @@
 /*
- * workers/http_worker.c - one HTTP worker: its own LMDB environment and committer, the
- * libmicrohttpd server on the inherited listening socket, the expiry sweep (worker 0
- * only), and the drain on SIGTERM/SIGINT.
+ * workers/http_worker.c - one HTTP worker: its own LMDB environment (for lookups), its
+ * committer (the record ring to the persister; in --single-process mode, synced LMDB
+ * commits and the expiry sweep), the libmicrohttpd server on the inherited listening
+ * socket, and the drain on SIGTERM/SIGINT.
  *
  * Runs in a forked worker process, or in the calling process with --single-process. The
  * caller has blocked SIGTERM and SIGINT in every thread; the worker's main thread takes
@@ -131,7 +132,8 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     memset(&w, 0, sizeof(w));
     w.app = app;
     w.id = id;
-    w.sweep = id == 0;
+    /* With a persister (multi-process mode) it alone writes LMDB and sweeps. */
+    w.sweep = cfg->single_process;
     w.inflight = (cn_inflight_t){&app->shm, id, cfg->inflight_mode == CN_INFLIGHT_REJECT};
 
     snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
@@ -140,11 +142,15 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
                 cn_strerror(rc));
         return rc == -EACCES || rc == -EROFS || rc == -ENOSPC ? 2 : 1;
     }
-    if ((rc = cn__committer_new_sync(w.store, &w.committer))) {
-        fprintf(stderr, "cnerium: %s\n", cn_strerror(rc));
+    rc = cfg->single_process
+             ? cn__committer_new_sync(w.store, &w.committer)
+             : cn__committer_new_ring(cn__shm_ring(&app->shm, id), app->persist_efd,
+                                      app->ack_efd[id], CN_APP_COMMIT_TIMEOUT_MS, &w.committer);
+    if (rc) {
+        fprintf(stderr, "cnerium: cannot start the committer: %s\n", cn_strerror(rc));
         goto out;
     }
-    w.durable = (cn_durable_t){cfg, w.store, w.committer, &w.inflight};
+    w.durable = (cn_durable_t){cfg, w.store, w.committer, &w.inflight, cn__app_deliver, &w};
 
     if (w.sweep && start_sweeper(&w)) {
         fprintf(stderr, "cnerium: cannot start the sweep thread\n");
@@ -172,10 +178,13 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     exit_code = 0;
 
 out:
+    /* Requests waiting for their commit were answered (503 at the latest, at the commit
+     * timeout) before the drain ended; give the last decisions a bounded while to come
+     * in, then stop the server. */
+    cn__committer_free(w.committer, CN_APP_COMMIT_TIMEOUT_MS);
     cn__http_stop(w.http);
     stop_sweeper(&w);
     atomic_store(&app->shm.workers[id].pid, 0);
-    cn__committer_free(w.committer);
     cn__store_close(w.store);
     return exit_code;
 }

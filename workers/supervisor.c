@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
@@ -41,6 +42,8 @@
 #define BACKOFF_FIRST_MS 100
 #define BACKOFF_MAX_MS 5000
 #define HEALTHY_AFTER_MS 10000
+#define RING_DRAIN_MS 5000
+#define DRAIN_TICK_MS 2
 
 typedef struct child {
     pid_t pid;        /* 0 while not running */
@@ -48,12 +51,17 @@ typedef struct child {
     unsigned fails;   /* consecutive deaths shortly after a start */
     uint64_t started_ms;
     uint64_t restart_at_ms; /* when pid == 0 and the server runs: respawn time */
+    /* A dead worker whose ring still holds records: its in-flight slots are freed (and
+     * it is restarted) only once the persister has decided them, or at drain_until. */
+    int draining;
+    uint64_t drain_seq, drain_until_ms;
 } child_t;
 
 typedef struct supervisor {
     cn_app_t *app;
-    unsigned n;
-    child_t children[CN_CONFIG_WORKERS_MAX];
+    unsigned n;          /* workers; children[n] is the persister when persist is set */
+    int persist;
+    child_t children[CN_CONFIG_WORKERS_MAX + 1];
     int listen_fd, sfd, ready_rd, ready_wr;
     pid_t self;
     uint64_t crashes[CRASH_LIMIT + 1]; /* ring of recent death times */
@@ -87,18 +95,44 @@ child_main(supervisor_t *s, unsigned id)
 
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != s->self)
         _exit(1); /* the supervisor is already gone */
-    snprintf(name, sizeof(name), "cn-worker-%u", id);
+    if (id == s->n)
+        snprintf(name, sizeof(name), "cn-persister");
+    else
+        snprintf(name, sizeof(name), "cn-worker-%u", id);
     prctl(PR_SET_NAME, name);
     close(s->sfd);
     close(s->ready_rd);
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     sigprocmask(SIG_UNBLOCK, &chld, NULL); /* SIGTERM and SIGINT stay blocked */
-    rc = cn__worker_run(s->app, id, s->listen_fd, report_ready, &ready);
+    if (id == s->n) {
+        close(s->listen_fd); /* the persister serves nothing */
+        rc = cn__persister_run(s->app, report_ready, &ready);
+    } else {
+        rc = cn__worker_run(s->app, id, s->listen_fd, report_ready, &ready);
+    }
     exit(rc);
 }
 
 /* ---- in the supervisor ---- */
+
+static const char *
+child_name(const supervisor_t *s, unsigned id)
+{
+    static char buf[32];
+
+    if (id == s->n)
+        return "cn-persister";
+    snprintf(buf, sizeof(buf), "cn-worker-%u", id);
+    return buf;
+}
+
+/* Children that take part: the workers, and the persister when there is one. */
+static unsigned
+nchildren(const supervisor_t *s)
+{
+    return s->n + (s->persist ? 1u : 0u);
+}
 
 static int
 spawn(supervisor_t *s, unsigned id)
@@ -110,7 +144,7 @@ spawn(supervisor_t *s, unsigned id)
     fflush(stderr);
     pid = fork();
     if (pid < 0) {
-        cn_log_error("cannot fork cn-worker-%u: %s", id, strerror(errno));
+        cn_log_error("cannot fork %s: %s", child_name(s, id), strerror(errno));
         return -errno;
     }
     if (pid == 0)
@@ -118,7 +152,10 @@ spawn(supervisor_t *s, unsigned id)
     c->pid = pid;
     c->ready = 0;
     c->started_ms = cn__clock_mono_ms();
-    atomic_fetch_add(&s->app->shm.workers[id].starts, 1);
+    if (id < s->n)
+        atomic_fetch_add(&s->app->shm.workers[id].starts, 1);
+    else
+        atomic_fetch_add(&s->app->shm.hdr->persist.starts, 1);
     return 0;
 }
 
@@ -130,28 +167,28 @@ drain_ready(supervisor_t *s)
 
     while ((n = read(s->ready_rd, ids, sizeof(ids))) > 0) {
         for (ssize_t i = 0; i < n; i++) {
-            if (ids[i] < s->n && s->children[ids[i]].pid)
+            if (ids[i] < nchildren(s) && s->children[ids[i]].pid)
                 s->children[ids[i]].ready = 1;
         }
     }
 }
 
 static unsigned
-count_ready(const supervisor_t *s)
+count_ready(const supervisor_t *s, unsigned from, unsigned to)
 {
     unsigned n = 0;
 
-    for (unsigned i = 0; i < s->n; i++)
+    for (unsigned i = from; i < to; i++)
         n += s->children[i].pid && s->children[i].ready;
     return n;
 }
 
 static unsigned
-count_running(const supervisor_t *s)
+count_running(const supervisor_t *s, unsigned from, unsigned to)
 {
     unsigned n = 0;
 
-    for (unsigned i = 0; i < s->n; i++)
+    for (unsigned i = from; i < to; i++)
         n += s->children[i].pid != 0;
     return n;
 }
@@ -180,9 +217,50 @@ describe_exit(int status, char *buf, size_t cap)
         snprintf(buf, cap, "stopped (status %d)", status);
 }
 
-/* Reaps every dead child. While running, schedules replacements. Returns 0, or the exit
- * code the server must stop with (2: a worker reported a configuration problem; 1: a
- * crash loop). */
+/* A worker's ring has no undecided record left (or never had a ring). */
+static int
+ring_drained(const supervisor_t *s, unsigned id, uint64_t upto)
+{
+    return !s->persist ||
+           atomic_load(&cn__shm_ring(&s->app->shm, id)->acked_seq) >= upto;
+}
+
+/* Frees a dead worker's in-flight slots, now that the persister decided its records
+ * (or gave up waiting for it), and schedules its replacement. */
+static void
+release_worker(supervisor_t *s, unsigned id, int timed_out)
+{
+    child_t *c = &s->children[id];
+    size_t freed = cn__inflight_free_worker(&s->app->shm, id);
+
+    c->draining = 0;
+    if (timed_out)
+        cn_log_warn("cn-worker-%u: the persister did not decide its last records within %d "
+                    "ms; its claims are released anyway", id, RING_DRAIN_MS);
+    if (freed)
+        cn_log_info("cn-worker-%u: %zu in-flight request%s released", id, freed,
+                    freed == 1 ? "" : "s");
+}
+
+static void
+schedule_restart(child_t *c, uint64_t now)
+{
+    /* The first death after a healthy run restarts at once; each further death soon
+     * after a start doubles the delay, from BACKOFF_FIRST_MS up to BACKOFF_MAX_MS. */
+    c->fails = now - c->started_ms >= HEALTHY_AFTER_MS ? 1 : c->fails + 1;
+    if (c->fails <= 1) {
+        c->restart_at_ms = now;
+    } else {
+        uint64_t delay = (uint64_t)BACKOFF_FIRST_MS << (c->fails > 8 ? 6 : c->fails - 2);
+        c->restart_at_ms = now + (delay > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay);
+    }
+}
+
+/* Reaps every dead child. While running, schedules replacements: a dead worker's claims
+ * stay held until the persister has decided the records it left in its ring, so no
+ * retry can run the operation again while its record may still land. Returns 0, or the
+ * exit code the server must stop with (2: a child reported a configuration problem; 1:
+ * a crash loop). */
 static int
 reap(supervisor_t *s, int running)
 {
@@ -193,60 +271,71 @@ reap(supervisor_t *s, int running)
         uint64_t now = cn__clock_mono_ms();
         char how[96];
         unsigned id;
-        size_t freed;
 
-        for (id = 0; id < s->n && s->children[id].pid != pid; id++)
+        for (id = 0; id < nchildren(s) && s->children[id].pid != pid; id++)
             ;
-        if (id == s->n)
+        if (id == nchildren(s))
             continue;
         child_t *c = &s->children[id];
         c->pid = 0;
-        freed = cn__inflight_free_worker(&s->app->shm, id);
         describe_exit(status, how, sizeof(how));
+        if (id < s->n) {
+            c->draining = 1;
+            c->drain_seq = s->persist
+                               ? atomic_load(&cn__shm_ring(&s->app->shm, id)->next_seq) - 1
+                               : 0;
+            c->drain_until_ms = now + RING_DRAIN_MS;
+        }
         if (!running) {
-            cn_log_debug("cn-worker-%u %s", id, how);
+            cn_log_debug("%s %s", child_name(s, id), how);
             continue;
         }
-        cn_log_error("cn-worker-%u (pid %d) %s; %zu in-flight request%s released", id,
-                     (int)pid, how, freed, freed == 1 ? "" : "s");
+        cn_log_error("%s (pid %d) %s", child_name(s, id), (int)pid, how);
         if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
             verdict = 2;
             continue;
         }
         if (crash_loop(s, now)) {
-            cn_log_error("workers died %d times within %d s: stopping the server (a crash "
-                         "loop; see the errors above)", CRASH_LIMIT + 1,
+            cn_log_error("server processes died %d times within %d s: stopping the server "
+                         "(a crash loop; see the errors above)", CRASH_LIMIT + 1,
                          CRASH_WINDOW_MS / 1000);
             if (!verdict)
                 verdict = 1;
             continue;
         }
-        c->fails = now - c->started_ms >= HEALTHY_AFTER_MS ? 0 : c->fails + 1;
-        if (c->fails == 0) {
-            c->restart_at_ms = now;
-        } else {
-            uint64_t delay = (uint64_t)BACKOFF_FIRST_MS << (c->fails > 6 ? 6 : c->fails - 1);
-            c->restart_at_ms = now + (delay > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay);
-        }
+        schedule_restart(c, now);
     }
     return verdict;
 }
 
-/* Milliseconds until the next scheduled restart, or -1 when none. Spawns the due ones. */
+/* Releases drained workers; respawns the children that are due. Returns the poll
+ * timeout until the next thing to do, or -1 when nothing is scheduled. */
 static int
 restart_due(supervisor_t *s)
 {
     uint64_t now = cn__clock_mono_ms();
     int64_t next = -1;
 
-    for (unsigned id = 0; id < s->n; id++) {
+    for (unsigned id = 0; id < nchildren(s); id++) {
         child_t *c = &s->children[id];
         if (c->pid)
             continue;
+        if (c->draining) {
+            if (ring_drained(s, id, c->drain_seq) || now >= c->drain_until_ms) {
+                release_worker(s, id, !ring_drained(s, id, c->drain_seq));
+            } else {
+                if (next < 0 || next > DRAIN_TICK_MS)
+                    next = DRAIN_TICK_MS;
+                continue;
+            }
+        }
         if (c->restart_at_ms <= now) {
             if (spawn(s, id) == 0) {
-                atomic_fetch_add(&s->app->shm.hdr->worker_restarts, 1);
-                cn_log_info("cn-worker-%u restarted (pid %d)", id, (int)c->pid);
+                if (id < s->n)
+                    atomic_fetch_add(&s->app->shm.hdr->worker_restarts, 1);
+                else
+                    atomic_fetch_add(&s->app->shm.hdr->persist.restarts, 1);
+                cn_log_info("%s restarted (pid %d)", child_name(s, id), (int)c->pid);
                 continue;
             }
             c->restart_at_ms = now + BACKOFF_MAX_MS;
@@ -273,17 +362,17 @@ read_signals(supervisor_t *s, int *chld)
     return stop;
 }
 
-/* SIGTERM to every worker, then a bounded wait; SIGKILL for what is left. */
+/* SIGTERM to children [from, to), then a bounded wait; SIGKILL for what is left. */
 static void
-stop_children(supervisor_t *s)
+stop_range(supervisor_t *s, unsigned from, unsigned to, uint64_t wait_ms)
 {
-    uint64_t deadline = cn__clock_mono_ms() + CN_APP_DRAIN_TIMEOUT_MS + STOP_GRACE_MS;
+    uint64_t deadline = cn__clock_mono_ms() + wait_ms;
 
-    for (unsigned id = 0; id < s->n; id++) {
+    for (unsigned id = from; id < to; id++) {
         if (s->children[id].pid)
             kill(s->children[id].pid, SIGTERM);
     }
-    while (count_running(s)) {
+    while (count_running(s, from, to)) {
         struct pollfd p = {s->sfd, POLLIN, 0};
         uint64_t now = cn__clock_mono_ms();
         int chld = 0;
@@ -293,9 +382,9 @@ stop_children(supervisor_t *s)
             read_signals(s, &chld);
         reap(s, 0);
     }
-    for (unsigned id = 0; id < s->n; id++) {
+    for (unsigned id = from; id < to; id++) {
         if (s->children[id].pid) {
-            cn_log_warn("cn-worker-%u did not stop in time: SIGKILL", id);
+            cn_log_warn("%s did not stop in time: SIGKILL", child_name(s, id));
             kill(s->children[id].pid, SIGKILL);
             waitpid(s->children[id].pid, NULL, 0);
             s->children[id].pid = 0;
@@ -303,20 +392,31 @@ stop_children(supervisor_t *s)
     }
 }
 
-/* Waits until every worker reported ready. Returns 0 or the exit code to stop with. */
+/* Workers first (they finish their requests, which may wait for the persister), then
+ * the persister (it drains what they left in the rings). */
+static void
+stop_children(supervisor_t *s)
+{
+    stop_range(s, 0, s->n, CN_APP_DRAIN_TIMEOUT_MS + CN_APP_COMMIT_TIMEOUT_MS + STOP_GRACE_MS);
+    if (s->persist)
+        stop_range(s, s->n, s->n + 1, STOP_GRACE_MS + 10000);
+}
+
+/* Waits until children [from, to) reported ready. Returns -1 when they did, or the
+ * exit code to stop with. */
 static int
-await_ready(supervisor_t *s)
+await_ready(supervisor_t *s, unsigned from, unsigned to)
 {
     uint64_t deadline = cn__clock_mono_ms() + READY_TIMEOUT_MS;
 
-    while (count_ready(s) < s->n) {
+    while (count_ready(s, from, to) < to - from) {
         struct pollfd p[2] = {{s->sfd, POLLIN, 0}, {s->ready_rd, POLLIN, 0}};
         uint64_t now = cn__clock_mono_ms();
         int chld = 0, verdict;
 
         if (now >= deadline) {
-            fprintf(stderr, "cnerium: workers did not start within %d s\n",
-                    READY_TIMEOUT_MS / 1000);
+            fprintf(stderr, "cnerium: %s did not start within %d s\n",
+                    to - from == 1 ? child_name(s, from) : "workers", READY_TIMEOUT_MS / 1000);
             return 1;
         }
         if (poll(p, 2, (int)(deadline - now)) < 0 && errno != EINTR)
@@ -325,14 +425,15 @@ await_ready(supervisor_t *s)
         if (read_signals(s, &chld))
             return 0; /* stopped while starting: a clean stop */
         if (chld) {
-            for (unsigned id = 0; id < s->n; id++) {
+            for (unsigned id = 0; id < nchildren(s); id++) {
                 int status;
                 pid_t pid = s->children[id].pid;
                 if (pid && waitpid(pid, &status, WNOHANG) == pid) {
                     s->children[id].pid = 0;
                     verdict = WIFEXITED(status) && WEXITSTATUS(status) == 2 ? 2 : 1;
                     if (verdict == 1)
-                        fprintf(stderr, "cnerium: cn-worker-%u died while starting\n", id);
+                        fprintf(stderr, "cnerium: %s died while starting\n",
+                                child_name(s, id));
                     return verdict;
                 }
             }
@@ -346,12 +447,18 @@ serve(supervisor_t *s)
 {
     int verdict;
 
+    /* The persister recovers the WAL before any worker accepts a request. */
+    if (s->persist) {
+        if (spawn(s, s->n))
+            return 1;
+        if ((verdict = await_ready(s, s->n, s->n + 1)) >= 0)
+            return verdict;
+    }
     for (unsigned id = 0; id < s->n; id++) {
         if (spawn(s, id))
             return 1;
     }
-    verdict = await_ready(s);
-    if (verdict >= 0)
+    if ((verdict = await_ready(s, 0, s->n)) >= 0)
         return verdict;
     cn_log_info("%s (node %s) serving: %u worker processes x %d threads, data dir %s",
                 s->app->cfg.name, s->app->cfg.node_id, s->n, s->app->cfg.threads,
@@ -429,6 +536,9 @@ cn__supervisor_run(cn_app_t *app)
     s.listen_fd = s.sfd = s.ready_rd = s.ready_wr = -1;
     s.self = getpid();
     app->server_pid = s.self;
+    app->persist_efd = -1;
+    for (unsigned w = 0; w < CN_SHM_MAX_WORKERS; w++)
+        app->ack_efd[w] = -1;
 
     if ((rc = cn__app_mkdir_p(cfg->data_dir))) {
         fprintf(stderr, "cnerium: cannot create data dir '%s': %s; pass a writable "
@@ -450,7 +560,9 @@ cn__supervisor_run(cn_app_t *app)
         close(lock_fd);
         return rc;
     }
-    if ((rc = cn__shm_create(cfg->inflight_slots, s.n, app->nops, &app->shm))) {
+    s.persist = !cfg->single_process;
+    if ((rc = cn__shm_create_rings(cfg->inflight_slots, s.n, app->nops,
+                                   s.persist ? CN_APP_RING_BYTES : 0, &app->shm))) {
         fprintf(stderr, "cnerium: cannot create the shared memory region (%u in-flight "
                         "slots): %s\n", cfg->inflight_slots, cn_strerror(rc));
         goto out;
@@ -479,9 +591,16 @@ cn__supervisor_run(cn_app_t *app)
     }
 
     if ((s.sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK)) < 0 ||
-        pipe2(ready, O_CLOEXEC | O_NONBLOCK)) {
+        pipe2(ready, O_CLOEXEC | O_NONBLOCK) ||
+        (app->persist_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
         fprintf(stderr, "cnerium: cannot set up the supervisor: %s\n", strerror(errno));
         goto out_signals;
+    }
+    for (unsigned w = 0; w < s.n; w++) {
+        if ((app->ack_efd[w] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+            fprintf(stderr, "cnerium: cannot create an eventfd: %s\n", strerror(errno));
+            goto out_signals;
+        }
     }
     s.ready_rd = ready[0];
     s.ready_wr = ready[1];
@@ -506,6 +625,14 @@ out:
         close(s.ready_wr);
     if (s.listen_fd >= 0)
         close(s.listen_fd);
+    if (app->persist_efd >= 0)
+        close(app->persist_efd);
+    for (unsigned w = 0; w < CN_SHM_MAX_WORKERS; w++) {
+        if (app->ack_efd[w] >= 0)
+            close(app->ack_efd[w]);
+        app->ack_efd[w] = -1;
+    }
+    app->persist_efd = -1;
     cn__shm_destroy(&app->shm);
     app->server_pid = 0;
     close(lock_fd);

@@ -146,6 +146,26 @@ cn_durable_post(cn_app_t *app, const char *path, const char *operation, cn_handl
 
 /* ---- dispatch (request threads) ---- */
 
+static void
+count_outcome(cn_worker_t *w, const cn_durable_result_t *out)
+{
+    cn__shm_count(&w->app->shm, w->id, out->op_index, out->outcome);
+    if (out->waited)
+        cn__shm_count(&w->app->shm, w->id, out->op_index, CN_SHM_WAITS);
+}
+
+void
+cn__app_deliver(void *arg, void *handle, cn_durable_result_t *out)
+{
+    cn_http_reply_t reply = {
+        .response = out->response,
+        .flags = CN_REPLY_NO_STORE,
+    };
+
+    count_outcome(arg, out);
+    cn__http_complete(handle, &reply);
+}
+
 void
 cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
 {
@@ -181,9 +201,11 @@ cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
         const cn_route_t *route = req->match.route;
         cn_durable_result_t out;
         cn__durable_handle(&w->durable, route, req, &out);
-        cn__shm_count(&app->shm, w->id, route->op_index, out.outcome);
-        if (out.waited)
-            cn__shm_count(&app->shm, w->id, route->op_index, CN_SHM_WAITS);
+        if (out.deferred) {
+            reply->flags = CN_REPLY_DEFERRED; /* cn__app_deliver answers it */
+            return;
+        }
+        count_outcome(w, &out);
         reply->response = out.response;
         reply->flags = CN_REPLY_NO_STORE |
                        (out.outcome == CN_OUTCOME_REPLAYED ? CN_REPLY_REPLAYED : 0);

@@ -28,7 +28,15 @@ struct cn_app {
     unsigned nops;
     cn_shm_t shm; /* while cn_app_run runs: created before fork, shared by every process */
     pid_t server_pid; /* while cn_app_run runs: the supervisor (or the single process) */
+    /* Multi-process mode: eventfds created before fork. Workers write persist_efd after
+     * pushing a record; the persister writes ack_efd[w] after acking worker w's ring. */
+    int persist_efd;
+    int ack_efd[CN_SHM_MAX_WORKERS];
 };
+
+#define CN_APP_RING_BYTES ((uint64_t)4 << 20)
+#define CN_APP_COMMIT_TIMEOUT_MS 5000
+#define CN_APP_WAL_SEGMENT_BYTES ((uint64_t)32 << 20)
 
 /* What one HTTP worker process (or the single process) runs with. */
 typedef struct cn_worker {
@@ -51,6 +59,10 @@ typedef struct cn_worker {
 /* Dispatches one complete request (the HTTP server's callback; arg is a cn_worker_t). */
 void cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply);
 
+/* Answers a durable request whose response was deferred until its commit was decided
+ * (the durable layer's deliver callback; arg is a cn_worker_t). */
+void cn__app_deliver(void *arg, void *handle, cn_durable_result_t *out);
+
 /* The GET /metrics handler (ctx is the app). */
 cn_response_t cn__metrics_handler(cn_request_t *req, void *ctx);
 
@@ -68,6 +80,11 @@ int cn__worker_run(cn_app_t *app, unsigned id, int listen_fd,
 
 /* The supervisor: forks the workers, restarts them, drains. Returns the exit code. */
 int cn__supervisor_run(cn_app_t *app);
+
+/* The persister process: recovery, then the group-commit loop until SIGTERM/SIGINT
+ * (blocked by the caller), then a final drain of the rings. on_ready runs once recovery
+ * is done. Returns the process exit code. */
+int cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg);
 
 /* Prints the ready line ("listening on http://HOST:PORT") on stdout. */
 void cn__app_print_listening(const cn_config_t *cfg, uint16_t port);

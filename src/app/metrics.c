@@ -59,6 +59,84 @@ static const char *const outcome_names[CN_OUTCOME_COUNT] = {
     [CN_OUTCOME_FAILED] = "failed",
 };
 
+static void
+put_histogram(text_t *t, const char *name, const char *help, const _Atomic uint64_t *buckets,
+              const uint64_t *bounds, int n, double scale, double sum)
+{
+    uint64_t cum = 0;
+
+    put(t, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    for (int i = 0; i < n; i++) {
+        cum += atomic_load_explicit(&buckets[i], memory_order_relaxed);
+        if (i < n - 1)
+            put(t, "%s_bucket{le=\"%g\"} %llu\n", name, (double)bounds[i] * scale,
+                (unsigned long long)cum);
+        else
+            put(t, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    }
+    put(t, "%s_sum %g\n%s_count %llu\n", name, sum, name, (unsigned long long)cum);
+}
+
+static void
+put_persist(text_t *t, const cn_shm_persist_t *p)
+{
+    static const uint64_t sync_bounds[] = CN_SHM_SYNC_BOUNDS_US;
+    static const uint64_t batch_bounds[] = CN_SHM_BATCH_BOUNDS;
+    uint64_t records = atomic_load(&p->records);
+
+    put(t, "# HELP cnerium_persist_batches_total WAL batches written (one fdatasync each).\n"
+           "# TYPE cnerium_persist_batches_total counter\n"
+           "cnerium_persist_batches_total %llu\n"
+           "# HELP cnerium_persist_records_total Records written to the WAL and applied.\n"
+           "# TYPE cnerium_persist_records_total counter\n"
+           "cnerium_persist_records_total %llu\n"
+           "# HELP cnerium_persist_records_failed_total Records that could not be stored "
+           "(their requests got 503).\n"
+           "# TYPE cnerium_persist_records_failed_total counter\n"
+           "cnerium_persist_records_failed_total %llu\n"
+           "# HELP cnerium_persist_duplicates_skipped_total Ring records already applied "
+           "by an earlier persister, acknowledged without a second write.\n"
+           "# TYPE cnerium_persist_duplicates_skipped_total counter\n"
+           "cnerium_persist_duplicates_skipped_total %llu\n"
+           "# HELP cnerium_wal_bytes_total Bytes written to the WAL since the server "
+           "started.\n"
+           "# TYPE cnerium_wal_bytes_total counter\n"
+           "cnerium_wal_bytes_total %llu\n"
+           "# HELP cnerium_wal_applied_lsn WAL position applied to LMDB.\n"
+           "# TYPE cnerium_wal_applied_lsn gauge\n"
+           "cnerium_wal_applied_lsn %llu\n"
+           "# HELP cnerium_wal_checkpoint_lsn WAL position of the last checkpoint.\n"
+           "# TYPE cnerium_wal_checkpoint_lsn gauge\n"
+           "cnerium_wal_checkpoint_lsn %llu\n"
+           "# HELP cnerium_wal_checkpoint_timestamp_seconds Wall-clock time of the last "
+           "checkpoint.\n"
+           "# TYPE cnerium_wal_checkpoint_timestamp_seconds gauge\n"
+           "cnerium_wal_checkpoint_timestamp_seconds %.3f\n"
+           "# HELP cnerium_wal_recovered_records Records replayed from the WAL at the last "
+           "persister start.\n"
+           "# TYPE cnerium_wal_recovered_records gauge\n"
+           "cnerium_wal_recovered_records %llu\n"
+           "# HELP cnerium_persister_restarts_total Persister processes replaced after they "
+           "died.\n"
+           "# TYPE cnerium_persister_restarts_total counter\n"
+           "cnerium_persister_restarts_total %llu\n",
+        (unsigned long long)atomic_load(&p->batches), (unsigned long long)records,
+        (unsigned long long)atomic_load(&p->records_failed),
+        (unsigned long long)atomic_load(&p->duplicates_skipped),
+        (unsigned long long)atomic_load(&p->wal_bytes),
+        (unsigned long long)atomic_load(&p->applied_lsn),
+        (unsigned long long)atomic_load(&p->checkpoint_lsn),
+        (double)atomic_load(&p->checkpoint_unix_ms) / 1000.0,
+        (unsigned long long)atomic_load(&p->recovered_records),
+        (unsigned long long)atomic_load(&p->restarts));
+    put_histogram(t, "cnerium_persist_fdatasync_seconds",
+                  "Latency of each batch's WAL write + fdatasync.", p->sync_buckets,
+                  sync_bounds, CN_SHM_SYNC_BUCKETS, 1e-6,
+                  (double)atomic_load(&p->sync_us_sum) / 1e6);
+    put_histogram(t, "cnerium_persist_batch_records", "Records per WAL batch.",
+                  p->batch_buckets, batch_bounds, CN_SHM_BATCH_BUCKETS, 1.0, (double)records);
+}
+
 cn_response_t
 cn__metrics_handler(cn_request_t *req, void *ctx)
 {
@@ -108,6 +186,8 @@ cn__metrics_handler(cn_request_t *req, void *ctx)
             "# TYPE cnerium_workers gauge\n"
             "cnerium_workers %u\n",
         (unsigned long long)atomic_load(&shm->hdr->worker_restarts), shm->hdr->nworkers);
+    if (shm->hdr->ring_capacity)
+        put_persist(&t, &shm->hdr->persist);
     if (t.failed) {
         free(t.buf);
         return cn__problem(503, NULL, "Out of memory");

@@ -11,6 +11,7 @@
  * completion callback frees the state. Connection memory is MHD's; our state is ours.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,8 +35,16 @@ struct cn_http_server {
     atomic_uint active;
 };
 
+/* A deferred request: DISPATCHING until the dispatch callback returns, then SUSPENDED
+ * (the connection is suspended) unless the reply came first (READY). */
+enum { DEFER_NONE = 0, DEFER_DISPATCHING, DEFER_SUSPENDED, DEFER_READY, DEFER_RESUMED };
+
 typedef struct conn_state {
     cn_request_t req;
+    struct MHD_Connection *conn;
+    pthread_mutex_t mu; /* guards defer and reply */
+    int defer;
+    cn_http_reply_t reply;
     char *raw_target; /* from the URI-log callback, until the first access call */
     const char *content_length; /* the first Content-Length value, MHD's memory */
     int length_conflict;        /* Content-Length headers that disagree */
@@ -61,6 +70,8 @@ uri_cb(void *cls, const char *uri, struct MHD_Connection *conn)
 
     if (!st)
         return NULL;
+    pthread_mutex_init(&st->mu, NULL);
+    st->conn = conn;
     st->raw_target = strdup(uri);
     atomic_fetch_add(&srv->active, 1);
     return st;
@@ -76,6 +87,8 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!st)
         return;
     cn__request_destroy(&st->req);
+    cn_response_free(&st->reply.response); /* a reply that came too late to be sent */
+    pthread_mutex_destroy(&st->mu);
     free(st->raw_target);
     free(st);
     *con_cls = NULL;
@@ -160,6 +173,15 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
 
     if (!st)
         return MHD_NO; /* the URI-log callback could not allocate */
+    if (st->defer == DEFER_RESUMED) {
+        /* Called again after cn__http_complete resumed the connection. */
+        pthread_mutex_lock(&st->mu);
+        reply = st->reply;
+        memset(&st->reply, 0, sizeof(st->reply));
+        st->defer = DEFER_NONE;
+        pthread_mutex_unlock(&st->mu);
+        return send_reply(conn, &reply);
+    }
     if (!st->started) {
         const char *cl;
         st->started = 1;
@@ -168,6 +190,7 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
             return MHD_NO;
         free(st->raw_target);
         st->raw_target = NULL;
+        st->req.http_handle = st; /* after init, which zeroes the request */
         if (st->length_conflict) {
             /* Answered on the first call, so MHD closes the connection: the framing of
              * anything after this request is unknown. */
@@ -200,8 +223,42 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     }
     if (st->too_large)
         return too_large(srv, conn);
+    st->defer = DEFER_DISPATCHING;
     srv->dispatch(srv->arg, &st->req, &reply);
-    return send_reply(conn, &reply);
+    if (!(reply.flags & CN_REPLY_DEFERRED)) {
+        st->defer = DEFER_NONE;
+        return send_reply(conn, &reply);
+    }
+    pthread_mutex_lock(&st->mu);
+    if (st->defer == DEFER_READY) {
+        /* Completed before dispatch returned (a synchronous commit): send it now. */
+        reply = st->reply;
+        memset(&st->reply, 0, sizeof(st->reply));
+        st->defer = DEFER_NONE;
+        pthread_mutex_unlock(&st->mu);
+        return send_reply(conn, &reply);
+    }
+    MHD_suspend_connection(conn);
+    st->defer = DEFER_SUSPENDED;
+    pthread_mutex_unlock(&st->mu);
+    return MHD_YES;
+}
+
+void
+cn__http_complete(void *handle, cn_http_reply_t *reply)
+{
+    conn_state_t *st = handle;
+    int resume;
+
+    pthread_mutex_lock(&st->mu);
+    st->reply = *reply;
+    resume = st->defer == DEFER_SUSPENDED;
+    st->defer = resume ? DEFER_RESUMED : DEFER_READY;
+    pthread_mutex_unlock(&st->mu);
+    /* Outside the lock: MHD takes its own locks to resume. The state cannot go away
+     * meanwhile: MHD frees nothing of a suspended connection. */
+    if (resume)
+        MHD_resume_connection(st->conn);
 }
 
 int
@@ -217,7 +274,9 @@ cn__http_start(int listen_fd, unsigned threads, size_t max_body, cn_http_dispatc
     srv->max_body = max_body;
     atomic_init(&srv->active, 0);
     srv->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
+            MHD_ALLOW_SUSPEND_RESUME,
+        0,
         NULL, NULL, access_cb, srv,
         MHD_OPTION_LISTEN_SOCKET, listen_fd,
         MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,

@@ -60,6 +60,8 @@ struct cn_request {
 
     struct cn_event *events; /* buffered by cn_emit, in emission order */
     struct cn_event **events_tail;
+
+    void *http_handle; /* the server's handle for cn__http_complete (http/server.h) */
 };
 
 /* Initializes req for method and raw target (copied). Returns 0, -EINVAL for a target

@@ -17,6 +17,10 @@
 enum {
     CN_REPLY_REPLAYED = 1 << 0, /* add "Idempotent-Replayed: true" */
     CN_REPLY_NO_STORE = 1 << 1, /* add "Cache-Control: no-store" */
+    /* Set by the dispatch callback alone: the reply comes later, through
+     * cn__http_complete(req->http_handle, ...). The connection is suspended meanwhile
+     * and no server thread waits for it. */
+    CN_REPLY_DEFERRED = 1 << 2,
 };
 
 typedef struct cn_http_reply {
@@ -33,6 +37,11 @@ typedef struct cn_http_server cn_http_server_t;
  * and *out, or a negative error. */
 int cn__http_start(int listen_fd, unsigned threads, size_t max_body,
                    cn_http_dispatch_cb dispatch, void *arg, cn_http_server_t **out);
+
+/* Delivers the reply of a request whose dispatch returned CN_REPLY_DEFERRED. Call it
+ * exactly once per such request, from any thread, even before the dispatch callback has
+ * returned. Consumes reply->response. */
+void cn__http_complete(void *handle, cn_http_reply_t *reply);
 
 /* Stops accepting new connections; requests in progress continue. */
 void cn__http_quiesce(cn_http_server_t *srv);

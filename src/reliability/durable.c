@@ -118,16 +118,98 @@ lookup(cn_durable_t *d, const char *skey, size_t skeylen, const cn_request_t *re
     return 1;
 }
 
+/* An executed request whose record is being committed. */
+typedef struct commit_wait {
+    cn_durable_t *d;
+    const char *operation; /* the route's */
+    unsigned op_index;
+    cn_claim_t claim;
+    cn_response_t res;    /* the handler's response, until delivered */
+    cn_event_t *events;
+    void *handle;         /* where to deliver */
+    int waited;
+    int delivered;        /* the client has its answer (async mode, or a commit timeout) */
+} commit_wait_t;
+
 static void
-commit_done(int status, void *arg)
+deliver(commit_wait_t *w, cn_durable_outcome_t outcome, cn_response_t res, int stored)
 {
-    *(int *)arg = status;
+    cn_durable_result_t out = {
+        .response = res,
+        .outcome = outcome,
+        .op_index = w->op_index,
+        .stored = stored,
+        .waited = w->waited,
+    };
+
+    w->delivered = 1;
+    w->d->deliver(w->d->deliver_arg, w->handle, &out);
 }
 
-/* Stores res for the owned key. Returns 0 once durable, or a negative error. */
+static cn_response_t
+not_stored_problem(void)
+{
+    cn_response_t res = cn__problem(503, CN_PROBLEM_STORAGE,
+                                    "The response could not be stored; retry with the same "
+                                    "Idempotency-Key");
+
+    if (res.status && cn_response_add_header(&res, "Retry-After", "1"))
+        cn_response_free(&res);
+    return res;
+}
+
+/* The committer's callback (see store/commit.h). */
+static void
+commit_done(int status, int final, void *arg)
+{
+    commit_wait_t *w = arg;
+
+    if (final == 2) {
+        /* The worker is stopping before the decision: forget the request; the claim
+         * stays held, the supervisor frees it once the ring is drained. */
+        cn_response_free(&w->res);
+        cn__events_free(w->events);
+        free(w);
+        return;
+    }
+    if (!final) {
+        /* Not decided in time: the client hears "retry", the key stays claimed until the
+         * decision, and a retry then replays the record if it was stored. */
+        if (!w->delivered) {
+            cn_log_warn("%s: the record was not durable within the commit timeout; "
+                        "answering 503", w->operation);
+            cn_response_free(&w->res);
+            deliver(w, CN_OUTCOME_FAILED, not_stored_problem(), 0);
+        }
+        return;
+    }
+    if (status)
+        cn_log_error("%s: the record could not be stored (%s)", w->operation,
+                     cn_strerror(status));
+    if (cn__inflight_release(w->d->inflight, &w->claim) == CN_ELOST && !status)
+        cn_log_warn("%s: claim lost after its record was stored", w->operation);
+    if (!status)
+        cn__events_publish(w->events);
+    else
+        cn__events_free(w->events);
+    if (!w->delivered) {
+        if (status) {
+            cn_response_free(&w->res);
+            deliver(w, CN_OUTCOME_FAILED, not_stored_problem(), 0);
+        } else {
+            deliver(w, CN_OUTCOME_EXECUTED, w->res, 1);
+        }
+    }
+    free(w);
+}
+
+/* Hands res to the committer for the owned key. On success the request is deferred:
+ * commit_done finishes it. Returns 0, or a negative error with nothing submitted (res
+ * and the claim are still the caller's). */
 static int
-store_response(cn_durable_t *d, const char *skey, size_t skeylen, const cn_request_t *req,
-               const cn_response_t *res)
+store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_t skeylen,
+               cn_request_t *req, cn_response_t *res, const cn_claim_t *claim,
+               cn_durable_result_t *out)
 {
     uint64_t now = cn__clock_wall_ms();
     cn_record_t rec = {
@@ -142,18 +224,46 @@ store_response(cn_durable_t *d, const char *skey, size_t skeylen, const cn_reque
         .body_len = (uint32_t)res->body_len,
     };
     cn_store_put_t item = {skey, skeylen, &rec};
-    int status = 1, rc;
+    commit_wait_t *w;
+    int rc;
 
     if (res->body_len > CN_RECORD_FIELD_MAX)
         return CN_ETOOBIG;
     memcpy(rec.fingerprint, req->fingerprint, CN_SHA256_LEN);
-    rc = cn__committer_submit(d->committer, &item, commit_done, &status);
-    if (rc)
+    if (!(w = calloc(1, sizeof(*w))))
+        return -ENOMEM;
+    w->d = d;
+    w->operation = route->operation;
+    w->op_index = route->op_index;
+    w->claim = *claim;
+    w->handle = req->http_handle;
+    w->waited = out->waited;
+    w->events = req->events;
+    if (d->cfg->durability == CN_DURABILITY_ASYNC) {
+        /* Answered now; the claim is still held until the record is decided. The
+         * record borrows the response's buffers only during the submit below. */
+        out->response = *res;
+        out->outcome = CN_OUTCOME_EXECUTED;
+        out->stored = 1;
+        w->delivered = 1;
+    } else {
+        w->res = *res;
+        out->deferred = 1;
+    }
+    rc = cn__committer_submit(d->committer, &item, commit_done, w);
+    if (rc) {
+        /* Nothing was submitted: everything is the caller's again. */
+        out->deferred = 0;
+        out->stored = 0;
+        memset(&out->response, 0, sizeof(out->response));
+        free(w);
         return rc;
-    /* The synchronous committer has called back by now; an asynchronous one will need
-     * the connection suspended here instead (see store/commit.h). */
-    CN_ASSERT(status != 1);
-    return status;
+    }
+    /* w may be gone already: a synchronous commit calls back inside submit. */
+    memset(res, 0, sizeof(*res));
+    req->events = NULL;
+    req->events_tail = &req->events;
+    return 0;
 }
 
 static int
@@ -265,25 +375,20 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
                           "The request ran past its lease and was taken over; retry with "
                           "the same Idempotency-Key");
         persist = 0;
-    } else if (persist && (rc = store_response(d, skey, skeylen, req, &res))) {
+    } else if (persist) {
+        rc = store_response(d, route, skey, skeylen, req, &res, &claim, out);
+        if (rc == 0)
+            return 0; /* deferred, or answered at once in async mode */
         cn_log_error("storing %s failed: %s; answering 503", skey, cn_strerror(rc));
         cn_response_free(&res);
-        res = cn__problem(503, CN_PROBLEM_STORAGE,
-                          "The response could not be stored; retry with the same "
-                          "Idempotency-Key");
+        res = not_stored_problem();
         persist = 0;
     }
-    if (cn__inflight_release(d->inflight, &claim) == CN_ELOST && persist)
-        cn_log_warn("%s: claim lost after its record was stored", route->operation);
-
-    if (persist)
-        cn__events_publish(req->events);
-    else
-        cn__events_free(req->events);
+    cn__inflight_release(d->inflight, &claim);
+    cn__events_free(req->events);
     req->events = NULL;
     req->events_tail = &req->events;
-    out->stored = persist;
-    finish(out, res.status >= 500 && !persist ? CN_OUTCOME_FAILED : CN_OUTCOME_EXECUTED, res);
+    finish(out, res.status >= 500 ? CN_OUTCOME_FAILED : CN_OUTCOME_EXECUTED, res);
     return 0;
 }
 
@@ -292,5 +397,6 @@ cn__durable_handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
                    cn_durable_result_t *out)
 {
     memset(out, 0, sizeof(*out));
+    out->op_index = route->op_index;
     handle(d, route, req, out);
 }

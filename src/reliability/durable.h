@@ -15,24 +15,34 @@
 #include "store/commit.h"
 #include "store/store.h"
 
-typedef struct cn_durable {
-    const cn_config_t *cfg; /* borrowed */
-    cn_store_t *store;      /* borrowed */
-    cn_committer_t *committer; /* borrowed */
-    cn_inflight_t *inflight; /* borrowed: this process's view of the shared table */
-} cn_durable_t;
-
 /* One of CN_OUTCOME_* (shm/shm.h): how the request ended, for the counters. */
 typedef enum cn_shm_counter cn_durable_outcome_t;
 
 typedef struct cn_durable_result {
     cn_response_t response; /* owned by the caller: send, then cn_response_free */
     cn_durable_outcome_t outcome;
-    int stored; /* EXECUTED: 1 when the response was stored */
-    int waited; /* the request slept on a concurrent duplicate */
+    unsigned op_index; /* the route's operation */
+    int stored;   /* EXECUTED: 1 when the response was stored */
+    int waited;   /* the request slept on a concurrent duplicate */
+    int deferred; /* no response here: it goes to deliver() once the commit is decided */
 } cn_durable_result_t;
 
-/* Runs route (a durable route) for req. Always produces a response in *out. */
+/* Where a deferred response goes: handle is the request's http_handle. Runs on the
+ * committer's thread (or on the request thread, before cn__durable_handle returns). */
+typedef void (*cn_durable_deliver_cb)(void *arg, void *handle, cn_durable_result_t *out);
+
+typedef struct cn_durable {
+    const cn_config_t *cfg; /* borrowed */
+    cn_store_t *store;      /* borrowed */
+    cn_committer_t *committer; /* borrowed */
+    cn_inflight_t *inflight; /* borrowed: this process's view of the shared table */
+    cn_durable_deliver_cb deliver;
+    void *deliver_arg;
+} cn_durable_t;
+
+/* Runs route (a durable route) for req. Produces a response in *out, or sets
+ * out->deferred: the response of an executed request whose record is being committed
+ * then goes to d->deliver exactly once (possibly before this returns). */
 void cn__durable_handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
                         cn_durable_result_t *out);
 

@@ -1,14 +1,51 @@
 /*
- * store/commit.c - the synchronous committer: one LMDB transaction per record, synced
- * before the callback runs. Thread-safe (LMDB serializes the writers).
+ * store/commit.c - the committers (see commit.h).
+ *
+ * The ring committer keeps the records it submitted in a FIFO, in ring (seq) order: a
+ * record is appended under the same mutex as its ring push, so the FIFO's order is the
+ * seq order and the acked prefix is always at its head. The ack thread sleeps in poll()
+ * on the worker's eventfd (with a short timeout to notice commit timeouts and stop), then
+ * pops the acked prefix and calls back outside the mutex.
  */
 #include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
+#include "cnerium/error.h"
 #include "store/commit.h"
+#include "store/persist.h"
+#include "support/clock.h"
+#include "support/log.h"
+
+#define ACK_POLL_MS 50
+
+typedef struct entry {
+    struct entry *next;
+    uint64_t seq;
+    uint64_t deadline_ms;
+    int timed_out;
+    cn_commit_done_cb done;
+    void *arg;
+} entry_t;
 
 struct cn_committer {
-    cn_store_t *store;
+    cn_store_t *store; /* sync committer */
+
+    /* ring committer */
+    cn_ring_t *ring;
+    int persist_efd, ack_efd;
+    uint32_t timeout_ms;
+    pthread_mutex_t mu;
+    entry_t *head, *tail;
+    atomic_uint pending;
+    pthread_t thread;
+    int thread_started;
+    atomic_int stop;
+    uint64_t seen_failed;
 };
 
 int
@@ -23,9 +60,124 @@ cn__committer_new_sync(cn_store_t *store, cn_committer_t **out)
     return 0;
 }
 
-void
-cn__committer_free(cn_committer_t *c)
+/* Pops the entries the persister has decided and calls them back; then gives the early
+ * call to entries past their deadline. Only the ack thread runs this. */
+static void
+deliver(cn_committer_t *c)
 {
+    uint64_t acked = atomic_load_explicit(&c->ring->acked_seq, memory_order_acquire);
+    uint64_t failed = atomic_load_explicit(&c->ring->failed_count, memory_order_acquire);
+    entry_t *done = NULL, **last = &done, *e;
+    uint64_t now;
+
+    pthread_mutex_lock(&c->mu);
+    while (c->head && c->head->seq <= acked) {
+        e = c->head;
+        c->head = e->next;
+        if (!c->head)
+            c->tail = NULL;
+        e->next = NULL;
+        *last = e;
+        last = &e->next;
+    }
+    pthread_mutex_unlock(&c->mu);
+    while ((e = done)) {
+        done = e->next;
+        e->done(cn__ring_stored(c->ring, e->seq, c->seen_failed) ? 0 : -EIO, 1, e->arg);
+        atomic_fetch_sub(&c->pending, 1);
+        free(e);
+    }
+    c->seen_failed = failed;
+
+    /* Entries stay in the FIFO until decided; only their timeout flag changes here, and
+     * only this thread reads or writes it. The producers only append. */
+    now = cn__clock_mono_ms();
+    pthread_mutex_lock(&c->mu);
+    e = c->head;
+    pthread_mutex_unlock(&c->mu);
+    for (; e && e->deadline_ms <= now; ) {
+        entry_t *next;
+        if (!e->timed_out) {
+            e->timed_out = 1;
+            e->done(-ETIMEDOUT, 0, e->arg);
+        }
+        pthread_mutex_lock(&c->mu);
+        next = e->next;
+        pthread_mutex_unlock(&c->mu);
+        e = next;
+    }
+}
+
+static void *
+ack_main(void *arg)
+{
+    cn_committer_t *c = arg;
+
+    while (!atomic_load(&c->stop)) {
+        struct pollfd p = {c->ack_efd, POLLIN, 0};
+        uint64_t v;
+
+        if (poll(&p, 1, ACK_POLL_MS) > 0 && (p.revents & POLLIN) &&
+            read(c->ack_efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+            cn_log_warn("reading the ack eventfd: %s", strerror(errno));
+        deliver(c);
+    }
+    return NULL;
+}
+
+int
+cn__committer_new_ring(cn_ring_t *ring, int persist_efd, int ack_efd, uint32_t timeout_ms,
+                       cn_committer_t **out)
+{
+    cn_committer_t *c = calloc(1, sizeof(*c));
+
+    if (!c)
+        return -ENOMEM;
+    c->ring = ring;
+    c->persist_efd = persist_efd;
+    c->ack_efd = ack_efd;
+    c->timeout_ms = timeout_ms;
+    c->seen_failed = atomic_load(&ring->failed_count);
+    pthread_mutex_init(&c->mu, NULL);
+    if (pthread_create(&c->thread, NULL, ack_main, c)) {
+        pthread_mutex_destroy(&c->mu);
+        free(c);
+        return -EAGAIN;
+    }
+    c->thread_started = 1;
+    *out = c;
+    return 0;
+}
+
+unsigned
+cn__committer_pending(cn_committer_t *c)
+{
+    return atomic_load(&c->pending);
+}
+
+void
+cn__committer_free(cn_committer_t *c, uint32_t wait_ms)
+{
+    uint64_t deadline;
+
+    if (!c)
+        return;
+    if (c->thread_started) {
+        deadline = cn__clock_mono_ms() + wait_ms;
+        while (atomic_load(&c->pending) && cn__clock_mono_ms() < deadline) {
+            struct timespec tick = {0, 5 * 1000000L};
+            nanosleep(&tick, NULL); /* the ack thread is delivering; bounded */
+        }
+        atomic_store(&c->stop, 1);
+        pthread_join(c->thread, NULL);
+        while (c->head) {
+            entry_t *e = c->head;
+            c->head = e->next;
+            e->done(-ECANCELED, 2, e->arg);
+            free(e);
+        }
+        pthread_mutex_destroy(&c->mu);
+    }
     free(c);
 }
 
@@ -33,6 +185,48 @@ int
 cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_done_cb done,
                      void *arg)
 {
-    done(cn__store_put(c->store, item, 1), arg);
-    return 0;
+    uint8_t stackbuf[4096], *buf = stackbuf;
+    size_t need, len;
+    entry_t *e;
+    uint64_t seq, one = 1;
+    int rc;
+
+    if (!c->ring) {
+        done(cn__store_put(c->store, item, 1), 1, arg);
+        return 0;
+    }
+    need = cn__persist_put_size(item->keylen, item->rec);
+    if (need > cn__ring_max_payload(c->ring))
+        return CN_ETOOBIG;
+    if (need > sizeof(stackbuf) && !(buf = malloc(need)))
+        return -ENOMEM;
+    if (!(e = calloc(1, sizeof(*e)))) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    if ((rc = cn__persist_put_encode(buf, need, item->key, item->keylen, item->rec, &len)))
+        goto out;
+    e->done = done;
+    e->arg = arg;
+    e->deadline_ms = cn__clock_mono_ms() + c->timeout_ms;
+    pthread_mutex_lock(&c->mu);
+    rc = cn__ring_push(c->ring, CN_PERSIST_PUT, buf, len, &seq);
+    if (rc == 0) {
+        e->seq = seq;
+        if (c->tail)
+            c->tail->next = e;
+        else
+            c->head = e;
+        c->tail = e;
+        atomic_fetch_add(&c->pending, 1);
+        e = NULL;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (rc == 0 && write(c->persist_efd, &one, sizeof(one)) < 0)
+        cn_log_warn("waking the persister: %s", strerror(errno));
+out:
+    free(e);
+    if (buf != stackbuf)
+        free(buf);
+    return rc;
 }

@@ -1,32 +1,59 @@
 /*
  * store/commit.h - the commit interface between request handling and the store.
  *
- * A committer makes a record durable and then reports back through a callback. The
- * synchronous committer writes to the store inside cn__committer_submit and calls back
- * before returning; a later asynchronous one (a persister process with a write-ahead log)
- * will call back from elsewhere once the record is on disk. Callers must handle both:
- * the callback may run before cn__committer_submit returns.
+ * A committer makes a record durable and reports back through a callback, possibly from
+ * another thread and possibly before cn__committer_submit returns. Two of them:
+ *
+ *  - sync: writes the record to the store inside submit (one synced LMDB transaction)
+ *    and calls back before returning. For --single-process and tests.
+ *  - ring: hands the record to the persister through the worker's record ring and
+ *    returns at once; the worker's ack thread calls back when the persister has written
+ *    it to the WAL (fdatasync) and applied it to LMDB, or could not. No request thread
+ *    ever waits for the disk.
+ *
+ * The callback runs done(status, final, arg): status 0 means durable and stored; a
+ * negative status means not stored. final is 1 for the decision, which comes exactly
+ * once. Before it, the ring committer may call once with final 0 and -ETIMEDOUT when the
+ * record is not decided within its timeout: the caller may answer "retry" then, but
+ * must keep the key claimed until the final call, since the record may still land.
+ * A committer freed with records still undecided calls them with final 2 (-ECANCELED):
+ * forget the request, keep the key claimed (the supervisor frees the claims of a worker
+ * that exited once its ring is drained).
  */
 #ifndef CN_STORE_COMMIT_H
 #define CN_STORE_COMMIT_H
 
+#include <stdint.h>
+
+#include "shm/ring.h"
 #include "store/store.h"
 
 typedef struct cn_committer cn_committer_t;
 
-/* status is 0 when the record is durable, a negative error otherwise. */
-typedef void (*cn_commit_done_cb)(int status, void *arg);
+typedef void (*cn_commit_done_cb)(int status, int final, void *arg);
 
 /* A committer that writes through store (borrowed; must outlive the committer). */
 int cn__committer_new_sync(cn_store_t *store, cn_committer_t **out);
 
-/* Accepts NULL. */
-void cn__committer_free(cn_committer_t *c);
+/* A committer that feeds ring (borrowed) and signals persist_efd after each record; the
+ * persister signals ack_efd (read here, by a thread this starts) after acking. A record
+ * not decided within timeout_ms gets its early (final 0) call. */
+int cn__committer_new_ring(cn_ring_t *ring, int persist_efd, int ack_efd, uint32_t timeout_ms,
+                           cn_committer_t **out);
 
-/* Submits one record. item and everything it points to are borrowed for the duration of
- * the call only. Returns 0 when accepted: done(status, arg) is then called exactly once.
- * Returns a negative error when not accepted: done is never called. */
-int cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item,
-                         cn_commit_done_cb done, void *arg);
+/* Stops the ack thread (after waiting up to wait_ms for pending records to be decided:
+ * those left get the final-2 call) and frees. Accepts NULL. */
+void cn__committer_free(cn_committer_t *c, uint32_t wait_ms);
+
+/* Records submitted and not yet decided. */
+unsigned cn__committer_pending(cn_committer_t *c);
+
+/* Submits one record. item and what it points to are borrowed for the call only.
+ * Returns 0 when accepted: done gets its final call exactly once. Returns -EAGAIN when
+ * the ring is full (the persister is behind or down: answer 503 with Retry-After),
+ * CN_ETOOBIG when the record cannot fit a ring, or another negative error; done is never
+ * called then. */
+int cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_done_cb done,
+                         void *arg);
 
 #endif

@@ -25,7 +25,11 @@ struct cn_store {
     MDB_env *env;
     MDB_dbi responses;
     MDB_dbi expiry;
+    MDB_dbi meta;
 };
+
+static const char meta_key[] = "cnerium:meta:wal";
+#define META_LEN (8 + 8 + 8 * CN_STORE_META_WORKERS)
 
 static const char prefix[] = "cnerium:response:";
 
@@ -68,6 +72,12 @@ mkdir_p(const char *dir)
 int
 cn__store_open(const char *dir, size_t map_size, cn_store_t **out)
 {
+    return cn__store_open_flags(dir, map_size, 0, out);
+}
+
+int
+cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t **out)
+{
     cn_store_t *s = calloc(1, sizeof(*s));
     MDB_txn *txn = NULL;
     int rc;
@@ -81,13 +91,15 @@ cn__store_open(const char *dir, size_t map_size, cn_store_t **out)
         goto fail;
     }
     if ((rc = mdb_env_set_maxdbs(s->env, 4)) || (rc = mdb_env_set_mapsize(s->env, map_size)) ||
-        (rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0644))) {
+        (rc = mdb_env_open(s->env, dir,
+                           MDB_NOTLS | (flags & CN_STORE_NOSYNC ? MDB_NOSYNC : 0), 0644))) {
         rc = lmdb_error(rc, "env_open");
         goto fail;
     }
     if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)) ||
         (rc = mdb_dbi_open(txn, "responses", MDB_CREATE, &s->responses)) ||
         (rc = mdb_dbi_open(txn, "expiry", MDB_CREATE, &s->expiry)) ||
+        (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) ||
         (rc = mdb_txn_commit(txn))) {
         txn = NULL; /* aborted or committed either way by now, see below */
         rc = lmdb_error(rc, "open databases");
@@ -190,10 +202,135 @@ expiry_key(uint8_t *out, uint64_t expires, const char *key, size_t keylen)
     memcpy(out + 8, key, keylen);
 }
 
+/* Writes one record (encoded bytes, decoded view rec) under key inside txn, replacing
+ * any older record and its expiry entry. */
+static int
+put_one(cn_store_t *s, MDB_txn *txn, const char *key, size_t keylen, const cn_record_t *rec,
+        const uint8_t *bytes, size_t len)
+{
+    uint8_t ekey[8 + CN_STORE_KEY_MAX];
+    MDB_val k = {keylen, (void *)key}, v, ek, empty = {0, NULL};
+    cn_record_t old;
+    size_t written;
+    int rc;
+
+    /* Replacing: drop the old record's expiry entry so the index stays exact. */
+    if (mdb_get(txn, s->responses, &k, &v) == 0 &&
+        cn__record_decode(v.mv_data, v.mv_size, &old) == 0) {
+        expiry_key(ekey, old.expires_ms, key, keylen);
+        ek = (MDB_val){8 + keylen, ekey};
+        rc = mdb_del(txn, s->expiry, &ek, NULL);
+        if (rc && rc != MDB_NOTFOUND)
+            return lmdb_error(rc, "del expiry");
+    }
+    v = (MDB_val){bytes ? len : cn__record_encoded_size(rec), NULL};
+    /* MDB_RESERVE: write straight into the page instead of through a copy. */
+    if ((rc = mdb_put(txn, s->responses, &k, &v, MDB_RESERVE)))
+        return lmdb_error(rc, "put");
+    if (bytes)
+        memcpy(v.mv_data, bytes, len);
+    else if ((rc = cn__record_encode(rec, v.mv_data, v.mv_size, &written)))
+        return rc;
+    expiry_key(ekey, rec->expires_ms, key, keylen);
+    ek = (MDB_val){8 + keylen, ekey};
+    if ((rc = mdb_put(txn, s->expiry, &ek, &empty, 0)))
+        return lmdb_error(rc, "put expiry");
+    return 0;
+}
+
+static void
+put_le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint64_t
+get_le64(const uint8_t *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+int
+cn__store_meta_get(cn_store_t *s, cn_store_meta_t *meta)
+{
+    MDB_txn *txn;
+    MDB_val k = {sizeof(meta_key) - 1, (void *)meta_key}, v;
+    int rc;
+
+    memset(meta, 0, sizeof(*meta));
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "begin read");
+    rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == 0 && v.mv_size == META_LEN) {
+        const uint8_t *p = v.mv_data;
+        meta->applied_lsn = get_le64(p);
+        meta->epoch = get_le64(p + 8);
+        for (int i = 0; i < CN_STORE_META_WORKERS; i++)
+            meta->seqs[i] = get_le64(p + 16 + 8 * i);
+    } else if (rc == 0) {
+        rc = CN_ECORRUPT;
+    }
+    mdb_txn_abort(txn);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    return rc == CN_ECORRUPT ? rc : rc ? lmdb_error(rc, "get meta") : 0;
+}
+
+int
+cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, const cn_store_meta_t *meta)
+{
+    MDB_val k = {sizeof(meta_key) - 1, (void *)meta_key}, v = {META_LEN, NULL};
+    MDB_txn *txn;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return lmdb_error(rc, "begin write");
+    for (size_t i = 0; i < n; i++) {
+        cn_store_raw_put_t *it = &items[i];
+        cn_record_t rec;
+
+        if (it->keylen > CN_STORE_KEY_MAX) {
+            it->status = CN_ETOOBIG;
+            continue;
+        }
+        if ((it->status = cn__record_decode(it->bytes, it->len, &rec)))
+            continue;
+        if ((rc = put_one(s, txn, it->key, it->keylen, &rec, it->bytes, it->len)))
+            goto abort;
+    }
+    if ((rc = mdb_put(txn, s->meta, &k, &v, MDB_RESERVE))) {
+        rc = lmdb_error(rc, "put meta");
+        goto abort;
+    }
+    put_le64(v.mv_data, meta->applied_lsn);
+    put_le64((uint8_t *)v.mv_data + 8, meta->epoch);
+    for (int i = 0; i < CN_STORE_META_WORKERS; i++)
+        put_le64((uint8_t *)v.mv_data + 16 + 8 * i, meta->seqs[i]);
+    if ((rc = mdb_txn_commit(txn)))
+        return lmdb_error(rc, "commit");
+    return 0;
+
+abort:
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int
+cn__store_sync(cn_store_t *s)
+{
+    int rc = mdb_env_sync(s->env, 1);
+
+    return rc ? lmdb_error(rc, "sync") : 0;
+}
+
 int
 cn__store_put(cn_store_t *s, const cn_store_put_t *items, size_t n)
 {
-    uint8_t ekey[8 + CN_STORE_KEY_MAX];
     MDB_txn *txn;
     int rc;
 
@@ -201,40 +338,13 @@ cn__store_put(cn_store_t *s, const cn_store_put_t *items, size_t n)
         return lmdb_error(rc, "begin write");
     for (size_t i = 0; i < n; i++) {
         const cn_store_put_t *it = &items[i];
-        MDB_val k = {it->keylen, (void *)it->key}, v, ek, empty = {0, NULL};
-        cn_record_t old;
-        size_t len, written;
 
         if (it->keylen > CN_STORE_KEY_MAX) {
             rc = CN_ETOOBIG;
             goto abort;
         }
-        /* Replacing: drop the old record's expiry entry so the index stays exact. */
-        if (mdb_get(txn, s->responses, &k, &v) == 0 &&
-            cn__record_decode(v.mv_data, v.mv_size, &old) == 0) {
-            expiry_key(ekey, old.expires_ms, it->key, it->keylen);
-            ek = (MDB_val){8 + it->keylen, ekey};
-            rc = mdb_del(txn, s->expiry, &ek, NULL);
-            if (rc && rc != MDB_NOTFOUND) {
-                rc = lmdb_error(rc, "del expiry");
-                goto abort;
-            }
-        }
-        len = cn__record_encoded_size(it->rec);
-        v = (MDB_val){len, NULL};
-        /* MDB_RESERVE: encode straight into the page instead of through a copy. */
-        if ((rc = mdb_put(txn, s->responses, &k, &v, MDB_RESERVE))) {
-            rc = lmdb_error(rc, "put");
+        if ((rc = put_one(s, txn, it->key, it->keylen, it->rec, NULL, 0)))
             goto abort;
-        }
-        if ((rc = cn__record_encode(it->rec, v.mv_data, len, &written)))
-            goto abort;
-        expiry_key(ekey, it->rec->expires_ms, it->key, it->keylen);
-        ek = (MDB_val){8 + it->keylen, ekey};
-        if ((rc = mdb_put(txn, s->expiry, &ek, &empty, 0))) {
-            rc = lmdb_error(rc, "put expiry");
-            goto abort;
-        }
     }
     if ((rc = mdb_txn_commit(txn)))
         return lmdb_error(rc, "commit");

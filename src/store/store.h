@@ -38,6 +38,41 @@ typedef struct cn_store_put {
  * Returns 0 and *out (close with cn__store_close), or a negative error. */
 int cn__store_open(const char *dir, size_t map_size, cn_store_t **out);
 
+/* The same; with CN_STORE_NOSYNC commits are not synced (durability lives in the WAL;
+ * cn__store_sync makes everything committed durable: a checkpoint). */
+#define CN_STORE_NOSYNC 1
+int cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t **out);
+
+/* Forces every committed transaction to disk. */
+int cn__store_sync(cn_store_t *store);
+
+/* Where the WAL stands in the store: written in the same transaction as the records it
+ * applies, so the store and this position never disagree. */
+#define CN_STORE_META_WORKERS 64
+typedef struct cn_store_meta {
+    uint64_t applied_lsn; /* WAL frames below this LSN are applied */
+    uint64_t epoch;       /* the server start the seqs belong to */
+    uint64_t seqs[CN_STORE_META_WORKERS]; /* per worker: highest record seq applied */
+} cn_store_meta_t;
+
+/* Reads the meta; a store that never had one gives all zeros. */
+int cn__store_meta_get(cn_store_t *store, cn_store_meta_t *meta);
+
+/* One encoded record (cn__record_encode's bytes) to write under key. */
+typedef struct cn_store_raw_put {
+    const char *key;
+    size_t keylen;
+    const uint8_t *bytes;
+    size_t len;
+    int status; /* out: 0 written, or why it was skipped (CN_ECORRUPT, CN_ETOOBIG) */
+} cn_store_raw_put_t;
+
+/* Writes n encoded records and meta in one transaction. A record that does not decode
+ * or whose key is too long is skipped (its status says why); the others are written.
+ * Returns 0, or a negative error when the transaction failed (nothing written). */
+int cn__store_apply(cn_store_t *store, cn_store_raw_put_t *items, size_t n,
+                    const cn_store_meta_t *meta);
+
 /* Closes the store. Accepts NULL. */
 void cn__store_close(cn_store_t *store);
 

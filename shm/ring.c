@@ -1,0 +1,142 @@
+/*
+ * shm/ring.c - a worker's record ring (see ring.h).
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "cnerium/error.h"
+#include "shm/ring.h"
+
+#define KIND_PAD 0xffffffffu
+
+static uint64_t
+pad8(uint64_t n)
+{
+    return (n + 7) & ~(uint64_t)7;
+}
+
+static void
+put_header(uint8_t *p, uint32_t len, uint32_t kind, uint64_t seq)
+{
+    memcpy(p, &len, 4);
+    memcpy(p + 4, &kind, 4);
+    memcpy(p + 8, &seq, 8);
+}
+
+void
+cn__ring_init(cn_ring_t *r, uint64_t capacity)
+{
+    r->capacity = capacity;
+    atomic_store(&r->head, 0);
+    atomic_store(&r->tail, 0);
+    atomic_store(&r->next_seq, 1);
+    atomic_store(&r->acked_seq, 0);
+    atomic_store(&r->failed_count, 0);
+}
+
+size_t
+cn__ring_max_payload(const cn_ring_t *r)
+{
+    return (size_t)(r->capacity / 4);
+}
+
+int
+cn__ring_push(cn_ring_t *r, uint32_t kind, const void *payload, size_t len, uint64_t *seq)
+{
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    uint64_t need = CN_RING_RECORD_HEADER + pad8(len), at = head & (r->capacity - 1);
+    uint64_t to_end = r->capacity - at, s;
+
+    if (len > cn__ring_max_payload(r) || kind == KIND_PAD)
+        return CN_ETOOBIG;
+    /* A record does not wrap: pad to the end of the array when it does not fit. */
+    if (need > to_end) {
+        if (head + to_end + need - tail > r->capacity)
+            return -EAGAIN;
+        put_header(r->data + at, 0, KIND_PAD, 0);
+        head += to_end;
+        at = 0;
+    } else if (head + need - tail > r->capacity) {
+        return -EAGAIN;
+    }
+    s = atomic_load_explicit(&r->next_seq, memory_order_relaxed);
+    put_header(r->data + at, (uint32_t)len, kind, s);
+    if (len)
+        memcpy(r->data + at + CN_RING_RECORD_HEADER, payload, len);
+    atomic_store_explicit(&r->next_seq, s + 1, memory_order_relaxed);
+    atomic_store_explicit(&r->head, head + need, memory_order_release);
+    *seq = s;
+    return 0;
+}
+
+int
+cn__ring_next(cn_ring_t *r, uint64_t *cursor, cn_ring_record_t *rec)
+{
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+
+    for (;;) {
+        uint64_t pos = *cursor, at = pos & (r->capacity - 1);
+        uint32_t len, kind;
+
+        if (pos >= head)
+            return 0;
+        if (r->capacity - at < CN_RING_RECORD_HEADER || (at & 7))
+            return -EIO;
+        memcpy(&len, r->data + at, 4);
+        memcpy(&kind, r->data + at + 4, 4);
+        if (kind == KIND_PAD) {
+            *cursor = pos + (r->capacity - at);
+            continue;
+        }
+        if (len > cn__ring_max_payload(r) ||
+            CN_RING_RECORD_HEADER + pad8(len) > r->capacity - at ||
+            pos + CN_RING_RECORD_HEADER + pad8(len) > head)
+            return -EIO;
+        memcpy(&rec->seq, r->data + at + 8, 8);
+        rec->kind = kind;
+        rec->len = len;
+        rec->payload = r->data + at + CN_RING_RECORD_HEADER;
+        rec->end = pos + CN_RING_RECORD_HEADER + pad8(len);
+        *cursor = rec->end;
+        return 1;
+    }
+}
+
+void
+cn__ring_fail(cn_ring_t *r, uint64_t seq)
+{
+    uint64_t n = atomic_load_explicit(&r->failed_count, memory_order_relaxed);
+
+    atomic_store_explicit(&r->failed_log[n % CN_RING_FAILED_LOG], seq, memory_order_relaxed);
+    atomic_store_explicit(&r->failed_count, n + 1, memory_order_release);
+}
+
+int
+cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t seen_failed)
+{
+    uint64_t n = atomic_load_explicit(&r->failed_count, memory_order_acquire);
+    uint64_t from = seen_failed;
+
+    if (n == from)
+        return 1;
+    for (uint64_t i = n > CN_RING_FAILED_LOG ? n - CN_RING_FAILED_LOG : 0; i < n; i++) {
+        if (atomic_load_explicit(&r->failed_log[i % CN_RING_FAILED_LOG],
+                                 memory_order_relaxed) == seq)
+            return 0;
+    }
+    return n - from > CN_RING_FAILED_LOG ? 0 : 1;
+}
+
+void
+cn__ring_ack(cn_ring_t *r, uint64_t upto, uint64_t acked)
+{
+    atomic_store_explicit(&r->acked_seq, acked, memory_order_release);
+    atomic_store_explicit(&r->tail, upto, memory_order_release);
+}
+
+uint64_t
+cn__ring_used(const cn_ring_t *r)
+{
+    return atomic_load(&r->head) - atomic_load(&r->tail);
+}

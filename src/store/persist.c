@@ -1,0 +1,720 @@
+/*
+ * store/persist.c - the persister's engine (see persist.h).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cnerium/error.h"
+#include "store/persist.h"
+#include "store/store.h"
+#include "store/wal.h"
+#include "support/clock.h"
+#include "support/log.h"
+
+#define RECOVERY_BATCH 1024
+#define SWEEP_BATCH 1000
+#define SWEEP_ROUNDS 8
+#define CHECKPOINT_INTERVAL_MS 30000
+
+typedef struct rec {
+    uint16_t worker;
+    uint64_t seq;
+    size_t off;   /* WAL payload offset in the batch buffer */
+    uint32_t len; /* WAL payload length */
+} rec_t;
+
+typedef struct batch {
+    uint8_t *buf;
+    size_t len, cap;
+    rec_t *recs;
+    size_t nrec, reccap;
+    uint64_t lsn_start, lsn_end;
+    uint64_t upto[CN_SHM_MAX_WORKERS], acked[CN_SHM_MAX_WORKERS];
+    uint64_t touched; /* workers with something to ack */
+    size_t dups;
+    int active;
+} batch_t;
+
+struct cn_persister {
+    cn_shm_t *shm;
+    cn_persist_config_t cfg;
+    char data_dir[1024];
+    char wal_dir[1040];
+    cn_store_t *store;
+    cn_store_meta_t meta; /* as the store has it after the last apply */
+    uint64_t epoch;
+    int seg_fd;
+    uint64_t seg_start, next_lsn;
+    uint64_t cursor[CN_SHM_MAX_WORKERS];
+    unsigned first_ring; /* gather starts here, rotating, so no ring starves */
+    batch_t b;
+    int need_roll;
+    uint64_t since_checkpoint, last_checkpoint_ms, last_sweep_ms;
+    cn_store_raw_put_t *items;
+    size_t itemcap;
+};
+
+/* ---- codecs ---- */
+
+static void
+le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
+
+static void
+le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void
+le64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t
+rd16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t
+rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t
+rd64(const uint8_t *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+size_t
+cn__persist_put_size(size_t keylen, const cn_record_t *rec)
+{
+    return CN_PERSIST_PUT_HEADER + keylen + cn__record_encoded_size(rec);
+}
+
+int
+cn__persist_put_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
+                       const cn_record_t *rec, size_t *written)
+{
+    size_t reclen = cn__record_encoded_size(rec), w;
+    int rc;
+
+    if (keylen > UINT16_MAX || reclen > UINT32_MAX ||
+        cap < CN_PERSIST_PUT_HEADER + keylen + reclen)
+        return CN_ETOOBIG;
+    out[0] = 1;
+    out[1] = CN_PERSIST_PUT;
+    le16(out + 2, (uint16_t)keylen);
+    le32(out + 4, (uint32_t)reclen);
+    memcpy(out + CN_PERSIST_PUT_HEADER, key, keylen);
+    if ((rc = cn__record_encode(rec, out + CN_PERSIST_PUT_HEADER + keylen, reclen, &w)))
+        return rc;
+    *written = CN_PERSIST_PUT_HEADER + keylen + reclen;
+    return 0;
+}
+
+int
+cn__persist_put_decode(const uint8_t *p, size_t len, const char **key, size_t *keylen,
+                       const uint8_t **rec, size_t *reclen)
+{
+    size_t kl, rl;
+
+    if (len < CN_PERSIST_PUT_HEADER || p[0] != 1 || p[1] != CN_PERSIST_PUT)
+        return CN_ECORRUPT;
+    kl = rd16(p + 2);
+    rl = rd32(p + 4);
+    if (len != CN_PERSIST_PUT_HEADER + kl + rl)
+        return CN_ECORRUPT;
+    *key = (const char *)p + CN_PERSIST_PUT_HEADER;
+    *keylen = kl;
+    *rec = p + CN_PERSIST_PUT_HEADER + kl;
+    *reclen = rl;
+    return 0;
+}
+
+/* ---- applying WAL payloads to the store ---- */
+
+typedef struct wal_header {
+    uint64_t epoch, seq;
+    uint16_t worker;
+    uint32_t len;
+    const uint8_t *put;
+} wal_header_t;
+
+static int
+wal_payload_decode(const uint8_t *p, size_t len, wal_header_t *h)
+{
+    if (len < CN_PERSIST_WAL_HEADER)
+        return CN_ECORRUPT;
+    h->epoch = rd64(p);
+    h->seq = rd64(p + 8);
+    h->worker = rd16(p + 16);
+    h->len = rd32(p + 20);
+    h->put = p + CN_PERSIST_WAL_HEADER;
+    if (h->worker >= CN_STORE_META_WORKERS || h->len != len - CN_PERSIST_WAL_HEADER)
+        return CN_ECORRUPT;
+    return 0;
+}
+
+static int
+grow_items(cn_persister_t *p, size_t n)
+{
+    cn_store_raw_put_t *items;
+
+    if (n <= p->itemcap)
+        return 0;
+    items = realloc(p->items, n * sizeof(*items));
+    if (!items)
+        return -ENOMEM;
+    p->items = items;
+    p->itemcap = n;
+    return 0;
+}
+
+/* Fills item i from a WAL payload; a payload that does not decode becomes an item that
+ * cn__store_apply skips as corrupt. */
+static void
+fill_item(cn_store_raw_put_t *it, const wal_header_t *h)
+{
+    memset(it, 0, sizeof(*it));
+    if (cn__persist_put_decode(h->put, h->len, &it->key, &it->keylen, &it->bytes, &it->len)) {
+        it->key = "";
+        it->bytes = NULL; /* decodes as corrupt */
+    }
+}
+
+/* ---- recovery ---- */
+
+typedef struct recovery {
+    cn_persister_t *p;
+    uint8_t *buf; /* copies of the payloads of the pending frames */
+    size_t len, cap;
+    size_t *offs, *lens;
+    size_t n, ncap;
+    cn_store_meta_t meta; /* meta as it will be after the pending frames */
+    uint64_t applied;
+    int rc;
+} recovery_t;
+
+static int
+recovery_flush(recovery_t *r)
+{
+    cn_persister_t *p = r->p;
+    int rc;
+
+    if ((rc = grow_items(p, r->n ? r->n : 1)))
+        return rc;
+    for (size_t i = 0; i < r->n; i++) {
+        wal_header_t h;
+        if (wal_payload_decode(r->buf + r->offs[i], r->lens[i], &h)) {
+            memset(&p->items[i], 0, sizeof(p->items[i]));
+            p->items[i].key = "";
+            continue;
+        }
+        fill_item(&p->items[i], &h);
+    }
+    if ((rc = cn__store_apply(p->store, p->items, r->n, &r->meta)))
+        return rc;
+    for (size_t i = 0; i < r->n; i++) {
+        if (p->items[i].status)
+            cn_log_error("WAL record %zu of a recovery batch could not be stored: %s", i,
+                         cn_strerror(p->items[i].status));
+    }
+    r->applied += r->n;
+    r->n = 0;
+    r->len = 0;
+    p->meta = r->meta;
+    return 0;
+}
+
+static int
+recovery_frame(const cn_wal_frame_t *f, void *arg)
+{
+    recovery_t *r = arg;
+    wal_header_t h;
+
+    if (wal_payload_decode(f->payload, f->len, &h)) {
+        cn_log_error("WAL frame at LSN %llu is not a record; skipped",
+                     (unsigned long long)f->lsn);
+    } else if (h.epoch == r->meta.epoch && h.seq <= r->meta.seqs[h.worker]) {
+        /* Written twice (a persister restarted between its write and its apply). */
+    } else {
+        if (h.epoch != r->meta.epoch) {
+            r->meta.epoch = h.epoch;
+            memset(r->meta.seqs, 0, sizeof(r->meta.seqs));
+        }
+        r->meta.seqs[h.worker] = h.seq;
+        if (r->len + f->len > r->cap) {
+            size_t cap = (r->len + f->len) * 2;
+            uint8_t *nb = realloc(r->buf, cap);
+            if (!nb)
+                return -ENOMEM;
+            r->buf = nb;
+            r->cap = cap;
+        }
+        if (r->n == r->ncap) {
+            size_t cap = r->ncap ? r->ncap * 2 : 64;
+            size_t *no = realloc(r->offs, cap * sizeof(size_t));
+            if (!no)
+                return -ENOMEM;
+            r->offs = no;
+            size_t *nl = realloc(r->lens, cap * sizeof(size_t));
+            if (!nl)
+                return -ENOMEM;
+            r->lens = nl;
+            r->ncap = cap;
+        }
+        memcpy(r->buf + r->len, f->payload, f->len);
+        r->offs[r->n] = r->len;
+        r->lens[r->n] = f->len;
+        r->len += f->len;
+        r->n++;
+    }
+    r->meta.applied_lsn = f->lsn + cn__wal_frame_size(f->len);
+    if (r->n >= RECOVERY_BATCH)
+        return recovery_flush(r);
+    return 0;
+}
+
+static int
+checkpoint(cn_persister_t *p)
+{
+    size_t removed = 0;
+    int rc;
+
+    if ((rc = cn__store_sync(p->store)))
+        return rc;
+    if ((rc = cn__wal_remove_below(p->wal_dir, p->cfg.segment_size, p->meta.applied_lsn,
+                                   &removed)))
+        cn_log_warn("checkpoint: could not remove old WAL segments: %s", cn_strerror(rc));
+    atomic_store(&p->shm->hdr->persist.checkpoint_lsn, p->meta.applied_lsn);
+    atomic_store(&p->shm->hdr->persist.checkpoint_unix_ms, cn__clock_wall_ms());
+    atomic_fetch_add(&p->shm->hdr->persist.checkpoints, 1);
+    p->since_checkpoint = 0;
+    p->last_checkpoint_ms = cn__clock_mono_ms();
+    if (removed)
+        cn_log_debug("checkpoint at LSN %llu removed %zu WAL segments",
+                     (unsigned long long)p->meta.applied_lsn, removed);
+    return 0;
+}
+
+static int
+open_segment(cn_persister_t *p, uint64_t lsn)
+{
+    uint64_t start = lsn - lsn % p->cfg.segment_size;
+    int fd = cn__wal_segment_open(p->wal_dir, start, p->cfg.segment_size);
+
+    if (fd < 0)
+        return fd;
+    if (p->seg_fd >= 0)
+        close(p->seg_fd);
+    p->seg_fd = fd;
+    p->seg_start = start;
+    p->next_lsn = lsn;
+    return 0;
+}
+
+/* Bytes the current segment still takes for frames (its SEAL reserved). */
+static uint64_t
+segment_room(const cn_persister_t *p)
+{
+    uint64_t end = p->seg_start + p->cfg.segment_size - CN_WAL_FRAME_HEADER;
+
+    return p->next_lsn < end ? end - p->next_lsn : 0;
+}
+
+int
+cn__persist_open(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t **out, char *err,
+                 size_t errlen)
+{
+    cn_persister_t *p = calloc(1, sizeof(*p));
+    char lmdb_dir[1040];
+    cn_wal_recovery_t rep;
+    recovery_t r = {0};
+    int rc;
+
+    if (!p)
+        return -ENOMEM;
+    p->shm = shm;
+    p->cfg = *cfg;
+    p->seg_fd = -1;
+    p->epoch = shm->hdr->epoch;
+    snprintf(p->data_dir, sizeof(p->data_dir), "%s", cfg->data_dir);
+    snprintf(p->wal_dir, sizeof(p->wal_dir), "%s/wal", cfg->data_dir);
+    snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
+    p->cfg.data_dir = p->data_dir;
+
+    if ((rc = cn__store_open_flags(lmdb_dir, cfg->map_size, CN_STORE_NOSYNC, &p->store))) {
+        snprintf(err, errlen, "cannot open the store in '%s': %s", lmdb_dir, cn_strerror(rc));
+        goto fail;
+    }
+    if ((rc = cn__store_meta_get(p->store, &p->meta))) {
+        snprintf(err, errlen, "the store's WAL position is unreadable: %s", cn_strerror(rc));
+        goto fail;
+    }
+    if ((rc = cn__wal_mkdir(p->wal_dir))) {
+        snprintf(err, errlen, "cannot create '%s': %s", p->wal_dir, cn_strerror(rc));
+        goto fail;
+    }
+
+    r.p = p;
+    r.meta = p->meta;
+    rc = cn__wal_recover(p->wal_dir, cfg->segment_size, p->meta.applied_lsn, recovery_frame, &r,
+                         &rep);
+    if (rc == 0)
+        rc = recovery_flush(&r);
+    free(r.buf);
+    free(r.offs);
+    free(r.lens);
+    if (rc) {
+        snprintf(err, errlen, "WAL recovery in '%s' failed: %s%s%s", p->wal_dir,
+                 cn_strerror(rc), rep.message[0] ? ": " : "", rep.message);
+        goto fail;
+    }
+    if (rep.cut_bytes)
+        cn_log_warn("WAL: %s", rep.message);
+    if (r.applied)
+        cn_log_info("WAL recovery applied %llu records (up to LSN %llu)",
+                    (unsigned long long)r.applied, (unsigned long long)rep.end_lsn);
+    atomic_store(&shm->hdr->persist.recovered_records, r.applied);
+    if (p->meta.epoch != p->epoch) {
+        p->meta.epoch = p->epoch;
+        memset(p->meta.seqs, 0, sizeof(p->meta.seqs));
+    }
+    if ((rc = checkpoint(p))) {
+        snprintf(err, errlen, "cannot sync the store: %s", cn_strerror(rc));
+        goto fail;
+    }
+    if ((rc = open_segment(p, rep.end_lsn))) {
+        snprintf(err, errlen, "cannot open a WAL segment in '%s': %s", p->wal_dir,
+                 cn_strerror(rc));
+        goto fail;
+    }
+    atomic_store(&shm->hdr->persist.applied_lsn, p->meta.applied_lsn);
+    for (unsigned w = 0; w < shm->hdr->nworkers; w++)
+        p->cursor[w] = atomic_load(&cn__shm_ring(shm, w)->tail);
+    p->last_sweep_ms = cn__clock_mono_ms();
+    *out = p;
+    return 0;
+
+fail:
+    cn__persist_close(p);
+    return rc;
+}
+
+void
+cn__persist_close(cn_persister_t *p)
+{
+    if (!p)
+        return;
+    if (p->seg_fd >= 0)
+        close(p->seg_fd);
+    /* Unsynced commits are safe in the WAL; syncing here makes a clean restart skip
+     * replaying them. */
+    if (p->store && !p->b.active && cn__store_sync(p->store))
+        cn_log_warn("the store could not be synced at close; the WAL still has it");
+    cn__store_close(p->store);
+    free(p->b.buf);
+    free(p->b.recs);
+    free(p->items);
+    free(p);
+}
+
+/* ---- batches ---- */
+
+static int
+batch_reserve(batch_t *b, size_t more)
+{
+    if (b->len + more > b->cap) {
+        size_t cap = b->cap ? b->cap : 65536;
+        uint8_t *nb;
+        while (cap < b->len + more)
+            cap *= 2;
+        if (!(nb = realloc(b->buf, cap)))
+            return -ENOMEM;
+        b->buf = nb;
+        b->cap = cap;
+    }
+    if (b->nrec == b->reccap) {
+        size_t cap = b->reccap ? b->reccap * 2 : 256;
+        rec_t *nr = realloc(b->recs, cap * sizeof(*nr));
+        if (!nr)
+            return -ENOMEM;
+        b->recs = nr;
+        b->reccap = cap;
+    }
+    return 0;
+}
+
+int
+cn__persist_pending(const cn_persister_t *p)
+{
+    return p->b.active;
+}
+
+/* Fails one ring record that can never be written (too big for a segment). */
+static void
+fail_record(cn_persister_t *p, unsigned w, const cn_ring_record_t *rec)
+{
+    cn_log_error("a record of %u bytes from worker %u does not fit a WAL segment; its "
+                 "request is answered 503", rec->len, w);
+    cn__ring_fail(cn__shm_ring(p->shm, w), rec->seq);
+    atomic_fetch_add(&p->shm->hdr->persist.records_failed, 1);
+}
+
+int
+cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
+{
+    batch_t *b = &p->b;
+    unsigned n = p->shm->hdr->nworkers;
+    uint64_t room = segment_room(p), whole = p->cfg.segment_size - 2 * CN_WAL_FRAME_HEADER;
+    int full = 0;
+
+    if (b->active)
+        return -EBUSY;
+    b->len = 0;
+    b->nrec = 0;
+    b->touched = 0;
+    b->dups = 0;
+    for (unsigned k = 0; k < n && !full; k++) {
+        unsigned w = (p->first_ring + k) % n;
+        cn_ring_t *ring = cn__shm_ring(p->shm, w);
+        uint64_t tail = atomic_load_explicit(&ring->tail, memory_order_acquire);
+        cn_ring_record_t rec;
+        int rc;
+
+        if (p->cursor[w] < tail)
+            p->cursor[w] = tail;
+        for (;;) {
+            uint64_t cur = p->cursor[w];
+            size_t fsize;
+
+            if ((rc = cn__ring_next(ring, &cur, &rec)) <= 0) {
+                if (rc < 0)
+                    cn_log_error("worker %u's ring holds bytes that are not a record at %llu",
+                                 w, (unsigned long long)p->cursor[w]);
+                break;
+            }
+            if (p->meta.epoch == p->epoch && rec.seq <= p->meta.seqs[w]) {
+                b->dups++; /* applied by an earlier incarnation of the persister */
+            } else {
+                fsize = cn__wal_frame_size(CN_PERSIST_WAL_HEADER + (size_t)rec.len);
+                if (fsize > whole) {
+                    fail_record(p, w, &rec);
+                } else if (b->len + fsize > room) {
+                    p->need_roll = 1;
+                    full = 1;
+                    break;
+                } else if (b->len && b->len + fsize > p->cfg.batch_max_bytes) {
+                    full = 1;
+                    break;
+                } else {
+                    uint8_t *frame;
+                    int rr = batch_reserve(b, fsize + CN_PERSIST_WAL_HEADER + rec.len);
+                    if (rr)
+                        return rr;
+                    /* The payload is built in place after the frame header. */
+                    frame = b->buf + b->len;
+                    uint8_t *pl = frame + CN_WAL_FRAME_HEADER;
+                    le64(pl, p->epoch);
+                    le64(pl + 8, rec.seq);
+                    le16(pl + 16, (uint16_t)w);
+                    le16(pl + 18, 0);
+                    le32(pl + 20, rec.len);
+                    memcpy(pl + CN_PERSIST_WAL_HEADER, rec.payload, rec.len);
+                    cn__wal_frame_encode(frame, p->next_lsn + b->len, CN_WAL_DATA, pl,
+                                         CN_PERSIST_WAL_HEADER + (size_t)rec.len);
+                    b->recs[b->nrec++] = (rec_t){(uint16_t)w, rec.seq,
+                                                 b->len + CN_WAL_FRAME_HEADER,
+                                                 (uint32_t)(CN_PERSIST_WAL_HEADER + rec.len)};
+                    b->len += fsize;
+                }
+            }
+            p->cursor[w] = cur;
+            b->upto[w] = rec.end;
+            b->acked[w] = rec.seq;
+            b->touched |= 1ull << w;
+        }
+    }
+    p->first_ring = (p->first_ring + 1) % n;
+    if (!b->touched)
+        return 0;
+    b->active = 1;
+    b->lsn_start = p->next_lsn;
+    b->lsn_end = p->next_lsn + b->len;
+    if (!b->len)
+        return 0;
+    *io = (cn_persist_io_t){p->seg_fd, b->buf, b->len, p->next_lsn - p->seg_start};
+    return 1;
+}
+
+static void
+observe(_Atomic uint64_t *buckets, int nb, const uint64_t *bounds, uint64_t v)
+{
+    int i = 0;
+
+    while (i < nb - 1 && v > bounds[i])
+        i++;
+    atomic_fetch_add_explicit(&buckets[i], 1, memory_order_relaxed);
+}
+
+int
+cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *wake)
+{
+    static const uint64_t sync_bounds[] = CN_SHM_SYNC_BOUNDS_US;
+    static const uint64_t batch_bounds[] = CN_SHM_BATCH_BOUNDS;
+    cn_shm_persist_t *st = &p->shm->hdr->persist;
+    batch_t *b = &p->b;
+    cn_store_meta_t meta = p->meta;
+    int rc = 0, stop = 0;
+
+    *wake = 0;
+    if (!b->active)
+        return 0;
+    if (b->nrec && io_result == 0) {
+        if ((rc = grow_items(p, b->nrec)))
+            return rc;
+        if (meta.epoch != p->epoch) {
+            meta.epoch = p->epoch;
+            memset(meta.seqs, 0, sizeof(meta.seqs));
+        }
+        for (size_t i = 0; i < b->nrec; i++) {
+            wal_header_t h;
+            wal_payload_decode(b->buf + b->recs[i].off, b->recs[i].len, &h);
+            fill_item(&p->items[i], &h);
+            if (b->recs[i].seq > meta.seqs[b->recs[i].worker])
+                meta.seqs[b->recs[i].worker] = b->recs[i].seq;
+        }
+        meta.applied_lsn = b->lsn_end;
+        rc = cn__store_apply(p->store, p->items, b->nrec, &meta);
+        if (rc) {
+            cn_log_error("applying %zu records to LMDB failed: %s; their requests get 503",
+                         b->nrec, cn_strerror(rc));
+        } else {
+            p->meta = meta;
+        }
+        p->next_lsn = b->lsn_end;
+        p->since_checkpoint += b->len;
+        atomic_fetch_add(&st->batches, 1);
+        atomic_fetch_add(&st->records, b->nrec);
+        atomic_fetch_add(&st->wal_bytes, b->len);
+        atomic_fetch_add(&st->sync_us_sum, sync_us);
+        observe(st->sync_buckets, CN_SHM_SYNC_BUCKETS, sync_bounds, sync_us);
+        observe(st->batch_buckets, CN_SHM_BATCH_BUCKETS, batch_bounds, b->nrec);
+        atomic_store(&st->applied_lsn, p->meta.applied_lsn);
+    } else if (b->nrec) {
+        cn_log_error("writing %zu records to the WAL failed: %s; their requests get 503 and "
+                     "the persister restarts", b->nrec, cn_strerror(io_result));
+        rc = io_result;
+        stop = 1;
+    }
+    for (size_t i = 0; i < b->nrec; i++) {
+        if (rc || p->items[i].status) {
+            cn__ring_fail(cn__shm_ring(p->shm, b->recs[i].worker), b->recs[i].seq);
+            atomic_fetch_add(&st->records_failed, 1);
+        }
+    }
+    if (b->dups)
+        atomic_fetch_add(&st->duplicates_skipped, b->dups);
+    for (unsigned w = 0; w < p->shm->hdr->nworkers; w++) {
+        if (b->touched & (1ull << w))
+            cn__ring_ack(cn__shm_ring(p->shm, w), b->upto[w], b->acked[w]);
+    }
+    *wake = b->touched;
+    b->active = 0;
+    return stop ? rc : 0;
+}
+
+/* Seals the current segment and moves to the next one. */
+static int
+roll(cn_persister_t *p)
+{
+    uint8_t seal[CN_WAL_FRAME_HEADER];
+    uint64_t next = p->seg_start + p->cfg.segment_size;
+    int rc;
+
+    cn__wal_frame_encode(seal, p->next_lsn, CN_WAL_SEAL, NULL, 0);
+    if (pwrite(p->seg_fd, seal, sizeof(seal), (off_t)(p->next_lsn - p->seg_start)) !=
+            (ssize_t)sizeof(seal) ||
+        fdatasync(p->seg_fd))
+        return -errno ? -errno : -EIO;
+    if ((rc = open_segment(p, next)))
+        return rc;
+    p->need_roll = 0;
+    return 0;
+}
+
+int
+cn__persist_maintain(cn_persister_t *p)
+{
+    uint64_t now = cn__clock_mono_ms();
+    int rc;
+
+    if (p->b.active)
+        return 0;
+    if (p->need_roll || segment_room(p) < 4096) {
+        if ((rc = roll(p))) {
+            cn_log_error("cannot move to a new WAL segment: %s", cn_strerror(rc));
+            return rc;
+        }
+    }
+    if (p->since_checkpoint >= p->cfg.checkpoint_bytes ||
+        (p->since_checkpoint && now - p->last_checkpoint_ms >= CHECKPOINT_INTERVAL_MS)) {
+        if ((rc = checkpoint(p))) {
+            cn_log_error("checkpoint failed: %s", cn_strerror(rc));
+            return rc;
+        }
+    }
+    if (now - p->last_sweep_ms >= p->cfg.sweep_interval_ms) {
+        p->last_sweep_ms = now;
+        for (int i = 0; i < SWEEP_ROUNDS; i++) {
+            size_t deleted = 0;
+            if ((rc = cn__store_sweep(p->store, cn__clock_wall_ms(), SWEEP_BATCH, &deleted))) {
+                cn_log_warn("expiry sweep failed: %s", cn_strerror(rc));
+                break;
+            }
+            if (deleted)
+                cn_log_debug("expiry sweep removed %zu stored responses", deleted);
+            if (deleted < SWEEP_BATCH)
+                break;
+        }
+    }
+    return 0;
+}
+
+int
+cn__persist_write_sync(const cn_persist_io_t *io)
+{
+    const uint8_t *p = io->buf;
+    size_t left = io->len;
+    uint64_t off = io->offset;
+
+    while (left) {
+        ssize_t n = pwrite(io->fd, p, left, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        off += (uint64_t)n;
+        left -= (size_t)n;
+    }
+    return fdatasync(io->fd) ? -errno : 0;
+}

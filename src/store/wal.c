@@ -1,0 +1,752 @@
+/*
+ * store/wal.c - the write-ahead log: the frame codec, segment files (named, zero-filled,
+ * created atomically) and recovery (replay, torn-tail cut, damage detection). Format and
+ * contract in wal.h.
+ *
+ * Everything read from disk is untrusted: every length and position is checked before
+ * use. I/O is plain pread/pwrite/fsync; the persister submits its own frame writes
+ * (io_uring) and uses this file only to create segments and to recover at startup.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "cnerium/error.h"
+#include "store/wal.h"
+#include "support/crc32c.h"
+#include "support/log.h"
+
+static const uint8_t magic[4] = {'C', 'N', 'W', 'F'};
+
+/* Zeros are written in chunks of this size (segment creation and tail cuts). */
+#define ZERO_CHUNK ((size_t)1 << 20)
+/* "%016" PRIx64 ".wal" */
+#define SEGMENT_NAME_LEN 20
+/* Generous upper bound on segment_size; a segment is read into memory whole. */
+#define SEGMENT_SIZE_MAX ((uint64_t)1 << 40)
+
+static void
+put32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void
+put64(uint8_t *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint32_t
+get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static uint64_t
+get64(const uint8_t *p)
+{
+    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+static int
+all_zero(const uint8_t *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (p[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* CRC-32C of the header with its CRC field zeroed, then the payload. */
+static uint32_t
+frame_crc(const uint8_t *frame, uint32_t len)
+{
+    uint8_t hdr[CN_WAL_FRAME_HEADER];
+
+    memcpy(hdr, frame, sizeof(hdr));
+    memset(hdr + 16, 0, 4);
+    return cn__crc32c(cn__crc32c(0, hdr, sizeof(hdr)), frame + CN_WAL_FRAME_HEADER, len);
+}
+
+size_t
+cn__wal_frame_size(size_t len)
+{
+    return CN_WAL_FRAME_HEADER + ((len + 7) & ~(size_t)7);
+}
+
+void
+cn__wal_frame_encode(uint8_t *out, uint64_t lsn, uint8_t type, const void *payload,
+                     size_t len)
+{
+    size_t size = cn__wal_frame_size(len);
+
+    CN_ASSERT(len <= CN_WAL_PAYLOAD_MAX);
+    CN_ASSERT(type == CN_WAL_DATA || (type == CN_WAL_SEAL && len == 0));
+    memcpy(out, magic, 4);
+    put32(out + 4, (uint32_t)len);
+    put64(out + 8, lsn);
+    memset(out + 16, 0, 4);
+    out[20] = type;
+    memset(out + 21, 0, 3);
+    if (len)
+        memcpy(out + CN_WAL_FRAME_HEADER, payload, len);
+    memset(out + CN_WAL_FRAME_HEADER + len, 0, size - CN_WAL_FRAME_HEADER - len);
+    put32(out + 16, frame_crc(out, (uint32_t)len));
+}
+
+int
+cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
+                     cn_wal_frame_t *f, size_t *consumed)
+{
+    uint32_t len;
+    uint8_t type;
+    size_t size;
+
+    if (avail < CN_WAL_FRAME_HEADER)
+        return CN_ECORRUPT;
+    if (all_zero(buf, CN_WAL_FRAME_HEADER))
+        return CN_ENOTFOUND;
+    if (memcmp(buf, magic, 4))
+        return CN_ECORRUPT;
+    len = get32(buf + 4);
+    type = buf[20];
+    if (len > CN_WAL_PAYLOAD_MAX || get64(buf + 8) != expect_lsn)
+        return CN_ECORRUPT;
+    if ((type != CN_WAL_DATA && type != CN_WAL_SEAL) || (type == CN_WAL_SEAL && len) ||
+        buf[21] || buf[22] || buf[23])
+        return CN_ECORRUPT;
+    /* len <= CN_WAL_PAYLOAD_MAX, so the size cannot wrap. */
+    size = cn__wal_frame_size(len);
+    if (size > avail)
+        return CN_ECORRUPT;
+    if (get32(buf + 16) != frame_crc(buf, len))
+        return CN_ECORRUPT;
+    /* Padding is outside the CRC; it must still be exactly zero. */
+    if (!all_zero(buf + CN_WAL_FRAME_HEADER + len, size - CN_WAL_FRAME_HEADER - len))
+        return CN_ECORRUPT;
+
+    f->lsn = expect_lsn;
+    f->type = type;
+    f->payload = buf + CN_WAL_FRAME_HEADER;
+    f->len = len;
+    *consumed = size;
+    return 0;
+}
+
+/* A segment holds at least one empty DATA frame and its SEAL, keeps frames 8-byte
+ * aligned, and fits in memory (recovery reads it whole) and in an off_t. */
+static int
+valid_segment_size(uint64_t segment_size)
+{
+    return segment_size >= 2 * CN_WAL_FRAME_HEADER && segment_size % 8 == 0 &&
+           segment_size <= SEGMENT_SIZE_MAX && (uint64_t)(size_t)segment_size == segment_size;
+}
+
+int
+cn__wal_segment_path(char *out, size_t cap, const char *dir, uint64_t start)
+{
+    int n = snprintf(out, cap, "%s/%016" PRIx64 ".wal", dir, start);
+
+    if (n < 0 || (size_t)n >= cap)
+        return -ENAMETOOLONG;
+    return 0;
+}
+
+/* Parses a segment file name; anything else (temp files, other files) is not one. */
+static int
+parse_segment_name(const char *name, uint64_t *start)
+{
+    uint64_t v = 0;
+
+    if (strlen(name) != SEGMENT_NAME_LEN || strcmp(name + 16, ".wal") != 0)
+        return 0;
+    for (int i = 0; i < 16; i++) {
+        char c = name[i];
+        unsigned d;
+
+        if (c >= '0' && c <= '9')
+            d = (unsigned)(c - '0');
+        else if (c >= 'a' && c <= 'f')
+            d = (unsigned)(c - 'a' + 10);
+        else
+            return 0;
+        v = v << 4 | d;
+    }
+    *start = v;
+    return 1;
+}
+
+static int
+sync_dir(const char *dir)
+{
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC), rc = 0;
+
+    if (fd < 0)
+        return -errno;
+    if (fsync(fd))
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+/* Creates one directory level; a new one is made durable by syncing its parent. */
+static int
+mkdir_one(const char *path)
+{
+    char parent[PATH_MAX];
+    const char *slash;
+    struct stat st;
+
+    if (mkdir(path, 0755)) {
+        if (errno != EEXIST)
+            return -errno;
+        if (stat(path, &st))
+            return -errno;
+        return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+    }
+    slash = strrchr(path, '/');
+    if (!slash) {
+        strcpy(parent, ".");
+    } else if (slash == path) {
+        strcpy(parent, "/");
+    } else {
+        memcpy(parent, path, (size_t)(slash - path));
+        parent[slash - path] = '\0';
+    }
+    return sync_dir(parent);
+}
+
+int
+cn__wal_mkdir(const char *dir)
+{
+    char path[PATH_MAX];
+    size_t n = strlen(dir);
+
+    if (n == 0)
+        return -EINVAL;
+    if (n >= sizeof(path))
+        return -ENAMETOOLONG;
+    memcpy(path, dir, n + 1);
+    while (n > 1 && path[n - 1] == '/')
+        path[--n] = '\0';
+    for (char *p = path + 1;; p++) {
+        char c = *p;
+        int rc;
+
+        if (c != '/' && c != '\0')
+            continue;
+        if (c == '/' && p[-1] == '/')
+            continue;
+        *p = '\0';
+        rc = mkdir_one(path);
+        *p = c;
+        if (rc)
+            return rc;
+        if (c == '\0')
+            return 0;
+    }
+}
+
+static int
+pwrite_all(int fd, const uint8_t *buf, size_t len, uint64_t off)
+{
+    while (len) {
+        ssize_t n = pwrite(fd, buf, len, (off_t)off);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EIO;
+        buf += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Writes len zero bytes at off, in chunks of up to ZERO_CHUNK. */
+static int
+write_zeros(int fd, uint64_t off, uint64_t len)
+{
+    size_t chunk = len < ZERO_CHUNK ? (size_t)len : ZERO_CHUNK;
+    uint8_t *zeros;
+    int rc = 0;
+
+    if (len == 0)
+        return 0;
+    if (!(zeros = calloc(1, chunk)))
+        return -ENOMEM;
+    while (len && !rc) {
+        size_t n = len < chunk ? (size_t)len : chunk;
+
+        rc = pwrite_all(fd, zeros, n, off);
+        off += n;
+        len -= n;
+    }
+    free(zeros);
+    return rc;
+}
+
+int
+cn__wal_segment_open(const char *dir, uint64_t start, uint64_t segment_size)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    struct stat st;
+    int fd, rc;
+
+    if (!valid_segment_size(segment_size) || start % segment_size ||
+        start > UINT64_MAX - segment_size)
+        return -EINVAL;
+    if ((rc = cn__wal_segment_path(path, sizeof(path), dir, start)))
+        return rc;
+
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+        /* Created earlier: only ever renamed into place whole, so the size is right unless
+         * someone else wrote it (or segment_size changed); never overwrite it then. */
+        if (fstat(fd, &st)) {
+            rc = -errno;
+        } else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != segment_size) {
+            rc = CN_ECORRUPT;
+        } else {
+            /* The process that created it may have died before syncing the directory. */
+            rc = sync_dir(dir);
+        }
+        if (rc) {
+            close(fd);
+            return rc;
+        }
+        return fd;
+    }
+    if (errno != ENOENT)
+        return -errno;
+
+    /* Build it under a temp name (not a segment name, so recovery ignores it) and rename
+     * it into place once it is whole and synced: a crash never leaves a short segment. */
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+        return -ENAMETOOLONG;
+    fd = open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    if ((rc = write_zeros(fd, 0, segment_size)))
+        goto fail;
+    if (fsync(fd) || rename(tmp, path)) {
+        rc = -errno;
+        goto fail;
+    }
+    if ((rc = sync_dir(dir))) {
+        /* In place but maybe not durable; a retry finds it and syncs the directory. */
+        close(fd);
+        return rc;
+    }
+    return fd;
+
+fail:
+    close(fd);
+    unlink(tmp);
+    return rc;
+}
+
+static int
+compare_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+    return (x > y) - (x < y);
+}
+
+/* Lists the starts of the segment files in dir, ascending, into a malloc'd array. */
+static int
+list_segments(const char *dir, uint64_t **out, size_t *count)
+{
+    uint64_t *starts = NULL, start;
+    size_t n = 0, cap = 0;
+    struct dirent *de;
+    DIR *d = opendir(dir);
+    int rc = 0;
+
+    if (!d)
+        return -errno;
+    for (;;) {
+        errno = 0;
+        if (!(de = readdir(d))) {
+            rc = errno ? -errno : 0;
+            break;
+        }
+        if (!parse_segment_name(de->d_name, &start))
+            continue;
+        if (n == cap) {
+            size_t ncap = cap ? cap * 2 : 16;
+            uint64_t *grown = realloc(starts, ncap * sizeof(*grown));
+
+            if (!grown) {
+                rc = -ENOMEM;
+                break;
+            }
+            starts = grown;
+            cap = ncap;
+        }
+        starts[n++] = start;
+    }
+    closedir(d);
+    if (rc) {
+        free(starts);
+        return rc;
+    }
+    if (n)
+        qsort(starts, n, sizeof(*starts), compare_u64);
+    *out = starts;
+    *count = n;
+    return 0;
+}
+
+/* State of one recovery run. */
+typedef struct recovery {
+    const char *dir;
+    uint64_t segment_size;
+    uint64_t from_lsn;
+    cn_wal_frame_cb cb;
+    void *arg;
+    cn_wal_recovery_t *out;
+    uint8_t *buf; /* one whole segment */
+} recovery_t;
+
+static int report(cn_wal_recovery_t *out, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Writes what happened to out->message and returns rc. */
+static int
+report(cn_wal_recovery_t *out, int rc, const char *fmt, ...)
+{
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(out->message, sizeof(out->message), fmt, ap);
+    va_end(ap);
+    return rc;
+}
+
+/* Reads the segment at start whole into buf; its file must be exactly segment_size
+ * bytes. Reads in chunks when buf is smaller than a segment (chunk > 0): then the data is
+ * only checked for being all zeros, and *zero says whether it was. */
+static int
+read_segment(recovery_t *r, uint64_t start, uint8_t *buf, size_t chunk, int *zero)
+{
+    char path[PATH_MAX];
+    uint64_t off = 0, size = r->segment_size;
+    struct stat st;
+    int fd, rc = 0;
+
+    if ((rc = cn__wal_segment_path(path, sizeof(path), r->dir, start)))
+        return report(r->out, rc, "segment %016" PRIx64 ".wal: path too long", start);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+        rc = -errno;
+        return report(r->out, rc, "opening %s: %s", path, cn_strerror(rc));
+    }
+    if (fstat(fd, &st)) {
+        rc = -errno;
+        report(r->out, rc, "stat %s: %s", path, cn_strerror(rc));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size) {
+        rc = report(r->out, CN_ECORRUPT,
+                    "segment %s is %" PRIu64 " bytes, not the segment size %" PRIu64, path,
+                    (uint64_t)st.st_size, size);
+        goto out;
+    }
+    if (zero)
+        *zero = 1;
+    while (off < size) {
+        size_t want = chunk ? (size - off < chunk ? (size_t)(size - off) : chunk)
+                            : (size_t)(size - off);
+        uint8_t *dst = chunk ? buf : buf + off;
+        ssize_t n = pread(fd, dst, want, (off_t)off);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = -errno;
+            report(r->out, rc, "reading %s: %s", path, cn_strerror(rc));
+            goto out;
+        }
+        if (n == 0) {
+            rc = report(r->out, CN_ECORRUPT, "segment %s shrank while being read", path);
+            goto out;
+        }
+        if (chunk && !all_zero(dst, (size_t)n)) {
+            *zero = 0;
+            break;
+        }
+        off += (uint64_t)n;
+    }
+out:
+    close(fd);
+    return rc;
+}
+
+/* Zeros [off, off + len) of the segment at start and syncs it. */
+static int
+cut(recovery_t *r, uint64_t start, uint64_t off, uint64_t len)
+{
+    char path[PATH_MAX];
+    int fd, rc;
+
+    if ((rc = cn__wal_segment_path(path, sizeof(path), r->dir, start)))
+        return rc;
+    if ((fd = open(path, O_RDWR | O_CLOEXEC)) < 0)
+        return -errno;
+    rc = write_zeros(fd, off, len);
+    if (!rc && fdatasync(fd))
+        rc = -errno;
+    close(fd);
+    return rc;
+}
+
+/* Segments after one that does not end with a SEAL may only be empty: created ahead of
+ * use and never written. Anything else in them is damage. */
+static int
+check_unwritten(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_t p,
+                int zeroed)
+{
+    uint8_t *chunk;
+    int rc = 0, zero;
+
+    if (i + 1 == n)
+        return 0;
+    if (!(chunk = malloc(ZERO_CHUNK)))
+        return report(r->out, -ENOMEM, "no memory to read WAL segments");
+    for (size_t j = i + 1; j < n && !rc; j++) {
+        if (starts[j] != starts[j - 1] + r->segment_size) {
+            rc = report(r->out, CN_ECORRUPT,
+                        "WAL segment %016" PRIx64 ".wal is missing (found %016" PRIx64
+                        ".wal after %016" PRIx64 ".wal)",
+                        starts[j - 1] + r->segment_size, starts[j], starts[j - 1]);
+            break;
+        }
+        if ((rc = read_segment(r, starts[j], chunk, ZERO_CHUNK, &zero)))
+            break;
+        if (!zero)
+            rc = report(r->out, CN_ECORRUPT,
+                        "WAL segment %016" PRIx64 ".wal does not end with a SEAL (%s at LSN "
+                        "%" PRIu64 ") but segment %016" PRIx64 ".wal after it holds data",
+                        starts[i], zeroed ? "its frames stop" : "corrupt frame",
+                        starts[i] + p, starts[j]);
+    }
+    free(chunk);
+    return rc;
+}
+
+/* The frames of the segment at starts[i] (in r->buf) stop at offset p: a zeroed header
+ * or a frame that does not decode, and no SEAL. That is the end of the log unless a valid
+ * frame follows, in this segment or a later one (damage in the middle). Non-zero bytes
+ * from p on are a torn tail, cut so that the log past its end is all zeros again: stale
+ * bytes could otherwise read as a frame once new frames are written over part of them. */
+static int
+finish_tail(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_t p)
+{
+    uint64_t start = starts[i];
+    size_t size = (size_t)r->segment_size, end, consumed;
+    int zeroed = all_zero(r->buf + p, CN_WAL_FRAME_HEADER), rc;
+    cn_wal_frame_t f;
+
+    for (size_t q = p + 8; q + CN_WAL_FRAME_HEADER <= size; q += 8) {
+        if (memcmp(r->buf + q, magic, 4))
+            continue;
+        if (cn__wal_frame_decode(r->buf + q, size - q, start + q, &f, &consumed) == 0)
+            return report(r->out, CN_ECORRUPT,
+                          "WAL damaged in the middle: %s at LSN %" PRIu64
+                          " in segment %016" PRIx64 ".wal, yet a valid frame follows at LSN "
+                          "%" PRIu64,
+                          zeroed ? "a zeroed header" : "a corrupt frame", start + p, start,
+                          start + q);
+    }
+    if ((rc = check_unwritten(r, starts, i, n, p, zeroed)))
+        return rc;
+    /* Nothing may be written below an LSN the store has already applied. */
+    if (start + p < r->from_lsn)
+        return report(r->out, CN_ECORRUPT,
+                      "the WAL ends at LSN %" PRIu64 ", below from_lsn %" PRIu64
+                      ": frames the store applied are missing",
+                      start + p, r->from_lsn);
+
+    r->out->end_lsn = start + p;
+    for (end = size; end > p && r->buf[end - 1] == 0; end--)
+        ;
+    if (end == p)
+        return 0; /* clean: zeros from the end of the log to the end of the segment */
+    if ((rc = cut(r, start, p, end - p)))
+        return report(r->out, rc, "cutting the torn WAL tail at LSN %" PRIu64 ": %s",
+                      start + p, cn_strerror(rc));
+    r->out->cut_lsn = start + p;
+    r->out->cut_bytes = end - p;
+    report(r->out, 0,
+           "WAL torn tail: cut %zu bytes at LSN %" PRIu64 " in segment %016" PRIx64
+           ".wal (%s)",
+           end - p, start + p, start,
+           zeroed ? "stray bytes after a zeroed header" : "an incomplete or corrupt frame");
+    return 0;
+}
+
+/* Replays the segment at starts[i]. Sets *sealed when it ends with a SEAL; otherwise the
+ * log ends in it and the tail is handled. */
+static int
+replay_segment(recovery_t *r, const uint64_t *starts, size_t i, size_t n, int *sealed)
+{
+    uint64_t start = starts[i];
+    size_t size = (size_t)r->segment_size, p = 0, consumed;
+    cn_wal_frame_t f;
+    int rc;
+
+    *sealed = 0;
+    if ((rc = read_segment(r, start, r->buf, 0, NULL)))
+        return rc;
+    for (;;) {
+        /* p <= size - CN_WAL_FRAME_HEADER: every DATA frame ends before the SEAL space. */
+        if (cn__wal_frame_decode(r->buf + p, size - p, start + p, &f, &consumed))
+            break;
+        if (f.type == CN_WAL_SEAL) {
+            *sealed = 1;
+            return 0;
+        }
+        if (consumed > size - CN_WAL_FRAME_HEADER - p)
+            return report(r->out, CN_ECORRUPT,
+                          "WAL frame at LSN %" PRIu64 " in segment %016" PRIx64
+                          ".wal runs into the space reserved for the SEAL",
+                          f.lsn, start);
+        if (f.lsn >= r->from_lsn) {
+            r->out->frames++;
+            if (r->cb && (rc = r->cb(&f, r->arg))) {
+                r->out->end_lsn = f.lsn + consumed;
+                return rc;
+            }
+        }
+        p += consumed;
+    }
+    return finish_tail(r, starts, i, n, p);
+}
+
+int
+cn__wal_recover(const char *dir, uint64_t segment_size, uint64_t from_lsn,
+                cn_wal_frame_cb cb, void *arg, cn_wal_recovery_t *out)
+{
+    recovery_t r = {dir, segment_size, from_lsn, cb, arg, out, NULL};
+    uint64_t *starts = NULL, first_max, rem;
+    size_t n = 0, i;
+    int rc, sealed = 0;
+
+    memset(out, 0, sizeof(*out));
+    if (!valid_segment_size(segment_size))
+        return report(out, -EINVAL, "invalid WAL segment size %" PRIu64, segment_size);
+    /* The segment boundary at or above from_lsn. */
+    rem = from_lsn % segment_size;
+    if (rem && from_lsn - rem > UINT64_MAX - segment_size)
+        return report(out, -EOVERFLOW, "from_lsn %" PRIu64 " is at the end of the LSN space",
+                      from_lsn);
+    first_max = rem ? from_lsn - rem + segment_size : from_lsn;
+    if ((rc = list_segments(dir, &starts, &n)))
+        return report(out, rc, "listing WAL directory %s: %s", dir, cn_strerror(rc));
+
+    /* Skip segments wholly below from_lsn (a start near UINT64_MAX has no end: kept). */
+    for (i = 0; i < n; i++) {
+        if (starts[i] > UINT64_MAX - segment_size || starts[i] + segment_size > from_lsn)
+            break;
+    }
+    if (i == n) {
+        out->end_lsn = first_max;
+        goto done;
+    }
+    /* The log never skips a segment, except that it starts at first_max. */
+    if (starts[i] > first_max) {
+        rc = report(out, CN_ECORRUPT,
+                    "WAL segment %016" PRIx64 ".wal is missing (the first segment at or "
+                    "above LSN %" PRIu64 " is %016" PRIx64 ".wal)",
+                    first_max, from_lsn, starts[i]);
+        goto done;
+    }
+    if (!(r.buf = malloc((size_t)segment_size))) {
+        rc = report(out, -ENOMEM, "no memory for a %" PRIu64 "-byte WAL segment",
+                    segment_size);
+        goto done;
+    }
+    for (size_t first = i; i < n; i++) {
+        uint64_t start = starts[i];
+
+        if (start % segment_size || start > UINT64_MAX - segment_size) {
+            rc = report(out, CN_ECORRUPT,
+                        "WAL segment %016" PRIx64 ".wal does not start at a multiple of the "
+                        "segment size %" PRIu64,
+                        start, segment_size);
+            goto done;
+        }
+        if (i > first && start != starts[i - 1] + segment_size) {
+            rc = report(out, CN_ECORRUPT,
+                        "WAL segment %016" PRIx64 ".wal is missing (found %016" PRIx64
+                        ".wal after %016" PRIx64 ".wal)",
+                        starts[i - 1] + segment_size, start, starts[i - 1]);
+            goto done;
+        }
+        if ((rc = replay_segment(&r, starts, i, n, &sealed)))
+            goto done;
+        if (!sealed)
+            break; /* the log ends in this segment: end_lsn is set */
+        /* A SEAL moves the log on to the next segment, which may not exist yet. Considered
+         * segments end above from_lsn, so this never goes below it. */
+        out->end_lsn = start + segment_size;
+    }
+
+done:
+    free(r.buf);
+    free(starts);
+    return rc;
+}
+
+int
+cn__wal_remove_below(const char *dir, uint64_t segment_size, uint64_t lsn, size_t *removed)
+{
+    char path[PATH_MAX];
+    uint64_t *starts = NULL;
+    size_t n = 0;
+    int rc;
+
+    *removed = 0;
+    if (!valid_segment_size(segment_size))
+        return -EINVAL;
+    if ((rc = list_segments(dir, &starts, &n)))
+        return rc;
+    /* Oldest first, so a crash part way leaves a contiguous log. */
+    for (size_t i = 0; i < n && !rc; i++) {
+        if (starts[i] > UINT64_MAX - segment_size || starts[i] + segment_size > lsn)
+            break;
+        if ((rc = cn__wal_segment_path(path, sizeof(path), dir, starts[i])))
+            break;
+        if (unlink(path)) {
+            if (errno != ENOENT)
+                rc = -errno;
+            continue;
+        }
+        (*removed)++;
+    }
+    if (*removed) {
+        int src = sync_dir(dir);
+
+        if (!rc)
+            rc = src;
+    }
+    free(starts);
+    return rc;
+}
