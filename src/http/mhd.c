@@ -9,6 +9,9 @@
  * first call goes out with "Connection: close" in 0.9.75, which would kill keep-alive);
  * later calls collect the body; the final call dispatches and queues the reply; the
  * completion callback frees the state. Connection memory is MHD's; our state is ours.
+ * A deferred reply (a durable response waiting for its record to be durable) suspends
+ * the connection; cn__http_complete, from any thread, resumes it and MHD calls the
+ * access handler once more to queue the reply. No MHD thread waits meanwhile.
  */
 #include <errno.h>
 #include <pthread.h>

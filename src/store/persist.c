@@ -375,8 +375,9 @@ cn__persist_open(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t *
 
     r.p = p;
     r.meta = p->meta;
-    rc = cn__wal_recover(p->wal_dir, cfg->segment_size, p->meta.applied_lsn, recovery_frame, &r,
-                         &rep);
+    /* One batch is one write: after a crash its pages may be on disk in any order. */
+    rc = cn__wal_recover(p->wal_dir, cfg->segment_size, p->meta.applied_lsn,
+                         cfg->batch_max_bytes, recovery_frame, &r, &rep);
     if (rc == 0)
         rc = recovery_flush(&r);
     free(r.buf);
@@ -650,10 +651,14 @@ roll(cn_persister_t *p)
     int rc;
 
     cn__wal_frame_encode(seal, p->next_lsn, CN_WAL_SEAL, NULL, 0);
-    if (pwrite(p->seg_fd, seal, sizeof(seal), (off_t)(p->next_lsn - p->seg_start)) !=
-            (ssize_t)sizeof(seal) ||
-        fdatasync(p->seg_fd))
-        return -errno ? -errno : -EIO;
+    ssize_t n = pwrite(p->seg_fd, seal, sizeof(seal), (off_t)(p->next_lsn - p->seg_start));
+
+    if (n < 0)
+        return -errno;
+    if (n != (ssize_t)sizeof(seal))
+        return -EIO;
+    if (fdatasync(p->seg_fd))
+        return -errno;
     if ((rc = open_segment(p, next)))
         return rc;
     p->need_roll = 0;

@@ -6,9 +6,13 @@
  * without scanning live ones. A put replaces the old record and its expiry entry in the
  * same transaction, so the index never points at a record that expires later.
  *
- * LMDB is opened with full durability: a commit returns once it is on disk. Readers run
+ * A third database, "meta", holds the WAL position the store has applied (and the
+ * per-worker record seqs), written in the same transaction as the records.
+ *
+ * LMDB is opened with full durability (a commit returns once it is on disk), or with
+ * CN_STORE_NOSYNC by the persister, whose durability lives in the WAL. Readers run
  * concurrently from any thread (MDB_NOTLS: a read transaction is not tied to a thread's
- * TLS slot); writers are serialized by LMDB itself.
+ * TLS slot); writers are serialized by LMDB itself, across processes too.
  */
 #include <errno.h>
 #include <stdlib.h>

@@ -100,7 +100,7 @@ cn__wal_frame_encode(uint8_t *out, uint64_t lsn, uint8_t type, const void *paylo
     memset(out + 16, 0, 4);
     out[20] = type;
     memset(out + 21, 0, 3);
-    if (len)
+    if (len && payload != out + CN_WAL_FRAME_HEADER)
         memcpy(out + CN_WAL_FRAME_HEADER, payload, len);
     memset(out + CN_WAL_FRAME_HEADER + len, 0, size - CN_WAL_FRAME_HEADER - len);
     put32(out + 16, frame_crc(out, (uint32_t)len));
@@ -424,6 +424,7 @@ typedef struct recovery {
     void *arg;
     cn_wal_recovery_t *out;
     uint8_t *buf; /* one whole segment */
+    uint64_t tail_window;
 } recovery_t;
 
 static int report(cn_wal_recovery_t *out, int rc, const char *fmt, ...)
@@ -564,7 +565,11 @@ finish_tail(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_t p)
     int zeroed = all_zero(r->buf + p, CN_WAL_FRAME_HEADER), rc;
     cn_wal_frame_t f;
 
-    for (size_t q = p + 8; q + CN_WAL_FRAME_HEADER <= size; q += 8) {
+    /* A valid frame within tail_window bytes of the tear belongs to the same unsynced
+     * write (the kernel may persist its pages in any order): torn tail, not damage. */
+    size_t from = r->tail_window > size - p ? size : p + (size_t)r->tail_window;
+    for (size_t q = (from > p + 8 ? from : p + 8) & ~(size_t)7; q + CN_WAL_FRAME_HEADER <= size;
+         q += 8) {
         if (memcmp(r->buf + q, magic, 4))
             continue;
         if (cn__wal_frame_decode(r->buf + q, size - q, start + q, &f, &consumed) == 0)
@@ -642,9 +647,9 @@ replay_segment(recovery_t *r, const uint64_t *starts, size_t i, size_t n, int *s
 
 int
 cn__wal_recover(const char *dir, uint64_t segment_size, uint64_t from_lsn,
-                cn_wal_frame_cb cb, void *arg, cn_wal_recovery_t *out)
+                uint64_t tail_window, cn_wal_frame_cb cb, void *arg, cn_wal_recovery_t *out)
 {
-    recovery_t r = {dir, segment_size, from_lsn, cb, arg, out, NULL};
+    recovery_t r = {dir, segment_size, from_lsn, cb, arg, out, NULL, tail_window};
     uint64_t *starts = NULL, first_max, rem;
     size_t n = 0, i;
     int rc, sealed = 0;

@@ -93,8 +93,10 @@ typedef struct cn_wal_recovery {
  *
  * The end of the log is where the frames of the last segment stop: a zeroed header, or a
  * torn or corrupt frame. If any valid frame (right magic, CRC, and LSN equal to its
- * position) sits at an 8-byte aligned offset after that point in the segment, it is
- * damage in the middle, not an end. Otherwise every non-zero byte after the end (a torn
+ * position) sits at an 8-byte aligned offset more than tail_window bytes after that point
+ * in the segment, it is damage in the middle, not an end. tail_window is the most the
+ * writer has in one unsynced write (its batch limit): a crash can persist that write's
+ * pages in any order, so valid frames within it after a tear are part of the torn tail. Otherwise every non-zero byte after the end (a torn
  * frame, or stray bytes after a zeroed header) is a torn tail: it is cut (zeroed and
  * fdatasync'd), reported in out (cut_lsn, cut_bytes, message), never passed to cb, so the
  * segment past end_lsn is all zeros afterwards. Segments after a segment without a SEAL
@@ -117,7 +119,8 @@ typedef struct cn_wal_recovery {
  * the next segment's start. Returns 0 or an error (a negative errno for I/O failures,
  * with out->message set). */
 int cn__wal_recover(const char *dir, uint64_t segment_size, uint64_t from_lsn,
-                    cn_wal_frame_cb cb, void *arg, cn_wal_recovery_t *out);
+                    uint64_t tail_window, cn_wal_frame_cb cb, void *arg,
+                    cn_wal_recovery_t *out);
 
 /* Deletes segments that end at or below lsn (every frame in them is applied and
  * checkpointed), oldest first, then fsyncs dir. Files not named like segments are left

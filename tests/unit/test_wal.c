@@ -299,7 +299,7 @@ recover(const char *dir, uint64_t from, seen_t *seen, cn_wal_recovery_t *rep)
     seen->stop_at = stop_at;
     seen->stop_rc = stop_rc;
     memset(rep, 0x5A, sizeof(*rep)); /* recovery must set every field */
-    return cn__wal_recover(dir, SEG, from, collect, seen, rep);
+    return cn__wal_recover(dir, SEG, from, 0, collect, seen, rep);
 }
 
 static void
@@ -786,7 +786,7 @@ test_recover_clean_three_segments(void)
     CU_ASSERT(spec.end > 2 * SEG && spec.end < 3 * SEG);
 
     /* A NULL callback validates and counts. */
-    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, NULL, NULL, &rep), 0);
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, 0, NULL, NULL, &rep), 0);
     CU_ASSERT_EQUAL(rep.frames, spec.n);
     CU_ASSERT_EQUAL(rep.end_lsn, spec.end);
 }
@@ -1097,6 +1097,55 @@ test_corrupt_middle(void)
     CU_ASSERT(rep.message[0] != '\0');
 }
 
+/* A tear followed by valid frames within the tail window (one unsynced write whose pages
+ * reached the disk out of order) is a torn tail: cut, not damage. Beyond the window the
+ * same log is damage in the middle. */
+static void
+test_torn_within_window(void)
+{
+    char dir[512];
+    writer_t w;
+    log_spec_t spec;
+    seen_t seen = {0};
+    cn_wal_recovery_t rep;
+    uint8_t payload[64], b;
+    uint64_t window;
+
+    fresh_dir(dir, sizeof(dir));
+    memset(&spec, 0, sizeof(spec));
+    writer_open(&w, dir, 0);
+    for (size_t i = 0; i < 10; i++) {
+        memset(payload, (int)(i + 1), sizeof(payload));
+        spec_add(&spec, writer_append(&w, payload, 40), payload, 40);
+    }
+    spec.end = w.lsn;
+    writer_close(&w);
+    seg_io(dir, 0, spec.lsn[2] + 30, &b, 1, 0);
+    b ^= 0x10;
+    seg_io(dir, 0, spec.lsn[2] + 30, &b, 1, 1);
+
+    /* A window that stops short of the last frame: still damage. */
+    window = spec.lsn[9] - spec.lsn[2] - 8;
+    memset(&seen, 0, sizeof(seen));
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, window, collect, &seen, &rep), CN_ECORRUPT);
+    expect_frames(&seen, &spec, 0, 2);
+
+    /* A window covering every frame after the tear: a torn tail, cut. */
+    window = spec.end - spec.lsn[2];
+    memset(&seen, 0, sizeof(seen));
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, window, collect, &seen, &rep), 0);
+    expect_frames(&seen, &spec, 0, 2);
+    CU_ASSERT_EQUAL(rep.end_lsn, spec.lsn[2]);
+    CU_ASSERT_EQUAL(rep.cut_lsn, spec.lsn[2]);
+    CU_ASSERT(rep.cut_bytes > 0);
+
+    /* What was cut is gone for good: a strict recovery now sees a clean end. */
+    memset(&seen, 0, sizeof(seen));
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, 0, collect, &seen, &rep), 0);
+    expect_frames(&seen, &spec, 0, 2);
+    CU_ASSERT_EQUAL(rep.cut_bytes, 0);
+}
+
 static void
 test_unsealed_non_last_segment(void)
 {
@@ -1349,15 +1398,15 @@ test_bad_arguments(void)
     size_t removed = 5;
 
     fresh_dir(dir, sizeof(dir));
-    CU_ASSERT_EQUAL(cn__wal_recover(dir, 0, 0, NULL, NULL, &rep), -EINVAL);
-    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG + 1, 0, NULL, NULL, &rep), -EINVAL);
-    CU_ASSERT_EQUAL(cn__wal_recover(dir, 16, 0, NULL, NULL, &rep), -EINVAL);
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, 0, 0, 0, NULL, NULL, &rep), -EINVAL);
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG + 1, 0, 0, NULL, NULL, &rep), -EINVAL);
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, 16, 0, 0, NULL, NULL, &rep), -EINVAL);
     CU_ASSERT_EQUAL(cn__wal_remove_below(dir, 12, 0, &removed), -EINVAL);
     CU_ASSERT_EQUAL(removed, 0);
     snprintf(missing, sizeof(missing), "%s/missing", dir);
-    CU_ASSERT_EQUAL(cn__wal_recover(missing, SEG, 0, NULL, NULL, &rep), -ENOENT);
+    CU_ASSERT_EQUAL(cn__wal_recover(missing, SEG, 0, 0, NULL, NULL, &rep), -ENOENT);
     CU_ASSERT(rep.message[0] != '\0');
-    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, UINT64_MAX, NULL, NULL, &rep), -EOVERFLOW);
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, UINT64_MAX, 0, NULL, NULL, &rep), -EOVERFLOW);
 }
 
 /* ---- remove_below ------------------------------------------------------------------ */
@@ -1438,6 +1487,7 @@ main(void)
         {"torn tail at every byte of the last frame is cut", test_torn_tail_every_offset},
         {"bytes after a zeroed header: cut, or damage", test_tail_after_zeroed_header},
         {"a corrupt frame in the middle is CN_ECORRUPT", test_corrupt_middle},
+        {"valid frames within the tail window after a tear are cut", test_torn_within_window},
         {"a non-last segment without a SEAL", test_unsealed_non_last_segment},
         {"a segment of the wrong size is CN_ECORRUPT", test_wrong_size_segment},
         {"a missing segment is CN_ECORRUPT", test_missing_segment},
