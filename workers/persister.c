@@ -16,6 +16,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -195,6 +196,7 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
     };
     loop_t l = {.app = app, .sfd = -1};
     sigset_t stop;
+    const char *io;
     char err[512];
     int rc;
 
@@ -217,7 +219,10 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
         cn__persist_close(l.p);
         return 1;
     }
-    if ((rc = cn__uring_open(16, &l.u))) {
+    io = getenv("CNERIUM_PERSIST_IO");
+    if (io && !strcmp(io, "pwrite")) {
+        cn_log_info("CNERIUM_PERSIST_IO=pwrite: the WAL is written with pwrite + fdatasync");
+    } else if ((rc = cn__uring_open(16, &l.u))) {
         cn_log_warn("io_uring unavailable (%s): the WAL is written with pwrite + fdatasync",
                     cn_strerror(rc));
         l.u = NULL;
