@@ -50,11 +50,14 @@ cn__ring_push(cn_ring_t *r, uint32_t kind, const void *payload, size_t len, uint
 
     if (len > cn__ring_max_payload(r) || kind == KIND_PAD)
         return CN_ETOOBIG;
-    /* A record does not wrap: pad to the end of the array when it does not fit. */
+    /* A record does not wrap: pad to the end of the array when it does not fit. Fewer
+     * than a header's bytes left (8: records are 8-byte aligned) need no PAD header: the
+     * reader skips such a remainder by itself. */
     if (need > to_end) {
         if (head + to_end + need - tail > r->capacity)
             return -EAGAIN;
-        put_header(r->data + at, 0, KIND_PAD, 0);
+        if (to_end >= CN_RING_RECORD_HEADER)
+            put_header(r->data + at, 0, KIND_PAD, 0);
         head += to_end;
         at = 0;
     } else if (head + need - tail > r->capacity) {
@@ -81,8 +84,12 @@ cn__ring_next(cn_ring_t *r, uint64_t *cursor, cn_ring_record_t *rec)
 
         if (pos >= head)
             return 0;
-        if (r->capacity - at < CN_RING_RECORD_HEADER || (at & 7))
+        if (at & 7)
             return -EIO;
+        if (r->capacity - at < CN_RING_RECORD_HEADER) {
+            *cursor = pos + (r->capacity - at); /* a remainder too short for a header */
+            continue;
+        }
         memcpy(&len, r->data + at, 4);
         memcpy(&kind, r->data + at + 4, 4);
         if (kind == KIND_PAD) {
@@ -113,19 +120,17 @@ cn__ring_fail(cn_ring_t *r, uint64_t seq)
 }
 
 int
-cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t seen_failed)
+cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push)
 {
     uint64_t n = atomic_load_explicit(&r->failed_count, memory_order_acquire);
-    uint64_t from = seen_failed;
 
-    if (n == from)
-        return 1;
     for (uint64_t i = n > CN_RING_FAILED_LOG ? n - CN_RING_FAILED_LOG : 0; i < n; i++) {
         if (atomic_load_explicit(&r->failed_log[i % CN_RING_FAILED_LOG],
                                  memory_order_relaxed) == seq)
             return 0;
     }
-    return n - from > CN_RING_FAILED_LOG ? 0 : 1;
+    /* Its failure, if any, came after the push: beyond the log's reach, assume it. */
+    return n - failed_at_push > CN_RING_FAILED_LOG ? 0 : 1;
 }
 
 void

@@ -73,12 +73,12 @@ void cn__ring_fail(cn_ring_t *r, uint64_t seq);
  * seq <= acked decided: stored, unless cn__ring_fail named them. */
 void cn__ring_ack(cn_ring_t *r, uint64_t upto, uint64_t acked);
 
-/* Producer side, once seq <= acked_seq: 1 when the record was stored. seen_failed is
- * failed_count as the caller saw it after its previous pass over acked records (the
- * caller reads failed_count before a pass and keeps it for the next). When more
- * failures happened since than the log holds, a seq not found counts as not stored: the
- * caller then answers "retry", which replays if the record was stored after all. */
-int cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t seen_failed);
+/* Producer side, once seq <= acked_seq: 1 when the record was stored. failed_at_push is
+ * failed_count as read before the record was pushed (its failure, if any, comes later).
+ * When more failures than the log holds happened since, a seq not found in the log
+ * counts as not stored: the caller then answers "retry", which replays if the record
+ * was stored after all. */
+int cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push);
 
 /* Bytes published and not yet freed. */
 uint64_t cn__ring_used(const cn_ring_t *r);

@@ -26,6 +26,7 @@
 typedef struct entry {
     struct entry *next;
     uint64_t seq;
+    uint64_t failed_at_push; /* the ring's failed_count before the push */
     uint64_t deadline_ms;
     int timed_out;
     cn_commit_done_cb done;
@@ -45,7 +46,6 @@ struct cn_committer {
     pthread_t thread;
     int thread_started;
     atomic_int stop;
-    uint64_t seen_failed;
 };
 
 int
@@ -66,7 +66,6 @@ static void
 deliver(cn_committer_t *c)
 {
     uint64_t acked = atomic_load_explicit(&c->ring->acked_seq, memory_order_acquire);
-    uint64_t failed = atomic_load_explicit(&c->ring->failed_count, memory_order_acquire);
     entry_t *done = NULL, **last = &done, *e;
     uint64_t now;
 
@@ -83,11 +82,10 @@ deliver(cn_committer_t *c)
     pthread_mutex_unlock(&c->mu);
     while ((e = done)) {
         done = e->next;
-        e->done(cn__ring_stored(c->ring, e->seq, c->seen_failed) ? 0 : -EIO, 1, e->arg);
+        e->done(cn__ring_stored(c->ring, e->seq, e->failed_at_push) ? 0 : -EIO, 1, e->arg);
         atomic_fetch_sub(&c->pending, 1);
         free(e);
     }
-    c->seen_failed = failed;
 
     /* Entries stay in the FIFO until decided; only their timeout flag changes here, and
      * only this thread reads or writes it. The producers only append. */
@@ -137,7 +135,6 @@ cn__committer_new_ring(cn_ring_t *ring, int persist_efd, int ack_efd, uint32_t t
     c->persist_efd = persist_efd;
     c->ack_efd = ack_efd;
     c->timeout_ms = timeout_ms;
-    c->seen_failed = atomic_load(&ring->failed_count);
     pthread_mutex_init(&c->mu, NULL);
     if (pthread_create(&c->thread, NULL, ack_main, c)) {
         pthread_mutex_destroy(&c->mu);
@@ -210,6 +207,7 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
     e->arg = arg;
     e->deadline_ms = cn__clock_mono_ms() + c->timeout_ms;
     pthread_mutex_lock(&c->mu);
+    e->failed_at_push = atomic_load_explicit(&c->ring->failed_count, memory_order_acquire);
     rc = cn__ring_push(c->ring, CN_PERSIST_PUT, buf, len, &seq);
     if (rc == 0) {
         e->seq = seq;

@@ -463,6 +463,29 @@ batch_reserve(batch_t *b, size_t more)
     return 0;
 }
 
+/* Seals the current segment and moves to the next one. */
+static int
+roll(cn_persister_t *p)
+{
+    uint8_t seal[CN_WAL_FRAME_HEADER];
+    uint64_t next = p->seg_start + p->cfg.segment_size;
+    int rc;
+
+    cn__wal_frame_encode(seal, p->next_lsn, CN_WAL_SEAL, NULL, 0);
+    ssize_t n = pwrite(p->seg_fd, seal, sizeof(seal), (off_t)(p->next_lsn - p->seg_start));
+
+    if (n < 0)
+        return -errno;
+    if (n != (ssize_t)sizeof(seal))
+        return -EIO;
+    if (fdatasync(p->seg_fd))
+        return -errno;
+    if ((rc = open_segment(p, next)))
+        return rc;
+    p->need_roll = 0;
+    return 0;
+}
+
 int
 cn__persist_pending(const cn_persister_t *p)
 {
@@ -554,6 +577,14 @@ cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
         }
     }
     p->first_ring = (p->first_ring + 1) % n;
+    if (!b->touched && p->need_roll) {
+        /* The first waiting record needs the next segment: move on now, not at the next
+         * idle tick, and gather again (the record fits a fresh segment). */
+        int rc = roll(p);
+        if (rc)
+            return rc;
+        return cn__persist_gather(p, io);
+    }
     if (!b->touched)
         return 0;
     b->active = 1;
@@ -640,29 +671,6 @@ cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *w
     *wake = b->touched;
     b->active = 0;
     return stop ? rc : 0;
-}
-
-/* Seals the current segment and moves to the next one. */
-static int
-roll(cn_persister_t *p)
-{
-    uint8_t seal[CN_WAL_FRAME_HEADER];
-    uint64_t next = p->seg_start + p->cfg.segment_size;
-    int rc;
-
-    cn__wal_frame_encode(seal, p->next_lsn, CN_WAL_SEAL, NULL, 0);
-    ssize_t n = pwrite(p->seg_fd, seal, sizeof(seal), (off_t)(p->next_lsn - p->seg_start));
-
-    if (n < 0)
-        return -errno;
-    if (n != (ssize_t)sizeof(seal))
-        return -EIO;
-    if (fdatasync(p->seg_fd))
-        return -errno;
-    if ((rc = open_segment(p, next)))
-        return rc;
-    p->need_roll = 0;
-    return 0;
 }
 
 int
