@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define CN_SHM_MAGIC UINT64_C(0x314d48534e52454e) /* "NERNSHM1" read as little endian */
-#define CN_SHM_LAYOUT_VERSION 2u
+#define CN_SHM_LAYOUT_VERSION 3u
 #define CN_SHM_MAX_WORKERS 64 /* owner ids fit the state word's 8 bits with room */
 #define CN_SHM_MAX_OPS 256
 #define CN_SHM_KEY_LEN 32 /* SHA-256 of the store key: the slot's identity */
@@ -91,6 +91,24 @@ typedef struct cn_shm_persist {
     _Atomic uint64_t restarts;
 } cn_shm_persist_t;
 
+/* Events: the persister publishes the last committed event's seq; the broadcaster's
+ * figures. */
+typedef struct cn_shm_events {
+    alignas(64) _Atomic uint64_t committed_seq; /* persister: events up to here are durable */
+    _Atomic uint64_t committed_total;           /* persister: events committed since start */
+    _Atomic uint64_t dropped;    /* workers: ordinary-route events lost to a full ring */
+    _Atomic int32_t pid;         /* broadcaster, 0 while not running */
+    _Atomic uint32_t starts;
+    _Atomic uint64_t restarts;
+    _Atomic uint64_t clients;    /* broadcaster: connected WebSocket clients */
+    _Atomic uint64_t frames_sent;
+    _Atomic uint64_t catchups;   /* events read back from LMDB for a client behind the cache */
+    _Atomic uint64_t resets;     /* clients told to refetch: their position was pruned */
+    _Atomic uint64_t slow_closes;
+    _Atomic uint64_t client_errors; /* malformed client messages answered with an error */
+    uint64_t reserved[4];
+} cn_shm_events_t;
+
 typedef struct cn_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -112,6 +130,7 @@ typedef struct cn_shm_header {
     alignas(64) _Atomic uint64_t worker_restarts;
     _Atomic uint64_t lease_takeovers;
     cn_shm_persist_t persist;
+    cn_shm_events_t events;
 } cn_shm_header_t;
 
 _Static_assert(sizeof(cn_shm_slot_t) == 128, "an in-flight slot is two cache lines");
@@ -119,6 +138,7 @@ _Static_assert(offsetof(cn_shm_slot_t, state) == 0, "the state word leads the sl
 _Static_assert(sizeof(cn_shm_worker_t) == 64, "one cache line per worker");
 _Static_assert(sizeof(cn_shm_header_t) % 64 == 0, "the header fills whole cache lines");
 _Static_assert(sizeof(cn_shm_persist_t) % 64 == 0, "persister figures fill whole lines");
+_Static_assert(sizeof(cn_shm_events_t) % 64 == 0, "event figures fill whole lines");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
                "shared atomics must be lock-free to work across processes");
 _Static_assert(CN_SHM_MAX_WORKERS <= 255, "owner ids are 8 bits in the state word");

@@ -193,6 +193,9 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
         .batch_max_bytes = BATCH_MAX_BYTES,
         .sweep_interval_ms = cfg->sweep_interval_ms,
         .checkpoint_bytes = CHECKPOINT_BYTES,
+        .events_retain = cfg->events_retain,
+        .events_retain_ms = (uint64_t)cfg->events_retain_s * 1000u,
+        .broadcast_efd = app->broadcast_efd,
     };
     loop_t l = {.app = app, .sfd = -1};
     sigset_t stop;

@@ -59,14 +59,29 @@ typedef struct child {
 
 typedef struct supervisor {
     cn_app_t *app;
-    unsigned n;          /* workers; children[n] is the persister when persist is set */
-    int persist;
-    child_t children[CN_CONFIG_WORKERS_MAX + 1];
+    unsigned n;          /* workers; children[n] is the persister when persist is set, */
+    int persist;         /* children[n + 1] the broadcaster when broadcast is set */
+    int broadcast;
+    int ws_fd;           /* the broadcaster's listening socket */
+    child_t children[CN_CONFIG_WORKERS_MAX + 2];
     int listen_fd, sfd, ready_rd, ready_wr;
     pid_t self;
     uint64_t crashes[CRASH_LIMIT + 1]; /* ring of recent death times */
     unsigned ncrashes;
 } supervisor_t;
+
+static const char *
+child_name(const supervisor_t *s, unsigned id)
+{
+    static char buf[32];
+
+    if (id == s->n)
+        return "cn-persister";
+    if (id == s->n + 1)
+        return "cn-broadcaster";
+    snprintf(buf, sizeof(buf), "cn-worker-%u", id);
+    return buf;
+}
 
 /* ---- in the child ---- */
 
@@ -95,10 +110,7 @@ child_main(supervisor_t *s, unsigned id)
 
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != s->self)
         _exit(1); /* the supervisor is already gone */
-    if (id == s->n)
-        snprintf(name, sizeof(name), "cn-persister");
-    else
-        snprintf(name, sizeof(name), "cn-worker-%u", id);
+    snprintf(name, sizeof(name), "%.15s", child_name(s, id)); /* comm holds 15 bytes */
     prctl(PR_SET_NAME, name);
     close(s->sfd);
     close(s->ready_rd);
@@ -107,8 +119,15 @@ child_main(supervisor_t *s, unsigned id)
     sigprocmask(SIG_UNBLOCK, &chld, NULL); /* SIGTERM and SIGINT stay blocked */
     if (id == s->n) {
         close(s->listen_fd); /* the persister serves nothing */
+        if (s->ws_fd >= 0)
+            close(s->ws_fd);
         rc = cn__persister_run(s->app, report_ready, &ready);
+    } else if (id == s->n + 1) {
+        close(s->listen_fd);
+        rc = cn__broadcaster_run(s->app, s->ws_fd, report_ready, &ready);
     } else {
+        if (s->ws_fd >= 0)
+            close(s->ws_fd);
         rc = cn__worker_run(s->app, id, s->listen_fd, report_ready, &ready);
     }
     exit(rc);
@@ -116,22 +135,12 @@ child_main(supervisor_t *s, unsigned id)
 
 /* ---- in the supervisor ---- */
 
-static const char *
-child_name(const supervisor_t *s, unsigned id)
-{
-    static char buf[32];
-
-    if (id == s->n)
-        return "cn-persister";
-    snprintf(buf, sizeof(buf), "cn-worker-%u", id);
-    return buf;
-}
-
-/* Children that take part: the workers, and the persister when there is one. */
+/* Children that take part: the workers, the persister and the broadcaster when there
+ * are. */
 static unsigned
 nchildren(const supervisor_t *s)
 {
-    return s->n + (s->persist ? 1u : 0u);
+    return s->n + (s->persist ? 1u : 0u) + (s->broadcast ? 1u : 0u);
 }
 
 static int
@@ -154,8 +163,10 @@ spawn(supervisor_t *s, unsigned id)
     c->started_ms = cn__clock_mono_ms();
     if (id < s->n)
         atomic_fetch_add(&s->app->shm.workers[id].starts, 1);
-    else
+    else if (id == s->n)
         atomic_fetch_add(&s->app->shm.hdr->persist.starts, 1);
+    else
+        atomic_fetch_add(&s->app->shm.hdr->events.starts, 1);
     return 0;
 }
 
@@ -333,8 +344,10 @@ restart_due(supervisor_t *s)
             if (spawn(s, id) == 0) {
                 if (id < s->n)
                     atomic_fetch_add(&s->app->shm.hdr->worker_restarts, 1);
-                else
+                else if (id == s->n)
                     atomic_fetch_add(&s->app->shm.hdr->persist.restarts, 1);
+                else
+                    atomic_fetch_add(&s->app->shm.hdr->events.restarts, 1);
                 cn_log_info("%s restarted (pid %d)", child_name(s, id), (int)c->pid);
                 continue;
             }
@@ -400,6 +413,8 @@ stop_children(supervisor_t *s)
     stop_range(s, 0, s->n, CN_APP_DRAIN_TIMEOUT_MS + CN_APP_COMMIT_TIMEOUT_MS + STOP_GRACE_MS);
     if (s->persist)
         stop_range(s, s->n, s->n + 1, STOP_GRACE_MS + 10000);
+    if (s->broadcast)
+        stop_range(s, s->n + 1, s->n + 2, STOP_GRACE_MS);
 }
 
 /* Waits until children [from, to) reported ready. Returns -1 when they did, or the
@@ -452,6 +467,12 @@ serve(supervisor_t *s)
         if (spawn(s, s->n))
             return 1;
         if ((verdict = await_ready(s, s->n, s->n + 1)) >= 0)
+            return verdict;
+    }
+    if (s->broadcast) {
+        if (spawn(s, s->n + 1))
+            return 1;
+        if ((verdict = await_ready(s, s->n + 1, s->n + 2)) >= 0)
             return verdict;
     }
     for (unsigned id = 0; id < s->n; id++) {
@@ -527,16 +548,16 @@ cn__supervisor_run(cn_app_t *app)
     const cn_config_t *cfg = &app->cfg;
     supervisor_t s;
     sigset_t sigs, old_mask;
-    uint16_t port = 0;
+    uint16_t port = 0, ws_port = 0;
     int lock_fd, rc, exit_code = 1, ready[2] = {-1, -1};
 
     memset(&s, 0, sizeof(s));
     s.app = app;
     s.n = cfg->single_process ? 1 : (unsigned)cfg->workers;
-    s.listen_fd = s.sfd = s.ready_rd = s.ready_wr = -1;
+    s.listen_fd = s.sfd = s.ready_rd = s.ready_wr = s.ws_fd = -1;
     s.self = getpid();
     app->server_pid = s.self;
-    app->persist_efd = -1;
+    app->persist_efd = app->broadcast_efd = -1;
     for (unsigned w = 0; w < CN_SHM_MAX_WORKERS; w++)
         app->ack_efd[w] = -1;
 
@@ -561,6 +582,7 @@ cn__supervisor_run(cn_app_t *app)
         return rc;
     }
     s.persist = !cfg->single_process;
+    s.broadcast = s.persist && cfg->realtime_enabled;
     if ((rc = cn__shm_create_rings(cfg->inflight_slots, s.n, app->nops,
                                    s.persist ? CN_APP_RING_BYTES : 0, &app->shm))) {
         fprintf(stderr, "cnerium: cannot create the shared memory region (%u in-flight "
@@ -570,6 +592,15 @@ cn__supervisor_run(cn_app_t *app)
     if ((rc = cn__listen_tcp(cfg->host, cfg->port, &s.listen_fd, &port))) {
         fprintf(stderr, "cnerium: cannot listen on %s:%u: %s; pass another --port or "
                         "--host\n", cfg->host, (unsigned)cfg->port,
+                rc == CN_ECONFIG ? "host does not resolve" : cn_strerror(rc));
+        exit_code = 2;
+        goto out;
+    }
+    if (s.broadcast &&
+        (rc = cn__listen_tcp(cfg->realtime_host, cfg->realtime_port, &s.ws_fd, &ws_port))) {
+        fprintf(stderr, "cnerium: cannot listen for WebSocket clients on %s:%u: %s; pass "
+                        "another --realtime-port or --realtime-host\n", cfg->realtime_host,
+                (unsigned)cfg->realtime_port,
                 rc == CN_ECONFIG ? "host does not resolve" : cn_strerror(rc));
         exit_code = 2;
         goto out;
@@ -592,7 +623,8 @@ cn__supervisor_run(cn_app_t *app)
 
     if ((s.sfd = signalfd(-1, &sigs, SFD_CLOEXEC | SFD_NONBLOCK)) < 0 ||
         pipe2(ready, O_CLOEXEC | O_NONBLOCK) ||
-        (app->persist_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+        (app->persist_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0 ||
+        (app->broadcast_efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
         fprintf(stderr, "cnerium: cannot set up the supervisor: %s\n", strerror(errno));
         goto out_signals;
     }
@@ -607,6 +639,10 @@ cn__supervisor_run(cn_app_t *app)
 
     rc = serve(&s);
     if (rc < 0) {
+        if (s.broadcast)
+            printf(strchr(cfg->realtime_host, ':') ? "realtime on ws://[%s]:%u%s\n"
+                                                   : "realtime on ws://%s:%u%s\n",
+                   cfg->realtime_host, (unsigned)ws_port, cfg->realtime_path);
         cn__app_print_listening(cfg, port);
         rc = supervise(&s);
     }
@@ -627,6 +663,11 @@ out:
         close(s.listen_fd);
     if (app->persist_efd >= 0)
         close(app->persist_efd);
+    if (app->broadcast_efd >= 0)
+        close(app->broadcast_efd);
+    app->broadcast_efd = -1;
+    if (s.ws_fd >= 0)
+        close(s.ws_fd);
     for (unsigned w = 0; w < CN_SHM_MAX_WORKERS; w++) {
         if (app->ack_efd[w] >= 0)
             close(app->ack_efd[w]);

@@ -18,6 +18,8 @@
  *   --realtime-host H     CNERIUM_REALTIME_HOST     WebSocket bind address (127.0.0.1)
  *   --realtime-port N     CNERIUM_REALTIME_PORT     WebSocket port (9090)
  *   --realtime-path P     CNERIUM_REALTIME_PATH     WebSocket endpoint (/ws)
+ *   --events-retain N     CNERIUM_EVENTS_RETAIN     events kept for ?since= resume (100000)
+ *   --events-retain-s S   CNERIUM_EVENTS_RETAIN_S   and for at most S seconds (86400)
  *   --durability M        CNERIUM_DURABILITY        sync | async (sync)
  *   --node-id ID          CNERIUM_NODE_ID           node identity (<name>-node)
  *   --name NAME           CNERIUM_NAME              service name
@@ -67,6 +69,8 @@ typedef struct cn_config {
     char realtime_host[CN_CONFIG_HOST_MAX];
     uint16_t realtime_port;
     char realtime_path[CN_CONFIG_NAME_MAX];
+    uint64_t events_retain;  /* 0: no count limit */
+    uint32_t events_retain_s; /* 0: no age limit */
     cn_durability_t durability;
     uint32_t key_ttl_s;
     size_t max_body_bytes;

@@ -1,9 +1,12 @@
 /*
- * cnerium/realtime.h - application events.
+ * cnerium/realtime.h - application events, sent to WebSocket clients.
  *
- * An event emitted from a durable handler is buffered in the request and published only
- * if the handler's response is stored, after it is durable. Replays, conflicts, rejected
- * requests and released (not stored) responses publish nothing.
+ * An event emitted from a durable handler is buffered in the request and travels inside
+ * the handler's stored record: it is written in the same WAL record and LMDB transaction
+ * as the response and numbered (a global, gapless sequence in commit order) only if the
+ * response is stored. Replays, conflicts, rejected requests and released (not stored)
+ * responses emit nothing. Events emitted by an ordinary route are persisted and numbered
+ * the same way, after the handler returns.
  */
 #ifndef CNERIUM_REALTIME_H
 #define CNERIUM_REALTIME_H
@@ -12,8 +15,12 @@
 
 #include "request.h"
 
-/* Buffers event `type` with `payload` (consumed, also on failure; NULL = no payload).
- * Returns 0, -EINVAL for an empty type or -ENOMEM. */
+/* Buffers event `type` (1..128 printable ASCII bytes) with `payload` (consumed, also on
+ * failure; NULL = JSON null) for every connected client. Returns 0, -EINVAL for a bad
+ * type, CN_ETOOBIG past 64 events per request or a payload over 256 KiB, or -ENOMEM. */
 int cn_emit(cn_request_t *req, const char *type, cJSON *payload);
+
+/* The same, for the clients subscribed to `room` (1..128 printable ASCII bytes). */
+int cn_emit_to(cn_request_t *req, const char *room, const char *type, cJSON *payload);
 
 #endif

@@ -154,6 +154,31 @@ count_outcome(cn_worker_t *w, const cn_durable_result_t *out)
         cn__shm_count(&w->app->shm, w->id, out->op_index, CN_SHM_WAITS);
 }
 
+/* Ordinary routes have no record to wait for: their events are persisted and numbered
+ * like a durable route's, but nobody waits for them. Losing them (a full ring) is
+ * logged and counted, never silent. */
+static void
+submit_events(cn_worker_t *w, cn_request_t *req)
+{
+    uint8_t buf[1024], *p = buf;
+    size_t need = cn__events_encoded_size(req->events), len;
+    int rc;
+
+    if (need > sizeof(buf) && !(p = malloc(need)))
+        rc = -ENOMEM;
+    else if (!(rc = cn__events_encode(req->events, p, need, &len)))
+        rc = cn__committer_submit_events(w->committer, p, len);
+    if (rc) {
+        cn_log_error("events of %s %s were lost: %s", req->method, req->path, cn_strerror(rc));
+        atomic_fetch_add(&w->app->shm.hdr->events.dropped, 1);
+    }
+    if (p != buf)
+        free(p);
+    cn__events_free(req->events);
+    req->events = NULL;
+    req->events_tail = &req->events;
+}
+
 void
 cn__app_deliver(void *arg, void *handle, cn_durable_result_t *out)
 {
@@ -212,10 +237,8 @@ cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
         return;
     }
     reply->response = req->match.route->handler(req, req->match.route->ctx);
-    /* Ordinary routes have no record to wait for: their events go out at once. */
-    cn__events_publish(req->events);
-    req->events = NULL;
-    req->events_tail = &req->events;
+    if (req->events)
+        submit_events(w, req);
 }
 
 /* ---- the server's life ---- */

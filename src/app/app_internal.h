@@ -32,11 +32,15 @@ struct cn_app {
      * pushing a record; the persister writes ack_efd[w] after acking worker w's ring. */
     int persist_efd;
     int ack_efd[CN_SHM_MAX_WORKERS];
+    int broadcast_efd; /* the persister writes it after committing events */
 };
 
 #define CN_APP_RING_BYTES ((uint64_t)4 << 20)
 #define CN_APP_COMMIT_TIMEOUT_MS 5000
 #define CN_APP_WAL_SEGMENT_BYTES ((uint64_t)32 << 20)
+#define CN_APP_EVENT_CACHE 8192
+#define CN_APP_WS_PING_S 20
+#define CN_APP_WS_TIMEOUT_S 10
 
 /* What one HTTP worker process (or the single process) runs with. */
 typedef struct cn_worker {
@@ -85,6 +89,11 @@ int cn__supervisor_run(cn_app_t *app);
  * (blocked by the caller), then a final drain of the rings. on_ready runs once recovery
  * is done. Returns the process exit code. */
 int cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg);
+
+/* The broadcaster process: the WebSocket endpoint on listen_fd until SIGTERM/SIGINT
+ * (blocked by the caller). Returns the process exit code. */
+int cn__broadcaster_run(cn_app_t *app, int listen_fd, void (*on_ready)(void *arg),
+                        void *ready_arg);
 
 /* Prints the ready line ("listening on http://HOST:PORT") on stdout. */
 void cn__app_print_listening(const cn_config_t *cfg, uint16_t port);

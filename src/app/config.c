@@ -22,6 +22,7 @@ typedef enum opt_kind {
     OPT_U32,     /* uint32_t within [min, max] */
     OPT_INT,     /* int within [min, max] */
     OPT_SIZE,    /* size_t within [min, max] */
+    OPT_U64,     /* uint64_t within [min, max] */
     OPT_BOOL,    /* int 0/1; the flag alone means 1 */
     OPT_INFLIGHT,
     OPT_DURABILITY,
@@ -57,6 +58,10 @@ static const opt_t options[] = {
      "WebSocket port"},
     {"realtime-path", "CNERIUM_REALTIME_PATH", OPT_STR, F(realtime_path), 0, 0, "P",
      "WebSocket endpoint path"},
+    {"events-retain", "CNERIUM_EVENTS_RETAIN", OPT_U64, F(events_retain), 0,
+     1000000000000ull, "N", "events kept for ?since= resume (0: no limit)"},
+    {"events-retain-s", "CNERIUM_EVENTS_RETAIN_S", OPT_U32, F(events_retain_s), 0,
+     10u * 365 * 86400, "SECONDS", "and for at most this long (0: no limit)"},
     {"durability", "CNERIUM_DURABILITY", OPT_DURABILITY, F(durability), 0, 0, "sync|async",
      "when a durable response may be sent"},
     {"node-id", "CNERIUM_NODE_ID", OPT_STR, F(node_id), 0, 0, "ID", "node identity"},
@@ -130,6 +135,8 @@ cn_config_development(void)
     copy_str(c.realtime_host, sizeof(c.realtime_host), "127.0.0.1");
     c.realtime_port = 9090;
     copy_str(c.realtime_path, sizeof(c.realtime_path), "/ws");
+    c.events_retain = 100000;
+    c.events_retain_s = 86400;
     c.durability = CN_DURABILITY_SYNC;
     c.key_ttl_s = 86400;
     c.max_body_bytes = 1024 * 1024;
@@ -218,6 +225,7 @@ apply(cn_config_t *cfg, const opt_t *o, const char *value, const char *source, c
     case OPT_U32:
     case OPT_INT:
     case OPT_SIZE:
+    case OPT_U64:
         if (parse_ull(value, o->min, o->max, &v))
             return fail(err, errlen, "%s: '%s' is not a whole number in %llu..%llu", source,
                         value, o->min, o->max);
@@ -225,6 +233,8 @@ apply(cn_config_t *cfg, const opt_t *o, const char *value, const char *source, c
             *(uint32_t *)(void *)field = (uint32_t)v;
         else if (o->kind == OPT_INT)
             *(int *)(void *)field = (int)v;
+        else if (o->kind == OPT_U64)
+            *(uint64_t *)(void *)field = (uint64_t)v;
         else
             *(size_t *)(void *)field = (size_t)v;
         return 0;

@@ -137,6 +137,57 @@ put_persist(text_t *t, const cn_shm_persist_t *p)
                   p->batch_buckets, batch_bounds, CN_SHM_BATCH_BUCKETS, 1.0, (double)records);
 }
 
+static void
+put_events(text_t *t, const cn_shm_events_t *e)
+{
+    put(t, "# HELP cnerium_events_committed_total Events made durable (numbered) since the "
+           "server started.\n"
+           "# TYPE cnerium_events_committed_total counter\n"
+           "cnerium_events_committed_total %llu\n"
+           "# HELP cnerium_events_last_seq The last committed event's sequence number.\n"
+           "# TYPE cnerium_events_last_seq gauge\n"
+           "cnerium_events_last_seq %llu\n"
+           "# HELP cnerium_events_dropped_total Events of ordinary routes lost to a full "
+           "record ring.\n"
+           "# TYPE cnerium_events_dropped_total counter\n"
+           "cnerium_events_dropped_total %llu\n"
+           "# HELP cnerium_ws_clients Connected WebSocket clients.\n"
+           "# TYPE cnerium_ws_clients gauge\n"
+           "cnerium_ws_clients %llu\n"
+           "# HELP cnerium_ws_frames_sent_total Event frames sent to WebSocket clients.\n"
+           "# TYPE cnerium_ws_frames_sent_total counter\n"
+           "cnerium_ws_frames_sent_total %llu\n"
+           "# HELP cnerium_ws_catchups_total Events read back from the store for a client "
+           "behind the in-memory cache.\n"
+           "# TYPE cnerium_ws_catchups_total counter\n"
+           "cnerium_ws_catchups_total %llu\n"
+           "# HELP cnerium_ws_resets_total Clients told to refetch state: their position was "
+           "older than the retained events.\n"
+           "# TYPE cnerium_ws_resets_total counter\n"
+           "cnerium_ws_resets_total %llu\n"
+           "# HELP cnerium_ws_slow_consumer_closes_total Clients closed (or gone) while events "
+           "were still owed to them; they resume with ?since=.\n"
+           "# TYPE cnerium_ws_slow_consumer_closes_total counter\n"
+           "cnerium_ws_slow_consumer_closes_total %llu\n"
+           "# HELP cnerium_ws_client_errors_total Malformed client messages answered with an "
+           "error.\n"
+           "# TYPE cnerium_ws_client_errors_total counter\n"
+           "cnerium_ws_client_errors_total %llu\n"
+           "# HELP cnerium_broadcaster_restarts_total Broadcaster processes replaced after they "
+           "died.\n"
+           "# TYPE cnerium_broadcaster_restarts_total counter\n"
+           "cnerium_broadcaster_restarts_total %llu\n",
+        (unsigned long long)atomic_load(&e->committed_total),
+        (unsigned long long)atomic_load(&e->committed_seq),
+        (unsigned long long)atomic_load(&e->dropped), (unsigned long long)atomic_load(&e->clients),
+        (unsigned long long)atomic_load(&e->frames_sent),
+        (unsigned long long)atomic_load(&e->catchups),
+        (unsigned long long)atomic_load(&e->resets),
+        (unsigned long long)atomic_load(&e->slow_closes),
+        (unsigned long long)atomic_load(&e->client_errors),
+        (unsigned long long)atomic_load(&e->restarts));
+}
+
 cn_response_t
 cn__metrics_handler(cn_request_t *req, void *ctx)
 {
@@ -186,8 +237,10 @@ cn__metrics_handler(cn_request_t *req, void *ctx)
             "# TYPE cnerium_workers gauge\n"
             "cnerium_workers %u\n",
         (unsigned long long)atomic_load(&shm->hdr->worker_restarts), shm->hdr->nworkers);
-    if (shm->hdr->ring_capacity)
+    if (shm->hdr->ring_capacity) {
         put_persist(&t, &shm->hdr->persist);
+        put_events(&t, &shm->hdr->events);
+    }
     if (t.failed) {
         free(t.buf);
         return cn__problem(503, NULL, "Out of memory");

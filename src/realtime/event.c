@@ -1,40 +1,90 @@
 /*
- * realtime/event.c - buffering events in a request (cn_emit) and handing them on once
- * their record is durable. Until the broadcaster exists, publishing counts and logs.
+ * realtime/event.c - buffering events in a request (cn_emit, cn_emit_to), and the event
+ * encodings (see event.h).
  */
 #include <errno.h>
-#include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cnerium/error.h"
 #include "cnerium/json.h"
 #include "cnerium/realtime.h"
 #include "http/request_internal.h"
 #include "realtime/event.h"
-#include "support/log.h"
 
-static atomic_uint_fast64_t published;
+static void
+le16(uint8_t *p, uint16_t v)
+{
+    p[0] = (uint8_t)v;
+    p[1] = (uint8_t)(v >> 8);
+}
 
-int
-cn_emit(cn_request_t *req, const char *type, cJSON *payload)
+static void
+le32(uint8_t *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t
+rd16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t
+rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* A type or room name: 1..max bytes of printable ASCII. */
+static int
+valid_name(const char *s, size_t max)
+{
+    size_t n = 0;
+
+    for (; s[n]; n++) {
+        if ((unsigned char)s[n] < 0x20 || (unsigned char)s[n] > 0x7e)
+            return 0;
+    }
+    return n >= 1 && n <= max;
+}
+
+static int
+emit(cn_request_t *req, const char *room, const char *type, cJSON *payload)
 {
     cn_event_t *ev;
+    size_t count = 0;
 
-    if (!req || !type || !*type) {
+    if (!req || !type || !valid_name(type, CN_EVENT_TYPE_MAX) ||
+        (room && !valid_name(room, CN_EVENT_ROOM_MAX))) {
         cJSON_Delete(payload);
         return -EINVAL;
+    }
+    for (cn_event_t *e = req->events; e; e = e->next)
+        count++;
+    if (count >= CN_EVENTS_MAX) {
+        cJSON_Delete(payload);
+        return CN_ETOOBIG;
     }
     ev = calloc(1, sizeof(*ev));
     if (ev) {
         ev->type = strdup(type);
+        ev->room = room ? strdup(room) : NULL;
         ev->payload = payload ? cn_json_print(payload, &ev->payload_len) : strdup("null");
         if (!payload && ev->payload)
             ev->payload_len = 4;
     }
     cJSON_Delete(payload);
-    if (!ev || !ev->type || !ev->payload) {
+    if (!ev || !ev->type || !ev->payload || (room && !ev->room)) {
         cn__events_free(ev);
         return -ENOMEM;
+    }
+    if (ev->payload_len > CN_EVENT_PAYLOAD_MAX) {
+        cn__events_free(ev);
+        return CN_ETOOBIG;
     }
     if (!req->events_tail)
         req->events_tail = &req->events;
@@ -43,30 +93,202 @@ cn_emit(cn_request_t *req, const char *type, cJSON *payload)
     return 0;
 }
 
+int
+cn_emit(cn_request_t *req, const char *type, cJSON *payload)
+{
+    return emit(req, NULL, type, payload);
+}
+
+int
+cn_emit_to(cn_request_t *req, const char *room, const char *type, cJSON *payload)
+{
+    if (!room) {
+        cJSON_Delete(payload);
+        return -EINVAL;
+    }
+    return emit(req, room, type, payload);
+}
+
 void
 cn__events_free(cn_event_t *list)
 {
     while (list) {
         cn_event_t *next = list->next;
         free(list->type);
+        free(list->room);
         free(list->payload);
         free(list);
         list = next;
     }
 }
 
-void
-cn__events_publish(cn_event_t *list)
+size_t
+cn__events_encoded_size(const cn_event_t *list)
 {
-    for (cn_event_t *e = list; e; e = e->next) {
-        atomic_fetch_add(&published, 1);
-        cn_log_debug("event %s %.*s", e->type, (int)e->payload_len, e->payload);
-    }
-    cn__events_free(list);
+    size_t n = 2;
+
+    for (const cn_event_t *e = list; e; e = e->next)
+        n += 8 + strlen(e->type) + (e->room ? strlen(e->room) : 0) + e->payload_len;
+    return n;
 }
 
-uint64_t
-cn__events_published(void)
+int
+cn__events_encode(const cn_event_t *list, uint8_t *out, size_t cap, size_t *written)
 {
-    return atomic_load(&published);
+    size_t count = 0, at = 2;
+
+    if (cap < 2)
+        return CN_ETOOBIG;
+    for (const cn_event_t *e = list; e; e = e->next) {
+        size_t tl = strlen(e->type), rl = e->room ? strlen(e->room) : 0;
+        if (tl > UINT16_MAX || rl > UINT16_MAX || e->payload_len > UINT32_MAX ||
+            count == UINT16_MAX || cap - at < 8 + tl + rl + e->payload_len)
+            return CN_ETOOBIG;
+        le16(out + at, (uint16_t)tl);
+        le16(out + at + 2, (uint16_t)rl);
+        le32(out + at + 4, (uint32_t)e->payload_len);
+        at += 8;
+        memcpy(out + at, e->type, tl);
+        at += tl;
+        if (rl)
+            memcpy(out + at, e->room, rl);
+        at += rl;
+        memcpy(out + at, e->payload, e->payload_len);
+        at += e->payload_len;
+        count++;
+    }
+    le16(out, (uint16_t)count);
+    *written = at;
+    return 0;
+}
+
+long
+cn__events_begin(const uint8_t *p, size_t len, const uint8_t **cursor)
+{
+    if (len < 2)
+        return -1;
+    *cursor = p + 2;
+    return rd16(p);
+}
+
+int
+cn__events_next(const uint8_t **cursor, const uint8_t *end, cn_event_view_t *ev)
+{
+    const uint8_t *p = *cursor;
+    size_t tl, rl, pl;
+
+    if (end - p < 8)
+        return CN_ECORRUPT;
+    tl = rd16(p);
+    rl = rd16(p + 2);
+    pl = rd32(p + 4);
+    p += 8;
+    if (tl == 0 || (size_t)(end - p) < tl + rl + pl)
+        return CN_ECORRUPT;
+    ev->type = (const char *)p;
+    ev->type_len = tl;
+    ev->room = rl ? (const char *)p + tl : NULL;
+    ev->room_len = rl;
+    ev->payload = (const char *)p + tl + rl;
+    ev->payload_len = pl;
+    *cursor = p + tl + rl + pl;
+    return 0;
+}
+
+int
+cn__event_stored_decode(const uint8_t *p, size_t len, cn_event_view_t *ev)
+{
+    const uint8_t *cur = p + 8;
+    uint64_t t = 0;
+
+    if (len < 8)
+        return CN_ECORRUPT;
+    for (int i = 7; i >= 0; i--)
+        t = t << 8 | p[i];
+    if (cn__events_next(&cur, p + len, ev) || cur != p + len)
+        return CN_ECORRUPT;
+    ev->created_ms = t;
+    return 0;
+}
+
+size_t
+cn__event_stored_size(const cn_event_view_t *ev)
+{
+    return 8 + 8 + ev->type_len + ev->room_len + ev->payload_len;
+}
+
+void
+cn__event_stored_encode(const cn_event_view_t *ev, uint8_t *out)
+{
+    for (int i = 0; i < 8; i++)
+        out[i] = (uint8_t)(ev->created_ms >> (8 * i));
+    out += 8;
+    le16(out, (uint16_t)ev->type_len);
+    le16(out + 2, (uint16_t)ev->room_len);
+    le32(out + 4, (uint32_t)ev->payload_len);
+    out += 8;
+    memcpy(out, ev->type, ev->type_len);
+    out += ev->type_len;
+    if (ev->room_len)
+        memcpy(out, ev->room, ev->room_len);
+    out += ev->room_len;
+    memcpy(out, ev->payload, ev->payload_len);
+}
+
+/* Appends s (n bytes) as a JSON string; returns the new position. */
+static uint8_t *
+json_string(uint8_t *o, const char *s, size_t n)
+{
+    static const char hex[] = "0123456789abcdef";
+
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            *o++ = '\\';
+            *o++ = c;
+        } else if (c < 0x20) {
+            *o++ = '\\';
+            *o++ = 'u';
+            *o++ = '0';
+            *o++ = '0';
+            *o++ = hex[c >> 4];
+            *o++ = hex[c & 15];
+        } else {
+            *o++ = c;
+        }
+    }
+    *o++ = '"';
+    return o;
+}
+
+uint8_t *
+cn__event_frame(const cn_event_view_t *ev, uint64_t seq, size_t headroom, size_t *len)
+{
+    /* Worst case: every name byte escaped as \u00XX (6 bytes), fixed text and a 20-digit
+     * seq. The payload is JSON text already and goes in as it is. */
+    size_t cap = headroom + 64 + 6 * (ev->type_len + ev->room_len) + ev->payload_len + 24;
+    uint8_t *buf = malloc(cap), *o;
+    char num[24];
+    int n;
+
+    if (!buf)
+        return NULL;
+    o = buf + headroom;
+    memcpy(o, "{\"type\":", 8);
+    o = json_string(o + 8, ev->type, ev->type_len);
+    memcpy(o, ",\"payload\":", 11);
+    o += 11;
+    memcpy(o, ev->payload, ev->payload_len);
+    o += ev->payload_len;
+    n = snprintf(num, sizeof(num), ",\"seq\":%llu", (unsigned long long)seq);
+    memcpy(o, num, (size_t)n);
+    o += n;
+    if (ev->room_len) {
+        memcpy(o, ",\"room\":", 8);
+        o = json_string(o + 8, ev->room, ev->room_len);
+    }
+    *o++ = '}';
+    *len = (size_t)(o - buf) - headroom;
+    return buf;
 }

@@ -125,7 +125,6 @@ typedef struct commit_wait {
     unsigned op_index;
     cn_claim_t claim;
     cn_response_t res;    /* the handler's response, until delivered */
-    cn_event_t *events;
     void *handle;         /* where to deliver */
     int waited;
     int delivered;        /* the client has its answer (async mode, or a commit timeout) */
@@ -168,7 +167,6 @@ commit_done(int status, int final, void *arg)
         /* The worker is stopping before the decision: forget the request; the claim
          * stays held, the supervisor frees it once the ring is drained. */
         cn_response_free(&w->res);
-        cn__events_free(w->events);
         free(w);
         return;
     }
@@ -188,10 +186,6 @@ commit_done(int status, int final, void *arg)
                      cn_strerror(status));
     if (cn__inflight_release(w->d->inflight, &w->claim) == CN_ELOST && !status)
         cn_log_warn("%s: claim lost after its record was stored", w->operation);
-    if (!status)
-        cn__events_publish(w->events);
-    else
-        cn__events_free(w->events);
     if (!w->delivered) {
         if (status) {
             cn_response_free(&w->res);
@@ -223,22 +217,37 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
         .body = res->body,
         .body_len = (uint32_t)res->body_len,
     };
-    cn_store_put_t item = {skey, skeylen, &rec};
+    cn_store_put_t item = {skey, skeylen, &rec, NULL, 0};
+    uint8_t evbuf[1024], *events = evbuf;
     commit_wait_t *w;
     int rc;
 
     if (res->body_len > CN_RECORD_FIELD_MAX)
         return CN_ETOOBIG;
     memcpy(rec.fingerprint, req->fingerprint, CN_SHA256_LEN);
-    if (!(w = calloc(1, sizeof(*w))))
+    /* The events travel inside the record: stored with it, or not at all. */
+    if (req->events) {
+        size_t need = cn__events_encoded_size(req->events);
+        if (need > sizeof(evbuf) && !(events = malloc(need)))
+            return -ENOMEM;
+        if ((rc = cn__events_encode(req->events, events, need, &item.events_len))) {
+            if (events != evbuf)
+                free(events);
+            return rc;
+        }
+        item.events = events;
+    }
+    if (!(w = calloc(1, sizeof(*w)))) {
+        if (events != evbuf)
+            free(events);
         return -ENOMEM;
+    }
     w->d = d;
     w->operation = route->operation;
     w->op_index = route->op_index;
     w->claim = *claim;
     w->handle = req->http_handle;
     w->waited = out->waited;
-    w->events = req->events;
     if (d->cfg->durability == CN_DURABILITY_ASYNC) {
         /* Answered now; the claim is still held until the record is decided. The
          * record borrows the response's buffers only during the submit below. */
@@ -251,6 +260,8 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
         out->deferred = 1;
     }
     rc = cn__committer_submit(d->committer, &item, commit_done, w);
+    if (events != evbuf)
+        free(events);
     if (rc) {
         /* Nothing was submitted: everything is the caller's again. */
         out->deferred = 0;
@@ -261,6 +272,7 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     }
     /* w may be gone already: a synchronous commit calls back inside submit. */
     memset(res, 0, sizeof(*res));
+    cn__events_free(req->events);
     req->events = NULL;
     req->events_tail = &req->events;
     return 0;

@@ -192,7 +192,7 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
         done(cn__store_put(c->store, item, 1), 1, arg);
         return 0;
     }
-    need = cn__persist_put_size(item->keylen, item->rec);
+    need = cn__persist_record_size(item->keylen, item->rec, item->events_len);
     if (need > cn__ring_max_payload(c->ring))
         return CN_ETOOBIG;
     if (need > sizeof(stackbuf) && !(buf = malloc(need)))
@@ -201,14 +201,15 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
         rc = -ENOMEM;
         goto out;
     }
-    if ((rc = cn__persist_put_encode(buf, need, item->key, item->keylen, item->rec, &len)))
+    if ((rc = cn__persist_record_encode(buf, need, item->key, item->keylen, item->rec,
+                                        item->events, item->events_len, &len)))
         goto out;
     e->done = done;
     e->arg = arg;
     e->deadline_ms = cn__clock_mono_ms() + c->timeout_ms;
     pthread_mutex_lock(&c->mu);
     e->failed_at_push = atomic_load_explicit(&c->ring->failed_count, memory_order_acquire);
-    rc = cn__ring_push(c->ring, CN_PERSIST_PUT, buf, len, &seq);
+    rc = cn__ring_push(c->ring, buf[1], buf, len, &seq);
     if (rc == 0) {
         e->seq = seq;
         if (c->tail)
@@ -224,6 +225,39 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
         cn_log_warn("waking the persister: %s", strerror(errno));
 out:
     free(e);
+    if (buf != stackbuf)
+        free(buf);
+    return rc;
+}
+
+int
+cn__committer_submit_events(cn_committer_t *c, const uint8_t *events, size_t len)
+{
+    uint8_t stackbuf[4096], *buf = stackbuf;
+    size_t need = cn__persist_record_size(0, NULL, len), n;
+    uint64_t seq, one = 1;
+    int rc;
+
+    if (!c->ring) {
+        cn_store_raw_put_t item = {.events = events, .events_len = len};
+        cn_store_meta_t meta;
+        if ((rc = cn__store_meta_get(c->store, &meta)))
+            return rc;
+        return cn__store_apply(c->store, &item, 1, &meta) ? -EIO : item.status;
+    }
+    if (need > cn__ring_max_payload(c->ring))
+        return CN_ETOOBIG;
+    if (need > sizeof(stackbuf) && !(buf = malloc(need)))
+        return -ENOMEM;
+    rc = cn__persist_record_encode(buf, need, NULL, 0, NULL, events, len, &n);
+    if (rc == 0) {
+        /* Nobody waits for these: the persister acks them like any record. */
+        pthread_mutex_lock(&c->mu);
+        rc = cn__ring_push(c->ring, CN_PERSIST_EVENTS, buf, n, &seq);
+        pthread_mutex_unlock(&c->mu);
+        if (rc == 0 && write(c->persist_efd, &one, sizeof(one)) < 0)
+            cn_log_warn("waking the persister: %s", strerror(errno));
+    }
     if (buf != stackbuf)
         free(buf);
     return rc;

@@ -56,4 +56,9 @@ unsigned cn__committer_pending(cn_committer_t *c);
 int cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_done_cb done,
                          void *arg);
 
+/* Submits the events of an ordinary route (an encoded event list): nobody waits for
+ * them. The sync committer stores them before returning. Returns 0, -EAGAIN (ring full:
+ * the events are lost, the caller counts that), CN_ETOOBIG, or another error. */
+int cn__committer_submit_events(cn_committer_t *c, const uint8_t *events, size_t len);
+
 #endif

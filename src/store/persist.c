@@ -103,29 +103,105 @@ rd64(const uint8_t *p)
 }
 
 size_t
+cn__persist_record_size(size_t keylen, const cn_record_t *rec, size_t events_len)
+{
+    return CN_PERSIST_PUT_HEADER + keylen + (rec ? cn__record_encoded_size(rec) : 0) +
+           (events_len > 2 ? events_len : rec ? 0 : 2);
+}
+
+size_t
 cn__persist_put_size(size_t keylen, const cn_record_t *rec)
 {
-    return CN_PERSIST_PUT_HEADER + keylen + cn__record_encoded_size(rec);
+    return cn__persist_record_size(keylen, rec, 0);
+}
+
+int
+cn__persist_record_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
+                          const cn_record_t *rec, const uint8_t *events, size_t events_len,
+                          size_t *written)
+{
+    static const uint8_t no_events[2] = {0, 0};
+    size_t reclen = rec ? cn__record_encoded_size(rec) : 0, w, at;
+    int kind, rc;
+
+    if (events_len <= 2) {
+        events = rec ? NULL : no_events;
+        events_len = rec ? 0 : 2;
+    }
+    kind = !rec ? CN_PERSIST_EVENTS : events ? CN_PERSIST_PUT_EVENTS : CN_PERSIST_PUT;
+    if (!rec)
+        keylen = 0;
+    if (keylen > UINT16_MAX || reclen > UINT32_MAX ||
+        cap < CN_PERSIST_PUT_HEADER + keylen + reclen + events_len)
+        return CN_ETOOBIG;
+    out[0] = 1;
+    out[1] = (uint8_t)kind;
+    le16(out + 2, (uint16_t)keylen);
+    le32(out + 4, (uint32_t)reclen);
+    at = CN_PERSIST_PUT_HEADER;
+    if (keylen)
+        memcpy(out + at, key, keylen);
+    at += keylen;
+    if (rec) {
+        if ((rc = cn__record_encode(rec, out + at, reclen, &w)))
+            return rc;
+        at += reclen;
+    }
+    if (events) {
+        memcpy(out + at, events, events_len);
+        at += events_len;
+    }
+    *written = at;
+    return 0;
 }
 
 int
 cn__persist_put_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
                        const cn_record_t *rec, size_t *written)
 {
-    size_t reclen = cn__record_encoded_size(rec), w;
-    int rc;
+    return cn__persist_record_encode(out, cap, key, keylen, rec, NULL, 0, written);
+}
 
-    if (keylen > UINT16_MAX || reclen > UINT32_MAX ||
-        cap < CN_PERSIST_PUT_HEADER + keylen + reclen)
-        return CN_ETOOBIG;
-    out[0] = 1;
-    out[1] = CN_PERSIST_PUT;
-    le16(out + 2, (uint16_t)keylen);
-    le32(out + 4, (uint32_t)reclen);
-    memcpy(out + CN_PERSIST_PUT_HEADER, key, keylen);
-    if ((rc = cn__record_encode(rec, out + CN_PERSIST_PUT_HEADER + keylen, reclen, &w)))
-        return rc;
-    *written = CN_PERSIST_PUT_HEADER + keylen + reclen;
+int
+cn__persist_record_decode(const uint8_t *p, size_t len, cn_persist_record_t *out)
+{
+    size_t kl, rl, rest;
+
+    if (len < CN_PERSIST_PUT_HEADER || p[0] != 1)
+        return CN_ECORRUPT;
+    kl = rd16(p + 2);
+    rl = rd32(p + 4);
+    if (len - CN_PERSIST_PUT_HEADER < kl + rl)
+        return CN_ECORRUPT;
+    rest = len - CN_PERSIST_PUT_HEADER - kl - rl;
+    memset(out, 0, sizeof(*out));
+    out->kind = p[1];
+    switch (p[1]) {
+    case CN_PERSIST_PUT:
+        if (rest)
+            return CN_ECORRUPT;
+        break;
+    case CN_PERSIST_PUT_EVENTS:
+        if (rest < 2)
+            return CN_ECORRUPT;
+        break;
+    case CN_PERSIST_EVENTS:
+        if (kl || rl || rest < 2)
+            return CN_ECORRUPT;
+        break;
+    default:
+        return CN_ECORRUPT;
+    }
+    if (p[1] != CN_PERSIST_EVENTS) {
+        out->key = (const char *)p + CN_PERSIST_PUT_HEADER;
+        out->keylen = kl;
+        out->rec = p + CN_PERSIST_PUT_HEADER + kl;
+        out->reclen = rl;
+    }
+    if (rest) {
+        out->events = p + CN_PERSIST_PUT_HEADER + kl + rl;
+        out->events_len = rest;
+    }
     return 0;
 }
 
@@ -133,18 +209,14 @@ int
 cn__persist_put_decode(const uint8_t *p, size_t len, const char **key, size_t *keylen,
                        const uint8_t **rec, size_t *reclen)
 {
-    size_t kl, rl;
+    cn_persist_record_t r;
 
-    if (len < CN_PERSIST_PUT_HEADER || p[0] != 1 || p[1] != CN_PERSIST_PUT)
+    if (cn__persist_record_decode(p, len, &r) || r.kind != CN_PERSIST_PUT)
         return CN_ECORRUPT;
-    kl = rd16(p + 2);
-    rl = rd32(p + 4);
-    if (len != CN_PERSIST_PUT_HEADER + kl + rl)
-        return CN_ECORRUPT;
-    *key = (const char *)p + CN_PERSIST_PUT_HEADER;
-    *keylen = kl;
-    *rec = p + CN_PERSIST_PUT_HEADER + kl;
-    *reclen = rl;
+    *key = r.key;
+    *keylen = r.keylen;
+    *rec = r.rec;
+    *reclen = r.reclen;
     return 0;
 }
 
@@ -192,11 +264,20 @@ grow_items(cn_persister_t *p, size_t n)
 static void
 fill_item(cn_store_raw_put_t *it, const wal_header_t *h)
 {
+    cn_persist_record_t r;
+
     memset(it, 0, sizeof(*it));
-    if (cn__persist_put_decode(h->put, h->len, &it->key, &it->keylen, &it->bytes, &it->len)) {
+    if (cn__persist_record_decode(h->put, h->len, &r)) {
         it->key = "";
         it->bytes = NULL; /* decodes as corrupt */
+        return;
     }
+    it->key = r.key; /* NULL: events only */
+    it->keylen = r.keylen;
+    it->bytes = r.rec;
+    it->len = r.reclen;
+    it->events = r.events;
+    it->events_len = r.events_len;
 }
 
 /* ---- recovery ---- */
@@ -290,6 +371,19 @@ recovery_frame(const cn_wal_frame_t *f, void *arg)
     if (r->n >= RECOVERY_BATCH)
         return recovery_flush(r);
     return 0;
+}
+
+/* Tells the broadcaster that events up to seq are durable. */
+static void
+publish_events(cn_persister_t *p, uint64_t added, uint64_t seq)
+{
+    uint64_t one = 1;
+
+    atomic_fetch_add(&p->shm->hdr->events.committed_total, added);
+    atomic_store_explicit(&p->shm->hdr->events.committed_seq, seq, memory_order_release);
+    if (p->cfg.broadcast_efd >= 0 && write(p->cfg.broadcast_efd, &one, sizeof(one)) < 0 &&
+        errno != EAGAIN)
+        cn_log_warn("waking the broadcaster: %s", strerror(errno));
 }
 
 static int
@@ -394,6 +488,7 @@ cn__persist_open(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t *
         cn_log_info("WAL recovery applied %llu records (up to LSN %llu)",
                     (unsigned long long)r.applied, (unsigned long long)rep.end_lsn);
     atomic_store(&shm->hdr->persist.recovered_records, r.applied);
+    atomic_store(&shm->hdr->events.committed_seq, p->meta.event_seq);
     if (p->meta.epoch != p->epoch) {
         p->meta.epoch = p->epoch;
         memset(p->meta.seqs, 0, sizeof(p->meta.seqs));
@@ -639,6 +734,8 @@ cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *w
             cn_log_error("applying %zu records to LMDB failed: %s; their requests get 503",
                          b->nrec, cn_strerror(rc));
         } else {
+            if (meta.event_seq != p->meta.event_seq)
+                publish_events(p, meta.event_seq - p->meta.event_seq, meta.event_seq);
             p->meta = meta;
         }
         p->next_lsn = b->lsn_end;
@@ -695,7 +792,21 @@ cn__persist_maintain(cn_persister_t *p)
         }
     }
     if (now - p->last_sweep_ms >= p->cfg.sweep_interval_ms) {
+        uint64_t wall = cn__clock_wall_ms();
         p->last_sweep_ms = now;
+        for (int i = 0; i < SWEEP_ROUNDS; i++) {
+            size_t deleted = 0;
+            uint64_t min_created = p->cfg.events_retain_ms && wall > p->cfg.events_retain_ms
+                                       ? wall - p->cfg.events_retain_ms
+                                       : 0;
+            if ((rc = cn__store_events_prune(p->store, p->cfg.events_retain, min_created,
+                                             SWEEP_BATCH, &deleted))) {
+                cn_log_warn("event retention prune failed: %s", cn_strerror(rc));
+                break;
+            }
+            if (deleted < SWEEP_BATCH)
+                break;
+        }
         for (int i = 0; i < SWEEP_ROUNDS; i++) {
             size_t deleted = 0;
             if ((rc = cn__store_sweep(p->store, cn__clock_wall_ms(), SWEEP_BATCH, &deleted))) {

@@ -10,10 +10,13 @@
  *
  * A record a worker hands over (ring payload), little-endian:
  *   0   1  version (1)
- *   1   1  kind (CN_PERSIST_PUT)
+ *   1   1  kind: CN_PERSIST_PUT (a stored response), CN_PERSIST_PUT_EVENTS (a stored
+ *          response and the events its handler emitted), CN_PERSIST_EVENTS (events of an
+ *          ordinary route; key and record lengths are 0)
  *   2   2  store key length
  *   4   4  encoded record length (store/record.h)
- *   8   .. store key, encoded record
+ *   8   .. store key, encoded record, then (kinds with events) the encoded event list
+ *          (realtime/event.h) up to the end
  * In the WAL, each DATA frame's payload is a 24-byte header followed by that record:
  *   0   8  epoch of the server start     8  8  the record's seq in its worker's ring
  *   16  2  worker                        18 2  zero      20 4  ring payload length
@@ -30,6 +33,8 @@
 #include "store/record.h"
 
 #define CN_PERSIST_PUT 1
+#define CN_PERSIST_EVENTS 2
+#define CN_PERSIST_PUT_EVENTS 3
 #define CN_PERSIST_PUT_HEADER 8
 #define CN_PERSIST_WAL_HEADER 24
 
@@ -41,9 +46,28 @@ size_t cn__persist_put_size(size_t keylen, const cn_record_t *rec);
 int cn__persist_put_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
                            const cn_record_t *rec, size_t *written);
 
-/* Splits a put. Returns 0 (pointers into p) or CN_ECORRUPT. */
+/* Splits a put (kind CN_PERSIST_PUT). Returns 0 (pointers into p) or CN_ECORRUPT. */
 int cn__persist_put_decode(const uint8_t *p, size_t len, const char **key, size_t *keylen,
                            const uint8_t **rec, size_t *reclen);
+
+/* Any kind: rec NULL for events only; events NULL (or an empty list) for none. */
+size_t cn__persist_record_size(size_t keylen, const cn_record_t *rec, size_t events_len);
+int cn__persist_record_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
+                              const cn_record_t *rec, const uint8_t *events, size_t events_len,
+                              size_t *written);
+
+typedef struct cn_persist_record {
+    int kind;
+    const char *key; /* NULL for CN_PERSIST_EVENTS */
+    size_t keylen;
+    const uint8_t *rec;
+    size_t reclen;
+    const uint8_t *events; /* NULL when none */
+    size_t events_len;
+} cn_persist_record_t;
+
+/* Splits any kind. Returns 0 (pointers into p) or CN_ECORRUPT. */
+int cn__persist_record_decode(const uint8_t *p, size_t len, cn_persist_record_t *out);
 
 typedef struct cn_persist_config {
     const char *data_dir;     /* lmdb/ and wal/ live here */
@@ -52,6 +76,9 @@ typedef struct cn_persist_config {
     size_t batch_max_bytes;   /* WAL bytes per batch, at most */
     uint32_t sweep_interval_ms;
     uint64_t checkpoint_bytes; /* checkpoint after this many WAL bytes */
+    uint64_t events_retain;    /* keep at most this many events (0: no limit) */
+    uint64_t events_retain_ms; /* and none older than this (0: no limit) */
+    int broadcast_efd;         /* written after events were committed; -1: none */
 } cn_persist_config_t;
 
 typedef struct cn_persister cn_persister_t;

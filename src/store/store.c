@@ -22,7 +22,9 @@
 #include <lmdb.h>
 
 #include "cnerium/error.h"
+#include "realtime/event.h"
 #include "store/store.h"
+#include "support/clock.h"
 #include "support/log.h"
 
 struct cn_store {
@@ -30,10 +32,12 @@ struct cn_store {
     MDB_dbi responses;
     MDB_dbi expiry;
     MDB_dbi meta;
+    MDB_dbi events;
 };
 
 static const char meta_key[] = "cnerium:meta:wal";
-#define META_LEN (8 + 8 + 8 * CN_STORE_META_WORKERS)
+#define META_LEN_V1 (8 + 8 + 8 * CN_STORE_META_WORKERS)
+#define META_LEN (META_LEN_V1 + 8)
 
 static const char prefix[] = "cnerium:response:";
 
@@ -104,6 +108,7 @@ cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t **o
         (rc = mdb_dbi_open(txn, "responses", MDB_CREATE, &s->responses)) ||
         (rc = mdb_dbi_open(txn, "expiry", MDB_CREATE, &s->expiry)) ||
         (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) ||
+        (rc = mdb_dbi_open(txn, "events", MDB_CREATE, &s->events)) ||
         (rc = mdb_txn_commit(txn))) {
         txn = NULL; /* aborted or committed either way by now, see below */
         rc = lmdb_error(rc, "open databases");
@@ -259,36 +264,122 @@ get_le64(const uint8_t *p)
     return v;
 }
 
+/* Reads the meta inside txn; absent gives all zeros. */
+static int
+meta_read(cn_store_t *s, MDB_txn *txn, cn_store_meta_t *meta)
+{
+    MDB_val k = {sizeof(meta_key) - 1, (void *)meta_key}, v;
+    int rc;
+
+    memset(meta, 0, sizeof(*meta));
+    rc = mdb_get(txn, s->meta, &k, &v);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return lmdb_error(rc, "get meta");
+    if (v.mv_size != META_LEN && v.mv_size != META_LEN_V1)
+        return CN_ECORRUPT;
+    const uint8_t *p = v.mv_data;
+    meta->applied_lsn = get_le64(p);
+    meta->epoch = get_le64(p + 8);
+    for (int i = 0; i < CN_STORE_META_WORKERS; i++)
+        meta->seqs[i] = get_le64(p + 16 + 8 * i);
+    if (v.mv_size == META_LEN)
+        meta->event_seq = get_le64(p + META_LEN_V1);
+    return 0;
+}
+
 int
 cn__store_meta_get(cn_store_t *s, cn_store_meta_t *meta)
 {
     MDB_txn *txn;
-    MDB_val k = {sizeof(meta_key) - 1, (void *)meta_key}, v;
     int rc;
 
     memset(meta, 0, sizeof(*meta));
     if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
         return lmdb_error(rc, "begin read");
-    rc = mdb_get(txn, s->meta, &k, &v);
-    if (rc == 0 && v.mv_size == META_LEN) {
-        const uint8_t *p = v.mv_data;
-        meta->applied_lsn = get_le64(p);
-        meta->epoch = get_le64(p + 8);
-        for (int i = 0; i < CN_STORE_META_WORKERS; i++)
-            meta->seqs[i] = get_le64(p + 16 + 8 * i);
-    } else if (rc == 0) {
-        rc = CN_ECORRUPT;
-    }
+    rc = meta_read(s, txn, meta);
     mdb_txn_abort(txn);
-    if (rc == MDB_NOTFOUND)
-        return 0;
-    return rc == CN_ECORRUPT ? rc : rc ? lmdb_error(rc, "get meta") : 0;
+    return rc;
+}
+
+static void
+be64(uint8_t *out, uint64_t v)
+{
+    for (int i = 7; i >= 0; i--) {
+        out[i] = (uint8_t)(v & 0xff);
+        v >>= 8;
+    }
+}
+
+static uint64_t
+rd_be64(const uint8_t *p)
+{
+    uint64_t v = 0;
+
+    for (int i = 0; i < 8; i++)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Stores the events of an encoded list under seqs after *seq. A list that does not decode
+ * stores nothing and returns CN_ECORRUPT (the caller skips the item). */
+static int
+put_events(cn_store_t *s, MDB_txn *txn, const uint8_t *list, size_t len, uint64_t now,
+           uint64_t *seq)
+{
+    const uint8_t *cur, *end = list + len;
+    long count = cn__events_begin(list, len, &cur);
+    cn_event_view_t ev;
+    uint64_t next = *seq;
+    int rc;
+
+    if (count < 0)
+        return CN_ECORRUPT;
+    /* Validate the whole list first: all of its events or none. */
+    for (long i = 0; i < count; i++) {
+        if (cn__events_next(&cur, end, &ev))
+            return CN_ECORRUPT;
+    }
+    if (cur != end)
+        return CN_ECORRUPT;
+    cn__events_begin(list, len, &cur);
+    for (long i = 0; i < count; i++) {
+        uint8_t kb[8];
+        MDB_val k = {8, kb}, v;
+
+        cn__events_next(&cur, end, &ev);
+        ev.created_ms = now;
+        be64(kb, ++next);
+        v = (MDB_val){cn__event_stored_size(&ev), NULL};
+        if ((rc = mdb_put(txn, s->events, &k, &v, MDB_RESERVE | MDB_APPEND)))
+            return lmdb_error(rc, "put event");
+        cn__event_stored_encode(&ev, v.mv_data);
+    }
+    *seq = next;
+    return 0;
+}
+
+static int
+put_meta(cn_store_t *s, MDB_txn *txn, const cn_store_meta_t *meta)
+{
+    MDB_val k = {sizeof(meta_key) - 1, (void *)meta_key}, v = {META_LEN, NULL};
+    int rc;
+
+    if ((rc = mdb_put(txn, s->meta, &k, &v, MDB_RESERVE)))
+        return lmdb_error(rc, "put meta");
+    put_le64(v.mv_data, meta->applied_lsn);
+    put_le64((uint8_t *)v.mv_data + 8, meta->epoch);
+    for (int i = 0; i < CN_STORE_META_WORKERS; i++)
+        put_le64((uint8_t *)v.mv_data + 16 + 8 * i, meta->seqs[i]);
+    put_le64((uint8_t *)v.mv_data + META_LEN_V1, meta->event_seq);
+    return 0;
 }
 
 int
-cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, const cn_store_meta_t *meta)
+cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, cn_store_meta_t *meta)
 {
-    MDB_val k = {sizeof(meta_key) - 1, (void *)meta_key}, v = {META_LEN, NULL};
+    uint64_t now = cn__clock_wall_ms(), seq = meta->event_seq;
     MDB_txn *txn;
     int rc;
 
@@ -298,23 +389,28 @@ cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, const cn_sto
         cn_store_raw_put_t *it = &items[i];
         cn_record_t rec;
 
-        if (it->keylen > CN_STORE_KEY_MAX) {
-            it->status = CN_ETOOBIG;
+        if (it->key) {
+            if (it->keylen > CN_STORE_KEY_MAX) {
+                it->status = CN_ETOOBIG;
+                continue;
+            }
+            if ((it->status = cn__record_decode(it->bytes, it->len, &rec)))
+                continue;
+        }
+        if (it->events && (it->status = put_events(s, txn, it->events, it->events_len, now,
+                                                   &seq))) {
+            if (it->status != CN_ECORRUPT) {
+                rc = it->status;
+                goto abort;
+            }
             continue;
         }
-        if ((it->status = cn__record_decode(it->bytes, it->len, &rec)))
-            continue;
-        if ((rc = put_one(s, txn, it->key, it->keylen, &rec, it->bytes, it->len)))
+        if (it->key && (rc = put_one(s, txn, it->key, it->keylen, &rec, it->bytes, it->len)))
             goto abort;
     }
-    if ((rc = mdb_put(txn, s->meta, &k, &v, MDB_RESERVE))) {
-        rc = lmdb_error(rc, "put meta");
+    meta->event_seq = seq;
+    if ((rc = put_meta(s, txn, meta)))
         goto abort;
-    }
-    put_le64(v.mv_data, meta->applied_lsn);
-    put_le64((uint8_t *)v.mv_data + 8, meta->epoch);
-    for (int i = 0; i < CN_STORE_META_WORKERS; i++)
-        put_le64((uint8_t *)v.mv_data + 16 + 8 * i, meta->seqs[i]);
     if ((rc = mdb_txn_commit(txn)))
         return lmdb_error(rc, "commit");
     return 0;
@@ -322,6 +418,104 @@ cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, const cn_sto
 abort:
     mdb_txn_abort(txn);
     return rc;
+}
+
+int
+cn__store_events_read(cn_store_t *s, uint64_t from, size_t max,
+                      int (*cb)(uint64_t seq, const uint8_t *p, size_t len, void *arg), void *arg)
+{
+    uint8_t kb[8];
+    MDB_val k = {8, kb}, v;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    size_t count = 0;
+    int rc;
+
+    be64(kb, from);
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "begin read");
+    if ((rc = mdb_cursor_open(txn, s->events, &cur))) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "cursor");
+    }
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (rc == 0 && count < max) {
+        if (k.mv_size != 8 || cb(rd_be64(k.mv_data), v.mv_data, v.mv_size, arg))
+            break;
+        count++;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return rc && rc != MDB_NOTFOUND ? lmdb_error(rc, "read events") : 0;
+}
+
+int
+cn__store_events_bounds(cn_store_t *s, uint64_t *oldest, uint64_t *newest)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc;
+
+    *oldest = *newest = 0;
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "begin read");
+    if ((rc = mdb_cursor_open(txn, s->events, &cur))) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "cursor");
+    }
+    if (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0 && k.mv_size == 8)
+        *oldest = rd_be64(k.mv_data);
+    if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == 8)
+        *newest = rd_be64(k.mv_data);
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return 0;
+}
+
+int
+cn__store_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, size_t max,
+                       size_t *deleted)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    MDB_stat st;
+    size_t count = 0;
+    uint64_t entries;
+    int rc;
+
+    *deleted = 0;
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return lmdb_error(rc, "begin prune");
+    if ((rc = mdb_stat(txn, s->events, &st)) || (rc = mdb_cursor_open(txn, s->events, &cur))) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "prune events");
+    }
+    entries = st.ms_entries;
+    rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    while (rc == 0 && count < max) {
+        cn_event_view_t ev;
+        int too_many = keep && entries - count > keep;
+        int too_old = min_created_ms && cn__event_stored_decode(v.mv_data, v.mv_size, &ev) == 0 &&
+                      ev.created_ms < min_created_ms;
+        if (!too_many && !too_old)
+            break;
+        if ((rc = mdb_cursor_del(cur, 0)))
+            break;
+        count++;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "prune events");
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return lmdb_error(rc, "commit prune");
+    *deleted = count;
+    return 0;
 }
 
 int
@@ -349,6 +543,14 @@ cn__store_put(cn_store_t *s, const cn_store_put_t *items, size_t n)
         }
         if ((rc = put_one(s, txn, it->key, it->keylen, it->rec, NULL, 0)))
             goto abort;
+        if (it->events) {
+            cn_store_meta_t meta;
+            if ((rc = meta_read(s, txn, &meta)) ||
+                (rc = put_events(s, txn, it->events, it->events_len, cn__clock_wall_ms(),
+                                 &meta.event_seq)) ||
+                (rc = put_meta(s, txn, &meta)))
+                goto abort;
+        }
     }
     if ((rc = mdb_txn_commit(txn)))
         return lmdb_error(rc, "commit");

@@ -5,6 +5,8 @@
  * Layout under the directory given to cn__store_open:
  *   database "responses": store key  -> encoded cn_record_t
  *   database "expiry":    be64(expires_ms) || store key -> (empty), for the sweep
+ *   database "events":    be64(seq) -> stored event (realtime/event.h), seq gapless from 1
+ *   database "meta":      the applied WAL position, record seqs, the last event seq
  * Store keys have the seed's shape: "cnerium:response:<op>:<key>", or with a principal
  * scope "cnerium:response:<op>#<principal-hash>:<key>" ('#' cannot occur in an
  * operation name, so the two shapes never collide).
@@ -27,11 +29,14 @@ typedef struct cn_store cn_store_t;
 #define CN_STORE_KEY_MAX (511 - 8)
 #define CN_OPERATION_MAX 64
 
-/* One record to write. */
+/* One record to write, with the events its handler emitted (an encoded event list,
+ * realtime/event.h; NULL for none). */
 typedef struct cn_store_put {
     const char *key;
     size_t keylen;
     const cn_record_t *rec;
+    const uint8_t *events;
+    size_t events_len;
 } cn_store_put_t;
 
 /* Opens (creating if needed) the store in directory dir, mapping at most map_size bytes.
@@ -53,25 +58,47 @@ typedef struct cn_store_meta {
     uint64_t applied_lsn; /* WAL frames below this LSN are applied */
     uint64_t epoch;       /* the server start the seqs belong to */
     uint64_t seqs[CN_STORE_META_WORKERS]; /* per worker: highest record seq applied */
+    uint64_t event_seq;   /* the last event's number (0: none yet) */
 } cn_store_meta_t;
 
 /* Reads the meta; a store that never had one gives all zeros. */
 int cn__store_meta_get(cn_store_t *store, cn_store_meta_t *meta);
 
-/* One encoded record (cn__record_encode's bytes) to write under key. */
+/* One encoded record (cn__record_encode's bytes) to write under key, and its events
+ * (an encoded list; NULL for none). key NULL: events only. */
 typedef struct cn_store_raw_put {
     const char *key;
     size_t keylen;
     const uint8_t *bytes;
     size_t len;
+    const uint8_t *events;
+    size_t events_len;
     int status; /* out: 0 written, or why it was skipped (CN_ECORRUPT, CN_ETOOBIG) */
 } cn_store_raw_put_t;
 
-/* Writes n encoded records and meta in one transaction. A record that does not decode
- * or whose key is too long is skipped (its status says why); the others are written.
- * Returns 0, or a negative error when the transaction failed (nothing written). */
+/* Writes n encoded records, their events and meta in one transaction. Events are
+ * numbered from meta->event_seq + 1 in order, and meta->event_seq is advanced (also in
+ * the store). A record that does not decode or whose key is too long is skipped with its
+ * events (its status says why); the others are written. Returns 0, or a negative error
+ * when the transaction failed (nothing written, meta unchanged). */
 int cn__store_apply(cn_store_t *store, cn_store_raw_put_t *items, size_t n,
-                    const cn_store_meta_t *meta);
+                    cn_store_meta_t *meta);
+
+/* Calls cb(seq, stored event bytes, len, arg) for events from seq `from` on, in order, at
+ * most max of them, in one read transaction (the bytes are valid during the call only).
+ * cb returning non-zero stops. Returns 0 or an error. */
+int cn__store_events_read(cn_store_t *store, uint64_t from, size_t max,
+                          int (*cb)(uint64_t seq, const uint8_t *p, size_t len, void *arg),
+                          void *arg);
+
+/* The oldest and newest stored event seqs (both 0 when there are none). */
+int cn__store_events_bounds(cn_store_t *store, uint64_t *oldest, uint64_t *newest);
+
+/* Deletes the oldest events while more than keep remain (keep 0: no count limit) or they
+ * were created before min_created_ms (0: no age limit), at most max in one transaction.
+ * Sets *deleted. */
+int cn__store_events_prune(cn_store_t *store, uint64_t keep, uint64_t min_created_ms,
+                           size_t max, size_t *deleted);
 
 /* Closes the store. Accepts NULL. */
 void cn__store_close(cn_store_t *store);

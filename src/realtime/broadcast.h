@@ -1,0 +1,47 @@
+/*
+ * realtime/broadcast.h - the WebSocket broadcaster (wraps libwebsockets; no lws type
+ * leaves broadcast.c).
+ *
+ * Serves clients on an inherited listening socket at one endpoint path:
+ *   /ws            live events from now on
+ *   /ws?since=N    first every retained event with seq > N, in order, then live: no gap,
+ *                  no duplicate at the seam; {"type":"reset","oldest":M} first when N is
+ *                  older than the retention window
+ * Client messages: {"type":"subscribe","room":R}, {"type":"unsubscribe","room":R},
+ * {"type":"ping"} (answered {"type":"pong"}); anything else gets {"type":"error",...}
+ * and the connection stays. Events without a room go to every client; an event with a
+ * room only to that room's subscribers.
+ *
+ * Events come from LMDB (the persister stores them with the records that emitted them)
+ * and are announced by the persister through an eventfd: there is no polling loop. Each
+ * event is serialized once, into a cache shared by every client; a client only keeps its
+ * position (the next seq to send), so a client that falls behind costs no memory and is
+ * served from the cache, or from LMDB when it is further behind than the cache.
+ */
+#ifndef CN_REALTIME_BROADCAST_H
+#define CN_REALTIME_BROADCAST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "shm/region.h"
+
+typedef struct cn_broadcast_config {
+    int listen_fd;         /* bound and listening; borrowed */
+    const char *path;      /* the endpoint, e.g. "/ws" */
+    int notify_efd;        /* the persister writes it after committing events */
+    int stop_fd;           /* a signalfd for SIGTERM/SIGINT */
+    const char *lmdb_dir;
+    size_t map_size;
+    cn_shm_t *shm;
+    unsigned cache_events; /* serialized events kept in memory */
+    unsigned ping_s;       /* WebSocket ping after this much idle time */
+    unsigned timeout_s;    /* close a client silent this long after a ping */
+} cn_broadcast_config_t;
+
+/* Serves until stop_fd is readable. on_ready runs once clients can connect. Returns 0,
+ * or a negative error when the server could not start. */
+int cn__broadcast_run(const cn_broadcast_config_t *cfg, void (*on_ready)(void *arg),
+                      void *ready_arg);
+
+#endif

@@ -1,0 +1,54 @@
+/*
+ * workers/broadcaster.c - the broadcaster process (cn-broadcaster): the WebSocket
+ * endpoint. The logic is in src/realtime/broadcast.c; this main hands it the inherited
+ * listening socket, the persister's eventfd and a signalfd for SIGTERM/SIGINT.
+ */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include "app/app_internal.h"
+#include "cnerium/error.h"
+#include "realtime/broadcast.h"
+#include "support/log.h"
+
+int
+cn__broadcaster_run(cn_app_t *app, int listen_fd, void (*on_ready)(void *arg), void *ready_arg)
+{
+    const cn_config_t *cfg = &app->cfg;
+    char lmdb_dir[CN_CONFIG_PATH_MAX + 8];
+    cn_broadcast_config_t bc;
+    sigset_t stop;
+    int sfd, rc;
+
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    if ((sfd = signalfd(-1, &stop, SFD_CLOEXEC | SFD_NONBLOCK)) < 0) {
+        fprintf(stderr, "cnerium: broadcaster signalfd: %s\n", strerror(errno));
+        return 1;
+    }
+    snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
+    bc = (cn_broadcast_config_t){
+        .listen_fd = listen_fd,
+        .path = cfg->realtime_path,
+        .notify_efd = app->broadcast_efd,
+        .stop_fd = sfd,
+        .lmdb_dir = lmdb_dir,
+        .map_size = CN_APP_STORE_MAP_SIZE,
+        .shm = &app->shm,
+        .cache_events = CN_APP_EVENT_CACHE,
+        .ping_s = CN_APP_WS_PING_S,
+        .timeout_s = CN_APP_WS_TIMEOUT_S,
+    };
+    rc = cn__broadcast_run(&bc, on_ready, ready_arg);
+    close(sfd);
+    if (rc) {
+        fprintf(stderr, "cnerium: the broadcaster could not start: %s\n", cn_strerror(rc));
+        return 1;
+    }
+    return 0;
+}
