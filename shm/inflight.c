@@ -3,7 +3,9 @@
  *
  * The state word of a slot:
  *
- *   bits 0-1   phase: FREE, WRITING (a claimer is filling the payload), OWNED
+ *   bits 0-1   phase: FREE, WRITING (a claimer is filling the payload), OWNED, COMMITTING
+ *              (OWNED, and the handler has finished: its record is being made durable;
+ *              the lease no longer applies, since the operation must not run again)
  *   bit  2     WAITERS: somebody sleeps on this word; whoever changes it next wakes them
  *   bits 3-10  owner: the worker id of the claimer
  *   bits 11-31 generation: bumped by every claim (and takeover), never by a release
@@ -35,6 +37,7 @@
 #define PH_FREE 0u
 #define PH_WRITING 1u
 #define PH_OWNED 2u
+#define PH_COMMITTING 3u
 #define WAITERS (1u << 2)
 #define OWNER_SHIFT 3
 #define OWNER_MASK (0xffu << OWNER_SHIFT)
@@ -133,7 +136,7 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
             return CN_INFLIGHT_OWNED;
         }
 
-        if (phase == PH_OWNED) {
+        if (phase == PH_OWNED || phase == PH_COMMITTING) {
             uint8_t skey[CN_SHM_KEY_LEN], sfp[CN_SHM_FP_LEN];
             uint64_t lease_until;
 
@@ -157,7 +160,7 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
             }
             /* Only a duplicate may take over an expired claim: a different key that
              * shares the slot would otherwise void an unrelated operation's result. */
-            if (watching && now >= lease_until) {
+            if (watching && phase == PH_OWNED && now >= lease_until) {
                 /* The owner ran past its lease: its claim is ours now. It finds out at
                  * its next check and neither stores nor sends its response. */
                 uint32_t mine = next_gen(s) | ((uint32_t)t->worker << OWNER_SHIFT) |
@@ -177,7 +180,7 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
                 claim->state = publish(t, sl, mine, key, fp, lease_ms, now);
                 return CN_INFLIGHT_OWNED;
             }
-            if (watching && lease_until < wait_until)
+            if (watching && phase == PH_OWNED && lease_until < wait_until)
                 wait_until = lease_until;
         }
         /* WRITING lasts a few stores; its publish wakes us like a release would. */
@@ -202,6 +205,26 @@ cn__inflight_holds(cn_inflight_t *t, const cn_claim_t *claim)
     uint32_t s = atomic_load_explicit(&t->shm->slots[claim->slot].state, memory_order_acquire);
 
     return (s & ~WAITERS) == claim->state;
+}
+
+int
+cn__inflight_commit(cn_inflight_t *t, cn_claim_t *claim)
+{
+    cn_shm_slot_t *sl = &t->shm->slots[claim->slot];
+    uint32_t cur = atomic_load_explicit(&sl->state, memory_order_relaxed);
+    uint32_t committing = (claim->state & ~PHASE_MASK) | PH_COMMITTING;
+
+    do {
+        if ((cur & ~WAITERS) == committing)
+            return 0;
+        if ((cur & ~WAITERS) != claim->state)
+            return CN_ELOST;
+    } while (!atomic_compare_exchange_weak_explicit(&sl->state, &cur,
+                                                    committing | (cur & WAITERS),
+                                                    memory_order_release,
+                                                    memory_order_relaxed));
+    claim->state = committing;
+    return 0;
 }
 
 int

@@ -52,6 +52,12 @@ cn_inflight_result_t cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN
 /* 1 while the claim is still the caller's (not taken over nor freed). */
 int cn__inflight_holds(cn_inflight_t *t, const cn_claim_t *claim);
 
+/* The handler has finished: from now on the claim cannot be taken over when its lease
+ * runs out (its record is being made durable; running the operation again would be a
+ * second execution). Returns 0 (claim updated), or CN_ELOST when it had already been
+ * taken over or freed. */
+int cn__inflight_commit(cn_inflight_t *t, cn_claim_t *claim);
+
 /* Ends the claim and wakes its waiters. Returns 0, or CN_ELOST when the claim had
  * already been taken over or freed (nothing is changed then). */
 int cn__inflight_release(cn_inflight_t *t, const cn_claim_t *claim);

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "app/app_internal.h"
 #include "cnerium/error.h"
@@ -150,7 +151,15 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         fprintf(stderr, "cnerium: cannot start the committer: %s\n", cn_strerror(rc));
         goto out;
     }
-    w.durable = (cn_durable_t){cfg, w.store, w.committer, &w.inflight, cn__app_deliver, &w};
+    w.durable = (cn_durable_t){
+        .cfg = cfg,
+        .store = w.store,
+        .committer = w.committer,
+        .inflight = &w.inflight,
+        .deliver = cn__app_deliver,
+        .deliver_arg = &w,
+        .max_waiters = CN_APP_MAX_WAITERS,
+    };
 
     if (w.sweep && start_sweeper(&w)) {
         fprintf(stderr, "cnerium: cannot start the sweep thread\n");
@@ -176,6 +185,13 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     cn__http_quiesce(w.http);
     wait_for_drain(w.http);
     exit_code = 0;
+    if (cn__durable_quiesce(&w.durable, CN_APP_COMMIT_TIMEOUT_MS)) {
+        /* Waiter threads still use requests and the store: leave without tearing them
+         * down (their clients were cut by the drain's end; nothing was stored for them). */
+        cn_log_warn("worker %u: requests still waiting for duplicates at exit", id);
+        fflush(stderr);
+        _exit(0);
+    }
 
 out:
     /* Requests waiting for their commit were answered (503 at the latest, at the commit

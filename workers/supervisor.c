@@ -42,7 +42,7 @@
 #define BACKOFF_FIRST_MS 100
 #define BACKOFF_MAX_MS 5000
 #define HEALTHY_AFTER_MS 10000
-#define RING_DRAIN_MS 5000
+#define RING_DRAIN_MS 5000 /* how often a still-undrained dead worker is logged */
 #define DRAIN_TICK_MS 2
 
 typedef struct child {
@@ -236,18 +236,14 @@ ring_drained(const supervisor_t *s, unsigned id, uint64_t upto)
            atomic_load(&cn__shm_ring(&s->app->shm, id)->acked_seq) >= upto;
 }
 
-/* Frees a dead worker's in-flight slots, now that the persister decided its records
- * (or gave up waiting for it), and schedules its replacement. */
+/* Frees a dead worker's in-flight slots, now that the persister decided its records. */
 static void
-release_worker(supervisor_t *s, unsigned id, int timed_out)
+release_worker(supervisor_t *s, unsigned id)
 {
     child_t *c = &s->children[id];
     size_t freed = cn__inflight_free_worker(&s->app->shm, id);
 
     c->draining = 0;
-    if (timed_out)
-        cn_log_warn("cn-worker-%u: the persister did not decide its last records within %d "
-                    "ms; its claims are released anyway", id, RING_DRAIN_MS);
     if (freed)
         cn_log_info("cn-worker-%u: %zu in-flight request%s released", id, freed,
                     freed == 1 ? "" : "s");
@@ -332,9 +328,17 @@ restart_due(supervisor_t *s)
         if (c->pid)
             continue;
         if (c->draining) {
-            if (ring_drained(s, id, c->drain_seq) || now >= c->drain_until_ms) {
-                release_worker(s, id, !ring_drained(s, id, c->drain_seq));
+            /* No time limit: freeing the claims while a record of the dead worker may
+             * still land would let a retry run the operation a second time. */
+            if (ring_drained(s, id, c->drain_seq)) {
+                release_worker(s, id);
             } else {
+                if (now >= c->drain_until_ms) {
+                    cn_log_warn("cn-worker-%u: still waiting for the persister to decide its "
+                                "last records; its keys stay claimed and it stays down",
+                                id);
+                    c->drain_until_ms = now + RING_DRAIN_MS;
+                }
                 if (next < 0 || next > DRAIN_TICK_MS)
                     next = DRAIN_TICK_MS;
                 continue;

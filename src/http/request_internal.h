@@ -62,6 +62,10 @@ struct cn_request {
     struct cn_event **events_tail;
 
     void *http_handle; /* the server's handle for cn__http_complete (http/server.h) */
+
+    /* durable routes: waiting for a concurrent duplicate happens off the server thread */
+    uint64_t inflight_deadline; /* monotonic ms; 0 until the first look */
+    int on_waiter;              /* 1 while a waiter thread runs the request */
 };
 
 /* Initializes req for method and raw target (copied). Returns 0, -EINVAL for a target

@@ -9,9 +9,11 @@
  * find neither the claim nor the record.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cnerium/error.h"
 #include "http/problem.h"
@@ -278,6 +280,78 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     return 0;
 }
 
+typedef struct waiter {
+    cn_durable_t *d;
+    const cn_route_t *route;
+    cn_request_t *req;
+} waiter_t;
+
+static int handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
+                  cn_durable_result_t *out);
+
+static void *
+waiter_main(void *arg)
+{
+    waiter_t w = *(waiter_t *)arg;
+    cn_durable_result_t out;
+
+    free(arg);
+    memset(&out, 0, sizeof(out));
+    out.op_index = w.route->op_index;
+    w.req->on_waiter = 1;
+    handle(w.d, w.route, w.req, &out);
+    out.waited = 1;
+    /* Deferred again: the request became the owner and its record is being committed;
+     * commit_done delivers it. */
+    if (!out.deferred)
+        w.d->deliver(w.d->deliver_arg, w.req->http_handle, &out);
+    atomic_fetch_sub(&w.d->waiters, 1);
+    return NULL;
+}
+
+/* Runs the rest of req on a thread of its own. Returns 0, or an error (nothing started:
+ * the caller goes on as before). */
+static int
+start_waiter(cn_durable_t *d, const cn_route_t *route, cn_request_t *req)
+{
+    pthread_attr_t attr;
+    pthread_t t;
+    waiter_t *w;
+    int rc;
+
+    if (!req->http_handle || atomic_fetch_add(&d->waiters, 1) >= d->max_waiters) {
+        atomic_fetch_sub(&d->waiters, 1);
+        return -EAGAIN;
+    }
+    if (!(w = malloc(sizeof(*w)))) {
+        atomic_fetch_sub(&d->waiters, 1);
+        return -ENOMEM;
+    }
+    *w = (waiter_t){d, route, req};
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&attr, 256 * 1024);
+    rc = pthread_create(&t, &attr, waiter_main, w);
+    pthread_attr_destroy(&attr);
+    if (rc) {
+        free(w);
+        atomic_fetch_sub(&d->waiters, 1);
+        return -rc;
+    }
+    return 0;
+}
+
+unsigned
+cn__durable_quiesce(cn_durable_t *d, uint32_t wait_ms)
+{
+    uint64_t deadline = cn__clock_mono_ms() + wait_ms;
+    struct timespec tick = {0, 5 * 1000000L};
+
+    while (atomic_load(&d->waiters) && cn__clock_mono_ms() < deadline)
+        nanosleep(&tick, NULL); /* bounded; waiters end by their own deadlines */
+    return atomic_load(&d->waiters);
+}
+
 static int
 handler_response_ok(const cn_response_t *res)
 {
@@ -332,16 +406,32 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
                        "The request key could not be hashed");
 
     /* Look, claim, look again: a duplicate that finished between the first look and the
-     * claim has stored its record by the time its claim is released. */
-    deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
+     * claim has stored its record by the time its claim is released. On a server thread
+     * the claim is only tried; a request that would have to wait moves to a waiter
+     * thread, so the server thread goes on serving its other connections. */
+    if (!req->inflight_deadline)
+        req->inflight_deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
     for (;;) {
         cn_inflight_result_t ir;
         int waited;
 
         if (lookup(d, skey, skeylen, req, out))
             return 0;
+        deadline = req->on_waiter ? req->inflight_deadline : cn__clock_mono_ms();
         ir = cn__inflight_acquire(d->inflight, slot_key, req->fingerprint, d->cfg->lease_ms,
                                   deadline, &waited, &claim);
+        if (ir == CN_INFLIGHT_TIMEOUT && !req->on_waiter &&
+            cn__clock_mono_ms() < req->inflight_deadline) {
+            if (start_waiter(d, route, req) == 0) {
+                out->deferred = 1;
+                return 0;
+            }
+            /* No waiter thread to be had: wait here, as a last resort. */
+            ir = cn__inflight_acquire(d->inflight, slot_key, req->fingerprint,
+                                      d->cfg->lease_ms, req->inflight_deadline, &waited,
+                                      &claim);
+            waited = 1;
+        }
         out->waited |= waited;
         if (ir == CN_INFLIGHT_OWNED) {
             if (lookup(d, skey, skeylen, req, out)) {
@@ -376,7 +466,8 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         persist = res.persist == CN_PERSIST_ALWAYS;
     }
 
-    if (!cn__inflight_holds(d->inflight, &claim)) {
+    if ((persist && cn__inflight_commit(d->inflight, &claim)) ||
+        !cn__inflight_holds(d->inflight, &claim)) {
         /* The handler ran past its lease and another request has taken the key over: it
          * runs (or ran) the operation again, so this response must neither be stored nor
          * sent as the operation's result. */

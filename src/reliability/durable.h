@@ -7,6 +7,8 @@
 #ifndef CN_RELIABILITY_DURABLE_H
 #define CN_RELIABILITY_DURABLE_H
 
+#include <stdatomic.h>
+
 #include "cnerium/config.h"
 #include "cnerium/response.h"
 #include "http/request_internal.h"
@@ -38,7 +40,15 @@ typedef struct cn_durable {
     cn_inflight_t *inflight; /* borrowed: this process's view of the shared table */
     cn_durable_deliver_cb deliver;
     void *deliver_arg;
+    /* Requests waiting for a concurrent duplicate wait on threads of their own, never on
+     * a server thread (which serves other connections too). At most max_waiters at a
+     * time; beyond that a request waits where it is. */
+    unsigned max_waiters;
+    atomic_uint waiters;
 } cn_durable_t;
+
+/* Waits (bounded by wait_ms) until no waiter thread runs. Returns the number left. */
+unsigned cn__durable_quiesce(cn_durable_t *d, uint32_t wait_ms);
 
 /* Runs route (a durable route) for req. Produces a response in *out, or sets
  * out->deferred: the response of an executed request whose record is being committed
