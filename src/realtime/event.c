@@ -269,7 +269,7 @@ cn__event_frame(const cn_event_view_t *ev, uint64_t seq, size_t headroom, size_t
      * seq. The payload is JSON text already and goes in as it is. */
     size_t cap = headroom + 64 + 6 * (ev->type_len + ev->room_len) + ev->payload_len + 24;
     uint8_t *buf = malloc(cap), *o;
-    char num[24];
+    char num[32]; /* ",\"seq\":" and up to 20 digits */
     int n;
 
     if (!buf)

@@ -238,13 +238,8 @@ cn__committer_submit_events(cn_committer_t *c, const uint8_t *events, size_t len
     uint64_t seq, one = 1;
     int rc;
 
-    if (!c->ring) {
-        cn_store_raw_put_t item = {.events = events, .events_len = len};
-        cn_store_meta_t meta;
-        if ((rc = cn__store_meta_get(c->store, &meta)))
-            return rc;
-        return cn__store_apply(c->store, &item, 1, &meta) ? -EIO : item.status;
-    }
+    if (!c->ring)
+        return cn__store_append_events(c->store, events, len);
     if (need > cn__ring_max_payload(c->ring))
         return CN_ETOOBIG;
     if (need > sizeof(stackbuf) && !(buf = malloc(need)))

@@ -100,7 +100,7 @@ cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t **o
     }
     if ((rc = mdb_env_set_maxdbs(s->env, 4)) || (rc = mdb_env_set_mapsize(s->env, map_size)) ||
         (rc = mdb_env_open(s->env, dir,
-                           MDB_NOTLS | (flags & CN_STORE_NOSYNC ? MDB_NOSYNC : 0), 0644))) {
+                           MDB_NOTLS | (flags & CN_STORE_NOSYNC ? MDB_NOSYNC | MDB_WRITEMAP : 0), 0644))) {
         rc = lmdb_error(rc, "env_open");
         goto fail;
     }
@@ -408,16 +408,40 @@ cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, cn_store_met
         if (it->key && (rc = put_one(s, txn, it->key, it->keylen, &rec, it->bytes, it->len)))
             goto abort;
     }
-    meta->event_seq = seq;
-    if ((rc = put_meta(s, txn, meta)))
-        goto abort;
-    if ((rc = mdb_txn_commit(txn)))
-        return lmdb_error(rc, "commit");
+    {
+        cn_store_meta_t next = *meta;
+        next.event_seq = seq;
+        if ((rc = put_meta(s, txn, &next)))
+            goto abort;
+        if ((rc = mdb_txn_commit(txn)))
+            return lmdb_error(rc, "commit");
+        *meta = next; /* only once it is stored */
+    }
     return 0;
 
 abort:
     mdb_txn_abort(txn);
     return rc;
+}
+
+int
+cn__store_append_events(cn_store_t *s, const uint8_t *events, size_t len)
+{
+    cn_store_meta_t meta;
+    MDB_txn *txn;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return lmdb_error(rc, "begin write");
+    if ((rc = meta_read(s, txn, &meta)) ||
+        (rc = put_events(s, txn, events, len, cn__clock_wall_ms(), &meta.event_seq)) ||
+        (rc = put_meta(s, txn, &meta))) {
+        mdb_txn_abort(txn);
+        return rc;
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return lmdb_error(rc, "commit");
+    return 0;
 }
 
 int
@@ -498,8 +522,9 @@ cn__store_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, si
     while (rc == 0 && count < max) {
         cn_event_view_t ev;
         int too_many = keep && entries - count > keep;
-        int too_old = min_created_ms && cn__event_stored_decode(v.mv_data, v.mv_size, &ev) == 0 &&
-                      ev.created_ms < min_created_ms;
+        /* An event that does not decode is pruned as old: it must not stall retention. */
+        int too_old = min_created_ms && (cn__event_stored_decode(v.mv_data, v.mv_size, &ev) ||
+                                         ev.created_ms < min_created_ms);
         if (!too_many && !too_old)
             break;
         if ((rc = mdb_cursor_del(cur, 0)))

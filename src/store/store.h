@@ -84,6 +84,11 @@ typedef struct cn_store_raw_put {
 int cn__store_apply(cn_store_t *store, cn_store_raw_put_t *items, size_t n,
                     cn_store_meta_t *meta);
 
+/* Stores an encoded event list on its own, numbered after the store's last event, in
+ * one (synced) transaction. Returns 0, CN_ECORRUPT for a list that does not decode, or
+ * an error. */
+int cn__store_append_events(cn_store_t *store, const uint8_t *events, size_t len);
+
 /* Calls cb(seq, stored event bytes, len, arg) for events from seq `from` on, in order, at
  * most max of them, in one read transaction (the bytes are valid during the call only).
  * cb returning non-zero stops. Returns 0 or an error. */
