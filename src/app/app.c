@@ -184,7 +184,8 @@ cn__app_deliver(void *arg, void *handle, cn_durable_result_t *out)
 {
     cn_http_reply_t reply = {
         .response = out->response,
-        .flags = CN_REPLY_NO_STORE,
+        .flags = CN_REPLY_NO_STORE |
+                 (out->outcome == CN_OUTCOME_REPLAYED ? CN_REPLY_REPLAYED : 0),
     };
 
     count_outcome(arg, out);
