@@ -1,0 +1,252 @@
+"""bench/run's driver: runs the standard suite and writes bench/RESULTS.md.
+
+Every server runs from build-release on 127.0.0.1 with its own temp data dir and is
+stopped (by PID) before the next one starts. The load tools run on the same cores as
+the server; the report says so. Each figure comes from one run; ratios compare runs of
+the same server in the same invocation.
+"""
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "build-release")
+EXAMPLE = os.path.join(REL, "examples", "cnerium_durable_orders_realtime")
+BENCH = os.path.join(REL, "bench")
+SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+WORKERS = os.environ.get("CNERIUM_BENCH_WORKERS", "2")
+
+
+class Server:
+    def __init__(self, args, realtime=False):
+        self.dir = tempfile.mkdtemp(prefix="cnerium-bench-")
+        cmd = [EXAMPLE, "--port", "0", "--workers", WORKERS, "--data-dir",
+               os.path.join(self.dir, "data"), "--log-level", "warn"] + list(args)
+        if realtime:
+            cmd += ["--realtime-host", "127.0.0.1", "--realtime-port", "0"]
+        self.out = open(os.path.join(self.dir, "stdout"), "w+")
+        self.proc = subprocess.Popen(cmd, stdout=self.out, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.port = self.ws_port = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and self.port is None:
+            self.out.seek(0)
+            text = self.out.read()
+            m = re.search(r"listening on http://[^:]+:(\d+)", text)
+            if m:
+                self.port = int(m.group(1))
+                w = re.search(r"realtime on ws://[^:]+:(\d+)", text)
+                self.ws_port = int(w.group(1)) if w else None
+            elif self.proc.poll() is not None:
+                break
+            else:
+                time.sleep(0.05)
+        if self.port is None:
+            self.stop()
+            raise SystemExit("bench: the server did not start")
+        self.url = "http://127.0.0.1:%d" % self.port
+
+    def metrics(self):
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        self.out.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def cnload(url, mode, conns=64, threads=2, extra=()):
+    cmd = [os.path.join(BENCH, "cnload"), "--mode", mode, "--connections", str(conns),
+           "--threads", str(threads if conns > 1 else 1), "--duration", str(SECS), "--json",
+           "--timeout", "30"] + list(extra) + [url]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=SECS + 120)
+    line = [l for l in r.stdout.splitlines() if l.startswith("{")]
+    if not line:
+        raise SystemExit("bench: cnload failed: %s %s" % (r.stdout, r.stderr))
+    return json.loads(line[-1])
+
+
+def persist_delta(before, after):
+    b = after.get("cnerium_persist_batches_total", 0) - before.get("cnerium_persist_batches_total", 0)
+    n = after.get("cnerium_persist_records_total", 0) - before.get("cnerium_persist_records_total", 0)
+    return int(b), (n / b if b else 0.0)
+
+
+def ms(us):
+    return "%.2f ms" % (us / 1000.0)
+
+
+def row(name, res, plain=None, extra=""):
+    lat = res["latency_us"]
+    ratio = "%.0f%%" % (100.0 * res["rps"] / plain) if plain else ""
+    errs = sum(res["errors"].values())
+    return "| %s | %.0f | %s | %s | %s | %s | %s | %s |%s" % (
+        name, res["rps"], ratio, ms(lat["p50"]), ms(lat["p99"]), ms(lat["p999"]),
+        res["status"]["2xx"], errs, extra)
+
+
+def machine():
+    cores = os.cpu_count()
+    kernel = platform.release()
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"model name\s*:\s*(.+)", f.read())
+            cpu = m.group(1).strip() if m else ""
+    except OSError:
+        pass
+    fs = subprocess.run(["df", "-T", ROOT], capture_output=True, text=True).stdout.splitlines()
+    disk = " ".join(fs[1].split()[:2]) if len(fs) > 1 else "unknown"
+    return cores, kernel, cpu, disk
+
+
+def main():
+    lines = []
+    out = lines.append
+    cores, kernel, cpu, disk = machine()
+    out("# Benchmark results")
+    out("")
+    out("Written by `bench/run %g` on %s." % (SECS, time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                  time.gmtime())))
+    out("")
+    out("Machine: %d cores (%s), Linux %s, data dir on %s. The load generators (`cnload`, "
+        "`ws_fanout`) run on the same cores as the server, so every figure is a lower bound "
+        "and ratios within one table are the meaningful numbers. Server: "
+        "`cnerium_durable_orders_realtime --workers %s` (4 threads each), Release build; "
+        "one run per figure, %g s each." % (cores, cpu, kernel, disk, WORKERS, SECS))
+    out("")
+
+    # Baseline without Cnerium.
+    bare_dir = tempfile.mkdtemp(prefix="cnerium-bench-bare-")
+    bare_out = open(os.path.join(bare_dir, "out"), "w+")
+    bare = subprocess.Popen([os.path.join(BENCH, "bare_mhd"), "--port", "0", "--threads", "4"],
+                            stdout=bare_out, stderr=subprocess.DEVNULL)
+    port = None
+    for _ in range(100):
+        bare_out.seek(0)
+        m = re.search(r":(\d+)", bare_out.read())
+        if m:
+            port = int(m.group(1))
+            break
+        time.sleep(0.05)
+    bare_res = cnload("http://127.0.0.1:%d" % port, "plain")
+    bare.send_signal(signal.SIGTERM)
+    bare.wait(10)
+    bare_out.close()
+    shutil.rmtree(bare_dir, ignore_errors=True)
+
+    head = "| run | req/s | vs plain | p50 | p99 | p99.9 | 2xx | errors |"
+    sep = "|---|---|---|---|---|---|---|---|"
+    for mode in ("sync", "async"):
+        srv = Server(["--durability", mode])
+        try:
+            plain = cnload(srv.url, "plain")
+            p = plain["rps"]
+            out("## Durability `%s`" % mode)
+            out("")
+            out(head + " fdatasyncs | records/sync |")
+            out(sep + "---|---|")
+            out(row("GET /health (plain route)", plain, p) + " | |")
+            if mode == "sync":
+                out(row("bare libmicrohttpd GET /health (no Cnerium)", bare_res, p) + " | |")
+                r = cnload(srv.url, "replay")
+                out(row("POST /orders replay of a stored key", r, p) + " | |")
+            for c in (1, 16, 64, 256):
+                before = srv.metrics()
+                r = cnload(srv.url, "fresh", conns=c)
+                syncs, per = persist_delta(before, srv.metrics())
+                out(row("POST /orders fresh key, %d conn" % c, r, p) +
+                    " %d | %.1f |" % (syncs, per))
+            if mode == "sync":
+                for name, m, extra in (("retry x3 (each key sent 3 times)", "retry", ["--retries", "3"]),
+                                       ("storm x8 (8 concurrent copies per key)", "storm", ["--storm", "8"]),
+                                       ("mixed 70% GET /health, 30% fresh POST", "mixed", ["--mix", "70"])):
+                    before = srv.metrics()
+                    r = cnload(srv.url, m, extra=extra)
+                    syncs, per = persist_delta(before, srv.metrics())
+                    out(row(name, r, p) + " %d | %.1f |" % (syncs, per))
+            out("")
+            if mode == "sync":
+                overhead = 100.0 * (1 - p / bare_res["rps"]) if bare_res["rps"] else 0
+                out("Plain-route overhead against bare libmicrohttpd in this run: %.0f%% "
+                    "(positive: Cnerium slower)." % overhead)
+                out("")
+        finally:
+            srv.stop()
+
+    # Race check: correctness under simultaneous duplicates, as users would run it.
+    srv = Server([])
+    try:
+        race = []
+        for extra in ([], ["--different"]):
+            r = subprocess.run([os.path.join(BENCH, "cnrace"), "--keys", "20", "--copies", "8",
+                                "--quiet"] + extra + [srv.url], capture_output=True, text=True,
+                               timeout=120)
+            verdict = (r.stdout.strip().splitlines() or ["(no output)"])[-1]
+            race.append(("different bodies" if extra else "identical bodies", r.returncode, verdict))
+    finally:
+        srv.stop()
+    out("## Race check (`cnrace --keys 20 --copies 8`)")
+    out("")
+    for name, rc, verdict in race:
+        out("- %s: exit %d, %s" % (name, rc, verdict))
+    out("")
+
+    # Realtime fan-out.
+    out("## Realtime fan-out (`ws_fanout`, 16 posting connections)")
+    out("")
+    for n in (10, 100, 1000):
+        srv = Server([], realtime=True)
+        try:
+            r = subprocess.run([os.path.join(BENCH, "ws_fanout"), str(srv.port), str(srv.ws_port),
+                                str(n), str(min(SECS, 3.0)), "16"], capture_output=True,
+                               text=True, timeout=120)
+            out("- " + (r.stdout.strip() or r.stderr.strip()))
+        finally:
+            srv.stop()
+    out("")
+
+    # The WAL write path on this disk.
+    wal_dir = tempfile.mkdtemp(prefix="cnerium-bench-wal-", dir=ROOT)
+    try:
+        r = subprocess.run([os.path.join(BENCH, "wal_io"), wal_dir, "0.5"], capture_output=True,
+                           text=True, timeout=300)
+        out("## WAL batch write + fdatasync (`wal_io`)")
+        out("")
+        out("```")
+        out(r.stdout.strip())
+        out("```")
+    finally:
+        shutil.rmtree(wal_dir, ignore_errors=True)
+    out("")
+
+    path = os.path.join(ROOT, "bench", "RESULTS.md")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print("\nwritten to %s" % path)
+
+
+if __name__ == "__main__":
+    main()
