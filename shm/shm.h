@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define CN_SHM_MAGIC UINT64_C(0x314d48534e52454e) /* "NERNSHM1" read as little endian */
-#define CN_SHM_LAYOUT_VERSION 3u
+#define CN_SHM_LAYOUT_VERSION 4u
 #define CN_SHM_MAX_WORKERS 64 /* owner ids fit the state word's 8 bits with room */
 #define CN_SHM_MAX_OPS 256
 #define CN_SHM_KEY_LEN 32 /* SHA-256 of the store key: the slot's identity */
@@ -131,6 +131,9 @@ typedef struct cn_shm_header {
     _Atomic uint64_t lease_takeovers;
     cn_shm_persist_t persist;
     cn_shm_events_t events;
+    /* 1 while the persister is about to sleep or sleeps on its eventfd: a worker that
+     * pushed a record writes the eventfd only then (see workers/persister.c). */
+    alignas(64) _Atomic uint32_t persister_idle;
 } cn_shm_header_t;
 
 _Static_assert(sizeof(cn_shm_slot_t) == 128, "an in-flight slot is two cache lines");

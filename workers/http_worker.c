@@ -151,6 +151,8 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         fprintf(stderr, "cnerium: cannot start the committer: %s\n", cn_strerror(rc));
         goto out;
     }
+    if (!cfg->single_process)
+        cn__committer_set_idle_flag(w.committer, &app->shm.hdr->persister_idle);
     w.durable = (cn_durable_t){
         .cfg = cfg,
         .store = w.store,

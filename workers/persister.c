@@ -112,6 +112,28 @@ start_batch(loop_t *l)
     return finish(l, cn__persist_write_sync(&io));
 }
 
+/* About to wait with nothing in flight: announce it (workers then write the eventfd),
+ * and look at the rings once more, since a record pushed before the announcement did not
+ * write it. Returns 0 or an error. */
+static int
+go_idle(loop_t *l)
+{
+    int rc;
+
+    atomic_store_explicit(&l->app->shm.hdr->persister_idle, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    rc = start_batch(l);
+    if (l->in_flight)
+        atomic_store_explicit(&l->app->shm.hdr->persister_idle, 0, memory_order_relaxed);
+    return rc;
+}
+
+static void
+busy(loop_t *l)
+{
+    atomic_store_explicit(&l->app->shm.hdr->persister_idle, 0, memory_order_relaxed);
+}
+
 static int
 run_uring(loop_t *l)
 {
@@ -129,7 +151,10 @@ run_uring(loop_t *l)
             return rc;
         if (l->stopping && !l->in_flight && !cn__persist_pending(l->p))
             return 0;
+        if (!l->in_flight && (rc = go_idle(l)))
+            return rc;
         rc = cn__uring_wait(l->u, l->stopping ? 50 : IDLE_TICK_MS, &tag, &res);
+        busy(l);
         if (rc < 0)
             return rc;
         if (rc == 0) {
@@ -159,9 +184,10 @@ run_plain(loop_t *l)
         struct pollfd pf[2] = {{l->app->persist_efd, POLLIN, 0}, {l->sfd, POLLIN, 0}};
         int rc, n;
 
-        if ((rc = start_batch(l)))
+        if ((rc = start_batch(l)) || (rc = go_idle(l)))
             return rc;
         n = poll(pf, 2, l->stopping ? 50 : IDLE_TICK_MS);
+        busy(l);
         if (n < 0 && errno != EINTR)
             return -errno;
         if (pf[0].revents & POLLIN) {

@@ -39,6 +39,7 @@ struct cn_committer {
     /* ring committer */
     cn_ring_t *ring;
     int persist_efd, ack_efd;
+    _Atomic uint32_t *persister_idle; /* NULL: always wake the persister */
     uint32_t timeout_ms;
     pthread_mutex_t mu;
     entry_t *head, *tail;
@@ -146,6 +147,30 @@ cn__committer_new_ring(cn_ring_t *ring, int persist_efd, int ack_efd, uint32_t t
     return 0;
 }
 
+void
+cn__committer_set_idle_flag(cn_committer_t *c, _Atomic uint32_t *idle)
+{
+    c->persister_idle = idle;
+}
+
+/* Wakes the persister after a push, unless it is busy (it then finds the record itself
+ * before it sleeps). The fence orders the push before the flag's load, against the
+ * persister's store of the flag before it looks at the rings: one of the two sees the
+ * other. */
+static void
+wake_persister(cn_committer_t *c)
+{
+    uint64_t one = 1;
+
+    if (c->persister_idle) {
+        atomic_thread_fence(memory_order_seq_cst);
+        if (!atomic_load_explicit(c->persister_idle, memory_order_relaxed))
+            return;
+    }
+    if (write(c->persist_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        cn_log_warn("waking the persister: %s", strerror(errno));
+}
+
 unsigned
 cn__committer_pending(cn_committer_t *c)
 {
@@ -185,7 +210,7 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
     uint8_t stackbuf[4096], *buf = stackbuf;
     size_t need, len;
     entry_t *e;
-    uint64_t seq, one = 1;
+    uint64_t seq;
     int rc;
 
     if (!c->ring) {
@@ -221,8 +246,8 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
         e = NULL;
     }
     pthread_mutex_unlock(&c->mu);
-    if (rc == 0 && write(c->persist_efd, &one, sizeof(one)) < 0)
-        cn_log_warn("waking the persister: %s", strerror(errno));
+    if (rc == 0)
+        wake_persister(c);
 out:
     free(e);
     if (buf != stackbuf)
@@ -235,7 +260,7 @@ cn__committer_submit_events(cn_committer_t *c, const uint8_t *events, size_t len
 {
     uint8_t stackbuf[4096], *buf = stackbuf;
     size_t need = cn__persist_record_size(0, NULL, len), n;
-    uint64_t seq, one = 1;
+    uint64_t seq;
     int rc;
 
     if (!c->ring)
@@ -250,8 +275,8 @@ cn__committer_submit_events(cn_committer_t *c, const uint8_t *events, size_t len
         pthread_mutex_lock(&c->mu);
         rc = cn__ring_push(c->ring, CN_PERSIST_EVENTS, buf, n, &seq);
         pthread_mutex_unlock(&c->mu);
-        if (rc == 0 && write(c->persist_efd, &one, sizeof(one)) < 0)
-            cn_log_warn("waking the persister: %s", strerror(errno));
+        if (rc == 0)
+            wake_persister(c);
     }
     if (buf != stackbuf)
         free(buf);

@@ -41,6 +41,10 @@ int cn__committer_new_sync(cn_store_t *store, cn_committer_t **out);
 int cn__committer_new_ring(cn_ring_t *ring, int persist_efd, int ack_efd, uint32_t timeout_ms,
                            cn_committer_t **out);
 
+/* With idle set, persist_efd is written only while *idle is non-zero (the persister
+ * announces it is going to sleep there; while it works it finds new records itself). */
+void cn__committer_set_idle_flag(cn_committer_t *c, _Atomic uint32_t *idle);
+
 /* Stops the ack thread (after waiting up to wait_ms for pending records to be decided:
  * those left get the final-2 call) and frees. Accepts NULL. */
 void cn__committer_free(cn_committer_t *c, uint32_t wait_ms);
