@@ -60,6 +60,7 @@ typedef struct client {
     char rx[RX_MAX];
     size_t rx_len;
     int rx_overflow;
+    int rx_binary;
 } client_t;
 
 typedef struct bcast {
@@ -509,6 +510,8 @@ events_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return client_write(b, wsi, c);
     case LWS_CALLBACK_RECEIVE:
+        if (lws_frame_is_binary(wsi))
+            c->rx_binary = 1;
         if (!c->rx_overflow && c->rx_len + len <= sizeof(c->rx)) {
             memcpy(c->rx + c->rx_len, in, len);
             c->rx_len += len;
@@ -516,12 +519,15 @@ events_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
             c->rx_overflow = 1;
         }
         if (lws_is_final_fragment(wsi)) {
-            if (c->rx_overflow)
+            if (c->rx_binary)
+                ctl_error(c, "binary messages are not understood; send JSON text");
+            else if (c->rx_overflow)
                 ctl_error(c, "message too long (at most 4096 bytes)");
             else
                 handle_message(c, c->rx, c->rx_len);
             c->rx_len = 0;
             c->rx_overflow = 0;
+            c->rx_binary = 0;
             lws_callback_on_writable(wsi);
         }
         return 0;
@@ -636,6 +642,8 @@ cn__broadcast_run(const cn_broadcast_config_t *cfg, void (*on_ready)(void *arg),
     b.listen_fd = cfg->listen_fd;
     b.first = 1;
     B = &b;
+    /* A broadcaster that was killed left its clients counted: they are gone with it. */
+    atomic_store(&b.stats->clients, 0);
     if (!(b.cache = calloc(cfg->cache_events, sizeof(*b.cache))))
         return -ENOMEM;
     if ((rc = cn__store_open(cfg->lmdb_dir, cfg->map_size, &b.store)))
