@@ -2,6 +2,7 @@
  * store/persist.c - the persister's engine (see persist.h).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +56,11 @@ struct cn_persister {
     uint64_t since_checkpoint, last_checkpoint_ms, last_sweep_ms;
     cn_store_raw_put_t *items;
     size_t itemcap;
+    /* The next segment is created (zero-filled, synced) ahead of time on a thread of its
+     * own, so a roll never waits for tens of MiB of zeros. */
+    pthread_t prealloc;
+    int prealloc_running;
+    uint64_t prealloc_start;
 };
 
 /* ---- codecs ---- */
@@ -408,11 +414,47 @@ checkpoint(cn_persister_t *p)
     return 0;
 }
 
+static void *
+prealloc_main(void *arg)
+{
+    cn_persister_t *p = arg;
+    int fd = cn__wal_segment_open(p->wal_dir, p->prealloc_start, p->cfg.segment_size);
+
+    if (fd >= 0)
+        close(fd);
+    else
+        cn_log_warn("preparing WAL segment %016llx: %s (the roll will retry)",
+                    (unsigned long long)p->prealloc_start, cn_strerror(fd));
+    return NULL;
+}
+
+static void
+prealloc_join(cn_persister_t *p)
+{
+    if (p->prealloc_running) {
+        pthread_join(p->prealloc, NULL);
+        p->prealloc_running = 0;
+    }
+}
+
+/* Starts creating the segment after the current one. */
+static void
+prealloc_next(cn_persister_t *p)
+{
+    prealloc_join(p);
+    p->prealloc_start = p->seg_start + p->cfg.segment_size;
+    if (pthread_create(&p->prealloc, NULL, prealloc_main, p) == 0)
+        p->prealloc_running = 1;
+}
+
 static int
 open_segment(cn_persister_t *p, uint64_t lsn)
 {
     uint64_t start = lsn - lsn % p->cfg.segment_size;
-    int fd = cn__wal_segment_open(p->wal_dir, start, p->cfg.segment_size);
+    int fd;
+
+    prealloc_join(p); /* it may be creating this very segment */
+    fd = cn__wal_segment_open(p->wal_dir, start, p->cfg.segment_size);
 
     if (fd < 0)
         return fd;
@@ -421,6 +463,7 @@ open_segment(cn_persister_t *p, uint64_t lsn)
     p->seg_fd = fd;
     p->seg_start = start;
     p->next_lsn = lsn;
+    prealloc_next(p);
     return 0;
 }
 
@@ -519,6 +562,7 @@ cn__persist_close(cn_persister_t *p)
 {
     if (!p)
         return;
+    prealloc_join(p);
     if (p->seg_fd >= 0)
         close(p->seg_fd);
     /* Unsynced commits are safe in the WAL; syncing here makes a clean restart skip
