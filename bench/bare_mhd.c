@@ -133,7 +133,7 @@ main(int argc, char **argv)
                          MHD_OPTION_LISTEN_SOCKET, fd,
                          MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? (unsigned)threads : 0u,
                          MHD_OPTION_CONNECTION_TIMEOUT, 30u,
-                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)64 * 1024,
+                         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16 * 1024,
                          MHD_OPTION_CONNECTION_LIMIT, 4096u,
                          MHD_OPTION_END);
     if (!d) {

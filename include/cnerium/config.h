@@ -21,6 +21,7 @@
  *   --events-retain N     CNERIUM_EVENTS_RETAIN     events kept for ?since= resume (100000)
  *   --events-retain-s S   CNERIUM_EVENTS_RETAIN_S   and for at most S seconds (86400)
  *   --durability M        CNERIUM_DURABILITY        sync | async (sync)
+ *   --wal-io M            CNERIUM_WAL_IO            pwrite | uring: how WAL batches are written
  *   --node-id ID          CNERIUM_NODE_ID           node identity (<name>-node)
  *   --name NAME           CNERIUM_NAME              service name
  *   --key-ttl SECONDS     CNERIUM_KEY_TTL           stored response lifetime (86400)
@@ -56,6 +57,11 @@ typedef enum cn_inflight_mode {
     CN_INFLIGHT_REJECT = 1, /* a concurrent duplicate gets 409 with Retry-After: 1 */
 } cn_inflight_mode_t;
 
+typedef enum cn_wal_io {
+    CN_WAL_IO_PWRITE = 0, /* pwrite + fdatasync from the persister's thread */
+    CN_WAL_IO_URING = 1,  /* one write SQE linked to an fdatasync SQE, through io_uring */
+} cn_wal_io_t;
+
 typedef struct cn_config {
     char name[CN_CONFIG_NAME_MAX];
     char node_id[CN_CONFIG_NAME_MAX];
@@ -72,6 +78,7 @@ typedef struct cn_config {
     uint64_t events_retain;  /* 0: no count limit */
     uint32_t events_retain_s; /* 0: no age limit */
     cn_durability_t durability;
+    cn_wal_io_t wal_io;
     uint32_t key_ttl_s;
     size_t max_body_bytes;
     /* Header whose value (hashed) joins the key scope; empty = keys are scoped by

@@ -25,6 +25,7 @@ typedef enum opt_kind {
     OPT_U64,     /* uint64_t within [min, max] */
     OPT_BOOL,    /* int 0/1; the flag alone means 1 */
     OPT_INFLIGHT,
+    OPT_WALIO,
     OPT_DURABILITY,
     OPT_LOGLEVEL,
 } opt_kind_t;
@@ -62,6 +63,8 @@ static const opt_t options[] = {
      1000000000000ull, "N", "events kept for ?since= resume (0: no limit)"},
     {"events-retain-s", "CNERIUM_EVENTS_RETAIN_S", OPT_U32, F(events_retain_s), 0,
      10u * 365 * 86400, "SECONDS", "and for at most this long (0: no limit)"},
+    {"wal-io", "CNERIUM_WAL_IO", OPT_WALIO, F(wal_io), 0, 0, "pwrite|uring",
+     "how the persister writes WAL batches"},
     {"durability", "CNERIUM_DURABILITY", OPT_DURABILITY, F(durability), 0, 0, "sync|async",
      "when a durable response may be sent"},
     {"node-id", "CNERIUM_NODE_ID", OPT_STR, F(node_id), 0, 0, "ID", "node identity"},
@@ -245,6 +248,15 @@ apply(cn_config_t *cfg, const opt_t *o, const char *value, const char *source, c
             *(int *)(void *)field = 0;
         else
             return fail(err, errlen, "%s: '%s' is not a boolean (1/0, true/false)", source,
+                        value);
+        return 0;
+    case OPT_WALIO:
+        if (!strcmp(value, "pwrite"))
+            cfg->wal_io = CN_WAL_IO_PWRITE;
+        else if (!strcmp(value, "uring"))
+            cfg->wal_io = CN_WAL_IO_URING;
+        else
+            return fail(err, errlen, "%s: '%s' is not a WAL I/O mode (pwrite or uring)", source,
                         value);
         return 0;
     case OPT_INFLIGHT:

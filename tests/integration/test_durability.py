@@ -824,6 +824,13 @@ class RecoveryTest(DurabilityTestCase):
         self.assertEqual(srv3.count(OP), 0)
 
 
+class UringRecoveryTest(RecoveryTest):
+    """The same recovery checks with the WAL written through io_uring (--wal-io uring)."""
+
+    def start_srv(self, *extra, data_dir=None):
+        return super().start_srv("--wal-io", "uring", *extra, data_dir=data_dir)
+
+
 # -- 5. async --
 
 
