@@ -100,7 +100,7 @@ cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t **o
     }
     if ((rc = mdb_env_set_maxdbs(s->env, 4)) || (rc = mdb_env_set_mapsize(s->env, map_size)) ||
         (rc = mdb_env_open(s->env, dir,
-                           MDB_NOTLS | (flags & CN_STORE_NOSYNC ? MDB_NOSYNC | MDB_WRITEMAP : 0), 0644))) {
+                           MDB_NOTLS | (flags & CN_STORE_NOSYNC ? MDB_NOSYNC : 0), 0644))) {
         rc = lmdb_error(rc, "env_open");
         goto fail;
     }
