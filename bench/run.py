@@ -23,12 +23,13 @@ EXAMPLE = os.path.join(REL, "examples", "cnerium_durable_orders_realtime")
 BENCH = os.path.join(REL, "bench")
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 WORKERS = os.environ.get("CNERIUM_BENCH_WORKERS", "2")
+THREADS = os.environ.get("CNERIUM_BENCH_THREADS", "2")
 
 
 class Server:
     def __init__(self, args, realtime=False):
         self.dir = tempfile.mkdtemp(prefix="cnerium-bench-")
-        cmd = [EXAMPLE, "--port", "0", "--workers", WORKERS, "--data-dir",
+        cmd = [EXAMPLE, "--port", "0", "--workers", WORKERS, "--threads", THREADS, "--data-dir",
                os.path.join(self.dir, "data"), "--log-level", "warn"] + list(args)
         if realtime:
             cmd += ["--realtime-host", "127.0.0.1", "--realtime-port", "0"]
@@ -133,14 +134,16 @@ def main():
     out("Machine: %d cores (%s), Linux %s, data dir on %s. The load generators (`cnload`, "
         "`ws_fanout`) run on the same cores as the server, so every figure is a lower bound "
         "and ratios within one table are the meaningful numbers. Server: "
-        "`cnerium_durable_orders_realtime --workers %s` (4 threads each), Release build; "
-        "one run per figure, %g s each." % (cores, cpu, kernel, disk, WORKERS, SECS))
+        "`cnerium_durable_orders_realtime --workers %s --threads %s`, Release build; the bare "
+        "libmicrohttpd baseline runs as many threads in one process. One run per figure, %g s "
+        "each." % (cores, cpu, kernel, disk, WORKERS, THREADS, SECS))
     out("")
 
     # Baseline without Cnerium.
     bare_dir = tempfile.mkdtemp(prefix="cnerium-bench-bare-")
     bare_out = open(os.path.join(bare_dir, "out"), "w+")
-    bare = subprocess.Popen([os.path.join(BENCH, "bare_mhd"), "--port", "0", "--threads", "4"],
+    bare = subprocess.Popen([os.path.join(BENCH, "bare_mhd"), "--port", "0", "--threads",
+                             str(int(WORKERS) * int(THREADS))],
                             stdout=bare_out, stderr=subprocess.DEVNULL)
     port = None
     for _ in range(100):
@@ -213,18 +216,24 @@ def main():
         out("- %s: exit %d, %s" % (name, rc, verdict))
     out("")
 
-    # Realtime fan-out.
-    out("## Realtime fan-out (`ws_fanout`, 16 posting connections)")
+    # Realtime fan-out: latency at a fixed posting rate, then the most it delivers.
+    out("## Realtime fan-out (`ws_fanout`)")
     out("")
-    for n in (10, 100, 1000):
-        srv = Server([], realtime=True)
-        try:
-            r = subprocess.run([os.path.join(BENCH, "ws_fanout"), str(srv.port), str(srv.ws_port),
-                                str(n), str(min(SECS, 3.0)), "16"], capture_output=True,
-                               text=True, timeout=120)
-            out("- " + (r.stdout.strip() or r.stderr.strip()))
-        finally:
-            srv.stop()
+    out("Latency from a POST's response to its event at every client, at 200 POSTs/s; then "
+        "16 connections posting as fast as they can (events delivered per second over all "
+        "clients; with many clients the broadcaster falls behind and latency is the backlog).")
+    out("")
+    for rate in ("200", "0"):
+        for n in (10, 100, 1000):
+            srv = Server([], realtime=True)
+            try:
+                r = subprocess.run([os.path.join(BENCH, "ws_fanout"), str(srv.port),
+                                    str(srv.ws_port), str(n), str(min(SECS, 3.0)), "16", rate],
+                                   capture_output=True, text=True, timeout=120)
+                out("- " + ("%s POSTs/s: " % rate if rate != "0" else "unlimited: ") +
+                    (r.stdout.strip() or r.stderr.strip()))
+            finally:
+                srv.stop()
     out("")
 
     # The WAL write path on this disk.

@@ -4,7 +4,10 @@
  * and measures, for every event at every client, the time from the POST's response to
  * the event's arrival; plus events delivered per second over all clients.
  *
- *   ws_fanout HTTP_PORT WS_PORT CLIENTS [seconds] [posters]
+ *   ws_fanout HTTP_PORT WS_PORT CLIENTS [seconds] [posters] [rate]
+ *
+ * rate: at most this many POSTs per second over all posters (0, the default: as fast as
+ * they can). After the posting time, waits up to 10 s for the last events.
  *
  * Single thread, epoll, loopback only, bounded by time (and by a cap on events). The
  * server and this tool share the machine's cores.
@@ -192,13 +195,14 @@ int
 main(int argc, char **argv)
 {
     int http_port, ws_port, nclients, nposters, ep;
-    double secs;
+    double secs, rate;
     conn_t *conns;
     uint64_t start, stop, drain_until, posted = 0, answered = 0;
     struct epoll_event evs[256];
 
     if (argc < 4) {
-        fprintf(stderr, "usage: %s HTTP_PORT WS_PORT CLIENTS [seconds] [posters]\n", argv[0]);
+        fprintf(stderr, "usage: %s HTTP_PORT WS_PORT CLIENTS [seconds] [posters] [rate]\n",
+                argv[0]);
         return 2;
     }
     http_port = atoi(argv[1]);
@@ -206,6 +210,7 @@ main(int argc, char **argv)
     nclients = atoi(argv[3]);
     secs = argc > 4 ? atof(argv[4]) : 3.0;
     nposters = argc > 5 ? atoi(argv[5]) : 16;
+    rate = argc > 6 ? atof(argv[6]) : 0;
     run_id = now_us();
     resp_us = calloc(MAX_EVENTS, sizeof(*resp_us));
     lat = malloc(MAX_EVENTS * sizeof(*lat));
@@ -249,6 +254,10 @@ main(int argc, char **argv)
     start = now_us();
     stop = start + (uint64_t)(secs * 1e6);
     for (int i = nclients; i < nclients + nposters; i++) {
+        if (rate > 0 && i > nclients) {
+            conns[i].key = UINT64_MAX; /* parked: the rate releases them */
+            continue;
+        }
         post(&conns[i]);
         posted++;
     }
@@ -256,11 +265,19 @@ main(int argc, char **argv)
     for (;;) {
         uint64_t t = now_us();
         if (t >= stop && !drain_until)
-            drain_until = t + 2000000; /* let the last events arrive, bounded */
+            drain_until = t + 10000000; /* let the last events arrive, bounded */
+        /* Parked posters resume when the rate allows. */
+        for (int i = nclients; rate > 0 && t < stop && i < nclients + nposters; i++) {
+            if (conns[i].key == UINT64_MAX &&
+                (double)posted < rate * (double)(t - start) / 1e6 && next_key < MAX_EVENTS) {
+                post(&conns[i]);
+                posted++;
+            }
+        }
         if (drain_until && (t >= drain_until ||
                             (answered == posted && received >= answered * (uint64_t)nclients)))
             break;
-        int n = epoll_wait(ep, evs, 256, 100);
+        int n = epoll_wait(ep, evs, 256, rate > 0 ? 1 : 100);
         for (int i = 0; i < n; i++) {
             conn_t *c = evs[i].data.ptr;
             ssize_t r = read(c->fd, c->buf + c->len, BUF - c->len);
@@ -273,10 +290,15 @@ main(int argc, char **argv)
                 ws_frames(c);
             } else {
                 int k = http_responses(c);
+                uint64_t tn = now_us();
                 answered += (uint64_t)k;
-                if (k && now_us() < stop && next_key < MAX_EVENTS) {
-                    post(c);
-                    posted++;
+                if (k && tn < stop && next_key < MAX_EVENTS) {
+                    if (rate > 0 && (double)posted >= rate * (double)(tn - start) / 1e6) {
+                        c->key = UINT64_MAX; /* parked until the rate allows */
+                    } else {
+                        post(c);
+                        posted++;
+                    }
                 }
             }
         }

@@ -129,7 +129,7 @@ cn_config_development(void)
     copy_str(c.host, sizeof(c.host), "127.0.0.1");
     c.port = 8080;
     c.workers = cores > 0 && cores <= CN_CONFIG_WORKERS_MAX ? (int)cores : 1;
-    c.threads = 4;
+    c.threads = 2;
     c.single_process = 0;
     c.inflight_mode = CN_INFLIGHT_WAIT;
     c.inflight_slots = 65536;

@@ -496,7 +496,7 @@ test_process_flags(void)
     static const char *const short_lease[] = {"--lease-ms", "10", NULL};
 
     /* Defaults. */
-    CU_ASSERT_EQUAL(cfg.threads, 4);
+    CU_ASSERT_EQUAL(cfg.threads, 2);
     CU_ASSERT_EQUAL(cfg.single_process, 0);
     CU_ASSERT_EQUAL(cfg.inflight_mode, CN_INFLIGHT_WAIT);
     CU_ASSERT_EQUAL(cfg.inflight_slots, 65536u);

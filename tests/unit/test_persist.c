@@ -620,16 +620,29 @@ test_segment_roll(void)
     }
     nseg = list_segments(e.wal, starts, 64);
     CU_ASSERT_TRUE_FATAL(nseg >= 3 && nseg <= 64);
-    for (size_t k = 0; k < nseg; k++) {
-        size_t size, offs[1];
-        int sealed;
-        uint8_t *buf = read_segment(&e, starts[k], &size);
+    {
+        /* The segment being written is the last one holding frames; one more, empty,
+         * may follow: the persister creates the next segment ahead of time. */
+        size_t frames[64], last = 0;
+        int sealed[64];
+        for (size_t k = 0; k < nseg; k++) {
+            size_t size, offs[1];
+            uint8_t *buf = read_segment(&e, starts[k], &size);
 
-        CU_ASSERT_EQUAL(size, SEGMENT);
-        CU_ASSERT_EQUAL(starts[k], k * SEGMENT);
-        total += walk_segment(buf, size, starts[k], &sealed, offs, 0);
-        CU_ASSERT_EQUAL(sealed, k + 1 < nseg);
-        free(buf);
+            CU_ASSERT_EQUAL(size, SEGMENT);
+            CU_ASSERT_EQUAL(starts[k], k * SEGMENT);
+            frames[k] = walk_segment(buf, size, starts[k], &sealed[k], offs, 0);
+            total += frames[k];
+            if (frames[k])
+                last = k;
+            free(buf);
+        }
+        CU_ASSERT(nseg - last <= 2);
+        for (size_t k = 0; k < nseg; k++) {
+            CU_ASSERT_EQUAL(sealed[k], k < last);
+            if (k > last)
+                CU_ASSERT_EQUAL(frames[k], 0);
+        }
     }
     CU_ASSERT_EQUAL(total, 2 * n);
     CU_ASSERT_EQUAL(wal_frames(&e), 2 * n);
