@@ -98,7 +98,9 @@ cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t **o
         rc = lmdb_error(rc, "env_create");
         goto fail;
     }
+    /* Readers: every request thread and waiter thread of every worker may read at once. */
     if ((rc = mdb_env_set_maxdbs(s->env, 4)) || (rc = mdb_env_set_mapsize(s->env, map_size)) ||
+        (rc = mdb_env_set_maxreaders(s->env, 4096)) ||
         (rc = mdb_env_open(s->env, dir,
                            MDB_NOTLS | (flags & CN_STORE_NOSYNC ? MDB_NOSYNC : 0), 0644))) {
         rc = lmdb_error(rc, "env_open");
