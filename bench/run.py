@@ -77,7 +77,26 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def cnload(url, mode, conns=64, threads=2, extra=()):
+def tree_cpu(root):
+    """utime + stime (seconds) of process root and its children, all threads counted."""
+    total = 0
+    hz = os.sysconf("SC_CLK_TCK")
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(pid) == root or int(fields[1]) == root:
+            total += int(fields[11]) + int(fields[12])
+    return total / hz
+
+
+def cnload(url, mode, conns=64, threads=2, extra=(), pid=None):
+    """One cnload run; with pid, also the server's CPU per request (us) in cpu_us."""
+    before = tree_cpu(pid) if pid else 0
     cmd = [os.path.join(BENCH, "cnload"), "--mode", mode, "--connections", str(conns),
            "--threads", str(threads if conns > 1 else 1), "--duration", str(SECS), "--json",
            "--timeout", "30"] + list(extra) + [url]
@@ -85,7 +104,10 @@ def cnload(url, mode, conns=64, threads=2, extra=()):
     line = [l for l in r.stdout.splitlines() if l.startswith("{")]
     if not line:
         raise SystemExit("bench: cnload failed: %s %s" % (r.stdout, r.stderr))
-    return json.loads(line[-1])
+    res = json.loads(line[-1])
+    if pid and res["requests"]:
+        res["cpu_us"] = (tree_cpu(pid) - before) * 1e6 / res["requests"]
+    return res
 
 
 def persist_delta(before, after):
@@ -162,10 +184,10 @@ def main():
     try:
         for _ in range(3):
             rounds.append({
-                "bare": cnload(bare_url, "plain"),
-                "plain": cnload(srv.url, "plain"),
-                "replay": cnload(srv.url, "replay"),
-                "fresh": cnload(srv.url, "fresh"),
+                "bare": cnload(bare_url, "plain", pid=bare.pid),
+                "plain": cnload(srv.url, "plain", pid=srv.proc.pid),
+                "replay": cnload(srv.url, "replay", pid=srv.proc.pid),
+                "fresh": cnload(srv.url, "fresh", pid=srv.proc.pid),
             })
     finally:
         srv.stop()
@@ -191,8 +213,17 @@ def main():
     out("| fresh-key POST vs plain GET /health | %s | %.0f%% | >= 40%% |" % (per_round(fre), median("f", fre)))
     out("| fresh-key POST p99 | %s | %.1f ms | < 5 ms |" % (
         " | ".join("%.1f ms" % p99(r) for r in rounds), median("p", p99)))
-    out("| plain route overhead vs bare libmicrohttpd | %s | %.0f%% | <= 10%% |" % (
+    out("| plain route overhead vs bare libmicrohttpd (throughput) | %s | %.0f%% | <= 10%% |" % (
         per_round(ovh), median("o", ovh)))
+    cpu_ovh = lambda r: 100.0 * (r["plain"]["cpu_us"] / r["bare"]["cpu_us"] - 1)
+    out("| plain route overhead vs bare libmicrohttpd (server CPU per request) | %s | %.0f%% | "
+        "<= 10%% |" % (per_round(cpu_ovh), median("c", cpu_ovh)))
+    out("")
+    out("Server CPU per request (all server processes, from /proc), medians: bare %.1f us, "
+        "plain %.1f us, replay %.1f us, fresh-key durable POST %.1f us. On 2 cores shared "
+        "with the load generator, throughput swings by 20%% from run to run; CPU per request "
+        "is the steadier measure of the server's own cost." % tuple(
+            median(k, lambda r, k=k: r[k]["cpu_us"]) for k in ("bare", "plain", "replay", "fresh")))
     out("")
     out("Requests/s per round: " + "; ".join(
         "bare %.0f, plain %.0f, replay %.0f, fresh %.0f" % (

@@ -311,7 +311,9 @@ main(int argc, char **argv)
            (unsigned long long)received, received / elapsed,
            nlat ? lat[nlat / 2] / 1000.0 : 0, nlat ? lat[nlat * 99 / 100] / 1000.0 : 0,
            nlat ? lat[nlat - 1] / 1000.0 : 0,
-           received < answered * (uint64_t)nclients ? "  (MISSING EVENTS)" : "");
+           received < answered * (uint64_t)nclients ? "  (backlog: not all delivered when "
+                                                       "the tool stopped waiting)"
+                                                     : "");
     for (int i = 0; i < nclients + nposters; i++)
         close(conns[i].fd);
     free(conns);
