@@ -30,6 +30,7 @@
 
 #include "cnerium/error.h"
 #include "shm/inflight.h"
+#include "support/bytes.h"
 #include "support/clock.h"
 #include "support/log.h"
 
@@ -71,16 +72,6 @@ futex_wake_all(_Atomic uint32_t *word)
     (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
-static uint64_t
-load_le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 /* Fills the payload of a slot the caller moved to WRITING as `mine`, then publishes it
  * as OWNED. Returns the published state (without WAITERS). */
 static uint32_t
@@ -109,7 +100,7 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
                      const uint8_t fp[CN_SHM_FP_LEN], uint32_t lease_ms, uint64_t deadline_ms,
                      int *waited, cn_claim_t *claim)
 {
-    uint32_t idx = (uint32_t)(load_le64(key) & (t->shm->hdr->nslots - 1u));
+    uint32_t idx = (uint32_t)(cn__get_le64(key) & (t->shm->hdr->nslots - 1u));
     cn_shm_slot_t *sl = &t->shm->slots[idx];
     uint32_t watched_gen = 0;
     int watching = 0; /* we saw our own key in flight and are waiting for it */

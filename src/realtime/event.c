@@ -12,32 +12,7 @@
 #include "cnerium/realtime.h"
 #include "http/request_internal.h"
 #include "realtime/event.h"
-
-static void
-le16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void
-le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t
-rd16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t
-rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
+#include "support/bytes.h"
 
 /* A type or room name: 1..max bytes of printable ASCII. */
 static int
@@ -144,9 +119,9 @@ cn__events_encode(const cn_event_t *list, uint8_t *out, size_t cap, size_t *writ
         if (tl > UINT16_MAX || rl > UINT16_MAX || e->payload_len > UINT32_MAX ||
             count == UINT16_MAX || cap - at < 8 + tl + rl + e->payload_len)
             return CN_ETOOBIG;
-        le16(out + at, (uint16_t)tl);
-        le16(out + at + 2, (uint16_t)rl);
-        le32(out + at + 4, (uint32_t)e->payload_len);
+        cn__put_le16(out + at, (uint16_t)tl);
+        cn__put_le16(out + at + 2, (uint16_t)rl);
+        cn__put_le32(out + at + 4, (uint32_t)e->payload_len);
         at += 8;
         memcpy(out + at, e->type, tl);
         at += tl;
@@ -157,7 +132,7 @@ cn__events_encode(const cn_event_t *list, uint8_t *out, size_t cap, size_t *writ
         at += e->payload_len;
         count++;
     }
-    le16(out, (uint16_t)count);
+    cn__put_le16(out, (uint16_t)count);
     *written = at;
     return 0;
 }
@@ -168,7 +143,7 @@ cn__events_begin(const uint8_t *p, size_t len, const uint8_t **cursor)
     if (len < 2)
         return -1;
     *cursor = p + 2;
-    return rd16(p);
+    return cn__get_le16(p);
 }
 
 int
@@ -179,9 +154,9 @@ cn__events_next(const uint8_t **cursor, const uint8_t *end, cn_event_view_t *ev)
 
     if (end - p < 8)
         return CN_ECORRUPT;
-    tl = rd16(p);
-    rl = rd16(p + 2);
-    pl = rd32(p + 4);
+    tl = cn__get_le16(p);
+    rl = cn__get_le16(p + 2);
+    pl = cn__get_le32(p + 4);
     p += 8;
     if (tl == 0 || (size_t)(end - p) < tl + rl + pl)
         return CN_ECORRUPT;
@@ -223,9 +198,9 @@ cn__event_stored_encode(const cn_event_view_t *ev, uint8_t *out)
     for (int i = 0; i < 8; i++)
         out[i] = (uint8_t)(ev->created_ms >> (8 * i));
     out += 8;
-    le16(out, (uint16_t)ev->type_len);
-    le16(out + 2, (uint16_t)ev->room_len);
-    le32(out + 4, (uint32_t)ev->payload_len);
+    cn__put_le16(out, (uint16_t)ev->type_len);
+    cn__put_le16(out + 2, (uint16_t)ev->room_len);
+    cn__put_le32(out + 4, (uint32_t)ev->payload_len);
     out += 8;
     memcpy(out, ev->type, ev->type_len);
     out += ev->type_len;

@@ -12,6 +12,7 @@
 #include <openssl/evp.h>
 
 #include "reliability/fingerprint.h"
+#include "support/bytes.h"
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static EVP_MD *sha256_md;
@@ -52,15 +53,6 @@ sha256_ctx(void)
     return EVP_DigestInit_ex2(ctx, sha256_md, NULL) ? ctx : NULL;
 }
 
-static void
-be64(uint64_t v, unsigned char out[8])
-{
-    for (int i = 7; i >= 0; i--) {
-        out[i] = (unsigned char)(v & 0xff);
-        v >>= 8;
-    }
-}
-
 int
 cn__fingerprint(const char *query, size_t qlen, const void *body, size_t blen,
                 uint8_t out[CN_SHA256_LEN])
@@ -72,9 +64,9 @@ cn__fingerprint(const char *query, size_t qlen, const void *body, size_t blen,
 
     if (!ctx)
         return -EIO;
-    be64(qlen, len);
+    cn__put_be64(len, qlen);
     ok = EVP_DigestUpdate(ctx, len, 8) && EVP_DigestUpdate(ctx, query, qlen);
-    be64(blen, len);
+    cn__put_be64(len, blen);
     ok = ok && EVP_DigestUpdate(ctx, len, 8) && EVP_DigestUpdate(ctx, body, blen) &&
          EVP_DigestFinal_ex(ctx, out, &outlen) && outlen == CN_SHA256_LEN;
     return ok ? 0 : -EIO;

@@ -12,6 +12,7 @@
 #include "store/persist.h"
 #include "store/store.h"
 #include "store/wal.h"
+#include "support/bytes.h"
 #include "support/clock.h"
 #include "support/log.h"
 
@@ -65,49 +66,6 @@ struct cn_persister {
 
 /* ---- codecs ---- */
 
-static void
-le16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void
-le32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void
-le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t
-rd16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t
-rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t
-rd64(const uint8_t *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 size_t
 cn__persist_record_size(size_t keylen, const cn_record_t *rec, size_t events_len)
 {
@@ -142,8 +100,8 @@ cn__persist_record_encode(uint8_t *out, size_t cap, const char *key, size_t keyl
         return CN_ETOOBIG;
     out[0] = 1;
     out[1] = (uint8_t)kind;
-    le16(out + 2, (uint16_t)keylen);
-    le32(out + 4, (uint32_t)reclen);
+    cn__put_le16(out + 2, (uint16_t)keylen);
+    cn__put_le32(out + 4, (uint32_t)reclen);
     at = CN_PERSIST_PUT_HEADER;
     if (keylen)
         memcpy(out + at, key, keylen);
@@ -175,8 +133,8 @@ cn__persist_record_decode(const uint8_t *p, size_t len, cn_persist_record_t *out
 
     if (len < CN_PERSIST_PUT_HEADER || p[0] != 1)
         return CN_ECORRUPT;
-    kl = rd16(p + 2);
-    rl = rd32(p + 4);
+    kl = cn__get_le16(p + 2);
+    rl = cn__get_le32(p + 4);
     if (len - CN_PERSIST_PUT_HEADER < kl + rl)
         return CN_ECORRUPT;
     rest = len - CN_PERSIST_PUT_HEADER - kl - rl;
@@ -240,10 +198,10 @@ wal_payload_decode(const uint8_t *p, size_t len, wal_header_t *h)
 {
     if (len < CN_PERSIST_WAL_HEADER)
         return CN_ECORRUPT;
-    h->epoch = rd64(p);
-    h->seq = rd64(p + 8);
-    h->worker = rd16(p + 16);
-    h->len = rd32(p + 20);
+    h->epoch = cn__get_le64(p);
+    h->seq = cn__get_le64(p + 8);
+    h->worker = cn__get_le16(p + 16);
+    h->len = cn__get_le32(p + 20);
     h->put = p + CN_PERSIST_WAL_HEADER;
     if (h->worker >= CN_STORE_META_WORKERS || h->len != len - CN_PERSIST_WAL_HEADER)
         return CN_ECORRUPT;
@@ -695,11 +653,11 @@ cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
                     /* The payload is built in place after the frame header. */
                     frame = b->buf + b->len;
                     uint8_t *pl = frame + CN_WAL_FRAME_HEADER;
-                    le64(pl, p->epoch);
-                    le64(pl + 8, rec.seq);
-                    le16(pl + 16, (uint16_t)w);
-                    le16(pl + 18, 0);
-                    le32(pl + 20, rec.len);
+                    cn__put_le64(pl, p->epoch);
+                    cn__put_le64(pl + 8, rec.seq);
+                    cn__put_le16(pl + 16, (uint16_t)w);
+                    cn__put_le16(pl + 18, 0);
+                    cn__put_le32(pl + 20, rec.len);
                     memcpy(pl + CN_PERSIST_WAL_HEADER, rec.payload, rec.len);
                     cn__wal_frame_encode(frame, p->next_lsn + b->len, CN_WAL_DATA, pl,
                                          CN_PERSIST_WAL_HEADER + (size_t)rec.len);

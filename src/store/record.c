@@ -7,48 +7,10 @@
 
 #include "cnerium/error.h"
 #include "store/record.h"
+#include "support/bytes.h"
 #include "support/crc32c.h"
 
 static const uint8_t magic[4] = {'C', 'N', 'R', 'R'};
-
-static void
-put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t
-get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | (p[1] << 8));
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 size_t
 cn__record_encoded_size(const cn_record_t *rec)
@@ -72,13 +34,13 @@ cn__record_encode(const cn_record_t *rec, uint8_t *buf, size_t cap, size_t *writ
     memcpy(buf, magic, 4);
     buf[4] = CN_RECORD_VERSION;
     buf[5] = 0;
-    put16(buf + 6, rec->status);
-    put64(buf + 8, rec->created_ms);
-    put64(buf + 16, rec->expires_ms);
+    cn__put_le16(buf + 6, rec->status);
+    cn__put_le64(buf + 8, rec->created_ms);
+    cn__put_le64(buf + 16, rec->expires_ms);
     memcpy(buf + 24, rec->fingerprint, CN_SHA256_LEN);
-    put32(buf + 56, rec->content_type_len);
-    put32(buf + 60, rec->location_len);
-    put32(buf + 64, rec->body_len);
+    cn__put_le32(buf + 56, rec->content_type_len);
+    cn__put_le32(buf + 60, rec->location_len);
+    cn__put_le32(buf + 64, rec->body_len);
     if (rec->content_type_len)
         memcpy(buf + off, rec->content_type, rec->content_type_len);
     off += rec->content_type_len;
@@ -88,7 +50,7 @@ cn__record_encode(const cn_record_t *rec, uint8_t *buf, size_t cap, size_t *writ
     if (rec->body_len)
         memcpy(buf + off, rec->body, rec->body_len);
     off += rec->body_len;
-    put32(buf + off, cn__crc32c(0, buf, off));
+    cn__put_le32(buf + off, cn__crc32c(0, buf, off));
     *written = need;
     return 0;
 }
@@ -101,9 +63,9 @@ cn__record_decode(const uint8_t *buf, size_t len, cn_record_t *rec)
 
     if (len < CN_RECORD_HEADER_LEN + CN_RECORD_TRAILER_LEN || memcmp(buf, magic, 4))
         return CN_ECORRUPT;
-    r.content_type_len = get32(buf + 56);
-    r.location_len = get32(buf + 60);
-    r.body_len = get32(buf + 64);
+    r.content_type_len = cn__get_le32(buf + 56);
+    r.location_len = cn__get_le32(buf + 60);
+    r.body_len = cn__get_le32(buf + 64);
     if (r.content_type_len > CN_RECORD_FIELD_MAX || r.location_len > CN_RECORD_FIELD_MAX ||
         r.body_len > CN_RECORD_FIELD_MAX)
         return CN_ECORRUPT;
@@ -111,7 +73,7 @@ cn__record_decode(const uint8_t *buf, size_t len, cn_record_t *rec)
             CN_RECORD_TRAILER_LEN;
     if (total != len)
         return CN_ECORRUPT;
-    if (get32(buf + len - 4) != cn__crc32c(0, buf, len - 4))
+    if (cn__get_le32(buf + len - 4) != cn__crc32c(0, buf, len - 4))
         return CN_ECORRUPT;
     /* The CRC covers the version byte, so a mismatch here is a real format change. */
     if (buf[4] != CN_RECORD_VERSION)
@@ -119,9 +81,9 @@ cn__record_decode(const uint8_t *buf, size_t len, cn_record_t *rec)
     if (buf[5] != 0)
         return CN_ECORRUPT;
 
-    r.status = get16(buf + 6);
-    r.created_ms = get64(buf + 8);
-    r.expires_ms = get64(buf + 16);
+    r.status = cn__get_le16(buf + 6);
+    r.created_ms = cn__get_le64(buf + 8);
+    r.expires_ms = cn__get_le64(buf + 16);
     memcpy(r.fingerprint, buf + 24, CN_SHA256_LEN);
     r.content_type = (const char *)buf + off;
     off += r.content_type_len;

@@ -24,6 +24,7 @@
 #include "cnerium/error.h"
 #include "realtime/event.h"
 #include "store/store.h"
+#include "support/bytes.h"
 #include "support/clock.h"
 #include "support/log.h"
 
@@ -249,23 +250,6 @@ put_one(cn_store_t *s, MDB_txn *txn, const char *key, size_t keylen, const cn_re
     return 0;
 }
 
-static void
-put_le64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint64_t
-get_le64(const uint8_t *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-
 /* Reads the meta inside txn; absent gives all zeros. */
 static int
 meta_read(cn_store_t *s, MDB_txn *txn, cn_store_meta_t *meta)
@@ -282,12 +266,12 @@ meta_read(cn_store_t *s, MDB_txn *txn, cn_store_meta_t *meta)
     if (v.mv_size != META_LEN && v.mv_size != META_LEN_V1)
         return CN_ECORRUPT;
     const uint8_t *p = v.mv_data;
-    meta->applied_lsn = get_le64(p);
-    meta->epoch = get_le64(p + 8);
+    meta->applied_lsn = cn__get_le64(p);
+    meta->epoch = cn__get_le64(p + 8);
     for (int i = 0; i < CN_STORE_META_WORKERS; i++)
-        meta->seqs[i] = get_le64(p + 16 + 8 * i);
+        meta->seqs[i] = cn__get_le64(p + 16 + 8 * i);
     if (v.mv_size == META_LEN)
-        meta->event_seq = get_le64(p + META_LEN_V1);
+        meta->event_seq = cn__get_le64(p + META_LEN_V1);
     return 0;
 }
 
@@ -303,25 +287,6 @@ cn__store_meta_get(cn_store_t *s, cn_store_meta_t *meta)
     rc = meta_read(s, txn, meta);
     mdb_txn_abort(txn);
     return rc;
-}
-
-static void
-be64(uint8_t *out, uint64_t v)
-{
-    for (int i = 7; i >= 0; i--) {
-        out[i] = (uint8_t)(v & 0xff);
-        v >>= 8;
-    }
-}
-
-static uint64_t
-rd_be64(const uint8_t *p)
-{
-    uint64_t v = 0;
-
-    for (int i = 0; i < 8; i++)
-        v = v << 8 | p[i];
-    return v;
 }
 
 /* Stores the events of an encoded list under seqs after *seq. A list that does not decode
@@ -352,7 +317,7 @@ put_events(cn_store_t *s, MDB_txn *txn, const uint8_t *list, size_t len, uint64_
 
         cn__events_next(&cur, end, &ev);
         ev.created_ms = now;
-        be64(kb, ++next);
+        cn__put_be64(kb, ++next);
         v = (MDB_val){cn__event_stored_size(&ev), NULL};
         if ((rc = mdb_put(txn, s->events, &k, &v, MDB_RESERVE | MDB_APPEND)))
             return lmdb_error(rc, "put event");
@@ -370,11 +335,11 @@ put_meta(cn_store_t *s, MDB_txn *txn, const cn_store_meta_t *meta)
 
     if ((rc = mdb_put(txn, s->meta, &k, &v, MDB_RESERVE)))
         return lmdb_error(rc, "put meta");
-    put_le64(v.mv_data, meta->applied_lsn);
-    put_le64((uint8_t *)v.mv_data + 8, meta->epoch);
+    cn__put_le64(v.mv_data, meta->applied_lsn);
+    cn__put_le64((uint8_t *)v.mv_data + 8, meta->epoch);
     for (int i = 0; i < CN_STORE_META_WORKERS; i++)
-        put_le64((uint8_t *)v.mv_data + 16 + 8 * i, meta->seqs[i]);
-    put_le64((uint8_t *)v.mv_data + META_LEN_V1, meta->event_seq);
+        cn__put_le64((uint8_t *)v.mv_data + 16 + 8 * i, meta->seqs[i]);
+    cn__put_le64((uint8_t *)v.mv_data + META_LEN_V1, meta->event_seq);
     return 0;
 }
 
@@ -457,7 +422,7 @@ cn__store_events_read(cn_store_t *s, uint64_t from, size_t max,
     size_t count = 0;
     int rc;
 
-    be64(kb, from);
+    cn__put_be64(kb, from);
     if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
         return lmdb_error(rc, "begin read");
     if ((rc = mdb_cursor_open(txn, s->events, &cur))) {
@@ -466,7 +431,7 @@ cn__store_events_read(cn_store_t *s, uint64_t from, size_t max,
     }
     rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
     while (rc == 0 && count < max) {
-        if (k.mv_size != 8 || cb(rd_be64(k.mv_data), v.mv_data, v.mv_size, arg))
+        if (k.mv_size != 8 || cb(cn__get_be64(k.mv_data), v.mv_data, v.mv_size, arg))
             break;
         count++;
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
@@ -492,9 +457,9 @@ cn__store_events_bounds(cn_store_t *s, uint64_t *oldest, uint64_t *newest)
         return lmdb_error(rc, "cursor");
     }
     if (mdb_cursor_get(cur, &k, &v, MDB_FIRST) == 0 && k.mv_size == 8)
-        *oldest = rd_be64(k.mv_data);
+        *oldest = cn__get_be64(k.mv_data);
     if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 && k.mv_size == 8)
-        *newest = rd_be64(k.mv_data);
+        *newest = cn__get_be64(k.mv_data);
     mdb_cursor_close(cur);
     mdb_txn_abort(txn);
     return 0;

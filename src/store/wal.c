@@ -21,6 +21,7 @@
 
 #include "cnerium/error.h"
 #include "store/wal.h"
+#include "support/bytes.h"
 #include "support/crc32c.h"
 #include "support/log.h"
 
@@ -32,32 +33,6 @@ static const uint8_t magic[4] = {'C', 'N', 'W', 'F'};
 #define SEGMENT_NAME_LEN 20
 /* Generous upper bound on segment_size; a segment is read into memory whole. */
 #define SEGMENT_SIZE_MAX ((uint64_t)1 << 40)
-
-static void
-put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void
-put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint32_t
-get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t
-get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 static int
 all_zero(const uint8_t *p, size_t len)
@@ -95,15 +70,15 @@ cn__wal_frame_encode(uint8_t *out, uint64_t lsn, uint8_t type, const void *paylo
     CN_ASSERT(len <= CN_WAL_PAYLOAD_MAX);
     CN_ASSERT(type == CN_WAL_DATA || (type == CN_WAL_SEAL && len == 0));
     memcpy(out, magic, 4);
-    put32(out + 4, (uint32_t)len);
-    put64(out + 8, lsn);
+    cn__put_le32(out + 4, (uint32_t)len);
+    cn__put_le64(out + 8, lsn);
     memset(out + 16, 0, 4);
     out[20] = type;
     memset(out + 21, 0, 3);
     if (len && payload != out + CN_WAL_FRAME_HEADER)
         memcpy(out + CN_WAL_FRAME_HEADER, payload, len);
     memset(out + CN_WAL_FRAME_HEADER + len, 0, size - CN_WAL_FRAME_HEADER - len);
-    put32(out + 16, frame_crc(out, (uint32_t)len));
+    cn__put_le32(out + 16, frame_crc(out, (uint32_t)len));
 }
 
 int
@@ -120,9 +95,9 @@ cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
         return CN_ENOTFOUND;
     if (memcmp(buf, magic, 4))
         return CN_ECORRUPT;
-    len = get32(buf + 4);
+    len = cn__get_le32(buf + 4);
     type = buf[20];
-    if (len > CN_WAL_PAYLOAD_MAX || get64(buf + 8) != expect_lsn)
+    if (len > CN_WAL_PAYLOAD_MAX || cn__get_le64(buf + 8) != expect_lsn)
         return CN_ECORRUPT;
     if ((type != CN_WAL_DATA && type != CN_WAL_SEAL) || (type == CN_WAL_SEAL && len) ||
         buf[21] || buf[22] || buf[23])
@@ -131,7 +106,7 @@ cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
     size = cn__wal_frame_size(len);
     if (size > avail)
         return CN_ECORRUPT;
-    if (get32(buf + 16) != frame_crc(buf, len))
+    if (cn__get_le32(buf + 16) != frame_crc(buf, len))
         return CN_ECORRUPT;
     /* Padding is outside the CRC; it must still be exactly zero. */
     if (!all_zero(buf + CN_WAL_FRAME_HEADER + len, size - CN_WAL_FRAME_HEADER - len))
