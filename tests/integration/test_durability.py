@@ -824,6 +824,51 @@ class RecoveryTest(DurabilityTestCase):
         self.assertEqual(srv3.count(OP), 0)
 
 
+class RingFullTest(DurabilityTestCase):
+    def test_full_ring_answers_503_and_loses_nothing(self):
+        """With the persister stopped, records pile up in a worker's 4 MiB ring. Once it
+        is full, a new durable request gets 503 with Retry-After at once (not a crash, not
+        a hang) and its handler's response is not stored; the requests already in the
+        ring are answered 201 once the persister is back, and replay."""
+        srv = self.start_srv("--workers", "1", "--max-body", str(1 << 20))
+        pers = wait_until(lambda: persister(srv), REPLACE_TIMEOUT_S, what="cn-persister")
+        os.kill(pers.pid, signal.SIGSTOP)
+        self.addCleanup(cont, pers)
+        big = lambda key: json.dumps({"product_id": key, "pad": "x" * 700000}).encode()
+        waiting = []
+        full = None
+        # The fixture echoes the body, so each record is about 700 KB: five fill the one
+        # worker's ring. Send until one is answered (the ring is full), bounded; each
+        # waits 0.2 s, far below the 5 s commit timeout of the ones in the ring.
+        for i in range(24):
+            conn = srv.connection(REQUEST_TIMEOUT_S)
+            conn.connect()
+            b = Background(conn, "full-%d" % i, big("full-%d" % i))
+            waiting.append(b)
+            try:
+                full = wait_until(lambda: b.result, 0.2, step=0.01,
+                                  what="an answer without the persister")
+                break
+            except AssertionError:
+                continue
+        self.assertIsNotNone(full, "no request was refused with every ring full")
+        self.assertNotIsInstance(full, Exception)
+        self.assertEqual(full[0], 503, full[2][:200])
+        self.assertEqual(header(full[1], "Retry-After"), "1")
+        refused = waiting.pop()
+        cont(pers)
+        for b in waiting:
+            r = b.join(REQUEST_TIMEOUT_S)
+            self.assertNotIsInstance(r, Exception, b.key)
+            self.assertEqual(r[0], 201, "%s: %r" % (b.key, r[2][:100]))
+            again = self.post(srv, b.key, b.body)
+            self.assertEqual(again[2], r[2], b.key)
+            self.assertEqual(header(again[1], "Idempotent-Replayed"), "true", b.key)
+        # The refused request stored nothing: a retry now runs it.
+        retry = self.post(srv, refused.key, refused.body)
+        self.assertExecuted(retry, refused.key)
+
+
 class UringRecoveryTest(RecoveryTest):
     """The same recovery checks with the WAL written through io_uring (--wal-io uring)."""
 
