@@ -244,6 +244,10 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
             free(events);
         return -ENOMEM;
     }
+    /* The events are encoded into the record; the request's list is done with. */
+    cn__events_free(req->events);
+    req->events = NULL;
+    req->events_tail = &req->events;
     w->d = d;
     w->operation = route->operation;
     w->op_index = route->op_index;
@@ -272,11 +276,10 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
         free(w);
         return rc;
     }
-    /* w may be gone already: a synchronous commit calls back inside submit. */
+    /* From here on neither w nor req may be touched: the commit may already have been
+     * decided and the response delivered, and on a waiter thread delivering resumes the
+     * connection, whose request libmicrohttpd then frees. */
     memset(res, 0, sizeof(*res));
-    cn__events_free(req->events);
-    req->events = NULL;
-    req->events_tail = &req->events;
     return 0;
 }
 
