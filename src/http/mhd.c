@@ -182,14 +182,20 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
 
     if (!st)
         return MHD_NO; /* the URI-log callback could not allocate */
-    if (st->defer == DEFER_RESUMED) {
-        /* Called again after cn__http_complete resumed the connection. */
+    if (st->started && !*upload_data_size) {
+        /* Called again after cn__http_complete resumed the connection? (defer is
+         * written by the completing thread, so it is read under the lock.) */
+        int resumed;
         pthread_mutex_lock(&st->mu);
-        reply = st->reply;
-        memset(&st->reply, 0, sizeof(st->reply));
-        st->defer = DEFER_NONE;
+        resumed = st->defer == DEFER_RESUMED;
+        if (resumed) {
+            reply = st->reply;
+            memset(&st->reply, 0, sizeof(st->reply));
+            st->defer = DEFER_NONE;
+        }
         pthread_mutex_unlock(&st->mu);
-        return send_reply(conn, &reply);
+        if (resumed)
+            return send_reply(conn, &reply);
     }
     if (!st->started) {
         const char *cl;
