@@ -72,6 +72,25 @@ futex_wake_all(_Atomic uint32_t *word)
     (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
+static void
+store_words(_Atomic uint64_t *dst, const uint8_t *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t w;
+        memcpy(&w, src + 8 * i, 8);
+        atomic_store_explicit(&dst[i], w, memory_order_relaxed);
+    }
+}
+
+static void
+load_words(uint8_t *dst, _Atomic uint64_t *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        uint64_t w = atomic_load_explicit(&src[i], memory_order_relaxed);
+        memcpy(dst + 8 * i, &w, 8);
+    }
+}
+
 /* Fills the payload of a slot the caller moved to WRITING as `mine`, then publishes it
  * as OWNED. Returns the published state (without WAITERS). */
 static uint32_t
@@ -80,11 +99,11 @@ publish(cn_inflight_t *t, cn_shm_slot_t *sl, uint32_t mine, const uint8_t *key,
 {
     uint32_t cur = mine, owned = (mine & ~(PHASE_MASK | WAITERS)) | PH_OWNED;
 
-    memcpy(sl->key, key, CN_SHM_KEY_LEN);
-    memcpy(sl->fingerprint, fp, CN_SHM_FP_LEN);
-    sl->started_ms = now;
-    sl->lease_until_ms = now + lease_ms;
-    sl->owner_pid = (uint32_t)getpid();
+    store_words(sl->key, key, CN_SHM_KEY_LEN / 8);
+    store_words(sl->fingerprint, fp, CN_SHM_FP_LEN / 8);
+    atomic_store_explicit(&sl->started_ms, now, memory_order_relaxed);
+    atomic_store_explicit(&sl->lease_until_ms, now + lease_ms, memory_order_relaxed);
+    atomic_store_explicit(&sl->owner_pid, (uint32_t)getpid(), memory_order_relaxed);
     /* Only a waiter can change the word meanwhile, and only by adding WAITERS. */
     while (!atomic_compare_exchange_weak_explicit(&sl->state, &cur, owned | (cur & WAITERS),
                                                   memory_order_release, memory_order_relaxed))
@@ -131,9 +150,9 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
             uint8_t skey[CN_SHM_KEY_LEN], sfp[CN_SHM_FP_LEN];
             uint64_t lease_until;
 
-            memcpy(skey, sl->key, sizeof(skey));
-            memcpy(sfp, sl->fingerprint, sizeof(sfp));
-            lease_until = sl->lease_until_ms;
+            load_words(skey, sl->key, CN_SHM_KEY_LEN / 8);
+            load_words(sfp, sl->fingerprint, CN_SHM_FP_LEN / 8);
+            lease_until = atomic_load_explicit(&sl->lease_until_ms, memory_order_relaxed);
             atomic_thread_fence(memory_order_acquire);
             if ((atomic_load_explicit(&sl->state, memory_order_relaxed) & ~WAITERS) !=
                 (s & ~WAITERS))

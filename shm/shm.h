@@ -50,11 +50,14 @@ enum cn_shm_counter {
  * state from FREE to WRITING, and read under the generation check. */
 typedef struct cn_shm_slot {
     _Atomic uint32_t state;
-    uint32_t owner_pid;       /* informational (logs) */
-    uint64_t started_ms;      /* monotonic clock, system-wide */
-    uint64_t lease_until_ms;  /* monotonic; past it the claim may be taken over */
-    uint8_t key[CN_SHM_KEY_LEN];
-    uint8_t fingerprint[CN_SHM_FP_LEN];
+    /* The payload: written by the claimer while the slot is WRITING, read by others under
+     * the generation check (a sequence lock). Relaxed atomics, so a racing read is a
+     * defined (if stale) read that the check then discards, never undefined behaviour. */
+    _Atomic uint32_t owner_pid;      /* informational (logs) */
+    _Atomic uint64_t started_ms;     /* monotonic clock, system-wide */
+    _Atomic uint64_t lease_until_ms; /* monotonic; past it the claim may be taken over */
+    _Atomic uint64_t key[CN_SHM_KEY_LEN / 8];
+    _Atomic uint64_t fingerprint[CN_SHM_FP_LEN / 8];
     uint8_t reserved[128 - 4 - 4 - 8 - 8 - CN_SHM_KEY_LEN - CN_SHM_FP_LEN];
 } cn_shm_slot_t;
 
