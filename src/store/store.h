@@ -12,7 +12,8 @@
  * operation name, so the two shapes never collide).
  *
  * Thread-safe: readers run in parallel, writers are serialized by LMDB (also across
- * processes). Every commit is synced to disk before it returns.
+ * processes). Every commit is synced to disk before it returns, unless the store was
+ * opened with CN_STORE_NOSYNC (the persister: its durability is the WAL's).
  */
 #ifndef CN_STORE_STORE_H
 #define CN_STORE_STORE_H
