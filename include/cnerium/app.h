@@ -38,15 +38,21 @@ int cn_put(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 int cn_delete(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 
 /* Registers a durable POST route. operation names the logical operation and scopes its
- * keys: 1-64 characters from [A-Za-z0-9._-]. Returns 0, -EINVAL or -ENOMEM. */
+ * keys: 1-64 characters from [A-Za-z0-9._-]. Returns 0, -EINVAL, CN_ETOOBIG (more than
+ * 256 distinct operations) or -ENOMEM. GET /metrics is registered by cn_app_new. */
 int cn_durable_post(cn_app_t *app, const char *path, const char *operation,
                     cn_handler_cb handler, void *ctx);
 
-/* Opens the data dir, binds the port, prints "listening on http://HOST:PORT" to stdout
- * and serves until SIGTERM or SIGINT; then stops accepting, lets requests in progress
- * finish (bounded) and returns. Returns a process exit code: 0 after a clean stop, 2 for
- * a configuration problem the operator must fix (bad flag, port in use, data dir locked
- * or unwritable), 1 for other failures. Errors are printed as one line to stderr. */
+/* Opens the data dir, binds the port, starts the server's processes (persister,
+ * broadcaster when realtime is enabled, --workers HTTP workers; see README "How it works
+ * today"), prints "listening on http://HOST:PORT" to stdout and serves until SIGTERM or
+ * SIGINT; then stops accepting, lets requests in progress finish (bounded) and returns.
+ * Handlers run in the forked worker processes (in the calling process with
+ * --single-process): each worker has its own copy of everything set up before this
+ * call, so state handlers share across requests must live outside process memory.
+ * Returns a process exit code: 0 after a clean stop, 2 for a configuration problem the
+ * operator must fix (bad flag, port in use, data dir locked or unwritable, WAL damaged in
+ * the middle), 1 for other failures. Errors are printed as one line to stderr. */
 int cn_app_run(cn_app_t *app);
 
 /* Asks a running cn_app_run to stop, as SIGTERM would. Async-signal-safe. */
