@@ -3,15 +3,20 @@
  *
  * Order of start-up, each step failing with one clear line on stderr:
  *   data dir -> its lock (one server per data dir) -> the store opens -> shared region
- *   -> listening socket (a busy port: exit code 2) -> fork the workers -> every worker
- *   reports ready -> "listening on http://HOST:PORT".
+ *   -> listening sockets (a busy port: exit code 2) -> the persister, which recovers the
+ *   WAL and reports ready -> the broadcaster (realtime only) -> the workers, each
+ *   reporting ready -> "realtime on ws://..." and "listening on http://HOST:PORT".
  *
  * The supervisor stays single-threaded and never serves requests. SIGTERM, SIGINT and
- * SIGCHLD are blocked and read from a signalfd in one poll loop. A worker that dies has
- * its in-flight slots freed (waiters wake; one of them runs the operation, since the dead
- * worker's response was neither stored nor sent) and is replaced after a backoff; more
- * than CRASH_LIMIT deaths within CRASH_WINDOW_MS stop the server. A worker exiting with
- * code 2 reports a configuration problem: the server stops with code 2.
+ * SIGCHLD are blocked and read from a signalfd in one poll loop. A worker that dies keeps
+ * its in-flight slots until the persister has decided the records it left in its ring
+ * (a retry must not run an operation whose record may still land); then the slots are
+ * freed (waiters wake; a stored record replays, otherwise one waiter runs the operation)
+ * and the worker is replaced. Any child is replaced at once on a first death and with a
+ * doubling backoff while it keeps dying young; more than CRASH_LIMIT deaths within
+ * CRASH_WINDOW_MS stop the server. A child exiting with code 2 reports a configuration
+ * problem: the server stops with code 2. Stopping: workers first (they finish their
+ * requests), then the persister (it writes what they left), then the broadcaster.
  *
  * Children get PR_SET_PDEATHSIG(SIGKILL): they never outlive the supervisor.
  */
@@ -52,7 +57,8 @@ typedef struct child {
     uint64_t started_ms;
     uint64_t restart_at_ms; /* when pid == 0 and the server runs: respawn time */
     /* A dead worker whose ring still holds records: its in-flight slots are freed (and
-     * it is restarted) only once the persister has decided them, or at drain_until. */
+     * it is restarted) only once the persister has decided them (acked_seq reaches
+     * drain_seq); drain_until_ms is when to log that it is still waiting. */
     int draining;
     uint64_t drain_seq, drain_until_ms;
 } child_t;
