@@ -7,7 +7,9 @@
  * to LMDB and ack the rings (waking the workers through their eventfds). The wait covers
  * three sources in one io_uring: the batch's fdatasync, the persister's eventfd (a worker
  * pushed records) and a signalfd (SIGTERM/SIGINT). Records that arrive while a batch
- * syncs wait in the rings and form the next batch: that is the group commit.
+ * syncs wait in the rings and form the next batch: that is the group commit. Workers
+ * write the eventfd only after the persister announced it is going idle (go_idle), so a
+ * busy persister is not woken once per record.
  *
  * That is --wal-io uring. The default, --wal-io pwrite, runs the same loop with poll(),
  * pwrite and fdatasync: measured on ext4 (bench/wal_io, bench/run), io_uring hands
