@@ -48,18 +48,14 @@ sweep_main(void *arg)
         if (w->sweep_stop)
             break;
         pthread_mutex_unlock(&w->sweep_mu);
-        /* Bounded transactions: never hold the writer lock for long. */
-        for (;;) {
-            size_t deleted = 0;
-            int rc = cn__store_sweep(w->store, cn__clock_wall_ms(), SWEEP_BATCH, &deleted);
-            if (rc) {
+        {
+            size_t swept = 0;
+            int rc = cn__store_sweep_all(w->store, cn__clock_wall_ms(), SWEEP_BATCH,
+                                         UINT32_MAX, &swept);
+            if (rc)
                 cn_log_warn("expiry sweep failed: %s", cn_strerror(rc));
-                break;
-            }
-            if (deleted)
-                cn_log_debug("expiry sweep removed %zu stored responses", deleted);
-            if (deleted < SWEEP_BATCH)
-                break;
+            if (swept)
+                cn_log_debug("expiry sweep removed %zu stored responses", swept);
         }
         pthread_mutex_lock(&w->sweep_mu);
     }

@@ -809,17 +809,11 @@ cn__persist_maintain(cn_persister_t *p)
             if (deleted < SWEEP_BATCH)
                 break;
         }
-        for (int i = 0; i < SWEEP_ROUNDS; i++) {
-            size_t deleted = 0;
-            if ((rc = cn__store_sweep(p->store, cn__clock_wall_ms(), SWEEP_BATCH, &deleted))) {
-                cn_log_warn("expiry sweep failed: %s", cn_strerror(rc));
-                break;
-            }
-            if (deleted)
-                cn_log_debug("expiry sweep removed %zu stored responses", deleted);
-            if (deleted < SWEEP_BATCH)
-                break;
-        }
+        size_t swept = 0;
+        if ((rc = cn__store_sweep_all(p->store, wall, SWEEP_BATCH, SWEEP_ROUNDS, &swept)))
+            cn_log_warn("expiry sweep failed: %s", cn_strerror(rc));
+        if (swept)
+            cn_log_debug("expiry sweep removed %zu stored responses", swept);
     }
     return 0;
 }

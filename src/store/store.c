@@ -207,11 +207,38 @@ cn__store_get(cn_store_t *s, const char *key, size_t keylen, uint64_t now_ms,
 static void
 expiry_key(uint8_t *out, uint64_t expires, const char *key, size_t keylen)
 {
-    for (int i = 7; i >= 0; i--) {
-        out[i] = (uint8_t)(expires & 0xff);
-        expires >>= 8;
-    }
+    cn__put_be64(out, expires);
     memcpy(out + 8, key, keylen);
+}
+
+/* Begins a write transaction with a cursor on dbi, for a bounded walk. */
+static int
+begin_walk(cn_store_t *s, MDB_dbi dbi, MDB_txn **txn, MDB_cursor **cur, const char *what)
+{
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, txn)))
+        return lmdb_error(rc, what);
+    if ((rc = mdb_cursor_open(*txn, dbi, cur))) {
+        mdb_txn_abort(*txn);
+        return lmdb_error(rc, what);
+    }
+    return 0;
+}
+
+/* Ends a walk begun by begin_walk: commits when it stopped cleanly (rc 0, or
+ * MDB_NOTFOUND: it ran off the end), aborts otherwise. */
+static int
+end_walk(MDB_txn *txn, MDB_cursor *cur, int rc, const char *what)
+{
+    mdb_cursor_close(cur);
+    if (rc && rc != MDB_NOTFOUND) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, what);
+    }
+    if ((rc = mdb_txn_commit(txn)))
+        return lmdb_error(rc, what);
+    return 0;
 }
 
 /* Writes one record (encoded bytes, decoded view rec) under key inside txn, replacing
@@ -478,12 +505,10 @@ cn__store_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, si
     int rc;
 
     *deleted = 0;
-    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-        return lmdb_error(rc, "begin prune");
-    if ((rc = mdb_stat(txn, s->events, &st)) || (rc = mdb_cursor_open(txn, s->events, &cur))) {
-        mdb_txn_abort(txn);
-        return lmdb_error(rc, "prune events");
-    }
+    if ((rc = begin_walk(s, s->events, &txn, &cur, "prune events")))
+        return rc;
+    if ((rc = mdb_stat(txn, s->events, &st)))
+        return end_walk(txn, cur, rc, "prune events");
     entries = st.ms_entries;
     rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
     while (rc == 0 && count < max) {
@@ -499,13 +524,8 @@ cn__store_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, si
         count++;
         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
     }
-    mdb_cursor_close(cur);
-    if (rc && rc != MDB_NOTFOUND) {
-        mdb_txn_abort(txn);
-        return lmdb_error(rc, "prune events");
-    }
-    if ((rc = mdb_txn_commit(txn)))
-        return lmdb_error(rc, "commit prune");
+    if ((rc = end_walk(txn, cur, rc, "prune events")))
+        return rc;
     *deleted = count;
     return 0;
 }
@@ -563,22 +583,15 @@ cn__store_sweep(cn_store_t *s, uint64_t now_ms, size_t max, size_t *deleted)
     size_t count = 0;
     int rc;
 
-    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
-        return lmdb_error(rc, "begin sweep");
-    if ((rc = mdb_cursor_open(txn, s->expiry, &cur))) {
-        mdb_txn_abort(txn);
-        return lmdb_error(rc, "cursor");
-    }
+    if ((rc = begin_walk(s, s->expiry, &txn, &cur, "sweep")))
+        return rc;
     rc = mdb_cursor_get(cur, &ek, &ev, MDB_FIRST);
     while (rc == 0 && count < max) {
-        uint64_t exp = 0;
         MDB_val k;
 
         if (ek.mv_size < 8)
             break; /* not ours; stop rather than guess */
-        for (int i = 0; i < 8; i++)
-            exp = exp << 8 | ((const uint8_t *)ek.mv_data)[i];
-        if (exp > now_ms)
+        if (cn__get_be64(ek.mv_data) > now_ms)
             break;
         k = (MDB_val){ek.mv_size - 8, (uint8_t *)ek.mv_data + 8};
         /* Delete the record only if it really expired: an index entry left behind by a
@@ -595,15 +608,28 @@ cn__store_sweep(cn_store_t *s, uint64_t now_ms, size_t max, size_t *deleted)
         count++;
         rc = mdb_cursor_get(cur, &ek, &ev, MDB_NEXT);
     }
-    mdb_cursor_close(cur);
-    if (rc && rc != MDB_NOTFOUND) {
-        mdb_txn_abort(txn);
-        return lmdb_error(rc, "sweep");
-    }
-    if ((rc = mdb_txn_commit(txn)))
-        return lmdb_error(rc, "commit sweep");
+    if ((rc = end_walk(txn, cur, rc, "sweep")))
+        return rc;
     *deleted = count;
     return 0;
+}
+
+int
+cn__store_sweep_all(cn_store_t *s, uint64_t now_ms, size_t batch, unsigned rounds,
+                    size_t *deleted)
+{
+    size_t n;
+    int rc = 0;
+
+    *deleted = 0;
+    for (unsigned i = 0; i < rounds; i++) {
+        if ((rc = cn__store_sweep(s, now_ms, batch, &n)))
+            break;
+        *deleted += n;
+        if (n < batch)
+            break;
+    }
+    return rc;
 }
 
 int

@@ -130,6 +130,11 @@ int cn__store_put(cn_store_t *store, const cn_store_put_t *items, size_t n);
  * a negative error. */
 int cn__store_sweep(cn_store_t *store, uint64_t now_ms, size_t max, size_t *deleted);
 
+/* Sweeps in transactions of at most batch deletions (never holding the writer long), up
+ * to rounds of them or until none are left. Sets *deleted (also on failure). */
+int cn__store_sweep_all(cn_store_t *store, uint64_t now_ms, size_t batch, unsigned rounds,
+                        size_t *deleted);
+
 /* Number of stored responses, expired or not (for tests and metrics). */
 int cn__store_count(cn_store_t *store, size_t *count);
 
