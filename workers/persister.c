@@ -27,7 +27,6 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "app/app_internal.h"
@@ -57,15 +56,6 @@ typedef struct loop {
     uint64_t t0_us;
 } loop_t;
 
-static uint64_t
-now_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 static void
 wake_workers(loop_t *l, uint64_t mask)
 {
@@ -83,7 +73,7 @@ static int
 finish(loop_t *l, int res)
 {
     uint64_t wake = 0;
-    int rc = cn__persist_done(l->p, res, now_us() - l->t0_us, &wake);
+    int rc = cn__persist_done(l->p, res, cn__clock_mono_us() - l->t0_us, &wake);
 
     wake_workers(l, wake);
     l->in_flight = 0;
@@ -108,7 +98,7 @@ start_batch(loop_t *l)
         /* Nothing to write; skipped duplicates may still want their acks. */
         return cn__persist_pending(l->p) ? finish(l, 0) : 0;
     }
-    l->t0_us = now_us();
+    l->t0_us = cn__clock_mono_us();
     if (l->u) {
         if ((rc = cn__uring_write_sync(l->u, io.fd, io.buf, io.len, io.offset, TAG_BATCH)))
             return rc;

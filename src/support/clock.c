@@ -1,5 +1,5 @@
 /*
- * support/clock.c - wall and monotonic milliseconds.
+ * support/clock.c - wall and monotonic time.
  */
 #include <time.h>
 
@@ -24,4 +24,13 @@ uint64_t
 cn__clock_mono_ms(void)
 {
     return ms(CLOCK_MONOTONIC);
+}
+
+uint64_t
+cn__clock_mono_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }

@@ -12,4 +12,7 @@ uint64_t cn__clock_wall_ms(void);
 /* Monotonic milliseconds (for timeouts). */
 uint64_t cn__clock_mono_ms(void);
 
+/* Monotonic microseconds (for latency figures). */
+uint64_t cn__clock_mono_us(void);
+
 #endif
