@@ -4,8 +4,9 @@
  * The ring committer keeps the records it submitted in a FIFO, in ring (seq) order: a
  * record is appended under the same mutex as its ring push, so the FIFO's order is the
  * seq order and the acked prefix is always at its head. The ack thread sleeps in poll()
- * on the worker's eventfd (with a short timeout to notice commit timeouts and stop), then
- * pops the acked prefix and calls back outside the mutex.
+ * on the worker's eventfd until the persister acks or the next commit deadline comes (an
+ * idle committer wakes once per timeout_ms), then pops the acked prefix and calls back
+ * outside the mutex. Stopping writes the eventfd too.
  */
 #include <errno.h>
 #include <poll.h>
@@ -21,7 +22,6 @@
 #include "support/clock.h"
 #include "support/log.h"
 
-#define ACK_POLL_MS 50
 
 typedef struct entry {
     struct entry *next;
@@ -107,6 +107,23 @@ deliver(cn_committer_t *c)
     }
 }
 
+/* Milliseconds until the earliest commit deadline not yet passed. With none pending,
+ * timeout_ms: a record pushed meanwhile has its deadline no earlier than that. */
+static int
+next_wait_ms(cn_committer_t *c)
+{
+    uint64_t now = cn__clock_mono_ms(), until = now + c->timeout_ms;
+    entry_t *e;
+
+    pthread_mutex_lock(&c->mu);
+    for (e = c->head; e && e->timed_out; e = e->next)
+        ;
+    if (e)
+        until = e->deadline_ms;
+    pthread_mutex_unlock(&c->mu);
+    return until > now ? (int)(until - now) : 0;
+}
+
 static void *
 ack_main(void *arg)
 {
@@ -116,7 +133,7 @@ ack_main(void *arg)
         struct pollfd p = {c->ack_efd, POLLIN, 0};
         uint64_t v;
 
-        if (poll(&p, 1, ACK_POLL_MS) > 0 && (p.revents & POLLIN) &&
+        if (poll(&p, 1, next_wait_ms(c)) > 0 && (p.revents & POLLIN) &&
             read(c->ack_efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
             cn_log_warn("reading the ack eventfd: %s", strerror(errno));
         deliver(c);
@@ -190,7 +207,10 @@ cn__committer_free(cn_committer_t *c, uint32_t wait_ms)
             struct timespec tick = {0, 5 * 1000000L};
             nanosleep(&tick, NULL); /* the ack thread is delivering; bounded */
         }
+        uint64_t one = 1;
         atomic_store(&c->stop, 1);
+        if (write(c->ack_efd, &one, sizeof(one)) < 0)
+            cn_log_warn("waking the ack thread: %s", strerror(errno));
         pthread_join(c->thread, NULL);
         while (c->head) {
             entry_t *e = c->head;
