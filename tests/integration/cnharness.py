@@ -14,6 +14,7 @@ Binaries come from the environment, set by tests/integration/CMakeLists.txt:
 CNERIUM_CONTRACT_SERVER, CNERIUM_EXAMPLE, CNERIUM_MINIMAL_EXAMPLE.
 """
 
+import collections
 import http.client
 import json
 import os
@@ -519,6 +520,84 @@ def raw_exchange(port, data, timeout=5.0, half_close=True, allow_wait=False):
         s.close()
 
 
+# -- processes, through /proc --
+
+ProcStat = collections.namedtuple("ProcStat", "pid comm state ppid pgrp start")
+
+
+def proc_stat(pid):
+    """The ProcStat of pid from /proc/<pid>/stat (start: its start time in clock ticks),
+    or None when there is no such process."""
+    try:
+        with open("/proc/%d/stat" % pid, "rb") as f:
+            data = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    lp, rp = data.find("("), data.rfind(")")
+    if lp < 0 or rp < 0:
+        return None
+    fields = data[rp + 2:].split()
+    try:
+        return ProcStat(pid, data[lp + 1:rp], fields[0], int(fields[1]), int(fields[2]),
+                        int(fields[19]))
+    except (IndexError, ValueError):
+        return None
+
+
+def live_processes():
+    """ProcStats of every process that is neither a zombie nor dead."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            p = proc_stat(int(name))
+            if p and p.state not in ("Z", "X"):
+                out.append(p)
+    return out
+
+
+def live_children(pid):
+    return [p for p in live_processes() if p.ppid == pid]
+
+
+# -- concurrent requests --
+
+
+def run_together(srv, requests, timeout=60.0):
+    """Sends requests [(path, body, key)] as POSTs from one thread each, released together
+    by a barrier once every thread has connected. Returns [(status, headers, body, seconds
+    from release to response)] in request order; an exception takes the place of a failed
+    request. Raises AssertionError when threads are still running after timeout."""
+    n = len(requests)
+    barrier = threading.Barrier(n, timeout=timeout)
+    results = [None] * n
+
+    def worker(i, path, body, key):
+        conn = srv.connection(timeout=timeout)
+        try:
+            conn.connect()
+            barrier.wait()
+            t0 = time.monotonic()
+            st, hs, b = send_request(conn, "POST", path, body, {"Idempotency-Key": key})
+            results[i] = (st, hs, b, time.monotonic() - t0)
+        except Exception as e:  # reported by the caller
+            results[i] = e
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=worker, args=(i,) + tuple(r), daemon=True)
+               for i, r in enumerate(requests)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(t.is_alive() for t in threads)
+    if stuck:
+        raise AssertionError("%d request threads did not finish within %.0f s"
+                             % (stuck, timeout))
+    return results
+
+
 class ServerTestCase(unittest.TestCase):
     """Starts servers with start_server() and always cleans them up; failure messages
     carry the stderr of every server the test started."""
@@ -528,6 +607,22 @@ class ServerTestCase(unittest.TestCase):
     def setUp(self):
         super().setUp()
         self._servers = []
+
+    def restart_server(self, path, data_dir, *args, deadline_s=15.0):
+        """Starts a server on data_dir. After a SIGKILL, processes the dead server left
+        behind may hold the data dir for a moment: retries (bounded by deadline_s) while
+        the start fails with exit code 2, the data-dir-locked error."""
+        deadline = time.monotonic() + deadline_s
+        while True:
+            srv = self.server(path, *args, data_dir=data_dir)
+            if srv.try_start():
+                return srv
+            rc = srv.wait_exit(5.0)
+            if rc == 2 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                continue
+            self.fail("restart on %s failed (exit code %s)\n%s"
+                      % (data_dir, rc, srv.diagnostics()))
 
     def make_data_dir(self):
         d = tempfile.mkdtemp(prefix="cnerium-integ-")

@@ -19,41 +19,6 @@ from cnharness import header, parse_json  # noqa: E402
 JOIN_TIMEOUT_S = 60.0
 
 
-def run_together(srv, requests):
-    """Sends requests [(path, body, key)] from one thread each, released together by a
-    barrier. Returns [(status, headers, body, seconds from release to response)] in
-    request order; an exception in a thread is returned in its place."""
-    n = len(requests)
-    barrier = threading.Barrier(n, timeout=JOIN_TIMEOUT_S)
-    results = [None] * n
-
-    def worker(i, path, body, key):
-        conn = srv.connection(timeout=JOIN_TIMEOUT_S)
-        try:
-            conn.connect()
-            barrier.wait()
-            t0 = time.monotonic()
-            st, hs, b = h.send_request(conn, "POST", path, body, {"Idempotency-Key": key})
-            results[i] = (st, hs, b, time.monotonic() - t0)
-        except Exception as e:  # reported by the caller
-            results[i] = e
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, args=(i,) + tuple(r), daemon=True)
-               for i, r in enumerate(requests)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    stuck = sum(t.is_alive() for t in threads)
-    if stuck:
-        raise AssertionError("%d request threads did not finish within %.0f s"
-                             % (stuck, JOIN_TIMEOUT_S))
-    return results
-
-
 class ConcurrentDuplicatesTest(h.ServerTestCase):
     def setUp(self):
         super().setUp()
@@ -67,7 +32,7 @@ class ConcurrentDuplicatesTest(h.ServerTestCase):
     def test_16_identical_requests_run_once(self):
         key = "same-" + uuid.uuid4().hex
         body = b'{"item":"x"}'
-        results = run_together(self.srv, [("/slow?ms=300", body, key)] * 16)
+        results = h.run_together(self.srv, [("/slow?ms=300", body, key)] * 16)
         self.check_results(results)
         statuses = [r[0] for r in results]
         self.assertEqual(statuses, [201] * 16, [r[2] for r in results])
@@ -94,7 +59,7 @@ class ConcurrentDuplicatesTest(h.ServerTestCase):
         for _ in range(4):
             for i, k in enumerate(keys):
                 reqs.append(("/slow?ms=300", b'{"i":%d}' % i, k))
-        results = run_together(self.srv, reqs)
+        results = h.run_together(self.srv, reqs)
         self.check_results(results)
         self.assertEqual([r[0] for r in results], [201] * len(reqs),
                          [r[2] for r in results])
@@ -111,7 +76,7 @@ class ConcurrentDuplicatesTest(h.ServerTestCase):
     def test_8_different_bodies_one_wins(self):
         key = "race-" + uuid.uuid4().hex
         reqs = [("/slow?ms=500", b'{"variant":%d}' % i, key) for i in range(8)]
-        results = run_together(self.srv, reqs)
+        results = h.run_together(self.srv, reqs)
         self.check_results(results)
         statuses = sorted(r[0] for r in results)
         self.assertEqual(statuses, [201] + [409] * 7, [r[2] for r in results])
@@ -140,7 +105,7 @@ class ConcurrentDuplicatesTest(h.ServerTestCase):
         owner.start()
         # The owner is in its handler once the fixture counted it.
         self.srv.wait_for_count("slow.run", 1)
-        results = run_together(self.srv, [("/slow?ms=3000", b'{"other":%d}' % i, key)
+        results = h.run_together(self.srv, [("/slow?ms=3000", b'{"other":%d}' % i, key)
                                           for i in range(7)])
         owner_done_at_conflicts = not owner.is_alive()
         self.check_results(results)

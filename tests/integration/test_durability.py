@@ -73,45 +73,8 @@ CRASH_CONFLICTS = 8        # 409 checks after each restart
 # -- processes, through /proc --
 
 
-class Proc:
-    """One process as /proc/<pid>/stat describes it."""
-
-    def __init__(self, pid, comm, state, ppid, pgrp, start):
-        self.pid, self.comm, self.state = pid, comm, state
-        self.ppid, self.pgrp, self.start = ppid, pgrp, start
-
-    def __repr__(self):
-        return "%s(pid %d, state %s)" % (self.comm, self.pid, self.state)
-
-
-def proc(pid):
-    """The Proc of pid, or None when there is no such process."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    lp, rp = data.find("("), data.rfind(")")
-    fields = data[rp + 2:].split()
-    try:
-        return Proc(pid, data[lp + 1:rp], fields[0], int(fields[1]), int(fields[2]),
-                    int(fields[19]))
-    except (IndexError, ValueError):
-        return None
-
-
-def live_processes():
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            p = proc(int(name))
-            if p and p.state not in ("Z", "X"):
-                out.append(p)
-    return out
-
-
 def children(srv):
-    return [p for p in live_processes() if p.ppid == srv.proc.pid]
+    return h.live_children(srv.proc.pid)
 
 
 def persister(srv):
@@ -122,7 +85,7 @@ def persister(srv):
 
 
 def workers(srv):
-    """{index: Proc} of the live cn-worker-<i> children of the server."""
+    """{index: ProcStat} of the live cn-worker-<i> children of the server."""
     out = {}
     for p in children(srv):
         m = re.match(r"^cn-worker-(\d+)$", p.comm)
@@ -132,14 +95,14 @@ def workers(srv):
 
 
 def gone(p):
-    q = proc(p.pid)
+    q = h.proc_stat(p.pid)
     return q is None or q.state in ("Z", "X") or q.start != p.start
 
 
 def group_left(pgid):
     """Live processes of process group pgid (the server runs in a session of its own, so
     its children are in the group of its PID)."""
-    return [p for p in live_processes() if p.pgrp == pgid]
+    return [p for p in h.live_processes() if p.pgrp == pgid]
 
 
 # -- sockets, through /proc (test 6: which worker holds the waiting connections) --
@@ -436,7 +399,7 @@ class Background:
 
 
 def worker_of_connection(ws, port, client_port):
-    """(index,) of the worker in ws ({index: Proc}) holding the server side of the
+    """(index,) of the worker in ws ({index: ProcStat}) holding the server side of the
     connection from client_port, or None."""
     for lport, rport, st, _, ino in tcp_table():
         if lport == port and rport == client_port and st == "01":
@@ -494,19 +457,8 @@ class DurabilityTestCase(h.ServerTestCase):
         return self.start_server(h.contract_server(), *ARGS, *extra, data_dir=data_dir)
 
     def restart(self, data_dir, *extra):
-        """Starts a server on data_dir; while processes of a killed server still hold the
-        data dir's lock (exit code 2), retries for a bounded time."""
-        deadline = time.monotonic() + RESTART_DEADLINE_S
-        while True:
-            srv = self.server(h.contract_server(), *ARGS, *extra, data_dir=data_dir)
-            if srv.try_start():
-                return srv
-            rc = srv.wait_exit(5.0)
-            if rc == 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-                continue
-            self.fail("restart on %s failed (exit code %s)\n%s"
-                      % (data_dir, rc, srv.diagnostics()))
+        return self.restart_server(h.contract_server(), data_dir, *ARGS, *extra,
+                                   deadline_s=RESTART_DEADLINE_S)
 
     def crash(self, srv):
         """SIGKILL to the server and its process group (harness kill()); returns once no

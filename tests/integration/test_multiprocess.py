@@ -47,34 +47,9 @@ WORKER_NAME_RE = re.compile(r"^cn-worker-(\d+)$")
 # -- processes, through /proc --
 
 
-def proc_stat(pid):
-    """(comm, state, ppid, starttime) of pid from /proc/<pid>/stat, or None when there is
-    no such process."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    lp, rp = data.find("("), data.rfind(")")
-    if lp < 0 or rp < 0:
-        return None
-    fields = data[rp + 2:].split()
-    try:
-        return data[lp + 1:rp], fields[0], int(fields[1]), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def children(pid):
     """{child pid: (comm, starttime)} for the live (not zombie) children of pid."""
-    out = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        st = proc_stat(int(name))
-        if st and st[2] == pid and st[1] not in ("Z", "X"):
-            out[int(name)] = (st[0], st[3])
-    return out
+    return {p.pid: (p.comm, p.start) for p in h.live_children(pid)}
 
 
 def worker_list(srv):
@@ -96,8 +71,8 @@ def workers_of(srv):
 def gone(pid, starttime):
     """True once the process (pid, starttime) no longer runs: no such pid, a zombie, or
     the pid now belongs to another process."""
-    st = proc_stat(pid)
-    return st is None or st[1] in ("Z", "X") or st[3] != starttime
+    st = h.proc_stat(pid)
+    return st is None or st.state in ("Z", "X") or st.start != starttime
 
 
 def full_set(srv, n=WORKERS):
@@ -125,38 +100,8 @@ def attempt(srv, method, path, body=None, key=None, timeout=10.0):
 
 
 def run_together(srv, requests):
-    """Sends requests [(path, body, key)] from one thread each, released together by a
-    barrier once every thread has connected. Returns [(status, headers, body, seconds from
-    release to response)] in request order; an exception takes the place of a failed
-    request."""
-    n = len(requests)
-    barrier = threading.Barrier(n, timeout=JOIN_TIMEOUT_S)
-    results = [None] * n
-
-    def worker(i, path, body, key):
-        conn = srv.connection(timeout=JOIN_TIMEOUT_S)
-        try:
-            conn.connect()
-            barrier.wait()
-            t0 = time.monotonic()
-            st, hs, b = h.send_request(conn, "POST", path, body, {"Idempotency-Key": key})
-            results[i] = (st, hs, b, time.monotonic() - t0)
-        except Exception as e:  # reported by the caller
-            results[i] = e
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=worker, args=(i,) + tuple(r), daemon=True)
-               for i, r in enumerate(requests)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + JOIN_TIMEOUT_S
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    stuck = sum(t.is_alive() for t in threads)
-    if stuck:
-        raise AssertionError("%d request threads did not finish within %.0f s"
-                             % (stuck, JOIN_TIMEOUT_S))
+    """h.run_together, failing the test when a request failed."""
+    results = h.run_together(srv, requests, JOIN_TIMEOUT_S)
     for r in results:
         if isinstance(r, Exception):
             raise AssertionError("a request failed: %r\n%s" % (r, srv.diagnostics())) from r
@@ -390,19 +335,8 @@ class MultiProcessTestCase(h.ServerTestCase):
         return self.start_server(h.contract_server(), *MP_ARGS, *extra, data_dir=data_dir)
 
     def restart(self, data_dir, *args):
-        """Starts a server on data_dir; while processes of a killed server still hold the
-        data dir's lock (exit code 2), retries for a bounded time."""
-        deadline = time.monotonic() + RESTART_DEADLINE_S
-        while True:
-            srv = self.server(h.contract_server(), *args, data_dir=data_dir)
-            if srv.try_start():
-                return srv
-            rc = srv.wait_exit(5.0)
-            if rc == 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-                continue
-            self.fail("restart on %s failed (exit code %s)\n%s"
-                      % (data_dir, rc, srv.diagnostics()))
+        return self.restart_server(h.contract_server(), data_dir, *args,
+                                   deadline_s=RESTART_DEADLINE_S)
 
     def wait_workers(self, srv, n=WORKERS, timeout=REPLACE_TIMEOUT_S, exclude=()):
         """Waits until exactly cn-worker-0..n-1 run and none of them has a pid in
@@ -771,7 +705,7 @@ class ProcessTest(MultiProcessTestCase):
         for pid, (comm, _) in kids.items():
             with open("/proc/%d/comm" % pid) as f:
                 self.assertEqual(f.read().strip(), comm)
-        self.assertNotRegex(proc_stat(srv.proc.pid)[0], WORKER_NAME_RE,
+        self.assertNotRegex(h.proc_stat(srv.proc.pid).comm, WORKER_NAME_RE,
                             "the supervisor keeps its own name")
         key = "pdeath-" + uuid.uuid4().hex
         acked = srv.post("/orders", b'{"pdeath":1}', key=key)
@@ -961,7 +895,7 @@ class SingleProcessTest(MultiProcessTestCase):
     def test_single_process(self):
         srv = self.start_server(h.contract_server(), "--single-process", "--threads", "4")
         self.assertEqual(children(srv.proc.pid), {}, "--single-process forks nothing")
-        self.assertNotRegex(proc_stat(srv.proc.pid)[0], WORKER_NAME_RE)
+        self.assertNotRegex(h.proc_stat(srv.proc.pid).comm, WORKER_NAME_RE)
         key = "single-" + uuid.uuid4().hex
         results = run_together(srv, [("/slow?ms=200", b'{"s":1}', key)] * 8)
         self.assertIdenticalResponses(results, "single process")

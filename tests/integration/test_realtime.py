@@ -340,29 +340,9 @@ def metric(srv, name):
 # -- processes --
 
 
-def proc_stat(pid):
-    """(comm, state, ppid, starttime) of pid, or None."""
-    try:
-        with open("/proc/%d/stat" % pid, "rb") as f:
-            data = f.read().decode("utf-8", "replace")
-    except OSError:
-        return None
-    lp, rp = data.find("("), data.rfind(")")
-    fields = data[rp + 2:].split()
-    try:
-        return data[lp + 1:rp], fields[0], int(fields[1]), int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def child(srv, comm):
     """(pid, starttime) of the live child of the server named comm, or None."""
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            st = proc_stat(int(name))
-            if st and st[2] == srv.proc.pid and st[0] == comm and st[1] not in ("Z", "X"):
-                found.append((int(name), st[3]))
+    found = [(p.pid, p.start) for p in h.live_children(srv.proc.pid) if p.comm == comm]
     if len(found) > 1:
         raise AssertionError("more than one %s child: %r" % (comm, found))
     return found[0] if found else None

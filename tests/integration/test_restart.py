@@ -24,20 +24,7 @@ RESTART_DEADLINE_S = 15.0
 
 class RestartTest(h.ServerTestCase):
     def restart(self, path, data_dir, *args):
-        """Starts a server on data_dir. After a SIGKILL, processes the dead server left
-        behind may hold the data dir for a moment: retry (bounded) while the start fails
-        with exit code 2, the data-dir-locked error."""
-        deadline = time.monotonic() + RESTART_DEADLINE_S
-        while True:
-            srv = self.server(path, *args, data_dir=data_dir)
-            if srv.try_start():
-                return srv
-            rc = srv.wait_exit(5.0)
-            if rc == 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-                continue
-            self.fail("restart on %s failed (exit code %s)\n%s"
-                      % (data_dir, rc, srv.diagnostics()))
+        return self.restart_server(path, data_dir, *args, deadline_s=RESTART_DEADLINE_S)
 
     def first_life(self, path, *args):
         data_dir = self.make_data_dir()
