@@ -42,6 +42,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define MAX_CONNS 20000
 #define MAX_BODY (64 * 1024)
 #define MAX_DURATION 300.0
@@ -153,15 +155,6 @@ static atomic_int stop_flag;      /* SIGINT */
 static atomic_uint_fast64_t issued; /* request budget used, for --requests */
 static uint64_t start_us, deadline_us, hard_end_us;
 
-static uint64_t
-now_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 static void
 on_sigint(int sig)
 {
@@ -223,7 +216,7 @@ reserve(thread_t *t, uint64_t n)
 {
     if (t->exhausted)
         return 0;
-    if (atomic_load(&stop_flag) || now_us() >= deadline_us) {
+    if (atomic_load(&stop_flag) || bench_now_us() >= deadline_us) {
         t->exhausted = 1;
         return 0;
     }
@@ -267,7 +260,7 @@ conn_down(thread_t *t, conn_t *c, int reason)
     default: break;
     }
     conn_close(t, c);
-    c->retry_at = now_us() + (reason == R_CONNECT ? 100000u : 0u);
+    c->retry_at = bench_now_us() + (reason == R_CONNECT ? 100000u : 0u);
     if (reason != R_CONNECT && !t->exhausted)
         conn_open(t, c);
 }
@@ -283,7 +276,7 @@ conn_open(thread_t *t, conn_t *c)
         perror("cnload: socket");
         c->state = C_DOWN;
         t->st.connect_err++;
-        c->retry_at = now_us() + 100000u;
+        c->retry_at = bench_now_us() + 100000u;
         return;
     }
     if (c->opened++)
@@ -382,7 +375,7 @@ conn_send(thread_t *t, conn_t *c)
     c->out_off = 0;
     c->state = C_BUSY;
     c->pstate = P_HEAD;
-    c->sent_us = now_us();
+    c->sent_us = bench_now_us();
     c->deadline = c->sent_us + (uint64_t)(opt.timeout * 1e6);
     t->inflight++;
     t->st.sent++;
@@ -481,23 +474,6 @@ conn_ready(thread_t *t, conn_t *c)
 
 /* ---- response parsing ----------------------------------------------------------------- */
 
-static int
-ci_contains(const char *s, size_t n, const char *needle)
-{
-    size_t m = strlen(needle);
-
-    for (size_t i = 0; i + m <= n; i++)
-        if (!strncasecmp(s + i, needle, m))
-            return 1;
-    return 0;
-}
-
-static int
-name_is(const char *p, size_t n, const char *name)
-{
-    return strlen(name) == n && !strncasecmp(p, name, n);
-}
-
 static void
 consume(conn_t *c, size_t n)
 {
@@ -536,7 +512,7 @@ parse_head(conn_t *c, size_t head)
             ve = eol;
             while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
                 ve--;
-            if (name_is(p, (size_t)(colon - p), "content-length")) {
+            if (bench_name_is(p, (size_t)(colon - p), "content-length")) {
                 char *e;
                 errno = 0;
                 unsigned long long n = strtoull(v, &e, 10);
@@ -544,14 +520,14 @@ parse_head(conn_t *c, size_t head)
                     return -1;
                 c->remaining = n;
                 c->have_len = 1;
-            } else if (name_is(p, (size_t)(colon - p), "transfer-encoding")) {
-                c->chunked = ci_contains(v, (size_t)(ve - v), "chunked");
-            } else if (name_is(p, (size_t)(colon - p), "connection")) {
-                if (ci_contains(v, (size_t)(ve - v), "close"))
+            } else if (bench_name_is(p, (size_t)(colon - p), "transfer-encoding")) {
+                c->chunked = bench_ci_contains(v, (size_t)(ve - v), "chunked");
+            } else if (bench_name_is(p, (size_t)(colon - p), "connection")) {
+                if (bench_ci_contains(v, (size_t)(ve - v), "close"))
                     c->close_after = 1;
-                else if (ci_contains(v, (size_t)(ve - v), "keep-alive"))
+                else if (bench_ci_contains(v, (size_t)(ve - v), "keep-alive"))
                     c->close_after = 0;
-            } else if (name_is(p, (size_t)(colon - p), "idempotent-replayed")) {
+            } else if (bench_name_is(p, (size_t)(colon - p), "idempotent-replayed")) {
                 c->replayed = ve - v == 4 && !strncasecmp(v, "true", 4);
             }
         }
@@ -641,7 +617,7 @@ feed(conn_t *c)
 static void
 on_response(thread_t *t, conn_t *c)
 {
-    uint64_t now = now_us();
+    uint64_t now = bench_now_us();
     stats_t *s = &t->st;
     int st = c->status;
 
@@ -769,7 +745,7 @@ thread_main(void *arg)
     for (int i = 0; i < t->nconns; i++)
         conn_open(t, &t->conns[i]);
     for (;;) {
-        uint64_t now = now_us();
+        uint64_t now = bench_now_us();
         int n;
 
         if (!t->exhausted && (now >= deadline_us || atomic_load(&stop_flag)))
@@ -796,7 +772,7 @@ thread_main(void *arg)
         for (int i = 0; i < n; i++)
             on_event(t, evs[i].data.u64, evs[i].events);
     }
-    t->st.end_us = now_us();
+    t->st.end_us = bench_now_us();
     for (int i = 0; i < t->nconns; i++)
         conn_close(t, &t->conns[i]);
     return NULL;
@@ -809,7 +785,7 @@ thread_main(void *arg)
 static int
 http_once(const char *req, size_t len, char *out, size_t cap, const char **body, int timeout_ms)
 {
-    uint64_t end = now_us() + (uint64_t)timeout_ms * 1000u;
+    uint64_t end = bench_now_us() + (uint64_t)timeout_ms * 1000u;
     int fd = socket(opt.addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0), status = -1;
     size_t got = 0, off = 0;
     struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
@@ -828,7 +804,7 @@ http_once(const char *req, size_t len, char *out, size_t cap, const char **body,
     }
     for (;;) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
-        uint64_t now = now_us();
+        uint64_t now = bench_now_us();
         int rc;
         ssize_t r;
         char *hend;
@@ -897,86 +873,6 @@ read_metrics(uint64_t v[OUTCOMES])
 
 /* ---- setup and report ------------------------------------------------------------------ */
 
-static int
-is_loopback(const struct sockaddr_storage *a)
-{
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *s = (const struct sockaddr_in *)a;
-        return (ntohl(s->sin_addr.s_addr) >> 24) == 127;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)a;
-        static const uint8_t v4[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        return IN6_IS_ADDR_LOOPBACK(&s->sin6_addr) ||
-               (!memcmp(s->sin6_addr.s6_addr, v4, 12) && s->sin6_addr.s6_addr[12] == 127);
-    }
-    return 0;
-}
-
-/* http://HOST[:PORT][/path] with HOST a loopback literal, [::1] or localhost. */
-static int
-parse_url(const char *url, const char **path)
-{
-    const char *p = url, *hs, *he, *ps;
-    char host[64];
-    unsigned long port = 80;
-
-    if (strncmp(p, "http://", 7)) {
-        fprintf(stderr, "cnload: URL must start with http:// (got %s)\n", url);
-        return -1;
-    }
-    p += 7;
-    if (*p == '[') {
-        hs = p + 1;
-        he = strchr(hs, ']');
-        if (!he)
-            return -1;
-        p = he + 1;
-    } else {
-        hs = p;
-        he = p + strcspn(p, ":/");
-        p = he;
-    }
-    if ((size_t)(he - hs) >= sizeof(host) || he == hs)
-        return -1;
-    memcpy(host, hs, (size_t)(he - hs));
-    host[he - hs] = '\0';
-    if (*p == ':') {
-        char *e;
-        port = strtoul(p + 1, &e, 10);
-        if (e == p + 1 || port > 65535)
-            return -1;
-        p = e;
-    }
-    if (*p && *p != '/')
-        return -1;
-    ps = p;
-    memset(&opt.addr, 0, sizeof(opt.addr));
-    if (!strcmp(host, "localhost"))
-        strcpy(host, "127.0.0.1");
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&opt.addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&opt.addr;
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        opt.addrlen = sizeof(*a4);
-    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        opt.addrlen = sizeof(*a6);
-    } else {
-        fprintf(stderr, "cnload: host must be a loopback address literal or localhost\n");
-        return -1;
-    }
-    if (!is_loopback(&opt.addr)) {
-        fprintf(stderr, "cnload: refusing non-loopback address %s\n", host);
-        return -1;
-    }
-    snprintf(opt.host, sizeof(opt.host), "%.*s", (int)(p - (url + 7)), url + 7);
-    *path = *ps ? ps : NULL;
-    return 0;
-}
-
 static void
 usage(void)
 {
@@ -1003,18 +899,6 @@ usage(void)
             "Idempotent-Replayed: true), transport errors, reconnects (connections opened\n"
             "again after the server closed one, or after a failed attempt) and keys used.\n"
             "Exit 0 if requests completed without transport errors, 1 otherwise.\n");
-}
-
-static int
-parse_num(const char *s, double lo, double hi, double *out)
-{
-    char *e;
-    double v = strtod(s, &e);
-
-    if (e == s || *e || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
 }
 
 static void
@@ -1108,36 +992,36 @@ main(int argc, char **argv)
             }
             opt.mode = m;
         } else if (!strcmp(a, "--connections") || !strcmp(a, "-c")) {
-            if (parse_num(v, 1, MAX_CONNS, &d))
+            if (bench_parse_num(v, 1, MAX_CONNS, &d))
                 goto bad;
             opt.conns = (int)d;
         } else if (!strcmp(a, "--threads") || !strcmp(a, "-t")) {
-            if (parse_num(v, 1, 2, &d))
+            if (bench_parse_num(v, 1, 2, &d))
                 goto bad;
             opt.threads = (int)d;
         } else if (!strcmp(a, "--duration") || !strcmp(a, "-d")) {
-            if (parse_num(v, 0.01, MAX_DURATION, &d))
+            if (bench_parse_num(v, 0.01, MAX_DURATION, &d))
                 goto bad;
             opt.duration = d;
             opt.duration_set = 1;
         } else if (!strcmp(a, "--requests") || !strcmp(a, "-n")) {
-            if (parse_num(v, 1, 1e12, &d))
+            if (bench_parse_num(v, 1, 1e12, &d))
                 goto bad;
             opt.max_requests = (uint64_t)d;
         } else if (!strcmp(a, "--retries")) {
-            if (parse_num(v, 1, 1000, &d))
+            if (bench_parse_num(v, 1, 1000, &d))
                 goto bad;
             opt.retries = (int)d;
         } else if (!strcmp(a, "--storm")) {
-            if (parse_num(v, 1, 1000, &d))
+            if (bench_parse_num(v, 1, 1000, &d))
                 goto bad;
             opt.storm = (int)d;
         } else if (!strcmp(a, "--mix")) {
-            if (parse_num(v, 0, 100, &d))
+            if (bench_parse_num(v, 0, 100, &d))
                 goto bad;
             opt.mix = (int)d;
         } else if (!strcmp(a, "--timeout")) {
-            if (parse_num(v, 0.01, 600, &d))
+            if (bench_parse_num(v, 0.01, 600, &d))
                 goto bad;
             opt.timeout = d;
         } else if (!strcmp(a, "--path")) {
@@ -1170,8 +1054,11 @@ main(int argc, char **argv)
         usage();
         return 2;
     }
-    if (parse_url(opt.url, &url_path))
+    if (bench_parse_url("cnload", opt.url, &opt.addr, &opt.addrlen, opt.host, sizeof(opt.host),
+                        &url_path))
         return 2;
+    if (!*url_path)
+        url_path = NULL;
     if (!opt.path)
         opt.path = url_path ? url_path : opt.mode == M_PLAIN ? "/health" : "/orders";
     if (opt.path[0] != '/' || opt.plain_path[0] != '/' || strpbrk(opt.path, " \r\n") ||
@@ -1279,7 +1166,7 @@ main(int argc, char **argv)
         }
     }
 
-    start_us = now_us();
+    start_us = bench_now_us();
     deadline_us = start_us + (uint64_t)(opt.duration * 1e6);
     hard_end_us = deadline_us + (uint64_t)(opt.timeout * 1e6) + 100000u;
     for (int i = 0; i < opt.threads; i++) {

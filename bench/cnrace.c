@@ -41,6 +41,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define MAX_RESPONSE (1 << 20)
 #define MAX_BODY (64 * 1024)
 
@@ -70,33 +72,7 @@ typedef struct conn {
     const char *error;
 } conn_t;
 
-static uint64_t
-now_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
-
 /* ---- response parsing ----------------------------------------------------------------- */
-
-static int
-name_is(const char *p, size_t n, const char *name)
-{
-    return strlen(name) == n && !strncasecmp(p, name, n);
-}
-
-static int
-ci_contains(const char *s, size_t n, const char *needle)
-{
-    size_t m = strlen(needle);
-
-    for (size_t i = 0; i + m <= n; i++)
-        if (!strncasecmp(s + i, needle, m))
-            return 1;
-    return 0;
-}
 
 /* Parses one complete response from buf (eof: the peer closed). Returns 1 and fills r
  * (r->body malloc'd), 0 if incomplete, -1 if malformed. */
@@ -133,16 +109,16 @@ parse_response(const char *buf, size_t len, int eof, resp_t *r)
                 ve = eol;
                 while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ' || ve[-1] == '\t'))
                     ve--;
-                if (name_is(p, (size_t)(colon - p), "content-length")) {
+                if (bench_name_is(p, (size_t)(colon - p), "content-length")) {
                     char *x;
                     errno = 0;
                     clen = strtoull(v, &x, 10);
                     if (x == v || x != ve || errno)
                         return -1;
                     have_len = 1;
-                } else if (name_is(p, (size_t)(colon - p), "transfer-encoding")) {
-                    chunked = ci_contains(v, (size_t)(ve - v), "chunked");
-                } else if (name_is(p, (size_t)(colon - p), "idempotent-replayed")) {
+                } else if (bench_name_is(p, (size_t)(colon - p), "transfer-encoding")) {
+                    chunked = bench_ci_contains(v, (size_t)(ve - v), "chunked");
+                } else if (bench_name_is(p, (size_t)(colon - p), "idempotent-replayed")) {
                     r->replayed = ve - v == 4 && !strncasecmp(v, "true", 4);
                 }
             }
@@ -413,7 +389,7 @@ race_key(int ep, const char *key)
     }
 
     /* Connect all. */
-    end = now_us() + 5000000u;
+    end = bench_now_us() + 5000000u;
     for (int i = 0; i < k; i++) {
         conn_t *c = &cs[i];
         int one = 1, rc;
@@ -438,7 +414,7 @@ race_key(int ep, const char *key)
     for (int i = 0; i < k; i++)
         connected += cs[i].failed;
     while (connected < k) {
-        uint64_t now = now_us();
+        uint64_t now = bench_now_us();
         int n;
         if (now >= end)
             break;
@@ -481,11 +457,11 @@ race_key(int ep, const char *key)
         while (nanosleep(&gap, &gap) && errno == EINTR)
             ;
     }
-    t0 = now_us();
+    t0 = bench_now_us();
     for (int i = 0; i < k; i++)
         if (!cs[i].failed)
             conn_write(&cs[i], cs[i].req_len);
-    t1 = now_us();
+    t1 = bench_now_us();
     res.spread_us = t1 - t0;
     for (int i = 0; i < k; i++) {
         struct epoll_event e = {.events = EPOLLIN | EPOLLOUT, .data.u32 = (uint32_t)i};
@@ -497,11 +473,11 @@ race_key(int ep, const char *key)
     }
 
     /* Read all responses. */
-    end = now_us() + (uint64_t)(opt.timeout * 1e6);
+    end = bench_now_us() + (uint64_t)(opt.timeout * 1e6);
     for (int i = 0; i < k; i++)
         done += cs[i].done;
     while (done < k) {
-        uint64_t now = now_us();
+        uint64_t now = bench_now_us();
         int n;
         if (now >= end)
             break;
@@ -611,7 +587,7 @@ read_executed(uint64_t *out)
     char req[512], *buf = malloc(MAX_RESPONSE + 1), name[200];
     int fd = -1, n, rc = -1;
     size_t got = 0;
-    uint64_t end = now_us() + 5000000u;
+    uint64_t end = bench_now_us() + 5000000u;
     struct timeval tv = {.tv_sec = 5};
     resp_t r = {0};
     const char *p;
@@ -628,7 +604,7 @@ read_executed(uint64_t *out)
         goto out;
     for (;;) {
         struct pollfd pf = {.fd = fd, .events = POLLIN};
-        uint64_t now = now_us();
+        uint64_t now = bench_now_us();
         ssize_t got_now;
         int prc;
         if (now >= end || got >= MAX_RESPONSE)
@@ -670,85 +646,6 @@ out:
 
 /* ---- setup ------------------------------------------------------------------------------ */
 
-static int
-is_loopback(const struct sockaddr_storage *a)
-{
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *s = (const struct sockaddr_in *)a;
-        return (ntohl(s->sin_addr.s_addr) >> 24) == 127;
-    }
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *s = (const struct sockaddr_in6 *)a;
-        static const uint8_t v4[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-        return IN6_IS_ADDR_LOOPBACK(&s->sin6_addr) ||
-               (!memcmp(s->sin6_addr.s6_addr, v4, 12) && s->sin6_addr.s6_addr[12] == 127);
-    }
-    return 0;
-}
-
-/* http://HOST[:PORT][/path], HOST a loopback literal, [::1] or localhost. */
-static int
-parse_url(const char *url, const char **path)
-{
-    const char *p = url, *hs, *he;
-    char host[64];
-    unsigned long port = 80;
-    struct sockaddr_in *a4 = (struct sockaddr_in *)&opt.addr;
-    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&opt.addr;
-
-    if (strncmp(p, "http://", 7)) {
-        fprintf(stderr, "cnrace: URL must start with http:// (got %s)\n", url);
-        return -1;
-    }
-    p += 7;
-    if (*p == '[') {
-        hs = p + 1;
-        he = strchr(hs, ']');
-        if (!he)
-            return -1;
-        p = he + 1;
-    } else {
-        hs = p;
-        he = p + strcspn(p, ":/");
-        p = he;
-    }
-    if (he == hs || (size_t)(he - hs) >= sizeof(host))
-        return -1;
-    memcpy(host, hs, (size_t)(he - hs));
-    host[he - hs] = '\0';
-    if (*p == ':') {
-        char *e;
-        port = strtoul(p + 1, &e, 10);
-        if (e == p + 1 || port > 65535)
-            return -1;
-        p = e;
-    }
-    if (*p && *p != '/')
-        return -1;
-    *path = *p && strcmp(p, "/") ? p : NULL;
-    memset(&opt.addr, 0, sizeof(opt.addr));
-    if (!strcmp(host, "localhost"))
-        strcpy(host, "127.0.0.1");
-    if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-        a4->sin_family = AF_INET;
-        a4->sin_port = htons((uint16_t)port);
-        opt.addrlen = sizeof(*a4);
-    } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-        a6->sin6_family = AF_INET6;
-        a6->sin6_port = htons((uint16_t)port);
-        opt.addrlen = sizeof(*a6);
-    } else {
-        fprintf(stderr, "cnrace: host must be a loopback address literal or localhost\n");
-        return -1;
-    }
-    if (!is_loopback(&opt.addr)) {
-        fprintf(stderr, "cnrace: refusing non-loopback address %s\n", host);
-        return -1;
-    }
-    snprintf(opt.host, sizeof(opt.host), "%.*s", (int)(p - (url + 7)), url + 7);
-    return 0;
-}
-
 static void
 usage(void)
 {
@@ -764,18 +661,6 @@ usage(void)
             "  --timeout S        bound on each key's responses (default 35)\n"
             "  --no-metrics       do not read GET /metrics (no execution count check)\n"
             "  --quiet            print only failing keys and the summary\n");
-}
-
-static int
-parse_num(const char *s, double lo, double hi, double *out)
-{
-    char *e;
-    double v = strtod(s, &e);
-
-    if (e == s || *e || !(v >= lo && v <= hi))
-        return -1;
-    *out = v;
-    return 0;
 }
 
 int
@@ -827,15 +712,15 @@ main(int argc, char **argv)
         }
         i++;
         if (!strcmp(a, "--keys")) {
-            if (parse_num(v, 1, 1000000, &d))
+            if (bench_parse_num(v, 1, 1000000, &d))
                 goto bad;
             opt.keys = (int)d;
         } else if (!strcmp(a, "--copies")) {
-            if (parse_num(v, 2, 1000, &d))
+            if (bench_parse_num(v, 2, 1000, &d))
                 goto bad;
             opt.copies = (int)d;
         } else if (!strcmp(a, "--timeout")) {
-            if (parse_num(v, 0.1, 600, &d))
+            if (bench_parse_num(v, 0.1, 600, &d))
                 goto bad;
             opt.timeout = d;
         } else if (!strcmp(a, "--path")) {
@@ -865,8 +750,11 @@ main(int argc, char **argv)
         usage();
         return 2;
     }
-    if (parse_url(opt.url, &url_path))
+    if (bench_parse_url("cnrace", opt.url, &opt.addr, &opt.addrlen, opt.host, sizeof(opt.host),
+                        &url_path))
         return 2;
+    if (!*url_path || !strcmp(url_path, "/"))
+        url_path = NULL;
     if (!opt.path)
         opt.path = url_path ? url_path : "/orders";
     if (opt.path[0] != '/' || strpbrk(opt.path, " \r\n")) {

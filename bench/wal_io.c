@@ -17,21 +17,14 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #include "store/persist.h"
 #include "store/uring.h"
 
 #define RECORD_BYTES 256
 #define FILE_BYTES ((uint64_t)256 << 20)
 #define MAX_BATCHES 200000
-
-static uint64_t
-now_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static int
 cmp_u64(const void *a, const void *b)
@@ -77,10 +70,10 @@ run_case(const char *path, int use_uring, int prealloc, size_t records, double s
         exit(1);
     }
     memset(buf, 0xab, len);
-    start = now_us();
+    start = bench_now_us();
     end = start + (uint64_t)(secs * 1e6);
-    while (n < MAX_BATCHES && now_us() < end && off + len <= FILE_BYTES) {
-        uint64_t t0 = now_us(), tag;
+    while (n < MAX_BATCHES && bench_now_us() < end && off + len <= FILE_BYTES) {
+        uint64_t t0 = bench_now_us(), tag;
         int res = 0;
 
         if (use_uring) {
@@ -96,10 +89,10 @@ run_case(const char *path, int use_uring, int prealloc, size_t records, double s
                 exit(1);
             }
         }
-        lat[n++] = now_us() - t0;
+        lat[n++] = bench_now_us() - t0;
         off += len;
     }
-    end = now_us();
+    end = bench_now_us();
     qsort(lat, n, sizeof(*lat), cmp_u64);
     printf("%-8s %-10s %5zu rec/batch %9.0f batches/s %11.0f records/s  p50 %5llu us  "
            "p99 %6llu us\n",

@@ -25,6 +25,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench.h"
+
 #define MAX_EVENTS 2000000
 #define BUF 65536
 
@@ -42,15 +44,6 @@ static uint64_t *lat;     /* latencies, microseconds */
 static size_t nlat;
 static uint64_t received, next_key;
 static uint64_t run_id;
-
-static uint64_t
-now_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-}
 
 static int
 connect_to(int port)
@@ -119,7 +112,7 @@ http_responses(conn_t *c)
         if (memcmp(c->buf, "HTTP/1.1 201", 12))
             fprintf(stderr, "ws_fanout: unexpected response: %.40s\n", (char *)c->buf);
         if (c->key < MAX_EVENTS)
-            resp_us[c->key] = now_us();
+            resp_us[c->key] = bench_now_us();
         memmove(c->buf, c->buf + head + body, c->len - head - body);
         c->len -= head + body;
         done++;
@@ -172,7 +165,7 @@ ws_frames(conn_t *c)
                 uint64_t key = dash ? strtoull(dash + 1, NULL, 10) : MAX_EVENTS;
                 received++;
                 if (key < MAX_EVENTS && resp_us[key] && nlat < MAX_EVENTS) {
-                    uint64_t t = now_us();
+                    uint64_t t = bench_now_us();
                     lat[nlat++] = t > resp_us[key] ? t - resp_us[key] : 0;
                 }
             }
@@ -211,7 +204,7 @@ main(int argc, char **argv)
     secs = argc > 4 ? atof(argv[4]) : 3.0;
     nposters = argc > 5 ? atoi(argv[5]) : 16;
     rate = argc > 6 ? atof(argv[6]) : 0;
-    run_id = now_us();
+    run_id = bench_now_us();
     resp_us = calloc(MAX_EVENTS, sizeof(*resp_us));
     lat = malloc(MAX_EVENTS * sizeof(*lat));
     conns = calloc((size_t)(nclients + nposters), sizeof(*conns));
@@ -251,7 +244,7 @@ main(int argc, char **argv)
             up += !was && c->upgraded;
         }
     }
-    start = now_us();
+    start = bench_now_us();
     stop = start + (uint64_t)(secs * 1e6);
     for (int i = nclients; i < nclients + nposters; i++) {
         if (rate > 0 && i > nclients) {
@@ -263,7 +256,7 @@ main(int argc, char **argv)
     }
     drain_until = 0;
     for (;;) {
-        uint64_t t = now_us();
+        uint64_t t = bench_now_us();
         if (t >= stop && !drain_until)
             drain_until = t + 10000000; /* let the last events arrive, bounded */
         /* Parked posters resume when the rate allows. */
@@ -290,7 +283,7 @@ main(int argc, char **argv)
                 ws_frames(c);
             } else {
                 int k = http_responses(c);
-                uint64_t tn = now_us();
+                uint64_t tn = bench_now_us();
                 answered += (uint64_t)k;
                 if (k && tn < stop && next_key < MAX_EVENTS) {
                     if (rate > 0 && (double)posted >= rate * (double)(tn - start) / 1e6) {
@@ -303,7 +296,7 @@ main(int argc, char **argv)
             }
         }
     }
-    double elapsed = (double)(now_us() - start) / 1e6;
+    double elapsed = (double)(bench_now_us() - start) / 1e6;
     qsort(lat, nlat, sizeof(*lat), cmp_u64);
     printf("%5d clients: %7llu POSTs (%6.0f/s), %9llu events delivered (%8.0f/s); "
            "POST response -> event at client: p50 %6.2f ms  p99 %6.2f ms  max %6.2f ms%s\n",
