@@ -56,6 +56,7 @@ typedef struct child {
     unsigned fails;   /* consecutive deaths shortly after a start */
     uint64_t started_ms;
     uint64_t restart_at_ms; /* when pid == 0 and the server runs: respawn time */
+    uint64_t backoff_ms;    /* the delay restart_at_ms was given, for the log */
     /* A dead worker whose ring still holds records: its in-flight slots are freed (and
      * it is restarted) only once the persister has decided them (acked_seq reaches
      * drain_seq); drain_until_ms is when to log that it is still waiting. */
@@ -262,11 +263,12 @@ schedule_restart(child_t *c, uint64_t now)
      * after a start doubles the delay, from BACKOFF_FIRST_MS up to BACKOFF_MAX_MS. */
     c->fails = now - c->started_ms >= HEALTHY_AFTER_MS ? 1 : c->fails + 1;
     if (c->fails <= 1) {
-        c->restart_at_ms = now;
+        c->backoff_ms = 0;
     } else {
         uint64_t delay = (uint64_t)BACKOFF_FIRST_MS << (c->fails > 8 ? 6 : c->fails - 2);
-        c->restart_at_ms = now + (delay > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay);
+        c->backoff_ms = delay > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : delay;
     }
+    c->restart_at_ms = now + c->backoff_ms;
 }
 
 /* Reaps every dead child. While running, schedules replacements: a dead worker's claims
@@ -358,9 +360,11 @@ restart_due(supervisor_t *s)
                     atomic_fetch_add(&s->app->shm.hdr->persist.restarts, 1);
                 else
                     atomic_fetch_add(&s->app->shm.hdr->events.restarts, 1);
-                cn_log_info("%s restarted (pid %d)", child_name(s, id), (int)c->pid);
+                cn_log_info("%s restarted (pid %d, backoff %llu ms)", child_name(s, id),
+                            (int)c->pid, (unsigned long long)c->backoff_ms);
                 continue;
             }
+            c->backoff_ms = BACKOFF_MAX_MS;
             c->restart_at_ms = now + BACKOFF_MAX_MS;
         }
         if (next < 0 || (int64_t)(c->restart_at_ms - now) < next)
