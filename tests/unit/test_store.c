@@ -8,6 +8,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "cnerium/error.h"
 #include "store/store.h"
@@ -415,8 +418,40 @@ test_overwrite_shorter_expiry(void)
 static void
 test_close_null(void)
 {
-    cn__store_close(NULL);
-    CU_PASS("cn__store_close(NULL) returned");
+    char dir[512], file[600];
+    cn_store_t *sentinel = (cn_store_t *)&store_seq, *s = sentinel;
+    pid_t pid;
+    int status = 0;
+    FILE *f;
+
+    /* A failed open leaves the out-parameter alone: the caller's cleanup path then
+     * closes whatever it held, NULL included. */
+    snprintf(dir, sizeof(dir), "%s/store-%d", tmpdir, store_seq++);
+    CU_ASSERT_EQUAL_FATAL(mkdir(dir, 0700), 0);
+    snprintf(file, sizeof(file), "%s/not-a-dir", dir);
+    f = fopen(file, "w");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    fclose(f);
+    CU_ASSERT(cn__store_open(file, MAP_SIZE, &s) < 0);
+    CU_ASSERT_PTR_EQUAL(s, sentinel);
+
+    /* In a child, so that a crash fails this test instead of the suite. */
+    pid = fork();
+    CU_ASSERT_FATAL(pid >= 0);
+    if (pid == 0) {
+        cn__store_close(NULL);
+        _exit(0);
+    }
+    CU_ASSERT_EQUAL_FATAL(waitpid(pid, &status, 0), pid);
+    CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+
+    /* Closing releases the environment: the same directory opens again. */
+    s = open_fresh(dir, sizeof(dir));
+    cn__store_close(s);
+    s = NULL;
+    CU_ASSERT_EQUAL(cn__store_open(dir, MAP_SIZE, &s), 0);
+    CU_ASSERT_PTR_NOT_NULL(s);
+    cn__store_close(s);
 }
 
 int
@@ -435,7 +470,7 @@ main(void)
         {"sweep respects max", test_sweep_respects_max},
         {"overwrite replaces record and expiry", test_overwrite},
         {"overwrite with a shorter expiry", test_overwrite_shorter_expiry},
-        {"close accepts NULL", test_close_null},
+        {"failed open and close(NULL)", test_close_null},
         {NULL, NULL},
     };
     int rc;
