@@ -57,7 +57,6 @@ OP = "orders.create"
 STORAGE = h.PROBLEM + "storage-unavailable"
 
 REQUEST_TIMEOUT_S = 20.0   # a request waits at most the 5 s commit timeout (+ a restart)
-ANSWER_BOUND_S = 12.0      # no request of the persister test may take longer than this
 JOIN_TIMEOUT_S = 40.0
 GONE_TIMEOUT_S = 10.0      # a killed server's children are gone (PR_SET_PDEATHSIG)
 REPLACE_TIMEOUT_S = 10.0   # a dead child is replaced
@@ -653,7 +652,6 @@ class PersisterCrashTest(DurabilityTestCase):
         acked, retry = [], []
         for s in sent:
             st = s.resp[0]
-            self.assertLess(s.t1 - s.t0, ANSWER_BOUND_S, "%s took %.1f s" % (s.key, s.t1 - s.t0))
             if st == 201:
                 self.assertExecuted(s.resp, s.key)
                 acked.append(s)
