@@ -1,6 +1,6 @@
 /*
- * realtime/event.c - buffering events in a request (cn_emit, cn_emit_to), and the event
- * encodings (see event.h).
+ * realtime/event.c - buffering events in a request (cn_emit, cn_emit_to), and the frame a
+ * WebSocket client receives (see event.h; the byte encodings are in store/format.c).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -12,7 +12,6 @@
 #include "cnerium/realtime.h"
 #include "http/request_internal.h"
 #include "realtime/event.h"
-#include "support/bytes.h"
 
 /* A type or room name: 1..max bytes of printable ASCII. */
 static int
@@ -95,119 +94,6 @@ cn__events_free(cn_event_t *list)
         free(list);
         list = next;
     }
-}
-
-size_t
-cn__events_encoded_size(const cn_event_t *list)
-{
-    size_t n = 2;
-
-    for (const cn_event_t *e = list; e; e = e->next)
-        n += 8 + strlen(e->type) + (e->room ? strlen(e->room) : 0) + e->payload_len;
-    return n;
-}
-
-int
-cn__events_encode(const cn_event_t *list, uint8_t *out, size_t cap, size_t *written)
-{
-    size_t count = 0, at = 2;
-
-    if (cap < 2)
-        return CN_ETOOBIG;
-    for (const cn_event_t *e = list; e; e = e->next) {
-        size_t tl = strlen(e->type), rl = e->room ? strlen(e->room) : 0;
-        if (tl > UINT16_MAX || rl > UINT16_MAX || e->payload_len > UINT32_MAX ||
-            count == UINT16_MAX || cap - at < 8 + tl + rl + e->payload_len)
-            return CN_ETOOBIG;
-        cn__put_le16(out + at, (uint16_t)tl);
-        cn__put_le16(out + at + 2, (uint16_t)rl);
-        cn__put_le32(out + at + 4, (uint32_t)e->payload_len);
-        at += 8;
-        memcpy(out + at, e->type, tl);
-        at += tl;
-        if (rl)
-            memcpy(out + at, e->room, rl);
-        at += rl;
-        memcpy(out + at, e->payload, e->payload_len);
-        at += e->payload_len;
-        count++;
-    }
-    cn__put_le16(out, (uint16_t)count);
-    *written = at;
-    return 0;
-}
-
-long
-cn__events_begin(const uint8_t *p, size_t len, const uint8_t **cursor)
-{
-    if (len < 2)
-        return -1;
-    *cursor = p + 2;
-    return cn__get_le16(p);
-}
-
-int
-cn__events_next(const uint8_t **cursor, const uint8_t *end, cn_event_view_t *ev)
-{
-    const uint8_t *p = *cursor;
-    size_t tl, rl, pl;
-
-    if (end - p < 8)
-        return CN_ECORRUPT;
-    tl = cn__get_le16(p);
-    rl = cn__get_le16(p + 2);
-    pl = cn__get_le32(p + 4);
-    p += 8;
-    if (tl == 0 || (size_t)(end - p) < tl + rl + pl)
-        return CN_ECORRUPT;
-    ev->type = (const char *)p;
-    ev->type_len = tl;
-    ev->room = rl ? (const char *)p + tl : NULL;
-    ev->room_len = rl;
-    ev->payload = (const char *)p + tl + rl;
-    ev->payload_len = pl;
-    *cursor = p + tl + rl + pl;
-    return 0;
-}
-
-int
-cn__event_stored_decode(const uint8_t *p, size_t len, cn_event_view_t *ev)
-{
-    const uint8_t *cur = p + 8;
-    uint64_t t = 0;
-
-    if (len < 8)
-        return CN_ECORRUPT;
-    for (int i = 7; i >= 0; i--)
-        t = t << 8 | p[i];
-    if (cn__events_next(&cur, p + len, ev) || cur != p + len)
-        return CN_ECORRUPT;
-    ev->created_ms = t;
-    return 0;
-}
-
-size_t
-cn__event_stored_size(const cn_event_view_t *ev)
-{
-    return 8 + 8 + ev->type_len + ev->room_len + ev->payload_len;
-}
-
-void
-cn__event_stored_encode(const cn_event_view_t *ev, uint8_t *out)
-{
-    for (int i = 0; i < 8; i++)
-        out[i] = (uint8_t)(ev->created_ms >> (8 * i));
-    out += 8;
-    cn__put_le16(out, (uint16_t)ev->type_len);
-    cn__put_le16(out + 2, (uint16_t)ev->room_len);
-    cn__put_le32(out + 4, (uint32_t)ev->payload_len);
-    out += 8;
-    memcpy(out, ev->type, ev->type_len);
-    out += ev->type_len;
-    if (ev->room_len)
-        memcpy(out, ev->room, ev->room_len);
-    out += ev->room_len;
-    memcpy(out, ev->payload, ev->payload_len);
 }
 
 /* Appends s (n bytes) as a JSON string; returns the new position. */

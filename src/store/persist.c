@@ -64,149 +64,7 @@ struct cn_persister {
     uint64_t prealloc_start;
 };
 
-/* ---- codecs ---- */
-
-size_t
-cn__persist_record_size(size_t keylen, const cn_record_t *rec, size_t events_len)
-{
-    return CN_PERSIST_PUT_HEADER + keylen + (rec ? cn__record_encoded_size(rec) : 0) +
-           (events_len > 2 ? events_len : rec ? 0 : 2);
-}
-
-size_t
-cn__persist_put_size(size_t keylen, const cn_record_t *rec)
-{
-    return cn__persist_record_size(keylen, rec, 0);
-}
-
-int
-cn__persist_record_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
-                          const cn_record_t *rec, const uint8_t *events, size_t events_len,
-                          size_t *written)
-{
-    static const uint8_t no_events[2] = {0, 0};
-    size_t reclen = rec ? cn__record_encoded_size(rec) : 0, w, at;
-    int kind, rc;
-
-    if (events_len <= 2) {
-        events = rec ? NULL : no_events;
-        events_len = rec ? 0 : 2;
-    }
-    kind = !rec ? CN_PERSIST_EVENTS : events ? CN_PERSIST_PUT_EVENTS : CN_PERSIST_PUT;
-    if (!rec)
-        keylen = 0;
-    if (keylen > UINT16_MAX || reclen > UINT32_MAX ||
-        cap < CN_PERSIST_PUT_HEADER + keylen + reclen + events_len)
-        return CN_ETOOBIG;
-    out[0] = 1;
-    out[1] = (uint8_t)kind;
-    cn__put_le16(out + 2, (uint16_t)keylen);
-    cn__put_le32(out + 4, (uint32_t)reclen);
-    at = CN_PERSIST_PUT_HEADER;
-    if (keylen)
-        memcpy(out + at, key, keylen);
-    at += keylen;
-    if (rec) {
-        if ((rc = cn__record_encode(rec, out + at, reclen, &w)))
-            return rc;
-        at += reclen;
-    }
-    if (events) {
-        memcpy(out + at, events, events_len);
-        at += events_len;
-    }
-    *written = at;
-    return 0;
-}
-
-int
-cn__persist_put_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
-                       const cn_record_t *rec, size_t *written)
-{
-    return cn__persist_record_encode(out, cap, key, keylen, rec, NULL, 0, written);
-}
-
-int
-cn__persist_record_decode(const uint8_t *p, size_t len, cn_persist_record_t *out)
-{
-    size_t kl, rl, rest;
-
-    if (len < CN_PERSIST_PUT_HEADER || p[0] != 1)
-        return CN_ECORRUPT;
-    kl = cn__get_le16(p + 2);
-    rl = cn__get_le32(p + 4);
-    if (len - CN_PERSIST_PUT_HEADER < kl + rl)
-        return CN_ECORRUPT;
-    rest = len - CN_PERSIST_PUT_HEADER - kl - rl;
-    memset(out, 0, sizeof(*out));
-    out->kind = p[1];
-    switch (p[1]) {
-    case CN_PERSIST_PUT:
-        if (rest)
-            return CN_ECORRUPT;
-        break;
-    case CN_PERSIST_PUT_EVENTS:
-        if (rest < 2)
-            return CN_ECORRUPT;
-        break;
-    case CN_PERSIST_EVENTS:
-        if (kl || rl || rest < 2)
-            return CN_ECORRUPT;
-        break;
-    default:
-        return CN_ECORRUPT;
-    }
-    if (p[1] != CN_PERSIST_EVENTS) {
-        out->key = (const char *)p + CN_PERSIST_PUT_HEADER;
-        out->keylen = kl;
-        out->rec = p + CN_PERSIST_PUT_HEADER + kl;
-        out->reclen = rl;
-    }
-    if (rest) {
-        out->events = p + CN_PERSIST_PUT_HEADER + kl + rl;
-        out->events_len = rest;
-    }
-    return 0;
-}
-
-int
-cn__persist_put_decode(const uint8_t *p, size_t len, const char **key, size_t *keylen,
-                       const uint8_t **rec, size_t *reclen)
-{
-    cn_persist_record_t r;
-
-    if (cn__persist_record_decode(p, len, &r) || r.kind != CN_PERSIST_PUT)
-        return CN_ECORRUPT;
-    *key = r.key;
-    *keylen = r.keylen;
-    *rec = r.rec;
-    *reclen = r.reclen;
-    return 0;
-}
-
 /* ---- applying WAL payloads to the store ---- */
-
-typedef struct wal_header {
-    uint64_t epoch, seq;
-    uint16_t worker;
-    uint32_t len;
-    const uint8_t *put;
-} wal_header_t;
-
-static int
-wal_payload_decode(const uint8_t *p, size_t len, wal_header_t *h)
-{
-    if (len < CN_PERSIST_WAL_HEADER)
-        return CN_ECORRUPT;
-    h->epoch = cn__get_le64(p);
-    h->seq = cn__get_le64(p + 8);
-    h->worker = cn__get_le16(p + 16);
-    h->len = cn__get_le32(p + 20);
-    h->put = p + CN_PERSIST_WAL_HEADER;
-    if (h->worker >= CN_STORE_META_WORKERS || h->len != len - CN_PERSIST_WAL_HEADER)
-        return CN_ECORRUPT;
-    return 0;
-}
 
 static int
 grow_items(cn_persister_t *p, size_t n)
@@ -226,7 +84,7 @@ grow_items(cn_persister_t *p, size_t n)
 /* Fills item i from a WAL payload; a payload that does not decode becomes an item that
  * cn__store_apply skips as corrupt. */
 static void
-fill_item(cn_store_raw_put_t *it, const wal_header_t *h)
+fill_item(cn_store_raw_put_t *it, const cn_wal_payload_t *h)
 {
     cn_persist_record_t r;
 
@@ -266,8 +124,8 @@ recovery_flush(recovery_t *r)
     if ((rc = grow_items(p, r->n ? r->n : 1)))
         return rc;
     for (size_t i = 0; i < r->n; i++) {
-        wal_header_t h;
-        if (wal_payload_decode(r->buf + r->offs[i], r->lens[i], &h)) {
+        cn_wal_payload_t h;
+        if (cn__format_wal_payload_decode(r->buf + r->offs[i], r->lens[i], &h)) {
             memset(&p->items[i], 0, sizeof(p->items[i]));
             p->items[i].key = "";
             continue;
@@ -292,9 +150,9 @@ static int
 recovery_frame(const cn_wal_frame_t *f, void *arg)
 {
     recovery_t *r = arg;
-    wal_header_t h;
+    cn_wal_payload_t h;
 
-    if (wal_payload_decode(f->payload, f->len, &h)) {
+    if (cn__format_wal_payload_decode(f->payload, f->len, &h)) {
         cn_log_error("WAL frame at LSN %llu is not a record; skipped",
                      (unsigned long long)f->lsn);
     } else if (h.epoch == r->meta.epoch && h.seq <= r->meta.seqs[h.worker]) {
@@ -653,11 +511,7 @@ cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
                     /* The payload is built in place after the frame header. */
                     frame = b->buf + b->len;
                     uint8_t *pl = frame + CN_WAL_FRAME_HEADER;
-                    cn__put_le64(pl, p->epoch);
-                    cn__put_le64(pl + 8, rec.seq);
-                    cn__put_le16(pl + 16, (uint16_t)w);
-                    cn__put_le16(pl + 18, 0);
-                    cn__put_le32(pl + 20, rec.len);
+                    cn__format_wal_header_encode(pl, p->epoch, rec.seq, (uint16_t)w, rec.len);
                     memcpy(pl + CN_PERSIST_WAL_HEADER, rec.payload, rec.len);
                     cn__wal_frame_encode(frame, p->next_lsn + b->len, CN_WAL_DATA, pl,
                                          CN_PERSIST_WAL_HEADER + (size_t)rec.len);
@@ -724,8 +578,8 @@ cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *w
             memset(meta.seqs, 0, sizeof(meta.seqs));
         }
         for (size_t i = 0; i < b->nrec; i++) {
-            wal_header_t h;
-            wal_payload_decode(b->buf + b->recs[i].off, b->recs[i].len, &h);
+            cn_wal_payload_t h;
+            cn__format_wal_payload_decode(b->buf + b->recs[i].off, b->recs[i].len, &h);
             fill_item(&p->items[i], &h);
             if (b->recs[i].seq > meta.seqs[b->recs[i].worker])
                 meta.seqs[b->recs[i].worker] = b->recs[i].seq;

@@ -8,20 +8,8 @@
  * next one is gathered and submitted before the finished one is applied, so LMDB work
  * overlaps the next fdatasync.
  *
- * A record a worker hands over (ring payload), little-endian:
- *   0   1  version (1)
- *   1   1  kind: CN_PERSIST_PUT (a stored response), CN_PERSIST_PUT_EVENTS (a stored
- *          response and the events its handler emitted), CN_PERSIST_EVENTS (events of an
- *          ordinary route; key and record lengths are 0)
- *   2   2  store key length
- *   4   4  encoded record length (store/record.h)
- *   8   .. store key, encoded record, then (kinds with events) the encoded event list
- *          (realtime/event.h) up to the end
- * In the WAL, each DATA frame's payload is a 24-byte header followed by that record:
- *   0   8  epoch of the server start     8  8  the record's seq in its worker's ring
- *   16  2  worker                        18 2  zero      20 4  ring payload length
- * (epoch, worker, seq) names a record: a persister that restarts skips records it had
- * already applied, so nothing is applied twice and nothing in a ring is lost.
+ * The record a worker hands over through its ring and the WAL payload that carries it
+ * are laid out in store/format.h.
  */
 #ifndef CN_STORE_PERSIST_H
 #define CN_STORE_PERSIST_H
@@ -30,44 +18,7 @@
 #include <stdint.h>
 
 #include "shm/region.h"
-#include "store/record.h"
-
-#define CN_PERSIST_PUT 1
-#define CN_PERSIST_EVENTS 2
-#define CN_PERSIST_PUT_EVENTS 3
-#define CN_PERSIST_PUT_HEADER 8
-#define CN_PERSIST_WAL_HEADER 24
-
-/* Bytes cn__persist_put_encode writes. */
-size_t cn__persist_put_size(size_t keylen, const cn_record_t *rec);
-
-/* Encodes a put of rec under key into out (cap bytes). Returns 0 and *written, or
- * CN_ETOOBIG. */
-int cn__persist_put_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
-                           const cn_record_t *rec, size_t *written);
-
-/* Splits a put (kind CN_PERSIST_PUT). Returns 0 (pointers into p) or CN_ECORRUPT. */
-int cn__persist_put_decode(const uint8_t *p, size_t len, const char **key, size_t *keylen,
-                           const uint8_t **rec, size_t *reclen);
-
-/* Any kind: rec NULL for events only; events NULL (or an empty list) for none. */
-size_t cn__persist_record_size(size_t keylen, const cn_record_t *rec, size_t events_len);
-int cn__persist_record_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
-                              const cn_record_t *rec, const uint8_t *events, size_t events_len,
-                              size_t *written);
-
-typedef struct cn_persist_record {
-    int kind;
-    const char *key; /* NULL for CN_PERSIST_EVENTS */
-    size_t keylen;
-    const uint8_t *rec;
-    size_t reclen;
-    const uint8_t *events; /* NULL when none */
-    size_t events_len;
-} cn_persist_record_t;
-
-/* Splits any kind. Returns 0 (pointers into p) or CN_ECORRUPT. */
-int cn__persist_record_decode(const uint8_t *p, size_t len, cn_persist_record_t *out);
+#include "store/format.h"
 
 typedef struct cn_persist_config {
     const char *data_dir;     /* lmdb/ and wal/ live here */

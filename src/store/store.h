@@ -5,7 +5,7 @@
  * Layout under the directory given to cn__store_open:
  *   database "responses": store key  -> encoded cn_record_t
  *   database "expiry":    be64(expires_ms) || store key -> (empty), for the sweep
- *   database "events":    be64(seq) -> stored event (realtime/event.h), seq gapless from 1
+ *   database "events":    be64(seq) -> stored event (store/format.h), seq gapless from 1
  *   database "meta":      the applied WAL position, record seqs, the last event seq
  * Store keys have the seed's shape: "cnerium:response:<op>:<key>", or with a principal
  * scope "cnerium:response:<op>#<principal-hash>:<key>" ('#' cannot occur in an
@@ -31,7 +31,7 @@ typedef struct cn_store cn_store_t;
 #define CN_OPERATION_MAX 64
 
 /* One record to write, with the events its handler emitted (an encoded event list,
- * realtime/event.h; NULL for none). */
+ * store/format.h; NULL for none). */
 typedef struct cn_store_put {
     const char *key;
     size_t keylen;

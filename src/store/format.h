@@ -1,0 +1,191 @@
+/*
+ * store/format.h - the byte layouts that cross a process or reach the disk, in one place:
+ * the stored-response record, the event list and the stored event, the record a worker
+ * hands to the persister through its ring, and the header of a WAL DATA frame's payload.
+ *
+ * Every decoder here takes untrusted bytes (a damaged disk, a torn write, a dead
+ * worker's half-written ring slot): each length is checked before it is used, nothing is
+ * allocated, and the views it fills borrow from the input. Pure functions, any process,
+ * any thread. Integers are little-endian throughout.
+ *
+ * The WAL frame and segment layout around these payloads is store/wal.h's; the shared
+ * memory region's is shm/'s.
+ *
+ * ---- Stored-response record, version 1 (LMDB "responses", and inside ring payloads) ----
+ *   0   4  magic "CNRR"
+ *   4   1  version (1)
+ *   5   1  flags (0; reserved)
+ *   6   2  status
+ *   8   8  created, ms since the Unix epoch
+ *   16  8  expires, ms since the Unix epoch
+ *   24  32 request fingerprint
+ *   56  4  content type length  (0 = no Content-Type)
+ *   60  4  location length      (0 = no Location)
+ *   64  4  body length
+ *   68  .. content type, location, body
+ *   end 4  CRC-32C of every byte before it
+ * A cn_record_t is a view: its pointers borrow from the encoded buffer (after decode)
+ * or from the caller (before encode).
+ *
+ * ---- Event list (a request's events, inside ring payloads) ----
+ *   0  2  count
+ *   then per event:  2 type length, 2 room length (0: no room), 4 payload length,
+ *                    type, room, payload (JSON text)
+ * ---- Stored event (LMDB "events", key be64(seq)) ----
+ *   8 bytes of creation time (ms since the epoch) followed by one event's encoding as in
+ *   the list (without the count).
+ *
+ * ---- Ring payload: a record a worker hands over to the persister ----
+ *   0   1  version (1)
+ *   1   1  kind: CN_PERSIST_PUT (a stored response), CN_PERSIST_PUT_EVENTS (a stored
+ *          response and the events its handler emitted), CN_PERSIST_EVENTS (events of an
+ *          ordinary route; key and record lengths are 0)
+ *   2   2  store key length
+ *   4   4  encoded record length
+ *   8   .. store key, encoded record, then (kinds with events) the encoded event list
+ *          up to the end
+ *
+ * ---- WAL DATA frame payload: a 24-byte header followed by that ring payload ----
+ *   0   8  epoch of the server start     8  8  the record's seq in its worker's ring
+ *   16  2  worker                        18 2  zero      20 4  ring payload length
+ * (epoch, worker, seq) names a record: a persister that restarts skips records it had
+ * already applied, so nothing is applied twice and nothing in a ring is lost.
+ */
+#ifndef CN_STORE_FORMAT_H
+#define CN_STORE_FORMAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "reliability/fingerprint.h"
+
+/* ---- stored-response record ---- */
+
+#define CN_RECORD_VERSION 1
+#define CN_RECORD_HEADER_LEN 68
+#define CN_RECORD_TRAILER_LEN 4
+/* Bounds any single field so lengths can never overflow size_t arithmetic. */
+#define CN_RECORD_FIELD_MAX (64u * 1024 * 1024)
+
+typedef struct cn_record {
+    uint16_t status;
+    uint64_t created_ms;
+    uint64_t expires_ms;
+    uint8_t fingerprint[CN_SHA256_LEN];
+    const char *content_type;
+    uint32_t content_type_len;
+    const char *location;
+    uint32_t location_len;
+    const char *body;
+    uint32_t body_len;
+} cn_record_t;
+
+/* Bytes cn__record_encode will write for rec. */
+size_t cn__record_encoded_size(const cn_record_t *rec);
+
+/* Encodes rec into buf (cap bytes). Returns 0 and sets *written, CN_ETOOBIG when a field
+ * exceeds CN_RECORD_FIELD_MAX, or -ENOSPC when cap is too small. */
+int cn__record_encode(const cn_record_t *rec, uint8_t *buf, size_t cap, size_t *written);
+
+/* Decodes len bytes. Returns 0 with *rec pointing into buf; CN_ECORRUPT for a bad magic,
+ * length, CRC or truncated input; CN_EVERSION for an unknown version. *rec is written
+ * only on success. */
+int cn__record_decode(const uint8_t *buf, size_t len, cn_record_t *rec);
+
+/* ---- events ---- */
+
+/* The list a request buffers (realtime/event.h defines it; encoding only reads it). */
+typedef struct cn_event cn_event_t;
+
+/* A decoded event: pointers into the encoded bytes (not NUL-terminated). */
+typedef struct cn_event_view {
+    const char *type;
+    size_t type_len;
+    const char *room; /* room_len 0: no room */
+    size_t room_len;
+    const char *payload;
+    size_t payload_len;
+    uint64_t created_ms; /* stored events only */
+} cn_event_view_t;
+
+/* Bytes the encoded list takes (2 for an empty list). */
+size_t cn__events_encoded_size(const cn_event_t *list);
+
+/* Encodes list into out (cap bytes). Returns 0 and *written, or CN_ETOOBIG. */
+int cn__events_encode(const cn_event_t *list, uint8_t *out, size_t cap, size_t *written);
+
+/* Reads the count of an encoded list (len bytes) and points *cursor at its first event.
+ * Returns the count, or -1 when the bytes are not a list. */
+long cn__events_begin(const uint8_t *p, size_t len, const uint8_t **cursor);
+
+/* Decodes the event at *cursor (end bounds it) and advances. Returns 0 or CN_ECORRUPT. */
+int cn__events_next(const uint8_t **cursor, const uint8_t *end, cn_event_view_t *ev);
+
+/* Decodes a stored event (creation time + one event). Returns 0 or CN_ECORRUPT. */
+int cn__event_stored_decode(const uint8_t *p, size_t len, cn_event_view_t *ev);
+
+/* Bytes of a stored event for view ev (its created_ms included). */
+size_t cn__event_stored_size(const cn_event_view_t *ev);
+
+/* Writes the stored form of ev into out (cn__event_stored_size bytes). */
+void cn__event_stored_encode(const cn_event_view_t *ev, uint8_t *out);
+
+/* ---- ring payload ---- */
+
+#define CN_PERSIST_PUT 1
+#define CN_PERSIST_EVENTS 2
+#define CN_PERSIST_PUT_EVENTS 3
+#define CN_PERSIST_PUT_HEADER 8
+
+/* Bytes cn__persist_put_encode writes. */
+size_t cn__persist_put_size(size_t keylen, const cn_record_t *rec);
+
+/* Encodes a put of rec under key into out (cap bytes). Returns 0 and *written, or
+ * CN_ETOOBIG. */
+int cn__persist_put_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
+                           const cn_record_t *rec, size_t *written);
+
+/* Splits a put (kind CN_PERSIST_PUT). Returns 0 (pointers into p) or CN_ECORRUPT. */
+int cn__persist_put_decode(const uint8_t *p, size_t len, const char **key, size_t *keylen,
+                           const uint8_t **rec, size_t *reclen);
+
+/* Any kind: rec NULL for events only; events NULL (or an empty list) for none. */
+size_t cn__persist_record_size(size_t keylen, const cn_record_t *rec, size_t events_len);
+int cn__persist_record_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
+                              const cn_record_t *rec, const uint8_t *events, size_t events_len,
+                              size_t *written);
+
+typedef struct cn_persist_record {
+    int kind;
+    const char *key; /* NULL for CN_PERSIST_EVENTS */
+    size_t keylen;
+    const uint8_t *rec;
+    size_t reclen;
+    const uint8_t *events; /* NULL when none */
+    size_t events_len;
+} cn_persist_record_t;
+
+/* Splits any kind. Returns 0 (pointers into p) or CN_ECORRUPT. */
+int cn__persist_record_decode(const uint8_t *p, size_t len, cn_persist_record_t *out);
+
+/* ---- WAL DATA frame payload ---- */
+
+#define CN_PERSIST_WAL_HEADER 24
+
+typedef struct cn_wal_payload {
+    uint64_t epoch, seq;
+    uint16_t worker;
+    uint32_t len;       /* ring payload length */
+    const uint8_t *put; /* the ring payload, borrowed from the decoded bytes */
+} cn_wal_payload_t;
+
+/* Writes the 24-byte header for a ring payload of len bytes into out. */
+void cn__format_wal_header_encode(uint8_t *out, uint64_t epoch, uint64_t seq, uint16_t worker,
+                                  uint32_t len);
+
+/* Splits a WAL DATA frame's payload (len bytes). Returns 0, or CN_ECORRUPT when it is
+ * shorter than the header, names a worker past CN_STORE_META_WORKERS or its length does
+ * not match. *h is written only on success. */
+int cn__format_wal_payload_decode(const uint8_t *p, size_t len, cn_wal_payload_t *h);
+
+#endif
