@@ -9,7 +9,8 @@
  *                    type, room, payload (JSON text)
  * A stored event (LMDB "events", key be64(seq)) is 8 bytes of creation time (ms since
  * the epoch) followed by one event's encoding (without the count).
- * The frame a client receives: {"type":T,"payload":P,"seq":N} plus "room":R when set.
+ * The frame a client receives: {"type":T,"payload":P,"seq":N} plus "room":R when set,
+ * always well-formed UTF-8 (ill-formed bytes of an old stored event become U+FFFD).
  */
 #ifndef CN_REALTIME_EVENT_H
 #define CN_REALTIME_EVENT_H
@@ -65,6 +66,14 @@ size_t cn__event_stored_size(const cn_event_view_t *ev);
 
 /* Writes the stored form of ev into out (cn__event_stored_size bytes). */
 void cn__event_stored_encode(const cn_event_view_t *ev, uint8_t *out);
+
+/* 1 when s (n bytes) is well-formed UTF-8 (no overlong forms, surrogates or code points
+ * past U+10FFFF), else 0. */
+int cn__event_utf8_valid(const char *s, size_t n);
+
+/* Copies s (n bytes) to out, each maximal ill-formed subsequence replaced by U+FFFD (so
+ * out needs 3 * n bytes at most). Returns the bytes written. */
+size_t cn__event_utf8_copy(uint8_t *out, const char *s, size_t n);
 
 /* The client frame for ev numbered seq, malloc'd with `headroom` unused bytes before it
  * (libwebsockets needs LWS_PRE); *len is the frame's length without the headroom.
