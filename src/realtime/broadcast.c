@@ -71,6 +71,8 @@ typedef struct client {
     uint64_t since, epoch;
     int authed; /* a token was required: claims bound what it receives */
     cn_token_claims_t claims;
+    struct lws *wsi;
+    lws_sorted_usec_list_t expiry; /* closes the connection when the token expires */
     /* owed: the welcome, then a reset */
     int welcome_pending;
     uint64_t welcome_last;
@@ -312,8 +314,8 @@ may_see(const client_t *c, const frame_t *f)
     return !c->authed || cn__token_allows(&c->claims, NULL);
 }
 
-/* A client whose token has expired gets nothing more: it is closed at its next event or
- * message. */
+/* A client whose token has expired gets nothing more: it is closed at once (expiry_cb),
+ * and at its next event or message at the latest. */
 static int
 token_expired(const client_t *c)
 {
@@ -634,6 +636,22 @@ client_filter(bcast_t *b, struct lws *wsi, client_t *c)
     return 0;
 }
 
+/* The expiry timer of an authenticated client: once its token has expired, the writable
+ * callback closes it; before that (a far exp is armed at most a day ahead), re-armed. */
+static void
+expiry_cb(lws_sorted_usec_list_t *sul)
+{
+    client_t *c = lws_container_of(sul, client_t, expiry);
+    int64_t left = c->claims.exp - (int64_t)time(NULL);
+
+    if (left <= 0) {
+        lws_callback_on_writable(c->wsi);
+        return;
+    }
+    lws_sul_schedule(B->ctx, 0, &c->expiry, expiry_cb,
+                     (left > 86400 ? 86400 : left) * LWS_US_PER_SEC);
+}
+
 static void
 reset_owed(client_t *c, const char *reason, uint64_t oldest, uint64_t next)
 {
@@ -685,11 +703,17 @@ events_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
         return client_filter(b, wsi, c);
     case LWS_CALLBACK_ESTABLISHED:
         client_start(b, c);
+        if (c->authed) {
+            c->wsi = wsi;
+            expiry_cb(&c->expiry);
+        }
         c->established = 1;
         atomic_fetch_add(&b->stats->clients, 1);
         lws_callback_on_writable(wsi);
         return 0;
     case LWS_CALLBACK_CLOSED:
+        if (c && c->authed)
+            lws_sul_cancel(&c->expiry);
         if (c && c->established) {
             c->established = 0;
             atomic_fetch_sub(&b->stats->clients, 1);
