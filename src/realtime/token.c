@@ -16,7 +16,7 @@
 #include "realtime/token.h"
 
 #define SIG_LEN 32
-#define PART_MAX (CN_TOKEN_MAX / 4 * 3 + 3)
+#define PART_MAX (CN_TOKEN_MAX / 4 * 3 + 4) /* decoded bytes and a NUL */
 
 /* The value of base64url character c, or -1. */
 static int
@@ -36,14 +36,15 @@ b64url_value(unsigned char c)
 }
 
 /* Strict base64url (no padding, unused bits zero, so each byte string has exactly one
- * encoding) of s (n bytes) into out (cap bytes). Returns the decoded length, or -1. */
+ * encoding) of s (n bytes) into out (cap bytes), NUL-terminated so that no parser can
+ * read past it. Returns the decoded length, or -1. */
 static long
 b64url_decode(const char *s, size_t n, uint8_t *out, size_t cap)
 {
     uint32_t acc = 0;
     size_t bits = 0, o = 0;
 
-    if (n % 4 == 1 || n / 4 * 3 + 2 > cap)
+    if (n % 4 == 1 || n / 4 * 3 + 2 >= cap)
         return -1;
     for (size_t i = 0; i < n; i++) {
         int v = b64url_value((unsigned char)s[i]);
@@ -59,6 +60,7 @@ b64url_decode(const char *s, size_t n, uint8_t *out, size_t cap)
     }
     if (acc != 0) /* the bits past the last byte must be zero */
         return -1;
+    out[o] = 0;
     return (long)o;
 }
 
