@@ -436,8 +436,9 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
         return -1;
     if (c->welcome_pending) {
         char text[128];
-        int n = snprintf(text, sizeof(text), "{\"type\":\"welcome\",\"epoch\":\"%s\",\"last\":%llu}",
-                         b->epoch_hex, (unsigned long long)c->welcome_last);
+        int n = snprintf(text, sizeof(text),
+                         "{\"type\":\"welcome\",\"epoch\":\"%s\",\"last\":%llu}", b->epoch_hex,
+                         (unsigned long long)c->welcome_last);
         pos = append_text(out, pos, text, (size_t)n);
         c->welcome_pending = 0;
     }
