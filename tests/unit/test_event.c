@@ -1004,6 +1004,38 @@ test_frame_headroom(void)
     free(ref);
 }
 
+/* ---- the event log's epoch ---- */
+
+static void
+test_store_events_epoch(void)
+{
+    char dir[512], dir2[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir)), *s2, *t;
+    uint64_t e = 0, again = 0, other = 0, via_second = 0;
+
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(s, &e), 0);
+    CU_ASSERT_NOT_EQUAL(e, 0);
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(s, &again), 0);
+    CU_ASSERT_EQUAL(again, e);
+    /* A second handle on the same store (another process, in real life) sees it too. */
+    CU_ASSERT_EQUAL_FATAL(cn__store_open(dir, MAP_SIZE, &s2), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(s2, &via_second), 0);
+    CU_ASSERT_EQUAL(via_second, e);
+    cn__store_close(s2);
+    cn__store_close(s);
+    /* Kept across a reopen (durable), new for a new store. */
+    CU_ASSERT_EQUAL_FATAL(cn__store_open(dir, MAP_SIZE, &s), 0);
+    again = 0;
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(s, &again), 0);
+    CU_ASSERT_EQUAL(again, e);
+    cn__store_close(s);
+    t = open_fresh(dir2, sizeof(dir2));
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(t, &other), 0);
+    CU_ASSERT_NOT_EQUAL(other, 0);
+    CU_ASSERT_NOT_EQUAL(other, e);
+    cn__store_close(t);
+}
+
 /* ---- UTF-8: cn_emit refuses it ill-formed, the frame never carries it ---- */
 
 typedef struct utf8_case {
@@ -2169,6 +2201,7 @@ main(void)
         {"frame: names escaped, frame parses", test_frame_escaping},
         {"frame: worst-case escaping and payload", test_frame_worst_case},
         {"frame: headroom", test_frame_headroom},
+        {"store: the events epoch is made once, kept, new per store", test_store_events_epoch},
         {"utf8: validation and U+FFFD replacement", test_utf8_validate_and_replace},
         {"emit: ill-formed UTF-8 is -EILSEQ; failures mark the request",
          test_emit_rejects_ill_formed_utf8},
