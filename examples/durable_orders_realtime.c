@@ -6,11 +6,20 @@
  * response and the handler (and its order.created event) does not run again.
  *
  *   ./build/examples/cnerium_durable_orders_realtime --data-dir ./data --port 8080
+ *
+ * An order is only worth storing with its event: input that cannot fit in one is refused
+ * up front (400), and a cn_emit that fails anyway answers 500, so nothing is stored and
+ * the key stays free (the library would answer 500 for a handler that ignored it, too).
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <cnerium/cnerium.h>
+
+/* An event payload is at most 256 KiB of JSON; the order's other fields take well under
+ * 1 KiB, so this leaves room even for a product id with some characters escaped. */
+#define PRODUCT_ID_MAX (200 * 1024)
 
 static cn_response_t
 health(cn_request_t *req, void *ctx)
@@ -33,16 +42,19 @@ create_order(cn_request_t *req, void *ctx)
     (void)ctx;
     if (!*product_id)
         return cn_bad_request("Missing required field: product_id");
+    if (strlen(product_id) > PRODUCT_ID_MAX)
+        return cn_bad_request("Field product_id must be at most 204800 bytes");
     if (quantity <= 0)
         return cn_bad_request("Field quantity must be greater than zero");
 
     snprintf(order_id, sizeof(order_id), "ord_%s", cn_request_idempotency_key(req));
 
     /* Buffered with the request; published only once the response is durable. */
-    cn_emit(req, "order.created",
-            cn_json_object("order_id", cJSON_CreateString(order_id),
-                           "product_id", cJSON_CreateString(product_id),
-                           "quantity", cJSON_CreateNumber(quantity), NULL));
+    if (cn_emit(req, "order.created",
+                cn_json_object("order_id", cJSON_CreateString(order_id),
+                               "product_id", cJSON_CreateString(product_id),
+                               "quantity", cJSON_CreateNumber(quantity), NULL)))
+        return cn_problem(500, "The order.created event could not be emitted");
 
     return cn_created(cn_json_object("ok", cJSON_CreateTrue(),
                                      "order_id", cJSON_CreateString(order_id),

@@ -41,6 +41,10 @@ cn__broadcaster_run(cn_app_t *app, int listen_fd, void (*on_ready)(void *arg), v
         .map_size = CN_APP_STORE_MAP_SIZE,
         .shm = &app->shm,
         .cache_events = CN_APP_EVENT_CACHE,
+        .cache_bytes = (size_t)cfg->realtime_cache_bytes,
+        .secret = cfg->realtime_secret[0] ? cfg->realtime_secret : NULL,
+        .secret_len = strlen(cfg->realtime_secret),
+        .origins = cfg->realtime_origins,
         .ping_s = CN_APP_WS_PING_S,
         .timeout_s = CN_APP_WS_TIMEOUT_S,
     };

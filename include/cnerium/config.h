@@ -18,6 +18,9 @@
  *   --realtime-host H     CNERIUM_REALTIME_HOST     WebSocket bind address (127.0.0.1)
  *   --realtime-port N     CNERIUM_REALTIME_PORT     WebSocket port (9090)
  *   --realtime-path P     CNERIUM_REALTIME_PATH     WebSocket endpoint (/ws)
+ *   --realtime-secret S   CNERIUM_REALTIME_SECRET   HS256 key: clients need a token (none: open)
+ *   --realtime-origins L  CNERIUM_REALTIME_ORIGINS  comma-separated allowed Origin values
+ *   --realtime-cache-bytes N CNERIUM_REALTIME_CACHE_BYTES  broadcaster event cache (64 MiB)
  *   --events-retain N     CNERIUM_EVENTS_RETAIN     events kept for ?since= resume (100000)
  *   --events-retain-s S   CNERIUM_EVENTS_RETAIN_S   and for at most S seconds (86400)
  *   --durability M        CNERIUM_DURABILITY        sync | async (sync)
@@ -46,6 +49,8 @@
 #define CN_CONFIG_PATH_MAX 1024
 #define CN_CONFIG_HEADER_MAX 128
 #define CN_CONFIG_WORKERS_MAX 64
+#define CN_CONFIG_SECRET_MAX 256
+#define CN_CONFIG_ORIGINS_MAX 1024
 
 typedef enum cn_durability {
     CN_DURABILITY_SYNC = 0,  /* respond once the record is on disk */
@@ -75,6 +80,11 @@ typedef struct cn_config {
     char realtime_host[CN_CONFIG_HOST_MAX];
     uint16_t realtime_port;
     char realtime_path[CN_CONFIG_NAME_MAX];
+    /* Realtime access control and the broadcaster's memory: empty secret = no token
+     * needed; empty origins = any Origin. */
+    char realtime_secret[CN_CONFIG_SECRET_MAX];
+    char realtime_origins[CN_CONFIG_ORIGINS_MAX];
+    uint64_t realtime_cache_bytes; /* serialized events kept in memory, in bytes */
     uint64_t events_retain;  /* 0: no count limit */
     uint32_t events_retain_s; /* 0: no age limit */
     cn_durability_t durability;

@@ -59,6 +59,13 @@ static const opt_t options[] = {
      "WebSocket port"},
     {"realtime-path", "CNERIUM_REALTIME_PATH", OPT_STR, F(realtime_path), 0, 0, "P",
      "WebSocket endpoint path"},
+    /* realtime access control and memory */
+    {"realtime-secret", "CNERIUM_REALTIME_SECRET", OPT_STR, F(realtime_secret), 0, 0, "S",
+     "HS256 secret: WebSocket clients must present a token signed with it"},
+    {"realtime-origins", "CNERIUM_REALTIME_ORIGINS", OPT_STR, F(realtime_origins), 0, 0,
+     "O1,O2", "Origin header values allowed on the WebSocket endpoint"},
+    {"realtime-cache-bytes", "CNERIUM_REALTIME_CACHE_BYTES", OPT_U64, F(realtime_cache_bytes),
+     65536, 1ull << 40, "BYTES", "memory for serialized events in the broadcaster"},
     {"events-retain", "CNERIUM_EVENTS_RETAIN", OPT_U64, F(events_retain), 0,
      1000000000000ull, "N", "events kept for ?since= resume (0: no limit)"},
     {"events-retain-s", "CNERIUM_EVENTS_RETAIN_S", OPT_U32, F(events_retain_s), 0,
@@ -138,6 +145,7 @@ cn_config_development(void)
     copy_str(c.realtime_host, sizeof(c.realtime_host), "127.0.0.1");
     c.realtime_port = 9090;
     copy_str(c.realtime_path, sizeof(c.realtime_path), "/ws");
+    c.realtime_cache_bytes = 64u << 20;
     c.events_retain = 100000;
     c.events_retain_s = 86400;
     c.durability = CN_DURABILITY_SYNC;
@@ -364,6 +372,15 @@ cn_config_validate(const cn_config_t *cfg, char *err, size_t errlen)
         return fail(err, errlen, "--lease-ms must be at least 100");
     if (cfg->realtime_path[0] != '/')
         return fail(err, errlen, "--realtime-path must start with '/'");
+    /* RFC 7518 3.2: an HS256 key at least as long as the hash (256 bits). */
+    if (cfg->realtime_secret[0] && strlen(cfg->realtime_secret) < 32)
+        return fail(err, errlen, "--realtime-secret must be at least 32 bytes (RFC 7518 "
+                                 "3.2); e.g. 64 hex digits from openssl rand -hex 32");
+    for (const char *p = cfg->realtime_origins; *p; p++) {
+        if ((unsigned char)*p <= 0x20 || (unsigned char)*p > 0x7e)
+            return fail(err, errlen, "--realtime-origins: a comma-separated list of origins "
+                                     "such as https://app.example.com, without spaces");
+    }
     if (cfg->key_ttl_s < 1)
         return fail(err, errlen, "--key-ttl must be at least 1 second");
     if (cfg->max_body_bytes < 1)

@@ -60,6 +60,7 @@ struct cn_request {
 
     struct cn_event *events; /* buffered by cn_emit, in emission order */
     struct cn_event **events_tail;
+    int events_failed; /* a cn_emit / cn_emit_to of this request failed */
 
     void *http_handle; /* the server's handle for cn__http_complete (http/server.h) */
 

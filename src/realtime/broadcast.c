@@ -9,17 +9,27 @@
  * is drained with accept4 and each connection adopted as an HTTP connection that may
  * upgrade to the events protocol.
  *
- * Cache: a ring of the last cache_events serialized frames (seq order, contiguous).
+ * Cache: a ring of the last cache_events serialized frames (seq order, contiguous), and
+ * at most cache_bytes of them: the oldest go first; a frame bigger than the whole cap is
+ * not cached (clients get it read back from the store, like one behind the cache).
  * Writable callback of a client: pending control replies first, then the frame for its
  * next seq (skipping events of rooms it is not in), one frame per callback; it asks for
  * another callback while it is behind. LWS_PRE bytes precede every frame, so one buffer
  * serves every client.
+ *
+ * At the descriptor limit accept4 fails with EMFILE and leaves the connection queued,
+ * so the listening socket stays readable and the loop would spin: a reserve descriptor
+ * is given up to accept that connection, answer it 503 and close it, then taken back.
+ * Existing clients keep being served; new ones get in again once others leave.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -28,6 +38,8 @@
 #include "cnerium/error.h"
 #include "realtime/broadcast.h"
 #include "realtime/event.h"
+#include "realtime/query.h"
+#include "realtime/token.h"
 #include "store/store.h"
 #include "support/log.h"
 
@@ -37,6 +49,9 @@
 #define RX_MAX 4096
 #define SKIP_PER_CALLBACK 256
 #define LOAD_BATCH 4096
+#define ACCEPT_BATCH 64          /* connections taken per readable callback */
+#define ACCEPT_PAUSE_US 100000   /* listener ignored this long when accept cannot shed */
+#define ARGS_MAX (CN_TOKEN_MAX + 512)
 
 /* A cached event: a complete WebSocket text frame (header + JSON), built once. */
 typedef struct frame {
@@ -45,13 +60,25 @@ typedef struct frame {
     uint8_t *buf; /* the allocation */
     uint8_t *data; /* the frame: at least LWS_PRE bytes after buf */
     size_t len;
+    size_t bytes; /* what it takes in memory, for the byte cap */
 } frame_t;
 
 typedef struct client {
     uint64_t next; /* the next seq to send */
     int established;
+    /* from the upgrade request (client_filter) */
+    int has_since, has_epoch;
+    uint64_t since, epoch;
+    int authed; /* a token was required: claims bound what it receives */
+    cn_token_claims_t claims;
+    struct lws *wsi;
+    lws_sorted_usec_list_t expiry; /* closes the connection when the token expires */
+    /* owed: the welcome, then a reset */
+    int welcome_pending;
+    uint64_t welcome_last;
     int reset_pending;
-    uint64_t reset_oldest;
+    const char *reset_reason;
+    uint64_t reset_oldest, reset_next;
     char rooms[ROOMS_MAX][CN_EVENT_ROOM_MAX + 1];
     unsigned nrooms;
     char ctl[CTL_MAX][CTL_LEN];
@@ -71,8 +98,16 @@ typedef struct bcast {
     cn_shm_events_t *stats;
     frame_t *cache; /* cache_events slots, frames first..loaded at seq % size */
     uint64_t first, loaded; /* cached seqs: first..loaded (first > loaded: none) */
+    size_t cache_bytes;     /* bytes of the cached frames */
+    uint64_t epoch;         /* of the event log (cn__store_events_epoch) */
+    char epoch_hex[17];
     int stop;
     int listen_fd;
+    struct lws *accept_wsi;
+    int reserve_fd;          /* given up to shed a connection at the descriptor limit */
+    uint64_t shed, shed_logged;
+    time_t shed_log_at;
+    lws_sorted_usec_list_t accept_sul;
 } bcast_t;
 
 static bcast_t *B; /* the one broadcaster of this process (lws callbacks have no arg) */
@@ -124,6 +159,17 @@ frame_free(frame_t *f)
     memset(f, 0, sizeof(*f));
 }
 
+/* Drops the oldest cached frame. */
+static void
+cache_evict(bcast_t *b)
+{
+    frame_t *f = cache_slot(b, b->first);
+
+    b->cache_bytes -= f->bytes;
+    frame_free(f);
+    b->first++;
+}
+
 /* Builds the frame for a stored event into f. Returns 0 or an error. */
 static int
 frame_build(frame_t *f, uint64_t seq, const uint8_t *p, size_t len)
@@ -144,6 +190,7 @@ frame_build(frame_t *f, uint64_t seq, const uint8_t *p, size_t len)
     f->data = f->buf + LWS_PRE + WS_HEADER_MAX;
     f->data -= ws_header(f->data, f->len);
     f->len += (size_t)(f->buf + LWS_PRE + WS_HEADER_MAX - f->data);
+    f->bytes = (size_t)(f->data - f->buf) + f->len + (f->room ? ev.room_len + 1 : 0);
     return 0;
 }
 
@@ -151,23 +198,26 @@ static int
 load_one(uint64_t seq, const uint8_t *p, size_t len, void *arg)
 {
     bcast_t *b = arg;
-    frame_t *f;
+    frame_t f = {0};
 
     if (seq != b->loaded + 1) {
         /* A gap below the committed seq can only be pruned events: restart the cache. */
-        for (uint64_t s = b->first; s <= b->loaded; s++)
-            frame_free(cache_slot(b, s));
+        while (b->first <= b->loaded)
+            cache_evict(b);
         b->first = seq;
     }
-    f = cache_slot(b, seq);
-    if (f->buf) {
-        frame_free(f); /* evicts the oldest */
-        b->first = seq - b->cfg->cache_events + 1;
-    }
-    if (frame_build(f, seq, p, len)) {
+    if (frame_build(&f, seq, p, len)) {
         cn_log_error("stored event %llu is unreadable; skipped", (unsigned long long)seq);
-        f->buf = NULL;
+        frame_free(&f);
     }
+    if (f.bytes > b->cfg->cache_bytes)
+        frame_free(&f); /* bigger than the whole cache: read back from the store */
+    /* Room for it: the count cap, then the byte cap, oldest first. */
+    while (b->first <= b->loaded && (b->loaded - b->first + 1 >= b->cfg->cache_events ||
+                                     b->cache_bytes + f.bytes > b->cfg->cache_bytes))
+        cache_evict(b);
+    *cache_slot(b, seq) = f;
+    b->cache_bytes += f.bytes;
     b->loaded = seq;
     return 0;
 }
@@ -254,6 +304,24 @@ in_room(const client_t *c, const char *room)
     return 0;
 }
 
+/* Whether the event of frame f goes to c: a room event to the room's subscribers, the
+ * others to everyone; with a token, only what its claims allow. */
+static int
+may_see(const client_t *c, const frame_t *f)
+{
+    if (f->room)
+        return in_room(c, f->room) && (!c->authed || cn__token_allows(&c->claims, f->room));
+    return !c->authed || cn__token_allows(&c->claims, NULL);
+}
+
+/* A client whose token has expired gets nothing more: it is closed at once (expiry_cb),
+ * and at its next event or message at the latest. */
+static int
+token_expired(const client_t *c)
+{
+    return c->authed && (int64_t)time(NULL) >= c->claims.exp;
+}
+
 static void
 ctl_push(client_t *c, const char *text)
 {
@@ -307,6 +375,8 @@ handle_message(client_t *c, const char *text, size_t len)
         int sub = type->valuestring[0] == 's';
         if (!cJSON_IsString(room) || !room_ok(room->valuestring)) {
             ctl_error(c, "\\\"room\\\" must be a string of 1 to 128 printable characters");
+        } else if (sub && c->authed && !cn__token_allows(&c->claims, room->valuestring)) {
+            ctl_error(c, "the token does not allow this room");
         } else if (sub && !in_room(c, room->valuestring)) {
             if (c->nrooms == ROOMS_MAX) {
                 ctl_error(c, "too many rooms (at most 16)");
@@ -362,18 +432,31 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
     uint64_t committed = b->loaded;
     unsigned frames = 0;
 
+    if (token_expired(c))
+        return -1;
+    if (c->welcome_pending) {
+        char text[128];
+        int n = snprintf(text, sizeof(text),
+                         "{\"type\":\"welcome\",\"epoch\":\"%s\",\"last\":%llu}", b->epoch_hex,
+                         (unsigned long long)c->welcome_last);
+        pos = append_text(out, pos, text, (size_t)n);
+        c->welcome_pending = 0;
+    }
+    if (c->reset_pending) {
+        char text[192];
+        int n = snprintf(text, sizeof(text),
+                         "{\"type\":\"reset\",\"reason\":\"%s\",\"epoch\":\"%s\",\"oldest\":%llu,"
+                         "\"next\":%llu}",
+                         c->reset_reason, b->epoch_hex, (unsigned long long)c->reset_oldest,
+                         (unsigned long long)c->reset_next);
+        pos = append_text(out, pos, text, (size_t)n);
+        c->reset_pending = 0;
+        atomic_fetch_add(&b->stats->resets, 1);
+    }
     while (c->nctl) {
         pos = append_text(out, pos, c->ctl[c->ctl_head], c->ctl_len[c->ctl_head]);
         c->ctl_head = (c->ctl_head + 1) % CTL_MAX;
         c->nctl--;
-    }
-    if (c->reset_pending) {
-        char text[96];
-        int n = snprintf(text, sizeof(text), "{\"type\":\"reset\",\"oldest\":%llu}",
-                         (unsigned long long)c->reset_oldest);
-        pos = append_text(out, pos, text, (size_t)n);
-        c->reset_pending = 0;
-        atomic_fetch_add(&b->stats->resets, 1);
     }
     for (int skipped = 0; c->next <= committed && skipped < SKIP_PER_CALLBACK;) {
         frame_t tmp = {0};
@@ -383,11 +466,13 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
         if (pruned) {
             /* The client's position is gone: say so, then carry on from what is left. */
             c->reset_pending = 1;
+            c->reset_reason = "pruned";
             c->reset_oldest = oldest_stored(b);
+            c->reset_next = c->reset_oldest;
             c->next = c->reset_oldest;
             break;
         }
-        if (!f || (f->room && !in_room(c, f->room))) {
+        if (!f || !may_see(c, f)) {
             c->next++;
             skipped++;
             frame_free(&tmp);
@@ -428,57 +513,183 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
     return 0;
 }
 
-/* The ?since=N of the upgrade request: 1 with *since, 0 when absent, -1 when malformed. */
+/* Answers the upgrade request with an HTTP error and no upgrade. The request has been
+ * read and nothing written yet, so the response goes straight to the socket; returning
+ * non-zero from the filter then closes the connection. */
 static int
-since_arg(struct lws *wsi, uint64_t *since)
+reject(struct lws *wsi, int status, const char *reason, const char *extra,
+       const char *message)
 {
-    char arg[64], *end;
-    const char *v = lws_get_urlarg_by_name(wsi, "since=", arg, sizeof(arg));
-    unsigned long long n;
+    char body[256], buf[640];
+    int bl = snprintf(body, sizeof(body), "{\"error\":\"%s\"}", message);
+    int n = snprintf(buf, sizeof(buf),
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n"
+                     "Content-Length: %d\r\nConnection: close\r\n%s\r\n%s",
+                     status, reason, bl, extra ? extra : "", body);
 
-    if (!v)
-        return 0;
-    errno = 0;
-    n = strtoull(v, &end, 10);
-    if (errno || end == v || *end || v[0] == '-' || v[0] == '+')
-        return -1;
-    *since = n;
-    return 1;
+    if (n > 0 && (size_t)n < sizeof(buf))
+        (void)send(lws_get_socket_fd(wsi), buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+    atomic_fetch_add(&B->stats->client_errors, 1);
+    cn_log_debug("websocket upgrade refused: %d %s", status, message);
+    return -1;
 }
 
-/* The upgrade request (no per-client memory yet): the path must be ours and a ?since=
- * must be a number. */
+/* The query string of the upgrade request, one '&'-separated argument at a time (lws
+ * has split and percent-decoded them). Returns 0 or -EINVAL. */
 static int
-client_filter(bcast_t *b, struct lws *wsi)
+query_read(struct lws *wsi, cn_ws_query_t *q)
 {
-    char uri[256];
-    uint64_t since;
-    int n = lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI);
+    char arg[ARGS_MAX];
+    int n;
 
-    if (n <= 0 || strcmp(uri, b->cfg->path) || since_arg(wsi, &since) < 0)
-        return -1;
+    cn__ws_query_init(q);
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_URI_ARGS) >= (int)sizeof(arg))
+        return -EINVAL;
+    for (int i = 0; (n = lws_hdr_copy_fragment(wsi, arg, sizeof(arg), WSI_TOKEN_HTTP_URI_ARGS,
+                                               i)) >= 0;
+         i++) {
+        if (n && cn__ws_query_param(q, arg, (size_t)n))
+            return -EINVAL;
+    }
     return 0;
 }
 
-/* A new client: live from now, or from ?since=N. */
-static void
-client_start(bcast_t *b, struct lws *wsi, client_t *c)
+/* 1 when the Origin header is absent (not a browser) or one of the configured list. */
+static int
+origin_ok(bcast_t *b, struct lws *wsi)
 {
-    uint64_t since = 0, oldest;
+    char origin[256];
+    const char *list = b->cfg->origins, *p;
+    int n;
 
+    if (!list || !*list || lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) <= 0)
+        return 1;
+    if ((n = lws_hdr_copy(wsi, origin, sizeof(origin), WSI_TOKEN_ORIGIN)) <= 0)
+        return 0;
+    for (p = list; *p;) {
+        const char *comma = strchr(p, ',');
+        size_t l = comma ? (size_t)(comma - p) : strlen(p);
+        if (l == (size_t)n && !strncasecmp(p, origin, l))
+            return 1;
+        p += l + (comma ? 1 : 0);
+    }
+    return 0;
+}
+
+/* The token of the request: Authorization: Bearer T, else ?token=T. Verifies it into
+ * c->claims. Returns 0 or a CN_TOKEN_E* code. */
+static int
+token_check(bcast_t *b, struct lws *wsi, const cn_ws_query_t *q, client_t *c)
+{
+    char auth[CN_TOKEN_MAX + 16];
+    const char *tok = q->has_token ? q->token : NULL;
+    size_t len = q->token_len;
+    int n = lws_hdr_total_length(wsi, WSI_TOKEN_HTTP_AUTHORIZATION);
+
+    if (n > 0) {
+        if (n >= (int)sizeof(auth) ||
+            (n = lws_hdr_copy(wsi, auth, sizeof(auth), WSI_TOKEN_HTTP_AUTHORIZATION)) < 7 ||
+            strncasecmp(auth, "Bearer ", 7))
+            return CN_TOKEN_EFORMAT;
+        tok = auth + 7;
+        len = (size_t)n - 7;
+        while (len && *tok == ' ') {
+            tok++;
+            len--;
+        }
+    }
+    if (!tok)
+        return CN_TOKEN_EFORMAT;
+    return cn__token_verify(tok, len, (const uint8_t *)b->cfg->secret, b->cfg->secret_len,
+                            (int64_t)time(NULL), &c->claims);
+}
+
+/* The upgrade request: the path must be ours (404), the query well-formed (400), the
+ * Origin allowed (403) and, with a secret, the token valid (401). Fills c from it. */
+static int
+client_filter(bcast_t *b, struct lws *wsi, client_t *c)
+{
+    char uri[256];
+    cn_ws_query_t q;
+    int n = lws_hdr_copy(wsi, uri, sizeof(uri), WSI_TOKEN_GET_URI), rc;
+
+    if (!c)
+        return -1;
     memset(c, 0, sizeof(*c));
-    load_committed(b);
-    if (since_arg(wsi, &since) != 1) {
-        c->next = b->loaded + 1;
+    if (n <= 0 || strcmp(uri, b->cfg->path))
+        return reject(wsi, 404, "Not Found", NULL, "no WebSocket endpoint at this path");
+    if (query_read(wsi, &q))
+        return reject(wsi, 400, "Bad Request", NULL,
+                      "malformed query: since=N (0..18446744073709551615), epoch=16 hex "
+                      "digits, token=T, each at most once");
+    if (!origin_ok(b, wsi))
+        return reject(wsi, 403, "Forbidden", NULL, "Origin not allowed");
+    if (b->cfg->secret) {
+        if ((rc = token_check(b, wsi, &q, c)))
+            return reject(wsi, 401, "Unauthorized", "WWW-Authenticate: Bearer\r\n",
+                          cn__token_strerror(rc));
+        c->authed = 1;
+    }
+    c->has_since = q.has_since;
+    c->since = q.since;
+    c->has_epoch = q.has_epoch;
+    c->epoch = q.epoch;
+    return 0;
+}
+
+/* The expiry timer of an authenticated client: once its token has expired, the writable
+ * callback closes it; before that (a far exp is armed at most a day ahead), re-armed. */
+static void
+expiry_cb(lws_sorted_usec_list_t *sul)
+{
+    client_t *c = lws_container_of(sul, client_t, expiry);
+    int64_t left = c->claims.exp - (int64_t)time(NULL);
+
+    if (left <= 0) {
+        lws_callback_on_writable(c->wsi);
         return;
     }
-    c->next = since + 1;
+    lws_sul_schedule(B->ctx, 0, &c->expiry, expiry_cb,
+                     (left > 86400 ? 86400 : left) * LWS_US_PER_SEC);
+}
+
+static void
+reset_owed(client_t *c, const char *reason, uint64_t oldest, uint64_t next)
+{
+    c->reset_pending = 1;
+    c->reset_reason = reason;
+    c->reset_oldest = oldest;
+    c->reset_next = next;
+    c->next = next;
+}
+
+/* A new client: live from now, or from ?since=N; a position it cannot be served from
+ * gets a reset first. */
+static void
+client_start(bcast_t *b, client_t *c)
+{
+    uint64_t last, oldest;
+
+    load_committed(b);
+    last = b->loaded;
+    c->welcome_pending = 1;
+    c->welcome_last = last;
+    c->next = last + 1;
+    if (!c->has_since)
+        return;
     oldest = oldest_stored(b);
-    if (c->next < oldest && since < b->loaded) {
+    if (c->has_epoch && c->epoch != b->epoch) {
+        /* N counts another event log (a new data dir): none of this one was seen. */
+        reset_owed(c, "epoch", oldest, oldest);
+    } else if (c->since > last) {
+        /* Past the last event (also 2^64-1, which since + 1 would wrap to 0): the
+         * client saw events this log does not have. Live from here. */
+        reset_owed(c, "ahead", oldest, last + 1);
+    } else if (c->since + 1 < oldest) {
         /* Events after N were pruned: say so, then carry on from the oldest kept. */
-        c->reset_pending = 1;
-        c->reset_oldest = oldest;
-        c->next = oldest;
+        reset_owed(c, "pruned", oldest, oldest);
+    } else {
+        c->next = c->since + 1;
     }
 }
 
@@ -490,14 +701,20 @@ events_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
 
     switch (reason) {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        return client_filter(b, wsi);
+        return client_filter(b, wsi, c);
     case LWS_CALLBACK_ESTABLISHED:
-        client_start(b, wsi, c);
+        client_start(b, c);
+        if (c->authed) {
+            c->wsi = wsi;
+            expiry_cb(&c->expiry);
+        }
         c->established = 1;
         atomic_fetch_add(&b->stats->clients, 1);
         lws_callback_on_writable(wsi);
         return 0;
     case LWS_CALLBACK_CLOSED:
+        if (c && c->authed)
+            lws_sul_cancel(&c->expiry);
         if (c && c->established) {
             c->established = 0;
             atomic_fetch_sub(&b->stats->clients, 1);
@@ -510,6 +727,8 @@ events_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
     case LWS_CALLBACK_SERVER_WRITEABLE:
         return client_write(b, wsi, c);
     case LWS_CALLBACK_RECEIVE:
+        if (token_expired(c))
+            return -1;
         if (lws_frame_is_binary(wsi))
             c->rx_binary = 1;
         if (!c->rx_overflow && c->rx_len + len <= sizeof(c->rx)) {
@@ -544,6 +763,45 @@ events_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
 
 static const struct lws_protocols protocols[];
 
+static void
+accept_resume(lws_sorted_usec_list_t *sul)
+{
+    bcast_t *b = B;
+
+    (void)sul;
+    if (b && b->accept_wsi)
+        lws_rx_flow_control(b->accept_wsi, 1);
+}
+
+/* At the descriptor limit: accepts one queued connection on the reserve descriptor,
+ * tells it 503 and closes it. Returns 0, or -1 when there was nothing to shed with. */
+static int
+shed_one(bcast_t *b)
+{
+    static const char busy[] = "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n"
+                               "Retry-After: 1\r\nConnection: close\r\n\r\n";
+    int fd;
+
+    if (b->reserve_fd < 0)
+        return -1;
+    close(b->reserve_fd);
+    fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd >= 0) {
+        (void)send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        close(fd);
+        b->shed++;
+    }
+    b->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (b->shed != b->shed_logged && time(NULL) != b->shed_log_at) {
+        cn_log_warn("at the open-file limit: %llu WebSocket connection(s) refused with 503 "
+                    "(raise ulimit -n)",
+                    (unsigned long long)(b->shed - b->shed_logged));
+        b->shed_logged = b->shed;
+        b->shed_log_at = time(NULL);
+    }
+    return fd >= 0 ? 0 : -1;
+}
+
 static int
 accept_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len)
 {
@@ -551,10 +809,23 @@ accept_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
 
     if (reason != LWS_CALLBACK_RAW_RX_FILE)
         return 0;
-    for (;;) {
+    /* A bounded batch: the listener is polled level-triggered, what is left comes back
+     * at the next turn, after the clients have been served. */
+    for (int i = 0; i < ACCEPT_BATCH; i++) {
         int fd = accept4(b->listen_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
-        if (fd < 0)
-            break; /* EAGAIN: drained */
+        if (fd < 0) {
+            if (errno == EINTR || errno == ECONNABORTED)
+                continue;
+            if ((errno == EMFILE || errno == ENFILE) && !shed_one(b))
+                continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) {
+                /* Cannot take the connection off the queue (no reserve, ENOBUFS, ...):
+                 * stop polling the listener for a while instead of spinning on it. */
+                lws_rx_flow_control(wsi, 0);
+                lws_sul_schedule(b->ctx, 0, &b->accept_sul, accept_resume, ACCEPT_PAUSE_US);
+            }
+            break;
+        }
         if (!lws_adopt_socket_vhost(b->vh, fd))
             close(fd);
     }
@@ -619,13 +890,17 @@ lws_log(int level, const char *line)
 }
 
 static int
-adopt_fd(bcast_t *b, int fd, const char *protocol)
+adopt_fd(bcast_t *b, int fd, const char *protocol, struct lws **out)
 {
     lws_sock_file_fd_type u;
+    struct lws *wsi;
 
     u.filefd = fd;
-    return lws_adopt_descriptor_vhost(b->vh, LWS_ADOPT_RAW_FILE_DESC, u, protocol, NULL) ? 0
-                                                                                        : -EIO;
+    if (!(wsi = lws_adopt_descriptor_vhost(b->vh, LWS_ADOPT_RAW_FILE_DESC, u, protocol, NULL)))
+        return -EIO;
+    if (out)
+        *out = wsi;
+    return 0;
 }
 
 int
@@ -641,13 +916,16 @@ cn__broadcast_run(const cn_broadcast_config_t *cfg, void (*on_ready)(void *arg),
     b.stats = &cfg->shm->hdr->events;
     b.listen_fd = cfg->listen_fd;
     b.first = 1;
+    b.reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     B = &b;
     /* A broadcaster that was killed left its clients counted: they are gone with it. */
     atomic_store(&b.stats->clients, 0);
     if (!(b.cache = calloc(cfg->cache_events, sizeof(*b.cache))))
         return -ENOMEM;
-    if ((rc = cn__store_open(cfg->lmdb_dir, cfg->map_size, &b.store)))
+    if ((rc = cn__store_open(cfg->lmdb_dir, cfg->map_size, &b.store)) ||
+        (rc = cn__store_events_epoch(b.store, &b.epoch)))
         goto out;
+    cn__ws_epoch_format(b.epoch, b.epoch_hex);
 
     lws_set_log_level(LLL_ERR | LLL_WARN, lws_log);
     memset(&info, 0, sizeof(info));
@@ -656,6 +934,8 @@ cn__broadcast_run(const cn_broadcast_config_t *cfg, void (*on_ready)(void *arg),
     info.gid = -1;
     info.uid = -1;
     info.options = LWS_SERVER_OPTION_VALIDATE_UTF8;
+    /* Room for a token in the query string or the Authorization header. */
+    info.max_http_header_data = (unsigned short)(2 * ARGS_MAX);
     retry.secs_since_valid_ping = (uint16_t)cfg->ping_s;
     retry.secs_since_valid_hangup = (uint16_t)(cfg->ping_s + cfg->timeout_s);
     info.retry_and_idle_policy = &retry;
@@ -664,9 +944,9 @@ cn__broadcast_run(const cn_broadcast_config_t *cfg, void (*on_ready)(void *arg),
         goto out;
     }
     b.vh = lws_get_vhost_by_name(b.ctx, "default");
-    if (!b.vh || (rc = adopt_fd(&b, cfg->listen_fd, "cnerium-accept")) ||
-        (rc = adopt_fd(&b, cfg->notify_efd, "cnerium-notify")) ||
-        (rc = adopt_fd(&b, cfg->stop_fd, "cnerium-stop"))) {
+    if (!b.vh || (rc = adopt_fd(&b, cfg->listen_fd, "cnerium-accept", &b.accept_wsi)) ||
+        (rc = adopt_fd(&b, cfg->notify_efd, "cnerium-notify", NULL)) ||
+        (rc = adopt_fd(&b, cfg->stop_fd, "cnerium-stop", NULL))) {
         rc = rc ? rc : -EIO;
         goto out;
     }
@@ -687,7 +967,9 @@ cn__broadcast_run(const cn_broadcast_config_t *cfg, void (*on_ready)(void *arg),
 out:
     atomic_store(&b.stats->pid, 0);
     if (b.ctx)
-        lws_context_destroy(b.ctx); /* closes every client */
+        lws_context_destroy(b.ctx); /* closes every client, cancels the accept timer */
+    if (b.reserve_fd >= 0)
+        close(b.reserve_fd);
     atomic_store(&b.stats->clients, 0);
     cn__store_close(b.store);
     for (unsigned i = 0; b.cache && i < cfg->cache_events; i++)

@@ -3,10 +3,18 @@
  * leaves broadcast.c).
  *
  * Serves clients on an inherited listening socket at one endpoint path:
- *   /ws            live events from now on
- *   /ws?since=N    first every retained event with seq > N, in order, then live: no gap,
- *                  no duplicate at the seam; {"type":"reset","oldest":M} first when N is
- *                  older than the retention window
+ *   /ws                    live events from now on
+ *   /ws?since=N[&epoch=E]  first every retained event with seq > N, in order, then live:
+ *                          no gap, no duplicate at the seam
+ * Every connection opens with {"type":"welcome","epoch":E,"last":L}: E names the event
+ * log (16 hex digits, realtime/query.h), L its last seq. A position the server cannot
+ * serve gets {"type":"reset","reason":R,"epoch":E,"oldest":M,"next":N} next (R "pruned":
+ * events after N were dropped by retention; "ahead": N is past the last seq; "epoch": N
+ * belongs to another event log), and events follow from seq N. A malformed query is
+ * answered 400 on the upgrade; with a secret, a missing, invalid or expired token 401
+ * (realtime/token.h; ?token= or Authorization: Bearer), with an origin list an Origin
+ * outside it 403. A token's rooms and "all" claims bound what the client may subscribe
+ * to and receive, resumes included.
  * Client messages: {"type":"subscribe","room":R}, {"type":"unsubscribe","room":R},
  * {"type":"ping"} (answered {"type":"pong"}); anything else gets {"type":"error",...}
  * and the connection stays. Events without a room go to every client; an event with a
@@ -35,6 +43,10 @@ typedef struct cn_broadcast_config {
     size_t map_size;
     cn_shm_t *shm;
     unsigned cache_events; /* serialized events kept in memory */
+    size_t cache_bytes;    /* and the most bytes they may take */
+    const char *secret;    /* HS256 key clients' tokens are signed with; NULL: open */
+    size_t secret_len;
+    const char *origins;   /* comma-separated allowed Origin values; NULL or "": any */
     unsigned ping_s;       /* WebSocket ping after this much idle time */
     unsigned timeout_s;    /* close a client silent this long after a ping */
 } cn_broadcast_config_t;

@@ -463,6 +463,19 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         cn_response_free(&res);
         res = cn__problem(500, CN_PROBLEM_HANDLER, "The handler failed to build a response");
         persist = 0;
+    } else if (req->events_failed) {
+        /* An event the handler emitted could not be buffered (too big, ill-formed UTF-8,
+         * ...): storing the response would record an operation whose event never
+         * exists. Not stored, the key is free again; a 5xx of the handler stands. */
+        cn_log_error("%s: an event could not be emitted (cn_emit failed); the response is "
+                     "not stored", route->operation);
+        if (res.status < 500) {
+            cn_response_free(&res);
+            res = cn__problem(500, CN_PROBLEM_HANDLER,
+                              "An event of this request could not be emitted; nothing was "
+                              "stored");
+        }
+        persist = 0;
     } else if (res.persist == CN_PERSIST_AUTO) {
         persist = cn__durable_status_stored(res.status);
     } else {

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 
 #include <lmdb.h>
@@ -646,5 +647,68 @@ cn__store_count(cn_store_t *s, size_t *count)
     if (rc)
         return lmdb_error(rc, "stat");
     *count = st.ms_entries;
+    return 0;
+}
+
+/* The epoch lives under its own meta key, next to (not inside) the WAL meta, whose
+ * layout belongs to the persister. */
+static const char epoch_key[] = "cnerium:meta:events-epoch";
+
+static int
+epoch_read(MDB_txn *txn, MDB_dbi meta, uint64_t *epoch)
+{
+    MDB_val k = {sizeof(epoch_key) - 1, (void *)epoch_key}, v;
+    int rc = mdb_get(txn, meta, &k, &v);
+
+    if (rc)
+        return rc;
+    if (v.mv_size != 8)
+        return MDB_CORRUPTED;
+    *epoch = cn__get_le64(v.mv_data);
+    return 0;
+}
+
+int
+cn__store_events_epoch(cn_store_t *s, uint64_t *epoch)
+{
+    MDB_txn *txn;
+    MDB_val k = {sizeof(epoch_key) - 1, (void *)epoch_key}, v;
+    uint8_t buf[8];
+    uint64_t e = 0;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "begin read");
+    rc = epoch_read(txn, s->meta, &e);
+    mdb_txn_abort(txn);
+    if (rc == 0) {
+        *epoch = e;
+        return 0;
+    }
+    if (rc != MDB_NOTFOUND)
+        return lmdb_error(rc, "read epoch");
+    /* None yet: make one. Writers are serialized; whoever comes second finds the first
+     * one's epoch inside its own write transaction and keeps it. */
+    while (!e) {
+        if (getrandom(&e, sizeof(e), 0) != (ssize_t)sizeof(e))
+            return errno ? -errno : -EIO;
+    }
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return lmdb_error(rc, "begin write");
+    if ((rc = epoch_read(txn, s->meta, epoch)) == 0) {
+        mdb_txn_abort(txn);
+        return 0;
+    }
+    cn__put_le64(buf, e);
+    v.mv_size = sizeof(buf);
+    v.mv_data = buf;
+    if ((rc = mdb_put(txn, s->meta, &k, &v, 0))) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "write epoch");
+    }
+    /* Synced like every commit of a store opened without CN_STORE_NOSYNC. */
+    if ((rc = mdb_txn_commit(txn))) /* frees the txn even on failure */
+        return lmdb_error(rc, "commit epoch");
+    *epoch = e;
     return 0;
 }

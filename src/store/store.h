@@ -106,6 +106,12 @@ int cn__store_events_bounds(cn_store_t *store, uint64_t *oldest, uint64_t *newes
 int cn__store_events_prune(cn_store_t *store, uint64_t keep, uint64_t min_created_ms,
                            size_t max, size_t *deleted);
 
+/* The event log's epoch: a random non-zero 64-bit id, made (getrandom) and stored in
+ * "meta" by the first caller, the same for every later one and across restarts, and new
+ * whenever the store (with its events) is new. Seqs only mean something within one
+ * epoch. Returns 0 and *epoch, or a negative error. */
+int cn__store_events_epoch(cn_store_t *store, uint64_t *epoch);
+
 /* Closes the store. Accepts NULL. */
 void cn__store_close(cn_store_t *store);
 

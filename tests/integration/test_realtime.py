@@ -72,7 +72,8 @@ class Client(wsclient.WSClient):
     that never loses its place: a frame is taken out of the buffer only once it is
     complete, so a timeout in the middle of a frame leaves the stream intact."""
 
-    def __init__(self, port, path="/ws", timeout=5.0, rcvbuf=None, host="127.0.0.1"):
+    def __init__(self, port, path="/ws", timeout=5.0, rcvbuf=None, host="127.0.0.1",
+                 headers=(), welcome=True):
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             if rcvbuf:
@@ -86,23 +87,11 @@ class Client(wsclient.WSClient):
         self.buf = b""
         self.closed = None
         self.fragments = b""
-        key = base64.b64encode(os.urandom(16)).decode()
-        req = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
-               "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-               "Sec-WebSocket-Version: 13\r\n\r\n" % (path, host, port, key))
         try:
-            sock.sendall(req.encode())
-            deadline = time.monotonic() + timeout
-            while b"\r\n\r\n" not in self.buf:
-                self._fill(deadline)
+            self._handshake(host, port, path, timeout, headers, welcome)
         except BaseException:
             sock.close()
             raise
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        self.status_line = head.split(b"\r\n", 1)[0]
-        if b" 101 " not in self.status_line + b" ":
-            sock.close()
-            raise ConnectionError("handshake refused: %r" % self.status_line)
 
     def _take_frame(self):
         """(fin, opcode, payload) of the first complete frame in the buffer, removed from
@@ -167,6 +156,16 @@ class Client(wsclient.WSClient):
             if "seq" not in msg:
                 raise AssertionError("expected a pong, got %r" % (msg,))
             events.append(msg)
+
+
+def is_reset(msg, reason, oldest, next_seq, epoch=None):
+    """msg is exactly the reset message with these fields (any epoch when None)."""
+    return (isinstance(msg, dict)
+            and set(msg) == {"type", "reason", "epoch", "oldest", "next"}
+            and msg["type"] == "reset" and msg["reason"] == reason
+            and msg["oldest"] == oldest and msg["next"] == next_seq
+            and isinstance(msg["epoch"], str) and re.fullmatch("[0-9a-f]{16}", msg["epoch"])
+            and (epoch is None or msg["epoch"] == epoch))
 
 
 def is_event(msg):
@@ -426,13 +425,23 @@ class ExampleRealtimeTest(RealtimeCase):
         out = srv.stdout_text()
         self.assertLess(out.find("realtime on ws://"), out.find("listening on http://"),
                         "the realtime line comes before the listening line")
-        for path in ("/nope", "/ws/extra", "/", "/ws?since=abc", "/ws?since=-1",
-                     "/ws?since=1x"):
+        # Refused with an HTTP status, not a dropped connection: 404 for another path,
+        # 400 for a query the server would misread.
+        for path, status in (("/nope", 404), ("/ws/extra", 404), ("/", 404),
+                             ("/ws?since=abc", 400), ("/ws?since=-1", 400),
+                             ("/ws?since=1x", 400), ("/ws?since=+1", 400),
+                             ("/ws?since=", 400), ("/ws?since", 400),
+                             ("/ws?since=18446744073709551616", 400),
+                             ("/ws?since=99999999999999999999", 400),
+                             ("/ws?since=1&since=1", 400), ("/ws?epoch=abc", 400),
+                             ("/ws?since=0&epoch=0123456789abcdeg", 400)):
             with self.subTest(path):
-                with self.assertRaises((ConnectionError, WSClosed, OSError),
-                                       msg="%s must be refused" % path):
+                with self.assertRaises(wsclient.HandshakeRefused,
+                                       msg="%s must be refused" % path) as cm:
                     c = Client(port, path)
                     c.close()
+                self.assertEqual(cm.exception.status, status, cm.exception)
+                self.assertIn(b'"error"', cm.exception.body)
         # A plain HTTP request on the WebSocket port is answered, not upgraded.
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
         try:
@@ -993,9 +1002,11 @@ class RetentionTest(RealtimeCase):
         self.assertEqual(metric(srv, "cnerium_events_last_seq"), 20)
         resets0 = metric(srv, "cnerium_ws_resets_total")
         seen = []
+        c_epoch = []
 
         def pruned():
             c = Client(port, "/ws?since=0")
+            c_epoch[:] = [c.welcome["epoch"]]
             try:
                 msgs = [c.recv_json(EVENT_TIMEOUT_S)]
                 if msgs[0].get("type") == "reset":
@@ -1015,7 +1026,9 @@ class RetentionTest(RealtimeCase):
                 # Not pruned yet: the whole history.
                 self.assertEqual(seqs(msgs[:1]), [1], msgs[:2])
                 continue
-            self.assertEqual(set(first), {"type", "oldest"}, first)
+            self.assertEqual(set(first), {"type", "reason", "epoch", "oldest", "next"}, first)
+            self.assertEqual((first["reason"], first["next"]), ("pruned", first["oldest"]))
+            self.assertEqual(first["epoch"], c_epoch[0])
             m = first["oldest"]
             self.assertGreater(m, 1)
             self.assertLessEqual(m, 16)
@@ -1055,7 +1068,7 @@ class RetentionTest(RealtimeCase):
                     if first.get("seq", 0) < 5 and first.get("oldest", 0) <= 5:
                         msgs += events_until(c, 5)
                 seen.append(msgs)
-                return first == {"type": "reset", "oldest": 6}
+                return is_reset(first, "pruned", 6, 6)
             finally:
                 c.close()
 
@@ -1065,13 +1078,14 @@ class RetentionTest(RealtimeCase):
         for msgs in seen[:-1]:
             first = msgs[0]
             if first.get("type") == "reset":
-                self.assertEqual(set(first), {"type", "oldest"}, first)
+                self.assertTrue(is_reset(first, "pruned", first.get("oldest"),
+                                         first.get("oldest")), first)
                 self.assertGreater(first["oldest"], 3, "a reset must mean a loss")
                 self.assertEqual(seqs(msgs[1:]), list(range(first["oldest"], 6)), msgs)
             else:
                 self.assertEqual(seqs(msgs), [3, 4, 5], msgs)
         c = self.connect(port, "/ws?since=2")
-        self.assertEqual(c.recv_json(EVENT_TIMEOUT_S), {"type": "reset", "oldest": 6})
+        self.assertTrue(is_reset(c.recv_json(EVENT_TIMEOUT_S), "pruned", 6, 6))
         skey = self.sentinel(srv)
         self.assertNextIsSentinel(c, skey, 6, "after the reset")
 

@@ -1,11 +1,14 @@
 """A minimal WebSocket client (RFC 6455) on the standard library, for the tests.
 
 Text frames only (plus ping/pong/close), client-side masking, bounded reads. Enough to
-talk to the broadcaster; not a general-purpose client.
+talk to the broadcaster; not a general-purpose client. The broadcaster opens every
+connection with a welcome message; the constructor reads it (self.welcome) unless told
+not to. A refused upgrade raises HandshakeRefused with the HTTP status and body.
 """
 import base64
 import json
 import os
+import re
 import socket
 import struct
 import time
@@ -20,23 +23,59 @@ class WSClosed(Exception):
         self.reason = reason
 
 
+class HandshakeRefused(ConnectionError):
+    """The server answered the upgrade with an HTTP status other than 101."""
+
+    def __init__(self, status, status_line, body):
+        super().__init__("handshake refused: %r %r" % (status_line, body[:200]))
+        self.status = status
+        self.body = body
+
+
 class WSClient:
-    def __init__(self, host, port, path="/ws", timeout=5.0):
+    def __init__(self, host, port, path="/ws", timeout=5.0, headers=(), welcome=True):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = b""
         self.closed = None
+        try:
+            self._handshake(host, port, path, timeout, headers, welcome)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _handshake(self, host, port, path, timeout, headers=(), welcome=True):
+        """Sends the upgrade request (extra headers as (name, value) pairs) and reads the
+        answer: 101 and then the welcome message (into self.welcome), or
+        HandshakeRefused."""
         key = base64.b64encode(os.urandom(16)).decode()
+        extra = "".join("%s: %s\r\n" % (n, v) for n, v in headers)
         req = ("GET %s HTTP/1.1\r\nHost: %s:%d\r\nUpgrade: websocket\r\n"
                "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
-               "Sec-WebSocket-Version: 13\r\n\r\n" % (path, host, port, key))
+               "Sec-WebSocket-Version: 13\r\n%s\r\n" % (path, host, port, key, extra))
         self.sock.sendall(req.encode())
         deadline = time.monotonic() + timeout
         while b"\r\n\r\n" not in self.buf:
             self._fill(deadline)
         head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        status = head.split(b"\r\n", 1)[0]
-        if b" 101 " not in status + b" ":
-            raise ConnectionError("handshake refused: %r" % status)
+        self.status_line = head.split(b"\r\n", 1)[0]
+        parts = self.status_line.split(b" ")
+        status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        if status != 101:
+            # An error answer: its body (Content-Length, then the server closes).
+            m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+            want = int(m.group(1)) if m else 0
+            try:
+                while len(self.buf) < want:
+                    self._fill(deadline)
+            except (WSClosed, OSError):
+                pass
+            raise HandshakeRefused(status, self.status_line, self.buf[:want])
+        self.welcome = None
+        if welcome:
+            msg = self.recv_json(max(0.01, deadline - time.monotonic()))
+            if not isinstance(msg, dict) or msg.get("type") != "welcome":
+                raise AssertionError("expected a welcome message first, got %r" % (msg,))
+            self.welcome = msg
 
     def _fill(self, deadline):
         left = deadline - time.monotonic()

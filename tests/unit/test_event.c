@@ -1004,6 +1004,176 @@ test_frame_headroom(void)
     free(ref);
 }
 
+/* ---- the event log's epoch ---- */
+
+static void
+test_store_events_epoch(void)
+{
+    char dir[512], dir2[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir)), *s2, *t;
+    uint64_t e = 0, again = 0, other = 0, via_second = 0;
+
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(s, &e), 0);
+    CU_ASSERT_NOT_EQUAL(e, 0);
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(s, &again), 0);
+    CU_ASSERT_EQUAL(again, e);
+    /* A second handle on the same store (another process, in real life) sees it too. */
+    CU_ASSERT_EQUAL_FATAL(cn__store_open(dir, MAP_SIZE, &s2), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(s2, &via_second), 0);
+    CU_ASSERT_EQUAL(via_second, e);
+    cn__store_close(s2);
+    cn__store_close(s);
+    /* Kept across a reopen (durable), new for a new store. */
+    CU_ASSERT_EQUAL_FATAL(cn__store_open(dir, MAP_SIZE, &s), 0);
+    again = 0;
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(s, &again), 0);
+    CU_ASSERT_EQUAL(again, e);
+    cn__store_close(s);
+    t = open_fresh(dir2, sizeof(dir2));
+    CU_ASSERT_EQUAL_FATAL(cn__store_events_epoch(t, &other), 0);
+    CU_ASSERT_NOT_EQUAL(other, 0);
+    CU_ASSERT_NOT_EQUAL(other, e);
+    cn__store_close(t);
+}
+
+/* ---- UTF-8: cn_emit refuses it ill-formed, the frame never carries it ---- */
+
+typedef struct utf8_case {
+    const char *bytes;
+    size_t len;
+    int valid;
+    const char *replaced; /* cn__event_utf8_copy's output */
+} utf8_case_t;
+
+#define U8(s, v, r) {s, sizeof(s) - 1, v, r}
+static const utf8_case_t utf8_cases[] = {
+    U8("", 1, ""),
+    U8("plain ascii ~\x7f", 1, "plain ascii ~\x7f"),
+    U8("\xc3\xa9t\xc3\xa9", 1, "\xc3\xa9t\xc3\xa9"),               /* été */
+    U8("\xe2\x82\xac", 1, "\xe2\x82\xac"),                         /* € */
+    U8("\xf0\x9f\x98\x80", 1, "\xf0\x9f\x98\x80"),                 /* U+1F600 */
+    U8("\xf4\x8f\xbf\xbf", 1, "\xf4\x8f\xbf\xbf"),                 /* U+10FFFF */
+    U8("\xed\x9f\xbf", 1, "\xed\x9f\xbf"),                         /* U+D7FF */
+    U8("\xee\x80\x80", 1, "\xee\x80\x80"),                         /* U+E000 */
+    /* The payload: three stray bytes, three replacements. */
+    U8("\xff\xfe\x80", 0, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"),
+    U8("a\x80z", 0, "a\xef\xbf\xbdz"),                              /* lone continuation */
+    U8("\xc0\xaf", 0, "\xef\xbf\xbd\xef\xbf\xbd"),                  /* overlong '/' */
+    U8("\xe0\x80\xaf", 0, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"),  /* overlong, 3 bytes */
+    U8("\xed\xa0\x80", 0, "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"),  /* surrogate D800 */
+    U8("\xf4\x90\x80\x80", 0,
+       "\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd"),          /* past U+10FFFF */
+    U8("\xf5\x80", 0, "\xef\xbf\xbd\xef\xbf\xbd"),
+    /* Truncated sequences: the maximal subpart is one replacement. */
+    U8("\xe2\x82", 0, "\xef\xbf\xbd"),
+    U8("\xe2\x82z", 0, "\xef\xbf\xbdz"),
+    U8("\xf0\x9f\x98", 0, "\xef\xbf\xbd"),
+    U8("\xf0\x9f\x98\xc3\xa9", 0, "\xef\xbf\xbd\xc3\xa9"),
+    U8("x\xc3", 0, "x\xef\xbf\xbd"),
+};
+
+static void
+test_utf8_validate_and_replace(void)
+{
+    for (size_t i = 0; i < ARRAY_LEN(utf8_cases); i++) {
+        const utf8_case_t *c = &utf8_cases[i];
+        uint8_t *in = dup_prefix((const uint8_t *)c->bytes, c->len);
+        uint8_t *out = malloc(3 * c->len + 1);
+        size_t n;
+
+        CU_ASSERT_PTR_NOT_NULL_FATAL(out);
+        CU_ASSERT_EQUAL(cn__event_utf8_valid((const char *)in, c->len), c->valid);
+        n = cn__event_utf8_copy(out, (const char *)in, c->len);
+        if (n != strlen(c->replaced) || memcmp(out, c->replaced, n))
+            fprintf(stderr, "\n  utf8 case %zu: got %zu bytes\n", i, n);
+        CU_ASSERT(n == strlen(c->replaced) && memcmp(out, c->replaced, n) == 0);
+        /* Whatever came in, what goes out is well-formed. */
+        CU_ASSERT(cn__event_utf8_valid((const char *)out, n));
+        free(out);
+        free(in);
+    }
+    /* Every single byte and every byte pair: the copy is always well-formed and never
+     * longer than 3 bytes per byte in. */
+    for (unsigned a = 0; a < 256; a++) {
+        for (unsigned b = 0; b < 256; b += 3) {
+            uint8_t in[2] = {(uint8_t)a, (uint8_t)b}, out[6];
+            size_t n = cn__event_utf8_copy(out, (const char *)in, 2);
+            CU_ASSERT(n <= 6);
+            CU_ASSERT(cn__event_utf8_valid((const char *)out, n));
+        }
+    }
+}
+
+static void
+test_emit_rejects_ill_formed_utf8(void)
+{
+    cn_request_t req;
+    cJSON *bad;
+
+    request_open(&req);
+    /* Well-formed non-ASCII goes through as it is. */
+    CU_ASSERT_EQUAL(cn_emit(&req, "ok", cn_json_object("p", cJSON_CreateString("\xc3\xa9t\xc3\xa9"),
+                                                       NULL)),
+                    0);
+    CU_ASSERT_EQUAL(req.events_failed, 0);
+    CU_ASSERT_EQUAL_FATAL(count_events(&req), 1);
+    CU_ASSERT_PTR_NOT_NULL(strstr(req.events->payload, "\xc3\xa9t\xc3\xa9"));
+    /* What cJSON parses from a body keeps its raw bytes: the product id. */
+    bad = cJSON_Parse("{\"product_id\":\"\xff\xfe\x80\",\"quantity\":1}");
+    CU_ASSERT_PTR_NOT_NULL_FATAL(bad);
+    CU_ASSERT_EQUAL(cn_emit(&req, "order.created", bad), -EILSEQ);
+    CU_ASSERT_EQUAL(req.events_failed, 1);
+    CU_ASSERT_EQUAL(cn_emit_to(&req, "r", "t",
+                               cn_json_object("s", cJSON_CreateString("a\xed\xa0\x80"), NULL)),
+                    -EILSEQ);
+    CU_ASSERT_EQUAL(count_events(&req), 1);
+    cn__request_destroy(&req);
+
+    /* Every failure marks the request (a durable handler that ignores it gets 500). */
+    request_open(&req);
+    CU_ASSERT_EQUAL(cn_emit(&req, "bad type\n", NULL), -EINVAL);
+    CU_ASSERT_EQUAL(req.events_failed, 1);
+    cn__request_destroy(&req);
+    request_open(&req);
+    CU_ASSERT_EQUAL(cn_emit_to(&req, NULL, "t", NULL), -EINVAL);
+    CU_ASSERT_EQUAL(req.events_failed, 1);
+    cn__request_destroy(&req);
+    request_open(&req);
+    CU_ASSERT_EQUAL(cn_emit(&req, "big", string_of(CN_EVENT_PAYLOAD_MAX)), CN_ETOOBIG);
+    CU_ASSERT_EQUAL(req.events_failed, 1);
+    cn__request_destroy(&req);
+    CU_ASSERT_EQUAL(cn_emit(NULL, "t", NULL), -EINVAL);
+}
+
+/* An event stored before cn_emit checked UTF-8 still becomes a well-formed frame. */
+static void
+test_frame_replaces_ill_formed_utf8(void)
+{
+    cn_event_view_t v = view_of("t\xc3", "r\xff", "{\"product_id\":\"\xff\xfe\x80\",\"q\":1}");
+    size_t len = 0;
+    uint8_t *f = cn__event_frame(&v, 9, 0, &len);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+    CU_ASSERT(cn__event_utf8_valid((const char *)f, len));
+    expect_frame_json(f, len, "t\xef\xbf\xbd", "r\xef\xbf\xbd",
+                      "{\"product_id\":\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\",\"q\":1}", 9);
+    free(f);
+    /* Headroom and a payload of nothing but stray bytes (the largest expansion). */
+    {
+        char *junk = malloc(4097);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(junk);
+        memset(junk, 0x80, 4096);
+        junk[4096] = '\0';
+        v = view_of("t", NULL, junk);
+        f = cn__event_frame(&v, 1, 16, &len);
+        CU_ASSERT_PTR_NOT_NULL_FATAL(f);
+        CU_ASSERT(cn__event_utf8_valid((const char *)f + 16, len));
+        CU_ASSERT(len > 3 * 4096);
+        free(f);
+        free(junk);
+    }
+}
+
 /* ---- events in the store ---- */
 
 static void
@@ -2031,6 +2201,12 @@ main(void)
         {"frame: names escaped, frame parses", test_frame_escaping},
         {"frame: worst-case escaping and payload", test_frame_worst_case},
         {"frame: headroom", test_frame_headroom},
+        {"store: the events epoch is made once, kept, new per store", test_store_events_epoch},
+        {"utf8: validation and U+FFFD replacement", test_utf8_validate_and_replace},
+        {"emit: ill-formed UTF-8 is -EILSEQ; failures mark the request",
+         test_emit_rejects_ill_formed_utf8},
+        {"frame: ill-formed UTF-8 of a stored event is replaced",
+         test_frame_replaces_ill_formed_utf8},
         {"store: apply numbers events gaplessly, persisted", test_store_apply_numbering},
         {"store: skipped items skip their events, no gap", test_store_apply_skips_corrupt},
         {"store: put (sync path) numbers after the meta", test_store_put_events},
