@@ -226,7 +226,7 @@ cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
     }
     /* Checked before any handler runs, durable or not: invalid UTF-8 in a JSON body would
      * otherwise travel into stored responses and events (README "Request bodies"). */
-    if (cn__request_body_must_be_utf8(req, req->match.route->operation != NULL) &&
+    if (cn__request_body_must_be_utf8(req) &&
         !cn__utf8_valid(req->body, req->body_len)) {
         reply->response = cn__problem(400, CN_PROBLEM_BODY_NOT_UTF8,
                                       "The request body is JSON but not valid UTF-8");

@@ -19,7 +19,7 @@
 static const char *
 origin_form(const char *target, int *need_slash)
 {
-    const char *p;
+    const char *p, *authority;
 
     *need_slash = 0;
     if (target[0] == '/')
@@ -32,6 +32,7 @@ origin_form(const char *target, int *need_slash)
         return NULL;
     /* The authority: at least one byte, no userinfo (RFC 9110 4.2.4 forbids it in http
      * URIs), and nothing a URI never holds. */
+    authority = p;
     if (*p == '\0' || *p == '/' || *p == '?' || *p == '#')
         return NULL;
     while (*p && *p != '/' && *p != '?') {
@@ -39,6 +40,10 @@ origin_form(const char *target, int *need_slash)
         if (c == '@' || c == '#' || c <= 0x20 || c >= 0x7f)
             return NULL;
     }
+    /* An IP literal is bracketed, and only one (RFC 3986 3.2.2). */
+    if (memchr(authority, '[', (size_t)(p - authority)) &&
+        (authority[0] != '[' || !memchr(authority, ']', (size_t)(p - authority))))
+        return NULL;
     if (*p != '/')
         *need_slash = 1; /* "http://host" or "http://host?q" */
     return p;
@@ -183,17 +188,15 @@ cn__media_type_is_json(const char *ct)
 }
 
 int
-cn__request_body_must_be_utf8(const cn_request_t *req, int durable)
+cn__request_body_must_be_utf8(const cn_request_t *req)
 {
-    const char *ct = NULL;
-    size_t nct;
-
-    if (req->body_len == 0)
-        return 0;
-    nct = cn__request_header_count(req, "Content-Type", &ct);
-    if (nct == 0)
-        return durable;
-    return cn__media_type_is_json(ct);
+    /* Every Content-Type is looked at: a JSON one anywhere declares the body JSON. */
+    for (size_t i = 0; req->body_len && i < req->nheaders; i++) {
+        if (!strcasecmp(req->headers[i].name, "Content-Type") &&
+            cn__media_type_is_json(req->headers[i].value))
+            return 1;
+    }
+    return 0;
 }
 
 size_t

@@ -96,10 +96,10 @@ size_t cn__request_header_count(const cn_request_t *req, const char *name,
  * application/json or application/<anything>+json, case-insensitive. 0 for NULL. */
 int cn__media_type_is_json(const char *ct);
 
-/* 1 when req's body is JSON text and must therefore be valid UTF-8 (RFC 8259 8.1): a
- * non-empty body whose Content-Type is JSON, or, when durable is set, one without a
- * Content-Type (a durable route fingerprints and stores what it reads as JSON). */
-int cn__request_body_must_be_utf8(const cn_request_t *req, int durable);
+/* 1 when req's body is declared JSON text and must therefore be valid UTF-8 (RFC 8259
+ * 8.1): a non-empty body with a JSON Content-Type. (Undeclared bodies may be binary;
+ * cn_request_json refuses to parse them when they are not UTF-8.) */
+int cn__request_body_must_be_utf8(const cn_request_t *req);
 
 /* Appends body bytes. Returns 0, CN_ETOOBIG when the body would exceed max bytes (the
  * bytes are not kept), -ENOMEM. */
