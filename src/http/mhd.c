@@ -91,6 +91,8 @@ typedef struct conn_state {
     const char *bad_header;     /* why a header was refused (static) */
     const char *block, *block_end; /* the request's header block in MHD's read buffer */
     const char *value_end;         /* end of the previous header value seen, or NULL */
+    const char *value_name;        /* and its name */
+    const char *bad_name;          /* the name of the refused header */
     int too_large;
 } conn_state_t;
 
@@ -190,21 +192,29 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 }
 
 /* 1 when the bytes in [from, to) of the header block are only what may follow a header
- * value in it: the line end (CR, LF, which MHD overwrote with NULs) and trailing
- * whitespace. Anything else means MHD cut a value at a NUL byte: see collect_header. A
+ * value there: trailing whitespace and at most max_ends line-end bytes (CR and LF, which
+ * MHD overwrote with NULs: 2 after a header line, 4 after the last one, whose blank line
+ * follows). Anything else means MHD cut a value at a NUL byte: see collect_header. A
  * range outside the block (a value MHD copied elsewhere, e.g. a joined folded line) is
  * not judged. */
 static int
-clean_gap(const conn_state_t *st, const char *from, const char *to)
+clean_gap(const conn_state_t *st, const char *from, const char *to, unsigned max_ends)
 {
+    unsigned ends = 0;
+
     if (!st->block || !from || from < st->block || to > st->block_end || from > to)
         return 1;
     for (; from < to; from++) {
-        if (*from != '\0' && *from != '\r' && *from != '\n' && *from != ' ' && *from != '\t')
+        if (*from == '\0' || *from == '\r' || *from == '\n')
+            ends++;
+        else if (*from != ' ' && *from != '\t')
             return 0;
     }
-    return 1;
+    return ends <= max_ends;
 }
+
+/* RFC 9110 5.5 and RFC 9112 5.2 (obs-fold may be refused with 400). */
+#define BAD_VALUE "A header field value contains a control character or is folded over lines"
 
 static enum MHD_Result
 collect_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
@@ -222,15 +232,18 @@ collect_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_s
      * "a"). The rest of the value is still in the buffer between the reported end and the
      * next line, so the gap before each header name (and the block end, see
      * begin_request) must hold nothing but line-end bytes. */
-    if (!clean_gap(st, st->value_end, key)) {
-        st->bad_header = "A header field value contains a control character";
+    if (!clean_gap(st, st->value_end, key, 2)) {
+        st->bad_header = BAD_VALUE;
+        st->bad_name = st->value_name;
         return MHD_NO;
     }
     st->value_end = value + value_size;
+    st->value_name = key;
     /* MHD keeps these strings in the connection's memory until the request ends. */
     rc = cn__request_add_header(&st->req, key, key_size, value, value_size, &why);
     if (rc == -EINVAL) {
         st->bad_header = why;
+        st->bad_name = key;
         return MHD_NO;
     }
     if (rc)
@@ -330,11 +343,11 @@ answer_and_close(cn_http_server_t *srv, conn_state_t *st)
 
 /* An answer to a request that is refused before it is dispatched. */
 static enum MHD_Result
-refuse(struct MHD_Connection *conn, int status, const char *detail)
+refuse(struct MHD_Connection *conn, int status, const char *type, const char *detail)
 {
     cn_http_reply_t reply = {.flags = CN_REPLY_NO_STORE};
 
-    reply.response = cn__problem(status, NULL, detail);
+    reply.response = cn__problem(status, type, detail);
     return send_reply(conn, &reply);
 }
 
@@ -374,8 +387,8 @@ begin_request(cn_http_server_t *srv, struct MHD_Connection *conn, const char *me
         /* RFC 9112 3: a method longer than any we implement is 501; anything else that
          * the request object refuses is a target that is not origin- or absolute-form. */
         if (strlen(method) >= sizeof(st->req.method))
-            return refuse(conn, 501, "Method not implemented");
-        return refuse(conn, 400, "The request target must be an absolute path (origin-form) "
+            return refuse(conn, 501, NULL, "Method not implemented");
+        return refuse(conn, 400, NULL, "The request target must be an absolute path (origin-form) "
                                  "or an http/https URI (absolute-form)");
     }
     if (rc)
@@ -389,16 +402,23 @@ begin_request(cn_http_server_t *srv, struct MHD_Connection *conn, const char *me
     }
     if (MHD_get_connection_values_n(conn, MHD_HEADER_KIND, collect_header, st) < 0)
         return MHD_NO;
-    if (!st->bad_header && !clean_gap(st, st->value_end, st->block_end))
-        st->bad_header = "A header field value contains a control character";
-    if (st->bad_header)
-        return refuse(conn, 400, st->bad_header);
+    if (!st->bad_header && !clean_gap(st, st->value_end, st->block_end, 4)) {
+        st->bad_header = BAD_VALUE;
+        st->bad_name = st->value_name;
+    }
+    if (st->bad_header) {
+        /* The durable contract's problem type for a bad key, whatever caught it. */
+        int key = st->bad_name && !strcasecmp(st->bad_name, "Idempotency-Key");
+        return refuse(conn, 400, key ? CN_PROBLEM_KEY_INVALID : NULL,
+                      key ? "Idempotency-Key must contain printable ASCII characters only"
+                          : st->bad_header);
+    }
     if (st->req.nheaders !=
         (size_t)MHD_get_connection_values_n(conn, MHD_HEADER_KIND, NULL, NULL))
         return MHD_NO; /* out of memory while copying */
     if (st->length_conflict) {
         /* The framing of anything after this request is unknown. */
-        return refuse(conn, 400, "Conflicting Content-Length headers");
+        return refuse(conn, 400, NULL, "Conflicting Content-Length headers");
     }
     /* A declared length over the limit is refused before reading the body; MHD then
      * closes the connection instead of reading what is left. */
