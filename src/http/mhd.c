@@ -57,6 +57,7 @@ typedef struct conn_slot {
     uint64_t waiting_since;        /* conns_mu: monotonic ms, start of the header phase */
     int in_request;                /* conns_mu: the access handler has the request */
     int reaped;                    /* conns_mu: the reaper closed it */
+    int served;                    /* conns_mu: a request on it has been completed */
     char *raw_target;              /* the connection's thread only */
 } conn_slot_t;
 
@@ -180,6 +181,7 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
         /* The header phase of the next request on this connection starts now. */
         pthread_mutex_lock(&srv->conns_mu);
         st->slot->in_request = 0;
+        st->slot->served = 1;
         st->slot->waiting_since = cn__clock_mono_ms();
         pthread_mutex_unlock(&srv->conns_mu);
     }
@@ -381,6 +383,10 @@ begin_request(cn_http_server_t *srv, struct MHD_Connection *conn, const char *me
 
     target = slot->raw_target;
     slot->raw_target = NULL;
+    if (!cn__http_token_valid(method, strlen(method))) {
+        free(target);
+        return refuse(conn, 400, NULL, "The request method is not a token");
+    }
     rc = cn__request_init(&st->req, method, target);
     free(target);
     if (rc == -EINVAL) {
@@ -533,10 +539,13 @@ reap(cn_http_server_t *srv, uint64_t now)
             continue;
         /* Nothing of this request has been answered (MHD writes only after the access
          * handler or on its own errors), so the 408 cannot interleave with a response.
-         * Best effort: a full send buffer just means no 408. shutdown() makes MHD see
-         * the end of the socket and close the connection from its own thread. */
-        (void)send(s->fd, timeout_answer, sizeof(timeout_answer) - 1,
-                   MSG_DONTWAIT | MSG_NOSIGNAL);
+         * An idle keep-alive connection is closed without one, as is usual: a client
+         * reusing it could take the 408 for the answer to a request it just sent. Best
+         * effort: a full send buffer just means no 408. shutdown() makes MHD see the end
+         * of the socket and close the connection from its own thread. */
+        if (!s->served)
+            (void)send(s->fd, timeout_answer, sizeof(timeout_answer) - 1,
+                       MSG_DONTWAIT | MSG_NOSIGNAL);
         shutdown(s->fd, SHUT_RDWR);
         s->reaped = 1;
         n++;

@@ -119,6 +119,16 @@ is_tchar(unsigned char c)
 }
 
 int
+cn__http_token_valid(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!is_tchar((unsigned char)s[i]))
+            return 0;
+    }
+    return n > 0;
+}
+
+int
 cn__request_add_header(cn_request_t *req, const char *name, size_t name_len,
                        const char *value, size_t value_len, const char **why)
 {

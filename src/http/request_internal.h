@@ -92,6 +92,9 @@ int cn__request_add_header(cn_request_t *req, const char *name, size_t name_len,
 size_t cn__request_header_count(const cn_request_t *req, const char *name,
                                 const char **first);
 
+/* 1 when the n bytes at s are a token (RFC 9110 5.6.2: methods, field names), n > 0. */
+int cn__http_token_valid(const char *s, size_t n);
+
 /* 1 when the media type ct (a Content-Type value, parameters allowed) is JSON:
  * application/json or application/<anything>+json, case-insensitive. 0 for NULL. */
 int cn__media_type_is_json(const char *ct);

@@ -194,6 +194,22 @@ class LimitsTest(h.ServerTestCase):
         self.assertTrue(closed, "a header sender trickling for 20 s was never closed")
         self.assertTrue(got == b"" or got.startswith(b"HTTP/1.1 408 "), got[:100])
         self.assertEqual(srv.health(), 200)
+        # An idle keep-alive connection is closed at the deadline too, without a 408 (a
+        # client reusing it could take that for the answer to its next request).
+        s = h.raw_connect(srv.port)
+        self.addCleanup(s.close)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        carry = bytearray()
+        resp = h.read_response(s, 10.0, carry)
+        self.assertEqual(resp.status, 200)
+        s.settimeout(20.0)
+        try:
+            tail = s.recv(65536)
+        except ConnectionResetError:
+            tail = b""
+        except socket.timeout:
+            self.fail("an idle keep-alive connection was not closed within 20 s")
+        self.assertEqual(bytes(carry) + tail, b"", "bytes sent on an idle connection")
         # A keep-alive connection that sends its requests promptly is not cut.
         conn = srv.connection()
         try:

@@ -106,6 +106,7 @@ ANSWERED = [
     ("absolute-form garbage", b"GET http://[::1 HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("absolute-form with userinfo", b"GET http://u@x/health HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("asterisk-form", b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400),
+    ("method that is not a token", b"G(T /health HTTP/1.1\r\nHost: x\r\n\r\n", 400),
     ("over-long method", b"A" * 200 + b" /health HTTP/1.1\r\nHost: x\r\n\r\n", 501),
     # RFC 9112 3.2.2: a server MUST accept the absolute-form.
     ("absolute-form target", b"GET http://x/health HTTP/1.1\r\nHost: x\r\n\r\n", 200),

@@ -83,6 +83,17 @@ test_method_length(void)
 }
 
 static void
+test_tokens(void)
+{
+    CU_ASSERT_EQUAL(cn__http_token_valid("GET", 3), 1);
+    CU_ASSERT_EQUAL(cn__http_token_valid("M-SEARCH", 8), 1);
+    CU_ASSERT_EQUAL(cn__http_token_valid("", 0), 0);
+    CU_ASSERT_EQUAL(cn__http_token_valid("G(T", 3), 0);
+    CU_ASSERT_EQUAL(cn__http_token_valid("G T", 3), 0);
+    CU_ASSERT_EQUAL(cn__http_token_valid("G\0T", 3), 0);
+}
+
+static void
 test_header_names_must_be_tokens(void)
 {
     static const char *const bad[] = {"Bad Name", "Bad ", " Bad", "a\tb", "a:b", "a(b)",
@@ -212,6 +223,7 @@ main(void)
         {"origin-form targets", test_origin_form_targets},
         {"absolute-form targets reduced, others refused", test_absolute_form_targets},
         {"methods of 16 bytes or more refused", test_method_length},
+        {"tokens", test_tokens},
         {"header names must be tokens", test_header_names_must_be_tokens},
         {"header values without control bytes", test_header_values_without_control_bytes},
         {"header values are trimmed", test_header_values_are_trimmed},
