@@ -123,6 +123,7 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     const cn_config_t *cfg = &app->cfg;
     char lmdb_dir[CN_CONFIG_PATH_MAX + 8];
     cn_worker_t w;
+    cn_http_options_t http_opt;
     sigset_t stop_signals;
     int rc, sig, exit_code = 1;
 
@@ -163,8 +164,14 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         fprintf(stderr, "cnerium: cannot start the sweep thread\n");
         goto out;
     }
-    if ((rc = cn__http_start(listen_fd, (unsigned)cfg->threads, cfg->max_body_bytes,
-                             cn__app_dispatch, &w, &w.http))) {
+    http_opt = (cn_http_options_t){
+        .threads = (unsigned)cfg->threads,
+        .max_body = cfg->max_body_bytes,
+        .max_connections = cfg->max_connections,
+        .max_connections_per_ip = cfg->max_connections_per_ip,
+        .header_timeout_ms = cfg->header_timeout_ms,
+    };
+    if ((rc = cn__http_start(listen_fd, &http_opt, cn__app_dispatch, &w, &w.http))) {
         fprintf(stderr, "cnerium: cannot start the HTTP server: %s\n", cn_strerror(rc));
         goto out;
     }

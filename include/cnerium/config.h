@@ -29,6 +29,10 @@
  *   --name NAME           CNERIUM_NAME              service name
  *   --key-ttl SECONDS     CNERIUM_KEY_TTL           stored response lifetime (86400)
  *   --max-body BYTES      CNERIUM_MAX_BODY          request body limit (1048576)
+ *   --max-connections N   CNERIUM_MAX_CONNECTIONS   open HTTP connections per worker (1024)
+ *   --max-connections-per-ip N  CNERIUM_MAX_CONNECTIONS_PER_IP
+ *                                                   per worker and client address (256)
+ *   --header-timeout-ms N CNERIUM_HEADER_TIMEOUT_MS deadline for a request's headers (10000)
  *   --principal-header H  CNERIUM_PRINCIPAL_HEADER  header that scopes keys per tenant
  *   --inflight M          CNERIUM_INFLIGHT          wait | reject: concurrent duplicates (wait)
  *   --inflight-wait-ms N  CNERIUM_INFLIGHT_WAIT_MS  bound on waiting for a duplicate (30000)
@@ -91,6 +95,10 @@ typedef struct cn_config {
     cn_wal_io_t wal_io;
     uint32_t key_ttl_s;
     size_t max_body_bytes;
+    /* HTTP connection limits (README "Limits"): per worker process. */
+    uint32_t max_connections;        /* at the limit, new connections wait in the backlog */
+    uint32_t max_connections_per_ip; /* beyond it, closed unanswered; 0 = no limit */
+    uint32_t header_timeout_ms;      /* 408 and close; 0 = no deadline */
     /* Header whose value (hashed) joins the key scope; empty = keys are scoped by
      * operation name only. */
     char principal_header[CN_CONFIG_HEADER_MAX];

@@ -40,8 +40,10 @@ const char *cn_request_header(const cn_request_t *req, const char *name);
  * followed by a NUL byte that is not part of it. */
 const char *cn_request_body(const cn_request_t *req, size_t *len);
 
-/* The body parsed as JSON, parsed once on first call; NULL when it is not valid JSON
- * (judging that is the handler's job). */
+/* The body parsed as JSON, parsed once on first call; NULL when it is not valid JSON,
+ * invalid UTF-8 included (judging that is the handler's job). A body declared as JSON
+ * (Content-Type application/json or application/...+json) never reaches a handler
+ * unless it is valid UTF-8: it gets 400 first. */
 const cJSON *cn_request_json(cn_request_t *req);
 
 /* The Idempotency-Key as the client meant it (structured-field quotes removed); NULL on

@@ -32,6 +32,7 @@
 #include "store/store.h"
 #include "support/clock.h"
 #include "support/log.h"
+#include "support/utf8.h"
 
 cn_app_t *
 cn_app_new(const cn_config_t *cfg)
@@ -221,6 +222,20 @@ cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
     if (rc) {
         reply->response = cn__problem(503, CN_PROBLEM_STORAGE, "Out of memory");
         reply->flags = CN_REPLY_NO_STORE;
+        return;
+    }
+    /* Checked before any handler runs, durable or not: invalid UTF-8 in a JSON body would
+     * otherwise travel into stored responses and events (README "Request bodies"). */
+    if (cn__request_body_must_be_utf8(req) &&
+        !cn__utf8_valid(req->body, req->body_len)) {
+        reply->response = cn__problem(400, CN_PROBLEM_BODY_NOT_UTF8,
+                                      "The request body is JSON but not valid UTF-8");
+        reply->flags = CN_REPLY_NO_STORE;
+        if (req->match.route->operation) {
+            cn_durable_result_t out = {.outcome = CN_OUTCOME_INVALID,
+                                       .op_index = req->match.route->op_index};
+            count_outcome(w, &out);
+        }
         return;
     }
     if (req->match.route->operation) {

@@ -80,6 +80,13 @@ static const opt_t options[] = {
      "lifetime of a stored response"},
     {"max-body", "CNERIUM_MAX_BODY", OPT_SIZE, F(max_body_bytes), 1, 64u * 1024 * 1024,
      "BYTES", "request body limit"},
+    {"max-connections", "CNERIUM_MAX_CONNECTIONS", OPT_U32, F(max_connections), 1, 1000000,
+     "N", "open HTTP connections per worker; more wait in the listen backlog"},
+    {"max-connections-per-ip", "CNERIUM_MAX_CONNECTIONS_PER_IP", OPT_U32,
+     F(max_connections_per_ip), 0, 1000000, "N",
+     "open connections per worker from one address; more are closed (0: no limit)"},
+    {"header-timeout-ms", "CNERIUM_HEADER_TIMEOUT_MS", OPT_U32, F(header_timeout_ms), 0,
+     3600000u, "MS", "a request's headers must arrive within this; else 408 (0: none)"},
     {"principal-header", "CNERIUM_PRINCIPAL_HEADER", OPT_STR, F(principal_header), 0, 0,
      "NAME", "header whose value scopes keys per tenant"},
     {"inflight", "CNERIUM_INFLIGHT", OPT_INFLIGHT, F(inflight_mode), 0, 0, "wait|reject",
@@ -151,6 +158,9 @@ cn_config_development(void)
     c.durability = CN_DURABILITY_SYNC;
     c.key_ttl_s = 86400;
     c.max_body_bytes = 1024 * 1024;
+    c.max_connections = 1024;
+    c.max_connections_per_ip = 256;
+    c.header_timeout_ms = 10000;
     c.inflight_wait_ms = 30000;
     c.sweep_interval_ms = 60000;
     c.log_level = 2;

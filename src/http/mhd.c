@@ -4,23 +4,36 @@
  * One daemon with an internal thread pool on an inherited listening socket. It polls with
  * poll(), not epoll: 0.9.75 in epoll mode misses a FIN that arrives together with the
  * last bytes it reads, so a client that vanished mid-body stayed "in progress" forever.
- * Per request: the URI-log callback creates our request state with the raw target; the
- * access handler's first call copies the headers and returns (a response queued on the
- * first call goes out with "Connection: close" in 0.9.75, which would kill keep-alive);
- * later calls collect the body; the final call dispatches and queues the reply; the
- * completion callback frees the state. Connection memory is MHD's; our state is ours.
+ * Per connection: a slot (connection notify callback, freed when MHD closes the
+ * connection) keeps the raw target the URI-log callback saw and the header deadline.
+ * Per request: the access handler's first call creates our request state from the slot's
+ * raw target, checks and copies the headers and returns (a response queued on the first
+ * call goes out with "Connection: close" in 0.9.75, which would kill keep-alive); later
+ * calls collect the body; the final call dispatches and queues the reply; the completion
+ * callback frees the state. Request state is created only once the access handler runs
+ * because only then does 0.9.75 promise the completion callback: a request it rejects
+ * itself earlier (a query with too many arguments for the connection memory, say) is
+ * dropped without it, which used to leak the state and the in-progress count.
+ * Header deadline: one reaper thread per server closes (408, then shutdown()) connections
+ * whose current request has not reached the access handler in time; MHD then sees the
+ * socket end and closes the connection itself. Slots are on a list under conns_mu, and a
+ * slot leaves it in the close notification, before MHD closes the socket, so the reaper
+ * never touches a closed (or reused) descriptor.
  * A deferred reply (a durable response waiting for its record to be durable) suspends
  * the connection; cn__http_complete, from any thread, resumes it and MHD calls the
  * access handler once more to queue the reply. No MHD thread waits meanwhile.
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <time.h>
 
 #include <microhttpd.h>
 
@@ -28,6 +41,7 @@
 #include "http/problem.h"
 #include "http/request_internal.h"
 #include "http/server.h"
+#include "support/clock.h"
 #include "support/log.h"
 
 /* Per-connection memory of libmicrohttpd (request line, headers, read buffer). MHD zeroes
@@ -36,12 +50,30 @@
  * the 64 KiB it was. Bodies do not live there: they stream to the request in chunks. */
 #define CONNECTION_MEMORY (16 * 1024)
 
+/* One open connection (MHD's socket context). */
+typedef struct conn_slot {
+    struct conn_slot *prev, *next; /* the server's list; conns_mu */
+    int fd;                        /* MHD's socket, open while the slot is listed */
+    uint64_t waiting_since;        /* conns_mu: monotonic ms, start of the header phase */
+    int in_request;                /* conns_mu: the access handler has the request */
+    int reaped;                    /* conns_mu: the reaper closed it */
+    int served;                    /* conns_mu: a request on it has been completed */
+    char *raw_target;              /* the connection's thread only */
+} conn_slot_t;
+
 struct cn_http_server {
     struct MHD_Daemon *daemon;
     cn_http_dispatch_cb dispatch;
     void *arg;
-    size_t max_body;
+    cn_http_options_t opt;
     atomic_uint active;
+
+    pthread_mutex_t conns_mu;
+    conn_slot_t conns; /* list head */
+    pthread_cond_t reaper_cond;
+    pthread_t reaper;
+    int reaper_started;
+    int stopping; /* conns_mu */
 };
 
 /* A deferred request: DISPATCHING until the dispatch callback returns, then SUSPENDED
@@ -51,13 +83,17 @@ enum { DEFER_NONE = 0, DEFER_DISPATCHING, DEFER_SUSPENDED, DEFER_READY, DEFER_RE
 typedef struct conn_state {
     cn_request_t req;
     struct MHD_Connection *conn;
+    conn_slot_t *slot;
     pthread_mutex_t mu; /* guards defer and reply */
     int defer;
     cn_http_reply_t reply;
-    char *raw_target; /* from the URI-log callback, until the first access call */
     const char *content_length; /* the first Content-Length value, MHD's memory */
     int length_conflict;        /* Content-Length headers that disagree */
-    int started;
+    const char *bad_header;     /* why a header was refused (static) */
+    const char *block, *block_end; /* the request's header block in MHD's read buffer */
+    const char *value_end;         /* end of the previous header value seen, or NULL */
+    const char *value_name;        /* and its name */
+    const char *bad_name;          /* the name of the refused header */
     int too_large;
 } conn_state_t;
 
@@ -71,19 +107,63 @@ log_cb(void *cls, const char *fmt, va_list ap)
     cn_log_debug("libmicrohttpd: %s", line);
 }
 
+static conn_slot_t *
+slot_of(struct MHD_Connection *conn)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+
+    return ci ? ci->socket_context : NULL;
+}
+
+static void
+notify_cb(void *cls, struct MHD_Connection *conn, void **socket_context,
+          enum MHD_ConnectionNotificationCode code)
+{
+    cn_http_server_t *srv = cls;
+    conn_slot_t *slot;
+
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+        /* Without a slot the access handler refuses the connection's requests. */
+        if (!ci || !(slot = calloc(1, sizeof(*slot))))
+            return;
+        slot->fd = ci->connect_fd;
+        pthread_mutex_lock(&srv->conns_mu);
+        slot->waiting_since = cn__clock_mono_ms();
+        slot->next = srv->conns.next;
+        slot->prev = &srv->conns;
+        srv->conns.next->prev = slot;
+        srv->conns.next = slot;
+        pthread_mutex_unlock(&srv->conns_mu);
+        *socket_context = slot;
+        return;
+    }
+    if (!(slot = *socket_context))
+        return;
+    pthread_mutex_lock(&srv->conns_mu);
+    slot->prev->next = slot->next;
+    slot->next->prev = slot->prev;
+    pthread_mutex_unlock(&srv->conns_mu);
+    free(slot->raw_target);
+    free(slot);
+    *socket_context = NULL;
+}
+
+/* Keeps the raw target (before MHD decodes it) for the access handler. Allocates no
+ * request state: see the top of the file. */
 static void *
 uri_cb(void *cls, const char *uri, struct MHD_Connection *conn)
 {
-    cn_http_server_t *srv = cls;
-    conn_state_t *st = calloc(1, sizeof(*st));
+    conn_slot_t *slot = slot_of(conn);
 
-    if (!st)
-        return NULL;
-    pthread_mutex_init(&st->mu, NULL);
-    st->conn = conn;
-    st->raw_target = strdup(uri);
-    atomic_fetch_add(&srv->active, 1);
-    return st;
+    (void)cls;
+    if (slot) {
+        free(slot->raw_target);
+        slot->raw_target = strdup(uri);
+    }
+    return NULL;
 }
 
 static void
@@ -93,30 +173,91 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
     cn_http_server_t *srv = cls;
     conn_state_t *st = *con_cls;
 
+    (void)conn;
+    (void)toe;
     if (!st)
         return;
+    if (st->slot) {
+        /* The header phase of the next request on this connection starts now. */
+        pthread_mutex_lock(&srv->conns_mu);
+        st->slot->in_request = 0;
+        st->slot->served = 1;
+        st->slot->waiting_since = cn__clock_mono_ms();
+        pthread_mutex_unlock(&srv->conns_mu);
+    }
     cn__request_destroy(&st->req);
     cn_response_free(&st->reply.response); /* a reply that came too late to be sent */
     pthread_mutex_destroy(&st->mu);
-    free(st->raw_target);
     free(st);
     *con_cls = NULL;
     atomic_fetch_sub(&srv->active, 1);
 }
 
+/* 1 when the bytes in [from, to) of the header block are only what may follow a header
+ * value there: trailing whitespace and at most max_ends line-end bytes (CR and LF, which
+ * MHD overwrote with NULs: 2 after a header line, 4 after the last one, whose blank line
+ * follows). Anything else means MHD cut a value at a NUL byte: see collect_header. A
+ * range outside the block (a value MHD copied elsewhere, e.g. a joined folded line) is
+ * not judged. */
+static int
+clean_gap(const conn_state_t *st, const char *from, const char *to, unsigned max_ends)
+{
+    unsigned ends = 0;
+
+    if (!st->block || !from || from < st->block || to > st->block_end || from > to)
+        return 1;
+    for (; from < to; from++) {
+        if (*from == '\0' || *from == '\r' || *from == '\n')
+            ends++;
+        else if (*from != ' ' && *from != '\t')
+            return 0;
+    }
+    return ends <= max_ends;
+}
+
+/* RFC 9110 5.5 and RFC 9112 5.2 (obs-fold may be refused with 400). */
+#define BAD_VALUE "A header field value contains a control character or is folded over lines"
+
 static enum MHD_Result
-collect_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+collect_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_size,
+               const char *value, size_t value_size)
 {
     conn_state_t *st = cls;
+    const char *why = NULL;
+    int rc;
 
-    if (value && !strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+    (void)kind;
+    if (!value)
+        value = "", value_size = 0;
+    /* 0.9.75 parses the header block in place and reports a value that contains a NUL
+     * byte cut at the NUL, with the cut length (so "Idempotency-Key: a\0b" reads as
+     * "a"). The rest of the value is still in the buffer between the reported end and the
+     * next line, so the gap before each header name (and the block end, see
+     * begin_request) must hold nothing but line-end bytes. */
+    if (!clean_gap(st, st->value_end, key, 2)) {
+        st->bad_header = BAD_VALUE;
+        st->bad_name = st->value_name;
+        return MHD_NO;
+    }
+    st->value_end = value + value_size;
+    st->value_name = key;
+    /* MHD keeps these strings in the connection's memory until the request ends. */
+    rc = cn__request_add_header(&st->req, key, key_size, value, value_size, &why);
+    if (rc == -EINVAL) {
+        st->bad_header = why;
+        st->bad_name = key;
+        return MHD_NO;
+    }
+    if (rc)
+        return MHD_NO;
+    if (!strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH)) {
+        const char *v = st->req.headers[st->req.nheaders - 1].value;
         if (!st->content_length)
-            st->content_length = value;
-        else if (strcmp(st->content_length, value))
+            st->content_length = v;
+        else if (strcmp(st->content_length, v))
             st->length_conflict = 1; /* a request smuggling vector: RFC 9112 6.3 */
     }
-    /* MHD keeps these strings in the connection's memory until the request ends. */
-    return cn__request_add_header(&st->req, key, value ? value : "") ? MHD_NO : MHD_YES;
+    return MHD_YES;
 }
 
 /* Converts our response into an MHD one and queues it. Consumes reply->response. */
@@ -166,9 +307,135 @@ too_large(cn_http_server_t *srv, struct MHD_Connection *conn)
     cn_http_reply_t reply = {.flags = CN_REPLY_NO_STORE};
 
     snprintf(detail, sizeof(detail), "Request body exceeds the limit of %zu bytes",
-             srv->max_body);
+             srv->opt.max_body);
     reply.response = cn__problem(413, CN_PROBLEM_BODY_TOO_LARGE, detail);
     return send_reply(conn, &reply);
+}
+
+/* Writes a 413 for st straight to its socket, best effort (a full send buffer means a
+ * shorter or no answer), and ends the sending side. For the one moment MHD cannot send
+ * a response itself: see the caller. */
+static void
+answer_and_close(cn_http_server_t *srv, conn_state_t *st)
+{
+    char detail[96], head[256], date[64];
+    cn_response_t res;
+    struct tm tm;
+    time_t now = time(NULL);
+    int n;
+
+    if (!st->slot)
+        return;
+    snprintf(detail, sizeof(detail), "Request body exceeds the limit of %zu bytes",
+             srv->opt.max_body);
+    res = cn__problem(413, CN_PROBLEM_BODY_TOO_LARGE, detail);
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    n = snprintf(head, sizeof(head),
+                 "HTTP/1.1 413 Content Too Large\r\nDate: %s\r\nConnection: close\r\n"
+                 "Content-Type: %s\r\nCache-Control: no-store\r\nContent-Length: %zu\r\n\r\n",
+                 date, res.content_type ? res.content_type : "application/problem+json",
+                 res.body_len);
+    if (n > 0 && (size_t)n < sizeof(head) &&
+        send(st->slot->fd, head, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL) == n && res.body_len)
+        (void)send(st->slot->fd, res.body, res.body_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    shutdown(st->slot->fd, SHUT_WR);
+    cn_response_free(&res);
+}
+
+/* An answer to a request that is refused before it is dispatched. */
+static enum MHD_Result
+refuse(struct MHD_Connection *conn, int status, const char *type, const char *detail)
+{
+    cn_http_reply_t reply = {.flags = CN_REPLY_NO_STORE};
+
+    reply.response = cn__problem(status, type, detail);
+    return send_reply(conn, &reply);
+}
+
+/* The first access call: the request line and the headers are complete. Creates the
+ * request state; answers requests that are refused before dispatch (on the first call,
+ * so MHD closes the connection after the answer). */
+static enum MHD_Result
+begin_request(cn_http_server_t *srv, struct MHD_Connection *conn, const char *method,
+              void **con_cls)
+{
+    conn_slot_t *slot = slot_of(conn);
+    const union MHD_ConnectionInfo *hs;
+    conn_state_t *st;
+    const char *cl;
+    char *target;
+    int rc;
+
+    if (!slot || !slot->raw_target)
+        return MHD_NO; /* out of memory in the notify or URI-log callback */
+    if (!(st = calloc(1, sizeof(*st))))
+        return MHD_NO;
+    pthread_mutex_init(&st->mu, NULL);
+    st->conn = conn;
+    st->slot = slot;
+    /* From here on the completion callback frees st and gives back the count. */
+    *con_cls = st;
+    atomic_fetch_add(&srv->active, 1);
+    pthread_mutex_lock(&srv->conns_mu);
+    slot->in_request = 1;
+    pthread_mutex_unlock(&srv->conns_mu);
+
+    target = slot->raw_target;
+    slot->raw_target = NULL;
+    if (!cn__http_token_valid(method, strlen(method))) {
+        free(target);
+        return refuse(conn, 400, NULL, "The request method is not a token");
+    }
+    rc = cn__request_init(&st->req, method, target);
+    free(target);
+    if (rc == -EINVAL) {
+        /* RFC 9112 3: a method longer than any we implement is 501; anything else that
+         * the request object refuses is a target that is not origin- or absolute-form. */
+        if (strlen(method) >= sizeof(st->req.method))
+            return refuse(conn, 501, NULL, "Method not implemented");
+        return refuse(conn, 400, NULL, "The request target must be an absolute path (origin-form) "
+                                 "or an http/https URI (absolute-form)");
+    }
+    if (rc)
+        return MHD_NO;
+    st->req.http_handle = st; /* after init, which zeroes the request */
+    hs = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (hs) {
+        /* The request line starts the block; the method string points at it. */
+        st->block = method;
+        st->block_end = method + hs->header_size;
+    }
+    if (MHD_get_connection_values_n(conn, MHD_HEADER_KIND, collect_header, st) < 0)
+        return MHD_NO;
+    if (!st->bad_header && !clean_gap(st, st->value_end, st->block_end, 4)) {
+        st->bad_header = BAD_VALUE;
+        st->bad_name = st->value_name;
+    }
+    if (st->bad_header) {
+        /* The durable contract's problem type for a bad key, whatever caught it. */
+        int key = st->bad_name && !strcasecmp(st->bad_name, "Idempotency-Key");
+        return refuse(conn, 400, key ? CN_PROBLEM_KEY_INVALID : NULL,
+                      key ? "Idempotency-Key must contain printable ASCII characters only"
+                          : st->bad_header);
+    }
+    if (st->req.nheaders !=
+        (size_t)MHD_get_connection_values_n(conn, MHD_HEADER_KIND, NULL, NULL))
+        return MHD_NO; /* out of memory while copying */
+    if (st->length_conflict) {
+        /* The framing of anything after this request is unknown. */
+        return refuse(conn, 400, NULL, "Conflicting Content-Length headers");
+    }
+    /* A declared length over the limit is refused before reading the body; MHD then
+     * closes the connection instead of reading what is left. */
+    cl = st->content_length;
+    if (cl) {
+        char *end;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (*end == '\0' && n > srv->opt.max_body)
+            return too_large(srv, conn);
+    }
+    return MHD_YES;
 }
 
 static enum MHD_Result
@@ -180,9 +447,11 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     conn_state_t *st = *con_cls;
     cn_http_reply_t reply = {0};
 
+    (void)url;
+    (void)version;
     if (!st)
-        return MHD_NO; /* the URI-log callback could not allocate */
-    if (st->started && !*upload_data_size) {
+        return begin_request(srv, conn, method, con_cls);
+    if (!*upload_data_size) {
         /* Called again after cn__http_complete resumed the connection? (defer is
          * written by the completing thread, so it is read under the lock.) */
         int resumed;
@@ -197,47 +466,27 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
         if (resumed)
             return send_reply(conn, &reply);
     }
-    if (!st->started) {
-        const char *cl;
-        st->started = 1;
-        if (cn__request_init(&st->req, method, st->raw_target ? st->raw_target : url) ||
-            MHD_get_connection_values(conn, MHD_HEADER_KIND, collect_header, st) < 0)
-            return MHD_NO;
-        free(st->raw_target);
-        st->raw_target = NULL;
-        st->req.http_handle = st; /* after init, which zeroes the request */
-        if (st->length_conflict) {
-            /* Answered on the first call, so MHD closes the connection: the framing of
-             * anything after this request is unknown. */
-            reply.flags = CN_REPLY_NO_STORE;
-            reply.response = cn__problem(400, NULL, "Conflicting Content-Length headers");
-            return send_reply(conn, &reply);
-        }
-        /* A declared length over the limit is refused before reading the body; MHD then
-         * closes the connection instead of reading what is left. */
-        cl = st->content_length;
-        if (cl) {
-            char *end;
-            unsigned long long n = strtoull(cl, &end, 10);
-            if (*end == '\0' && n > srv->max_body)
-                return too_large(srv, conn);
-        }
-        return MHD_YES;
-    }
     if (*upload_data_size) {
-        if (!st->too_large) {
-            int rc = cn__request_append_body(&st->req, upload_data, *upload_data_size,
-                                             srv->max_body);
-            if (rc == CN_ETOOBIG)
-                st->too_large = 1; /* keep reading (and dropping) to answer 413 */
-            else if (rc)
-                return MHD_NO;
+        int rc = cn__request_append_body(&st->req, upload_data, *upload_data_size,
+                                         srv->opt.max_body);
+        if (rc == CN_ETOOBIG) {
+            /* A chunked body (no Content-Length to refuse up front) went past the limit.
+             * 0.9.75 takes no response while a body is being read, and reading the rest
+             * is what a client sending an endless body wants. So the 413 is written to
+             * the socket here and MHD is told to close the connection: nothing else is
+             * being written on it (earlier responses on the connection are complete
+             * before MHD reads the next request). */
+            st->too_large = 1;
+            answer_and_close(srv, st);
+            return MHD_NO;
         }
+        if (rc)
+            return MHD_NO;
         *upload_data_size = 0;
         return MHD_YES;
     }
     if (st->too_large)
-        return too_large(srv, conn);
+        return MHD_NO; /* answered already */
     st->defer = DEFER_DISPATCHING;
     srv->dispatch(srv->arg, &st->req, &reply);
     if (!(reply.flags & CN_REPLY_DEFERRED)) {
@@ -276,35 +525,133 @@ cn__http_complete(void *handle, cn_http_reply_t *reply)
         MHD_resume_connection(st->conn);
 }
 
+static const char timeout_answer[] =
+    "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+
+/* Closes every connection whose request headers are overdue; returns how many. */
+static unsigned
+reap(cn_http_server_t *srv, uint64_t now)
+{
+    unsigned n = 0;
+
+    for (conn_slot_t *s = srv->conns.next; s != &srv->conns; s = s->next) {
+        if (s->in_request || s->reaped || now - s->waiting_since < srv->opt.header_timeout_ms)
+            continue;
+        /* Nothing of this request has been answered (MHD writes only after the access
+         * handler or on its own errors), so the 408 cannot interleave with a response.
+         * An idle keep-alive connection is closed without one, as is usual: a client
+         * reusing it could take the 408 for the answer to a request it just sent. Best
+         * effort: a full send buffer just means no 408. shutdown() makes MHD see the end
+         * of the socket and close the connection from its own thread. */
+        if (!s->served)
+            (void)send(s->fd, timeout_answer, sizeof(timeout_answer) - 1,
+                       MSG_DONTWAIT | MSG_NOSIGNAL);
+        shutdown(s->fd, SHUT_RDWR);
+        s->reaped = 1;
+        n++;
+    }
+    return n;
+}
+
+static void *
+reaper_main(void *arg)
+{
+    cn_http_server_t *srv = arg;
+    /* A quarter of the deadline between looks: a connection is closed at most 25% late. */
+    uint32_t tick = srv->opt.header_timeout_ms / 4;
+
+    if (tick < 10)
+        tick = 10;
+    if (tick > 1000)
+        tick = 1000;
+    pthread_mutex_lock(&srv->conns_mu);
+    while (!srv->stopping) {
+        struct timespec next;
+        unsigned n;
+
+        clock_gettime(CLOCK_MONOTONIC, &next);
+        next.tv_sec += tick / 1000;
+        next.tv_nsec += (long)(tick % 1000) * 1000000L;
+        if (next.tv_nsec >= 1000000000L) {
+            next.tv_sec++;
+            next.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&srv->reaper_cond, &srv->conns_mu, &next);
+        if (srv->stopping)
+            break;
+        if ((n = reap(srv, cn__clock_mono_ms())))
+            cn_log_debug("closed %u connections whose request headers took over %u ms", n,
+                         (unsigned)srv->opt.header_timeout_ms);
+    }
+    pthread_mutex_unlock(&srv->conns_mu);
+    return NULL;
+}
+
+static void
+stop_reaper(cn_http_server_t *srv)
+{
+    if (!srv->reaper_started)
+        return;
+    pthread_mutex_lock(&srv->conns_mu);
+    srv->stopping = 1;
+    pthread_cond_signal(&srv->reaper_cond);
+    pthread_mutex_unlock(&srv->conns_mu);
+    pthread_join(srv->reaper, NULL);
+    srv->reaper_started = 0;
+}
+
 int
-cn__http_start(int listen_fd, unsigned threads, size_t max_body, cn_http_dispatch_cb dispatch,
+cn__http_start(int listen_fd, const cn_http_options_t *opt, cn_http_dispatch_cb dispatch,
                void *arg, cn_http_server_t **out)
 {
     cn_http_server_t *srv = calloc(1, sizeof(*srv));
+    unsigned threads = opt->threads > 1 ? opt->threads : 0u;
+    unsigned limit = opt->max_connections;
+    pthread_condattr_t ca;
 
     if (!srv)
         return -ENOMEM;
     srv->dispatch = dispatch;
     srv->arg = arg;
-    srv->max_body = max_body;
+    srv->opt = *opt;
     atomic_init(&srv->active, 0);
+    pthread_mutex_init(&srv->conns_mu, NULL);
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&srv->reaper_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    srv->conns.next = srv->conns.prev = &srv->conns;
+    /* 0.9.75 splits the connection limit evenly over the pool's threads (each polls the
+     * listening socket on its own); a limit below the thread count would leave threads
+     * that never accept. */
+    if (limit < (threads ? threads : 1u))
+        limit = threads ? threads : 1u;
     srv->daemon = MHD_start_daemon(
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
             MHD_ALLOW_SUSPEND_RESUME,
         0,
         NULL, NULL, access_cb, srv,
+        MHD_OPTION_EXTERNAL_LOGGER, log_cb, NULL,
         MHD_OPTION_LISTEN_SOCKET, listen_fd,
-        MHD_OPTION_THREAD_POOL_SIZE, threads > 1 ? threads : 0u,
+        MHD_OPTION_THREAD_POOL_SIZE, threads,
+        MHD_OPTION_NOTIFY_CONNECTION, notify_cb, srv,
         MHD_OPTION_URI_LOG_CALLBACK, uri_cb, srv,
         MHD_OPTION_NOTIFY_COMPLETED, completed_cb, srv,
         MHD_OPTION_CONNECTION_TIMEOUT, 30u,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)CONNECTION_MEMORY,
-        MHD_OPTION_CONNECTION_LIMIT, 4096u,
-        MHD_OPTION_EXTERNAL_LOGGER, log_cb, NULL,
+        MHD_OPTION_CONNECTION_LIMIT, limit,
+        MHD_OPTION_PER_IP_CONNECTION_LIMIT, opt->max_connections_per_ip,
         MHD_OPTION_END);
     if (!srv->daemon) {
-        free(srv);
+        cn__http_stop(srv);
         return -EIO;
+    }
+    if (opt->header_timeout_ms) {
+        if (pthread_create(&srv->reaper, NULL, reaper_main, srv)) {
+            cn__http_stop(srv);
+            return -EAGAIN;
+        }
+        srv->reaper_started = 1;
     }
     *out = srv;
     return 0;
@@ -328,7 +675,11 @@ cn__http_stop(cn_http_server_t *srv)
 {
     if (!srv)
         return;
+    /* The reaper first: it must not shut down sockets the daemon is closing. */
+    stop_reaper(srv);
     if (srv->daemon)
         MHD_stop_daemon(srv->daemon);
+    pthread_cond_destroy(&srv->reaper_cond);
+    pthread_mutex_destroy(&srv->conns_mu);
     free(srv);
 }

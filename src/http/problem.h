@@ -12,6 +12,7 @@
 #define CN_PROBLEM_KEY_REUSED "urn:cnerium:problem:idempotency-key-reused"
 #define CN_PROBLEM_IN_PROGRESS "urn:cnerium:problem:request-in-progress"
 #define CN_PROBLEM_BODY_TOO_LARGE "urn:cnerium:problem:body-too-large"
+#define CN_PROBLEM_BODY_NOT_UTF8 "urn:cnerium:problem:body-not-utf8"
 #define CN_PROBLEM_NOT_FOUND "urn:cnerium:problem:not-found"
 #define CN_PROBLEM_METHOD "urn:cnerium:problem:method-not-allowed"
 #define CN_PROBLEM_STORAGE "urn:cnerium:problem:storage-unavailable"

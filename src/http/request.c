@@ -12,20 +12,67 @@
 #include "cnerium/request.h"
 #include "http/request_internal.h"
 #include "realtime/event.h"
+#include "support/utf8.h"
+
+/* The origin-form part of an absolute-form target (RFC 9112 3.2.2): what follows the
+ * authority of an http or https URI, "/" when nothing does. NULL for any other form. */
+static const char *
+origin_form(const char *target, int *need_slash)
+{
+    const char *p, *authority;
+
+    *need_slash = 0;
+    if (target[0] == '/')
+        return target;
+    if (!strncasecmp(target, "http://", 7))
+        p = target + 7;
+    else if (!strncasecmp(target, "https://", 8))
+        p = target + 8;
+    else
+        return NULL;
+    /* The authority: at least one byte, no userinfo (RFC 9110 4.2.4 forbids it in http
+     * URIs), and nothing a URI never holds. */
+    authority = p;
+    if (*p == '\0' || *p == '/' || *p == '?' || *p == '#')
+        return NULL;
+    while (*p && *p != '/' && *p != '?') {
+        unsigned char c = (unsigned char)*p++;
+        if (c == '@' || c == '#' || c <= 0x20 || c >= 0x7f)
+            return NULL;
+    }
+    /* An IP literal is bracketed, and only one (RFC 3986 3.2.2). */
+    if (memchr(authority, '[', (size_t)(p - authority)) &&
+        (authority[0] != '[' || !memchr(authority, ']', (size_t)(p - authority))))
+        return NULL;
+    if (*p != '/')
+        *need_slash = 1; /* "http://host" or "http://host?q" */
+    return p;
+}
 
 int
 cn__request_init(cn_request_t *req, const char *method, const char *target)
 {
-    const char *q;
+    const char *q, *origin;
     size_t n = strlen(method);
+    int need_slash;
 
     memset(req, 0, sizeof(*req));
     req->events_tail = &req->events;
     req->query = "";
-    if (n >= sizeof(req->method) || !target || target[0] != '/')
+    if (n == 0 || n >= sizeof(req->method) || !target ||
+        !(origin = origin_form(target, &need_slash)))
         return -EINVAL;
     memcpy(req->method, method, n + 1);
-    if (!(req->target = strdup(target)))
+    if (need_slash) {
+        size_t len = strlen(origin);
+        if ((req->target = malloc(len + 2))) {
+            req->target[0] = '/';
+            memcpy(req->target + 1, origin, len + 1);
+        }
+    } else {
+        req->target = strdup(origin);
+    }
+    if (!req->target)
         return -ENOMEM;
     q = strchr(req->target, '?');
     req->path = q ? strndup(req->target, (size_t)(q - req->target)) : strdup(req->target);
@@ -47,6 +94,8 @@ cn__request_destroy(cn_request_t *req)
 {
     free(req->target);
     free(req->path);
+    for (size_t i = 0; i < req->nheaders; i++)
+        free(req->headers[i].owned);
     free(req->headers);
     free(req->body);
     for (size_t i = 0; i < req->nqparams; i++) {
@@ -60,20 +109,103 @@ cn__request_destroy(cn_request_t *req)
     memset(req, 0, sizeof(*req));
 }
 
-int
-cn__request_add_header(cn_request_t *req, const char *name, const char *value)
+/* RFC 9110 5.6.2: tchar. */
+static int
+is_tchar(unsigned char c)
 {
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return 1;
+    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+int
+cn__http_token_valid(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!is_tchar((unsigned char)s[i]))
+            return 0;
+    }
+    return n > 0;
+}
+
+int
+cn__request_add_header(cn_request_t *req, const char *name, size_t name_len,
+                       const char *value, size_t value_len, const char **why)
+{
+    cn_request_header_t *h;
+    char *owned = NULL;
+
+    if (name_len == 0)
+        return *why = "A header field has an empty name", -EINVAL;
+    for (size_t i = 0; i < name_len; i++) {
+        if (!is_tchar((unsigned char)name[i]))
+            return *why = "A header field name contains a space or a character that is "
+                          "not allowed in a field name", -EINVAL;
+    }
+    for (size_t i = 0; i < value_len; i++) {
+        unsigned char c = (unsigned char)value[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f)
+            return *why = "A header field value contains a control character", -EINVAL;
+    }
+    /* The field value excludes surrounding whitespace (RFC 9110 5.5). */
+    while (value_len && (*value == ' ' || *value == '\t'))
+        value++, value_len--;
+    if (value_len && (value[value_len - 1] == ' ' || value[value_len - 1] == '\t')) {
+        while (value_len && (value[value_len - 1] == ' ' || value[value_len - 1] == '\t'))
+            value_len--;
+        if (!(owned = strndup(value, value_len)))
+            return -ENOMEM;
+        value = owned;
+    }
     if (req->nheaders == req->headers_cap) {
         size_t cap = req->headers_cap ? 2 * req->headers_cap : 16;
-        cn_request_header_t *h = realloc(req->headers, cap * sizeof(*h));
-        if (!h)
+        h = realloc(req->headers, cap * sizeof(*h));
+        if (!h) {
+            free(owned);
             return -ENOMEM;
+        }
         req->headers = h;
         req->headers_cap = cap;
     }
-    req->headers[req->nheaders].name = name;
-    req->headers[req->nheaders].value = value;
-    req->nheaders++;
+    h = &req->headers[req->nheaders++];
+    h->name = name;
+    h->value = value;
+    h->owned = owned;
+    return 0;
+}
+
+int
+cn__media_type_is_json(const char *ct)
+{
+    const char *end, *slash;
+    size_t n;
+
+    if (!ct)
+        return 0;
+    while (*ct == ' ' || *ct == '\t')
+        ct++;
+    end = ct + strcspn(ct, ";");
+    while (end > ct && (end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    n = (size_t)(end - ct);
+    if (n < 12 || strncasecmp(ct, "application/", 12))
+        return 0;
+    slash = ct + 12;
+    if (n == 16 && !strncasecmp(slash, "json", 4))
+        return 1;
+    /* Structured syntax suffix (RFC 6839): application/problem+json and the like. */
+    return n > 17 && !strncasecmp(end - 5, "+json", 5);
+}
+
+int
+cn__request_body_must_be_utf8(const cn_request_t *req)
+{
+    /* Every Content-Type is looked at: a JSON one anywhere declares the body JSON. */
+    for (size_t i = 0; req->body_len && i < req->nheaders; i++) {
+        if (!strcasecmp(req->headers[i].name, "Content-Type") &&
+            cn__media_type_is_json(req->headers[i].value))
+            return 1;
+    }
     return 0;
 }
 
@@ -232,7 +364,10 @@ cn_request_json(cn_request_t *req)
 {
     if (!req->json_parsed) {
         req->json_parsed = 1;
-        req->json = cJSON_ParseWithLength(req->body, req->body_len);
+        /* JSON text is UTF-8 (RFC 8259 8.1); cJSON would pass invalid bytes through into
+         * strings that end up in stored responses and events. */
+        if (cn__utf8_valid(req->body, req->body_len))
+            req->json = cJSON_ParseWithLength(req->body, req->body_len);
     }
     return req->json;
 }

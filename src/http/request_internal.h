@@ -20,7 +20,8 @@ struct cn_event;
 
 typedef struct cn_request_header {
     const char *name;  /* borrowed */
-    const char *value; /* borrowed */
+    const char *value; /* borrowed, or `owned` when trimming needed a copy */
+    char *owned;       /* NULL, or the copy of value this request frees */
 } cn_request_header_t;
 
 typedef struct cn_query_param {
@@ -69,20 +70,40 @@ struct cn_request {
     int on_waiter;              /* 1 while a waiter thread runs the request */
 };
 
-/* Initializes req for method and raw target (copied). Returns 0, -EINVAL for a target
- * that does not start with '/', -ENOMEM. On failure req is safe to pass to
- * cn__request_destroy. */
+/* Initializes req for method and raw target (copied). The target is origin-form
+ * ("/path?query") or absolute-form with an http/https scheme ("http://host/path?query",
+ * RFC 9112 3.2.2), which is reduced to its origin-form part. Returns 0, -EINVAL for any
+ * other target or a method of 16 bytes or more, -ENOMEM. On failure req is safe to pass
+ * to cn__request_destroy. */
 int cn__request_init(cn_request_t *req, const char *method, const char *target);
 
 /* Releases everything req owns. Accepts a zeroed request. */
 void cn__request_destroy(cn_request_t *req);
 
-/* Adds a header (both strings borrowed). Returns 0 or -ENOMEM. */
-int cn__request_add_header(cn_request_t *req, const char *name, const char *value);
+/* Checks and adds a header (RFC 9110 5.1 and 5.5). name (name_len bytes, NUL-terminated
+ * at name_len) must be a token: no space, no separator, no control byte. value
+ * (value_len bytes, NUL-terminated at value_len) must not contain a control byte other
+ * than HTAB, NUL included. Surrounding spaces and tabs of the value are dropped. Both
+ * strings are borrowed (a trimmed value may be copied). Returns 0, -EINVAL with *why
+ * pointing at a static sentence for the client, or -ENOMEM. */
+int cn__request_add_header(cn_request_t *req, const char *name, size_t name_len,
+                           const char *value, size_t value_len, const char **why);
 
 /* Counts headers called name (case-insensitive) and returns the first in *first. */
 size_t cn__request_header_count(const cn_request_t *req, const char *name,
                                 const char **first);
+
+/* 1 when the n bytes at s are a token (RFC 9110 5.6.2: methods, field names), n > 0. */
+int cn__http_token_valid(const char *s, size_t n);
+
+/* 1 when the media type ct (a Content-Type value, parameters allowed) is JSON:
+ * application/json or application/<anything>+json, case-insensitive. 0 for NULL. */
+int cn__media_type_is_json(const char *ct);
+
+/* 1 when req's body is declared JSON text and must therefore be valid UTF-8 (RFC 8259
+ * 8.1): a non-empty body with a JSON Content-Type. (Undeclared bodies may be binary;
+ * cn_request_json refuses to parse them when they are not UTF-8.) */
+int cn__request_body_must_be_utf8(const cn_request_t *req);
 
 /* Appends body bytes. Returns 0, CN_ETOOBIG when the body would exceed max bytes (the
  * bytes are not kept), -ENOMEM. */

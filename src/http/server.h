@@ -10,6 +10,7 @@
 #define CN_HTTP_SERVER_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "cnerium/request.h"
 #include "cnerium/response.h"
@@ -32,11 +33,25 @@ typedef void (*cn_http_dispatch_cb)(void *arg, cn_request_t *req, cn_http_reply_
 
 typedef struct cn_http_server cn_http_server_t;
 
-/* Serves on listen_fd (borrowed; the caller closes it after cn__http_stop) with threads
- * threads. Bodies over max_body bytes are answered 413 without dispatching. Returns 0
+typedef struct cn_http_options {
+    unsigned threads;  /* request threads */
+    size_t max_body;   /* bodies over this many bytes get 413 without dispatching */
+    /* Open connections of this server. At the limit new connections wait in the
+     * listening socket's backlog until one closes. */
+    unsigned max_connections;
+    /* Open connections from one IP address; more are closed at once, unanswered. 0 = no
+     * limit. */
+    unsigned max_connections_per_ip;
+    /* A request's header block must be complete this long after the server began
+     * waiting for it (the accept, or the end of the previous response on a keep-alive
+     * connection); otherwise the connection gets 408 and is closed. 0 = no deadline. */
+    uint32_t header_timeout_ms;
+} cn_http_options_t;
+
+/* Serves on listen_fd (borrowed; the caller closes it after cn__http_stop). Returns 0
  * and *out, or a negative error. */
-int cn__http_start(int listen_fd, unsigned threads, size_t max_body,
-                   cn_http_dispatch_cb dispatch, void *arg, cn_http_server_t **out);
+int cn__http_start(int listen_fd, const cn_http_options_t *opt, cn_http_dispatch_cb dispatch,
+                   void *arg, cn_http_server_t **out);
 
 /* Delivers the reply of a request whose dispatch returned CN_REPLY_DEFERRED. Call it
  * exactly once per such request, from any thread, even before the dispatch callback has

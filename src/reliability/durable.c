@@ -392,8 +392,12 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
     cn__hex(req->fingerprint, CN_SHA256_LEN, req->fingerprint_hex);
 
     if (d->cfg->principal_header[0]) {
-        const char *who = cn_request_header(req, d->cfg->principal_header);
+        const char *who = NULL;
         uint8_t h[CN_SHA256_LEN];
+        /* Two principals would make the scope depend on which one is read: refuse. */
+        if (cn__request_header_count(req, d->cfg->principal_header, &who) > 1)
+            return problem(out, CN_OUTCOME_INVALID, 400, NULL,
+                           "Multiple principal headers; send exactly one");
         if (cn__sha256(who ? who : "", who ? strlen(who) : 0, h))
             return problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
                            "The principal could not be hashed");

@@ -463,6 +463,49 @@ class DurableContractTest(SharedServerCase):
         self.assertEqual(header(again[1], "Idempotent-Replayed"), "true")
         self.assertEqual(self.srv.count("orders.create"), before + 1)
 
+    # ---- JSON bodies must be UTF-8 ----
+
+    BAD_UTF8 = b'{"product_id":"\xff\xfe\x80","quantity":1}'
+
+    def test_json_body_with_invalid_utf8_is_400_before_the_handler(self):
+        k = self.key()
+        before = self.srv.count("orders.create")
+        for ct in ("application/json", "application/json; charset=utf-8",
+                   "application/merge-patch+json"):
+            with self.subTest(content_type=ct):
+                resp = self.srv.post("/orders", self.BAD_UTF8, key=k,
+                                     headers={"Content-Type": ct})
+                self.assertProblem(resp, 400, "urn:cnerium:problem:body-not-utf8")
+        # Overlong, surrogate and truncated forms too.
+        for bad in (b'{"a":"\xc0\xaf"}', b'{"a":"\xed\xa0\x80"}', b'{"a":"\xe2\x82"}'):
+            resp = self.srv.post("/orders", bad, key=k,
+                                 headers={"Content-Type": "application/json"})
+            self.assertProblem(resp, 400, "urn:cnerium:problem:body-not-utf8")
+        self.assertEqual(self.srv.count("orders.create"), before)
+        # Nothing was stored or claimed for the key: a valid body now executes.
+        ok = self.srv.post("/orders", ORDER_BODY, key=k,
+                           headers={"Content-Type": "application/json"})
+        self.assertEqual(ok[0], 201)
+        self.assertNotReplayed(ok)
+        self.assertEqual(self.srv.count("orders.create"), before + 1)
+        # Ordinary routes refuse declared JSON the same way.
+        before = self.srv.count("plain")
+        resp = self.srv.request("POST", "/plain", self.BAD_UTF8,
+                                {"Content-Type": "application/json"})
+        self.assertProblem(resp, 400, "urn:cnerium:problem:body-not-utf8")
+        self.assertEqual(self.srv.count("plain"), before)
+
+    def test_valid_utf8_json_and_undeclared_binary_bodies_pass(self):
+        k = self.key()
+        body = '{"product_id":"caf\u00e9 \U0001f600","quantity":1}'.encode("utf-8")
+        resp = self.srv.post("/orders", body, key=k, headers={"Content-Type": "application/json"})
+        self.assertEqual(resp[0], 201, resp[2])
+        self.assertEqual(parse_json(resp[2])["body"], body.decode("utf-8"))
+        # A body not declared as JSON may be any bytes (stored byte for byte).
+        resp = self.srv.post("/raw", self.BAD_UTF8, key=self.key(),
+                             headers={"Content-Type": "application/octet-stream"})
+        self.assertEqual((resp[0], resp[2]), (200, self.BAD_UTF8))
+
     # ---- ordinary routes ----
 
     def test_route_parameters(self):
@@ -583,6 +626,32 @@ class PrincipalScopeTest(SharedServerCase):
         self.assertEqual(none[0], 201)
         self.assertReplayOf(none, self.srv.post("/orders", ORDER_BODY, key=k,
                                                 headers=[("X-Tenant-Id", "")]))
+
+    def test_two_principal_headers_are_400(self):
+        k = self.key()
+        before = self.srv.count("orders.create")
+        for pair in (("tenant-a", "tenant-b"), ("tenant-a", "tenant-a")):
+            with self.subTest(values=pair):
+                resp = self.srv.post("/orders", ORDER_BODY, key=k,
+                                     headers=[("X-Tenant-Id", pair[0]),
+                                              ("x-tenant-id", pair[1])])
+                self.assertEqual(resp[0], 400, resp[2])
+                self.assertIn(b"principal", resp[2])
+        self.assertEqual(self.srv.count("orders.create"), before)
+        # The key was not claimed in either tenant.
+        a = self.srv.post("/orders", ORDER_BODY, key=k, headers={"X-Tenant-Id": "tenant-a"})
+        self.assertEqual(a[0], 201)
+        self.assertNotReplayed(a)
+        self.assertEqual(self.srv.count("orders.create"), before + 1)
+
+    def test_principal_value_is_trimmed(self):
+        k = self.key()
+        a = self.srv.post("/orders", ORDER_BODY, key=k, headers={"X-Tenant-Id": "tw"})
+        self.assertEqual(a[0], 201)
+        for spaced in (" tw", "tw ", " \ttw\t "):
+            with self.subTest(value=spaced):
+                self.assertReplayOf(a, self.srv.post("/orders", ORDER_BODY, key=k,
+                                                     headers=[("X-Tenant-Id", spaced)]))
 
     def test_principal_header_name_is_case_insensitive(self):
         k = self.key()
