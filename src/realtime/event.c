@@ -16,6 +16,7 @@
 #include "cnerium/realtime.h"
 #include "http/request_internal.h"
 #include "realtime/event.h"
+#include "support/utf8.h"
 
 /* A type or room name: 1..max bytes of printable ASCII. */
 static int
@@ -28,79 +29,6 @@ valid_name(const char *s, size_t max)
             return 0;
     }
     return n >= 1 && n <= max;
-}
-
-/* The length of the well-formed UTF-8 sequence at p (n > 0 bytes left), or 0 with *bad
- * set to the length of its maximal ill-formed prefix (Unicode 3.9, "U+FFFD substitution of
- * maximal subparts"): what one U+FFFD replaces. */
-static size_t
-utf8_seq(const uint8_t *p, size_t n, size_t *bad)
-{
-    uint8_t c = p[0], lo = 0x80, hi = 0xbf;
-    size_t need;
-
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf) {
-        need = 2;
-    } else if (c >= 0xe0 && c <= 0xef) {
-        need = 3;
-        lo = c == 0xe0 ? 0xa0 : 0x80; /* no overlong forms */
-        hi = c == 0xed ? 0x9f : 0xbf; /* no surrogates */
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        need = 4;
-        lo = c == 0xf0 ? 0x90 : 0x80;
-        hi = c == 0xf4 ? 0x8f : 0xbf; /* nothing past U+10FFFF */
-    } else {
-        *bad = 1;
-        return 0;
-    }
-    for (size_t i = 1; i < need; i++) {
-        uint8_t min = i == 1 ? lo : 0x80, max = i == 1 ? hi : 0xbf;
-        if (i >= n || p[i] < min || p[i] > max) {
-            *bad = i;
-            return 0;
-        }
-    }
-    return need;
-}
-
-int
-cn__event_utf8_valid(const char *s, size_t n)
-{
-    const uint8_t *p = (const uint8_t *)s;
-    size_t bad;
-
-    for (size_t i = 0, k; i < n; i += k) {
-        if (p[i] < 0x80) {
-            k = 1;
-            continue;
-        }
-        if (!(k = utf8_seq(p + i, n - i, &bad)))
-            return 0;
-    }
-    return 1;
-}
-
-size_t
-cn__event_utf8_copy(uint8_t *out, const char *s, size_t n)
-{
-    const uint8_t *p = (const uint8_t *)s;
-    uint8_t *o = out;
-    size_t bad, k;
-
-    for (size_t i = 0; i < n; i += k) {
-        if ((k = utf8_seq(p + i, n - i, &bad))) {
-            memcpy(o, p + i, k);
-            o += k;
-        } else {
-            *o++ = 0xef;
-            *o++ = 0xbf;
-            *o++ = 0xbd;
-            k = bad;
-        }
-    }
-    return (size_t)(o - out);
 }
 
 static int
@@ -146,7 +74,7 @@ emit(cn_request_t *req, const char *room, const char *type, cJSON *payload)
     }
     /* cJSON prints the bytes of a string as they were parsed: a request body with
      * ill-formed UTF-8 would become a text frame no client may accept. */
-    if (!cn__event_utf8_valid(ev->payload, ev->payload_len)) {
+    if (!cn__utf8_valid(ev->payload, ev->payload_len)) {
         cn__events_free(ev);
         req->events_failed = 1;
         return -EILSEQ;
@@ -208,7 +136,7 @@ json_string(uint8_t *o, const char *s, size_t n)
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
         if (c >= 0x80) {
-            if ((k = utf8_seq((const uint8_t *)s + i, n - i, &bad))) {
+            if ((k = cn__utf8_seq((const uint8_t *)s + i, n - i, &bad))) {
                 memcpy(o, s + i, k);
                 o += k;
             } else {
@@ -242,7 +170,7 @@ cn__event_frame(const cn_event_view_t *ev, uint64_t seq, size_t headroom, size_t
     /* Worst case: every name byte escaped as \u00XX (6 bytes), fixed text and a 20-digit
      * seq. The payload is JSON text already and goes in as it is when it is well-formed
      * UTF-8 (always, since cn_emit checks it); otherwise every byte may become U+FFFD. */
-    int payload_ok = cn__event_utf8_valid(ev->payload, ev->payload_len);
+    int payload_ok = cn__utf8_valid(ev->payload, ev->payload_len);
     size_t cap = headroom + 64 + 6 * (ev->type_len + ev->room_len) +
                  (payload_ok ? 1 : 3) * ev->payload_len + 24;
     uint8_t *buf = malloc(cap), *o, *shrunk;
@@ -260,7 +188,7 @@ cn__event_frame(const cn_event_view_t *ev, uint64_t seq, size_t headroom, size_t
         memcpy(o, ev->payload, ev->payload_len);
         o += ev->payload_len;
     } else {
-        o += cn__event_utf8_copy(o, ev->payload, ev->payload_len);
+        o += cn__utf8_replace(o, ev->payload, ev->payload_len);
     }
     n = snprintf(num, sizeof(num), ",\"seq\":%llu", (unsigned long long)seq);
     memcpy(o, num, (size_t)n);

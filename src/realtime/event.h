@@ -31,14 +31,6 @@ typedef struct cn_event {
 /* Frees a list. Accepts NULL. */
 void cn__events_free(cn_event_t *list);
 
-/* 1 when s (n bytes) is well-formed UTF-8 (no overlong forms, surrogates or code points
- * past U+10FFFF), else 0. */
-int cn__event_utf8_valid(const char *s, size_t n);
-
-/* Copies s (n bytes) to out, each maximal ill-formed subsequence replaced by U+FFFD (so
- * out needs 3 * n bytes at most). Returns the bytes written. */
-size_t cn__event_utf8_copy(uint8_t *out, const char *s, size_t n);
-
 /* The client frame for ev numbered seq, malloc'd with `headroom` unused bytes before it
  * (libwebsockets needs LWS_PRE); *len is the frame's length without the headroom.
  * NULL when out of memory. */

@@ -21,6 +21,7 @@
 #include "cnerium/realtime.h"
 #include "http/request_internal.h"
 #include "realtime/event.h"
+#include "support/utf8.h"
 #include "store/persist.h"
 #include "store/record.h"
 #include "store/store.h"
@@ -1042,7 +1043,7 @@ typedef struct utf8_case {
     const char *bytes;
     size_t len;
     int valid;
-    const char *replaced; /* cn__event_utf8_copy's output */
+    const char *replaced; /* cn__utf8_replace's output */
 } utf8_case_t;
 
 #define U8(s, v, r) {s, sizeof(s) - 1, v, r}
@@ -1082,13 +1083,13 @@ test_utf8_validate_and_replace(void)
         size_t n;
 
         CU_ASSERT_PTR_NOT_NULL_FATAL(out);
-        CU_ASSERT_EQUAL(cn__event_utf8_valid((const char *)in, c->len), c->valid);
-        n = cn__event_utf8_copy(out, (const char *)in, c->len);
+        CU_ASSERT_EQUAL(cn__utf8_valid((const char *)in, c->len), c->valid);
+        n = cn__utf8_replace(out, (const char *)in, c->len);
         if (n != strlen(c->replaced) || memcmp(out, c->replaced, n))
             fprintf(stderr, "\n  utf8 case %zu: got %zu bytes\n", i, n);
         CU_ASSERT(n == strlen(c->replaced) && memcmp(out, c->replaced, n) == 0);
         /* Whatever came in, what goes out is well-formed. */
-        CU_ASSERT(cn__event_utf8_valid((const char *)out, n));
+        CU_ASSERT(cn__utf8_valid((const char *)out, n));
         free(out);
         free(in);
     }
@@ -1097,9 +1098,9 @@ test_utf8_validate_and_replace(void)
     for (unsigned a = 0; a < 256; a++) {
         for (unsigned b = 0; b < 256; b += 3) {
             uint8_t in[2] = {(uint8_t)a, (uint8_t)b}, out[6];
-            size_t n = cn__event_utf8_copy(out, (const char *)in, 2);
+            size_t n = cn__utf8_replace(out, (const char *)in, 2);
             CU_ASSERT(n <= 6);
-            CU_ASSERT(cn__event_utf8_valid((const char *)out, n));
+            CU_ASSERT(cn__utf8_valid((const char *)out, n));
         }
     }
 }
@@ -1154,7 +1155,7 @@ test_frame_replaces_ill_formed_utf8(void)
     uint8_t *f = cn__event_frame(&v, 9, 0, &len);
 
     CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-    CU_ASSERT(cn__event_utf8_valid((const char *)f, len));
+    CU_ASSERT(cn__utf8_valid((const char *)f, len));
     expect_frame_json(f, len, "t\xef\xbf\xbd", "r\xef\xbf\xbd",
                       "{\"product_id\":\"\xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd\",\"q\":1}", 9);
     free(f);
@@ -1167,7 +1168,7 @@ test_frame_replaces_ill_formed_utf8(void)
         v = view_of("t", NULL, junk);
         f = cn__event_frame(&v, 1, 16, &len);
         CU_ASSERT_PTR_NOT_NULL_FATAL(f);
-        CU_ASSERT(cn__event_utf8_valid((const char *)f + 16, len));
+        CU_ASSERT(cn__utf8_valid((const char *)f + 16, len));
         CU_ASSERT(len > 3 * 4096);
         free(f);
         free(junk);
