@@ -83,7 +83,8 @@ deliver(cn_committer_t *c)
     pthread_mutex_unlock(&c->mu);
     while ((e = done)) {
         done = e->next;
-        e->done(cn__ring_stored(c->ring, e->seq, e->failed_at_push) ? 0 : -EIO, 1, e->arg);
+        /* The persister's reason (ENOSPC, MDB_MAP_FULL, ...) travels with the failure. */
+        e->done(cn__ring_result(c->ring, e->seq, e->failed_at_push), 1, e->arg);
         atomic_fetch_sub(&c->pending, 1);
         free(e);
     }
