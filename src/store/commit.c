@@ -224,6 +224,18 @@ cn__committer_free(cn_committer_t *c, uint32_t wait_ms)
     free(c);
 }
 
+size_t
+cn__committer_record_max(const cn_committer_t *c)
+{
+    return c->ring ? cn__ring_max_payload(c->ring) : (size_t)CN_RECORD_FIELD_MAX;
+}
+
+size_t
+cn__committer_record_size(const cn_store_put_t *item)
+{
+    return cn__persist_record_size(item->keylen, item->rec, item->events_len);
+}
+
 int
 cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_done_cb done,
                      void *arg)

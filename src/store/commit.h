@@ -52,6 +52,13 @@ void cn__committer_free(cn_committer_t *c, uint32_t wait_ms);
 /* Records submitted and not yet decided. */
 unsigned cn__committer_pending(cn_committer_t *c);
 
+/* The largest record (cn__committer_record_size) this committer can take: the ring's
+ * record limit (a quarter of its capacity), or the record format's for the sync one. */
+size_t cn__committer_record_max(const cn_committer_t *c);
+
+/* Bytes item takes as a record (store key, encoded response, events, framing). */
+size_t cn__committer_record_size(const cn_store_put_t *item);
+
 /* Submits one record. item and what it points to are borrowed for the call only.
  * Returns 0 when accepted: done gets its final call exactly once. Returns -EAGAIN when
  * the ring is full (the persister is behind or down: answer 503 with Retry-After),
