@@ -168,10 +168,14 @@ def group_gone(pgid):
     return not [p for p in h.live_processes() if p.pgrp == pgid]
 
 
+CURRENT = [None]  # the server started last, for run()'s clean-up
+
+
 def start(server, data_dir):
     deadline = time.monotonic() + RESTART_DEADLINE_S
     while True:
         srv = h.Server(server, ARGS, data_dir=data_dir)
+        CURRENT[0] = srv
         if srv.try_start():
             return srv
         rc = srv.wait_exit(5.0)
@@ -268,5 +272,23 @@ def main():
     return 0 if ok else 1
 
 
+def run():
+    """main(), and on any way out (an error, SIGTERM, Ctrl-C) the last server's process
+    group is killed, so a stopped soak leaves no server behind."""
+    def on_term(signum, frame):
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, on_term)
+    try:
+        return main()
+    finally:
+        srv = CURRENT[0]
+        if srv is not None and srv.proc is not None:
+            try:
+                os.killpg(srv.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
