@@ -222,7 +222,7 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
     };
     loop_t l = {.app = app, .sfd = -1};
     sigset_t stop;
-    char err[512];
+    char err[1024];
     int rc;
 
     /* A thread woken from fdatasync on a busy machine can wait a scheduler tick: the

@@ -98,7 +98,7 @@ typedef struct cn_wal_recovery {
     uint64_t frames;    /* DATA frames passed to the callback */
     uint64_t cut_bytes; /* torn or corrupt bytes cut from the tail (0 when clean) */
     uint64_t cut_lsn;   /* where the cut started, when cut_bytes > 0 */
-    char message[256];  /* what happened, for the log (empty when clean) */
+    char message[512];  /* what happened, for the log (empty when clean) */
 } cn_wal_recovery_t;
 
 /* Replays the log: calls cb(frame, arg) for every DATA frame with lsn >= from_lsn, in
