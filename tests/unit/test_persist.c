@@ -15,6 +15,9 @@
  *     the log (CN_ECORRUPT with a message); an unusable data dir;
  *   - a failed write (done with io_result < 0), a put that does not decode, and a record
  *     too big for a segment: failed (cn__ring_stored says 0), yet acked;
+ *   - a failed LMDB apply (map full): failed with CN_EMAPFULL, erased from the WAL, never
+ *     applied by a later recovery; a missing wal/ directory or applied segment: the open
+ *     fails with CN_ECORRUPT;
  *   - a record that fits only the next segment, waiting for the next gather;
  *   - a ring record that ends 8 bytes before the end of its ring's array;
  *   - the ring committer driven from the test thread: callbacks after the ack, the commit

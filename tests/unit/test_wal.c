@@ -9,9 +9,11 @@
  *     idempotent reopen, refusal to touch a file of the wrong size, bad arguments;
  *   - recovery: a clean log across three segments with SEALs, from_lsn in the middle,
  *     idempotence, a torn tail cut at every byte offset of the last frame (then written
- *     over and recovered again), damage in the middle, unsealed, missing and wrongly
- *     sized segments, files that are not segments, an empty directory, a callback that
- *     stops the replay;
+ *     over and recovered again), damage in the middle, valid frames of the same write
+ *     after a tear (a torn tail) against frames of later writes after a flipped byte or a
+ *     zeroed block (CN_ECORRUPT naming segment file and offset, nothing modified),
+ *     unsealed, missing and wrongly sized segments, a missing segment that holds from_lsn,
+ *     files that are not segments, an empty directory, a callback that stops the replay;
  *   - remove_below deleting exactly the segments that end at or below an LSN.
  *
  * Every test works in its own fresh directory under the suite's temp dir. Segments are
