@@ -143,8 +143,21 @@ cn__ring_result(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push)
             return err < 0 ? err : -EIO;
         }
     }
-    /* Its failure, if any, came after the push: beyond the log's reach, assume it. */
-    return n - failed_at_push > CN_RING_FAILED_LOG ? -EIO : 0;
+    /* Its failure, if any, came after the push: beyond the log's reach, unknown. */
+    return n - failed_at_push > CN_RING_FAILED_LOG ? -ENODATA : 0;
+}
+
+int
+cn__ring_recent_error(cn_ring_t *r)
+{
+    uint64_t n = atomic_load_explicit(&r->failed_count, memory_order_acquire);
+    int err;
+
+    if (n == 0)
+        return -EIO;
+    err = atomic_load_explicit(&r->failed_err[(n - 1) % CN_RING_FAILED_LOG],
+                               memory_order_relaxed);
+    return err < 0 ? err : -EIO;
 }
 
 int

@@ -83,9 +83,13 @@ void cn__ring_ack(cn_ring_t *r, uint64_t upto, uint64_t acked);
  * was stored after all. */
 int cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push);
 
-/* The same as an error: 0 when stored, else the reason the consumer gave (-EIO when the
- * failure is beyond the log's reach). */
+/* The same as an error: 0 when stored, else the reason the consumer gave; -ENODATA when
+ * more failures than the log holds happened since the push and seq is not among the
+ * logged ones: the outcome is unknown here (the caller can look in the store). */
 int cn__ring_result(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push);
+
+/* The reason of the most recent failure (-EIO when none was logged). */
+int cn__ring_recent_error(cn_ring_t *r);
 
 /* Bytes published and not yet freed. */
 uint64_t cn__ring_used(const cn_ring_t *r);

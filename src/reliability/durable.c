@@ -131,6 +131,9 @@ typedef struct commit_wait {
     cn_claim_t claim;
     cn_response_t res;    /* the handler's response, until delivered */
     void *handle;         /* where to deliver */
+    char skey[CN_STORE_KEY_MAX + 1]; /* the store key, to look up an unknown outcome */
+    size_t skeylen;
+    uint8_t fingerprint[CN_SHA256_LEN];
     int waited;
     int delivered;        /* the client has its answer (async mode, or a commit timeout) */
 } commit_wait_t;
@@ -172,6 +175,28 @@ not_stored_problem(int err)
     return res;
 }
 
+/* The persister decided the record, but its failure log overflowed before the worker
+ * read it: the store says. The claim is still held, so a record under the key is this
+ * request's, committed before the decision. Returns 0 when stored, else the persister's
+ * most recent failure reason (a batch fails as a whole, for one reason). */
+static int
+outcome_from_store(commit_wait_t *w)
+{
+    cn_record_t rec;
+    void *buf = NULL;
+    int rc;
+
+    if (!w->d->store)
+        return cn__committer_recent_error(w->d->committer);
+    rc = cn__store_get(w->d->store, w->skey, w->skeylen, cn__clock_wall_ms(), &rec, &buf);
+    if (rc == 0 && !memcmp(rec.fingerprint, w->fingerprint, CN_SHA256_LEN))
+        rc = 0;
+    else
+        rc = cn__committer_recent_error(w->d->committer); /* not stored: say why */
+    free(buf);
+    return rc;
+}
+
 /* The committer's callback (see store/commit.h). */
 static void
 commit_done(int status, int final, void *arg)
@@ -196,6 +221,8 @@ commit_done(int status, int final, void *arg)
         }
         return;
     }
+    if (status == -ENODATA)
+        status = outcome_from_store(w);
     if (status)
         cn_log_error("%s: the record could not be stored (%s)", w->operation,
                      cn_strerror(status));
@@ -262,6 +289,10 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     req->events = NULL;
     req->events_tail = &req->events;
     w->d = d;
+    memcpy(w->skey, skey, skeylen);
+    w->skey[skeylen] = '\0';
+    w->skeylen = skeylen;
+    memcpy(w->fingerprint, req->fingerprint, CN_SHA256_LEN);
     w->operation = route->operation;
     w->op_index = route->op_index;
     w->claim = *claim;

@@ -230,6 +230,12 @@ cn__committer_record_max(const cn_committer_t *c)
     return c->ring ? cn__ring_max_payload(c->ring) : (size_t)CN_RECORD_FIELD_MAX;
 }
 
+int
+cn__committer_recent_error(const cn_committer_t *c)
+{
+    return c->ring ? cn__ring_recent_error(c->ring) : -EIO;
+}
+
 size_t
 cn__committer_record_size(const cn_store_put_t *item)
 {

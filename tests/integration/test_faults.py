@@ -303,6 +303,41 @@ class DiskFullTest(FaultTestCase):
                 return
         self.fail("a full disk must refuse durable POSTs: %d of %d refused" % (got, n))
 
+    def refuse_burst(self, srv, prefix, n, acked, refused):
+        """n concurrent POSTs of fresh keys on the full disk: each is acknowledged or
+        refused with 503 naming ENOSPC."""
+        reqs = [("/orders", td.order_body("%s-%d" % (prefix, i), "p" * 3000),
+                 "%s-%d" % (prefix, i)) for i in range(n)]
+        # The persister is held while they arrive, so they fail as one batch.
+        pers = wait_until(lambda: td.persister(srv), td.REPLACE_TIMEOUT_S,
+                          what="cn-persister")
+        os.kill(pers.pid, signal.SIGSTOP)
+        self.addCleanup(td.cont, pers)
+        results = [None]
+        t = threading.Thread(target=lambda: results.__setitem__(
+            0, h.run_together(srv, reqs)), daemon=True)
+        t.start()
+        try:
+            wait_until(lambda: (lambda m: m and td.mval(m, "cnerium_inflight_slots") >= n)(
+                td.try_metrics(srv, 1.0)), 20.0, what="every request waiting for the disk")
+        finally:
+            td.cont(pers)
+        t.join(60.0)
+        self.assertFalse(t.is_alive(), "the burst got no answers")
+        got = 0
+        for (_, body, key), r in zip(reqs, results[0]):
+            self.assertNotIsInstance(r, Exception, "%s: %r" % (key, r))
+            resp = r[:3]
+            if resp[0] == 201:
+                self.assertNotReplayed(resp)
+                acked.append((key, body, resp))
+                continue
+            doc = self.assertProblem(resp, 503, STORAGE)
+            self.assertIn("No space left on device", doc["detail"])
+            refused.append((key, body))
+            got += 1
+        self.assertGreater(got, 0, "a burst on a full disk must be refused")
+
     def test_disk_full_503_is_never_applied(self):
         srv = self.ns_server().start()
         before = self.post_keys(srv, "pre", 20)
@@ -316,6 +351,8 @@ class DiskFullTest(FaultTestCase):
 
         acked, refused = list(before), []
         self.refuse_until(srv, "full", 30, acked, refused)
+        # Many at once: batches with more failures than a ring's failure log holds.
+        self.refuse_burst(srv, "burst", 40, acked, refused)
         self.assertIn("No space left on device", srv.stderr_text())
         self.assertNotIn("Input/output error", srv.stderr_text())
 
