@@ -722,7 +722,9 @@ observe(_Atomic uint64_t *buckets, int nb, const uint64_t *bounds, uint64_t v)
 
 /* Makes the gathered batch durable-never-applied: its bytes in the WAL (synced, or maybe
  * partly on disk after a failed write or fdatasync) are overwritten with zeros and synced
- * again, and the next batch is written at the same place. Zeros past the end are exactly
+ * again, and the next batch is written at the same place (gather refuses while a batch
+ * is pending, so the failed batch is always the last thing in the WAL; the next write
+ * starts only after this one was decided). Zeros past the end are exactly
  * what recovery already takes as the end of the log, so no record of the batch can ever
  * be replayed, and overwriting blocks of a preallocated segment needs no new disk space
  * (this runs when the disk is full). A crash part way leaves a partly zeroed last write,
