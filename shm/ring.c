@@ -111,26 +111,59 @@ cn__ring_next(cn_ring_t *r, uint64_t *cursor, cn_ring_record_t *rec)
 }
 
 void
-cn__ring_fail(cn_ring_t *r, uint64_t seq)
+cn__ring_fail_err(cn_ring_t *r, uint64_t seq, int err)
 {
     uint64_t n = atomic_load_explicit(&r->failed_count, memory_order_relaxed);
 
+    /* Every errno and CN_E* code fits 16 bits; anything else is reported as -EIO. */
+    if (err >= 0 || err < INT16_MIN)
+        err = -EIO;
     atomic_store_explicit(&r->failed_log[n % CN_RING_FAILED_LOG], seq, memory_order_relaxed);
+    atomic_store_explicit(&r->failed_err[n % CN_RING_FAILED_LOG], (int16_t)err,
+                          memory_order_relaxed);
     atomic_store_explicit(&r->failed_count, n + 1, memory_order_release);
 }
 
+void
+cn__ring_fail(cn_ring_t *r, uint64_t seq)
+{
+    cn__ring_fail_err(r, seq, -EIO);
+}
+
 int
-cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push)
+cn__ring_result(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push)
 {
     uint64_t n = atomic_load_explicit(&r->failed_count, memory_order_acquire);
 
     for (uint64_t i = n > CN_RING_FAILED_LOG ? n - CN_RING_FAILED_LOG : 0; i < n; i++) {
         if (atomic_load_explicit(&r->failed_log[i % CN_RING_FAILED_LOG],
-                                 memory_order_relaxed) == seq)
-            return 0;
+                                 memory_order_relaxed) == seq) {
+            int err = atomic_load_explicit(&r->failed_err[i % CN_RING_FAILED_LOG],
+                                           memory_order_relaxed);
+            return err < 0 ? err : -EIO;
+        }
     }
-    /* Its failure, if any, came after the push: beyond the log's reach, assume it. */
-    return n - failed_at_push > CN_RING_FAILED_LOG ? 0 : 1;
+    /* Its failure, if any, came after the push: beyond the log's reach, unknown. */
+    return n - failed_at_push > CN_RING_FAILED_LOG ? -ENODATA : 0;
+}
+
+int
+cn__ring_recent_error(cn_ring_t *r)
+{
+    uint64_t n = atomic_load_explicit(&r->failed_count, memory_order_acquire);
+    int err;
+
+    if (n == 0)
+        return -EIO;
+    err = atomic_load_explicit(&r->failed_err[(n - 1) % CN_RING_FAILED_LOG],
+                               memory_order_relaxed);
+    return err < 0 ? err : -EIO;
+}
+
+int
+cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push)
+{
+    return cn__ring_result(r, seq, failed_at_push) == 0;
 }
 
 void

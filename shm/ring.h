@@ -33,6 +33,7 @@ typedef struct cn_ring {
     _Atomic uint64_t acked_seq;        /* consumer: records with seq <= this are decided */
     _Atomic uint64_t failed_count;     /* consumer: records that could not be stored */
     _Atomic uint64_t failed_log[CN_RING_FAILED_LOG]; /* their seqs, the last few */
+    _Atomic int16_t failed_err[CN_RING_FAILED_LOG];  /* and why (negative error codes) */
     alignas(64) uint64_t capacity;     /* bytes in data[]; set once at creation */
     uint64_t reserved[7];
     alignas(64) uint8_t data[];
@@ -66,8 +67,10 @@ typedef struct cn_ring_record {
  * Returns -EIO when the bytes at the cursor are not a record (a bug or a scribble). */
 int cn__ring_next(cn_ring_t *r, uint64_t *cursor, cn_ring_record_t *rec);
 
-/* Consumer: records that seq could not be stored (before acking it). */
+/* Consumer: records that seq could not be stored (before acking it), for reason err (a
+ * negative errno or CN_E* code; -EIO when none is given). */
 void cn__ring_fail(cn_ring_t *r, uint64_t seq);
+void cn__ring_fail_err(cn_ring_t *r, uint64_t seq, int err);
 
 /* Consumer: frees everything before position upto and declares the records with
  * seq <= acked decided: stored, unless cn__ring_fail named them. */
@@ -79,6 +82,14 @@ void cn__ring_ack(cn_ring_t *r, uint64_t upto, uint64_t acked);
  * counts as not stored: the caller then answers "retry", which replays if the record
  * was stored after all. */
 int cn__ring_stored(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push);
+
+/* The same as an error: 0 when stored, else the reason the consumer gave; -ENODATA when
+ * more failures than the log holds happened since the push and seq is not among the
+ * logged ones: the outcome is unknown here (the caller can look in the store). */
+int cn__ring_result(cn_ring_t *r, uint64_t seq, uint64_t failed_at_push);
+
+/* The reason of the most recent failure (-EIO when none was logged). */
+int cn__ring_recent_error(cn_ring_t *r);
 
 /* Bytes published and not yet freed. */
 uint64_t cn__ring_used(const cn_ring_t *r);

@@ -222,7 +222,7 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
     };
     loop_t l = {.app = app, .sfd = -1};
     sigset_t stop;
-    char err[512];
+    char err[1024];
     int rc;
 
     /* A thread woken from fdatasync on a busy machine can wait a scheduler tick: the
@@ -233,8 +233,13 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
 
     rc = cn__persist_open(&app->shm, &pc, &l.p, err, sizeof(err));
     if (rc) {
+        /* Exit 2 (do not respawn, stop the server): conditions a restart cannot fix,
+         * damaged data above all; starting anyway would lose acknowledged records. */
         fprintf(stderr, "cnerium: %s\n", err);
-        return rc == -EACCES || rc == -EROFS || rc == -ENOSPC ? 2 : 1;
+        return rc == -EACCES || rc == -EROFS || rc == -ENOSPC || rc == CN_EMAPFULL ||
+                       rc == CN_ECORRUPT || rc == CN_EVERSION
+                   ? 2
+                   : 1;
     }
     sigemptyset(&stop);
     sigaddset(&stop, SIGTERM);

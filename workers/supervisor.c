@@ -307,6 +307,9 @@ reap(supervisor_t *s, int running)
         }
         cn_log_error("%s (pid %d) %s", child_name(s, id), (int)pid, how);
         if (WIFEXITED(status) && WEXITSTATUS(status) == 2) {
+            /* Exit 2: something a restart cannot fix (damaged data, configuration). */
+            cn_log_error("%s reported a condition a restart cannot fix (its message is "
+                         "above): stopping the server with exit code 2", child_name(s, id));
             verdict = 2;
             continue;
         }

@@ -21,6 +21,7 @@ enum {
     CN_ESTORE,                    /* the storage engine reported an error */
     CN_EMETHOD,                   /* the path exists but not for this method */
     CN_ELOST,                     /* an in-flight claim was lost (lease expired, freed) */
+    CN_EMAPFULL,                  /* the store's map size is reached (LMDB MDB_MAP_FULL) */
     CN_ERR_LAST
 };
 

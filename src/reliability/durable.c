@@ -22,6 +22,9 @@
 #include "support/clock.h"
 #include "support/log.h"
 
+/* The final answer stored when a response cannot fit a record. */
+#define CN_PROBLEM_RESPONSE_TOO_LARGE "urn:cnerium:problem:response-too-large"
+
 /* Bytes of the principal's SHA-256 that join the scope: 128 bits is plenty to keep
  * tenants apart and keeps store keys short. */
 #define PRINCIPAL_HASH_BYTES 16
@@ -128,6 +131,9 @@ typedef struct commit_wait {
     cn_claim_t claim;
     cn_response_t res;    /* the handler's response, until delivered */
     void *handle;         /* where to deliver */
+    char skey[CN_STORE_KEY_MAX + 1]; /* the store key, to look up an unknown outcome */
+    size_t skeylen;
+    uint8_t fingerprint[CN_SHA256_LEN];
     int waited;
     int delivered;        /* the client has its answer (async mode, or a commit timeout) */
 } commit_wait_t;
@@ -147,16 +153,48 @@ deliver(commit_wait_t *w, cn_durable_outcome_t outcome, cn_response_t res, int s
     w->d->deliver(w->d->deliver_arg, w->handle, &out);
 }
 
+/* 503 for a record that was not stored; err (when non-zero) is the reason the store
+ * gave, e.g. "No space left on device", so a client and an operator see what failed. */
 static cn_response_t
-not_stored_problem(void)
+not_stored_problem(int err)
 {
-    cn_response_t res = cn__problem(503, CN_PROBLEM_STORAGE,
-                                    "The response could not be stored; retry with the same "
-                                    "Idempotency-Key");
+    char detail[256];
+    cn_response_t res;
+
+    if (err)
+        snprintf(detail, sizeof(detail),
+                 "The response could not be stored (%s); retry with the same "
+                 "Idempotency-Key", cn_strerror(err));
+    else
+        snprintf(detail, sizeof(detail),
+                 "The response could not be stored; retry with the same Idempotency-Key");
+    res = cn__problem(503, CN_PROBLEM_STORAGE, detail);
 
     if (res.status && cn_response_add_header(&res, "Retry-After", "1"))
         cn_response_free(&res);
     return res;
+}
+
+/* The persister decided the record, but its failure log overflowed before the worker
+ * read it: the store says. The claim is still held, so a record under the key is this
+ * request's, committed before the decision. Returns 0 when stored, else the persister's
+ * most recent failure reason (a batch fails as a whole, for one reason). */
+static int
+outcome_from_store(commit_wait_t *w)
+{
+    cn_record_t rec;
+    void *buf = NULL;
+    int rc;
+
+    if (!w->d->store)
+        return cn__committer_recent_error(w->d->committer);
+    rc = cn__store_get(w->d->store, w->skey, w->skeylen, cn__clock_wall_ms(), &rec, &buf);
+    if (rc == 0 && !memcmp(rec.fingerprint, w->fingerprint, CN_SHA256_LEN))
+        rc = 0;
+    else
+        rc = cn__committer_recent_error(w->d->committer); /* not stored: say why */
+    free(buf);
+    return rc;
 }
 
 /* The committer's callback (see store/commit.h). */
@@ -179,10 +217,12 @@ commit_done(int status, int final, void *arg)
             cn_log_warn("%s: the record was not durable within the commit timeout; "
                         "answering 503", w->operation);
             cn_response_free(&w->res);
-            deliver(w, CN_OUTCOME_FAILED, not_stored_problem(), 0);
+            deliver(w, CN_OUTCOME_FAILED, not_stored_problem(0), 0);
         }
         return;
     }
+    if (status == -ENODATA)
+        status = outcome_from_store(w);
     if (status)
         cn_log_error("%s: the record could not be stored (%s)", w->operation,
                      cn_strerror(status));
@@ -191,7 +231,7 @@ commit_done(int status, int final, void *arg)
     if (!w->delivered) {
         if (status) {
             cn_response_free(&w->res);
-            deliver(w, CN_OUTCOME_FAILED, not_stored_problem(), 0);
+            deliver(w, CN_OUTCOME_FAILED, not_stored_problem(status), 0);
         } else {
             deliver(w, CN_OUTCOME_EXECUTED, w->res, 1);
         }
@@ -249,6 +289,10 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     req->events = NULL;
     req->events_tail = &req->events;
     w->d = d;
+    memcpy(w->skey, skey, skeylen);
+    w->skey[skeylen] = '\0';
+    w->skeylen = skeylen;
+    memcpy(w->fingerprint, req->fingerprint, CN_SHA256_LEN);
     w->operation = route->operation;
     w->op_index = route->op_index;
     w->claim = *claim;
@@ -281,6 +325,39 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
      * connection, whose request libmicrohttpd then frees. */
     memset(res, 0, sizeof(*res));
     return 0;
+}
+
+/* The handler's response (with its events) makes a record over the committer's limit.
+ * Stores a 500 problem in its place as the key's final answer: the handler has run and
+ * must not run again for this key, and its events are dropped with the response (they
+ * were to be published only with it). Returns what store_response returns; on success
+ * *res has been replaced and consumed. */
+static int
+store_too_big(cn_durable_t *d, const cn_route_t *route, const char *skey, size_t skeylen,
+              cn_request_t *req, cn_response_t *res, const cn_claim_t *claim,
+              cn_durable_result_t *out)
+{
+    size_t max = cn__committer_record_max(d->committer), body = res->body_len;
+    cn_response_t problem_res;
+    char detail[320];
+
+    snprintf(detail, sizeof(detail),
+             "The operation ran, but its response (%zu bytes of body, with its events) is "
+             "too large to be stored: a durable route's stored record is limited to %zu "
+             "bytes. This is the final answer for this Idempotency-Key; the operation is not "
+             "run again for it", body, max);
+    problem_res = cn__problem(500, CN_PROBLEM_RESPONSE_TOO_LARGE, detail);
+    if (!problem_res.status)
+        return -ENOMEM;
+    cn_log_error("%s: the response (%zu bytes of body) makes a record over the %zu-byte "
+                 "limit; storing a 500 problem as the final answer", route->operation, body,
+                 max);
+    cn__events_free(req->events);
+    req->events = NULL;
+    req->events_tail = &req->events;
+    cn_response_free(res);
+    *res = problem_res;
+    return store_response(d, route, skey, skeylen, req, res, claim, out);
 }
 
 typedef struct waiter {
@@ -408,6 +485,27 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
                        &skeylen);
     CN_ASSERT(rc == 0); /* operation <= 64 and key <= 255 bytes always fit */
 
+    /* A request whose body alone, returned as the response, would make a record over
+     * the committer's limit can never get a stored answer: 413 before the handler runs
+     * (the handler would run, then fail to store, on every retry). */
+    if (d->committer) {
+        cn_record_t probe = {.body_len = req->body_len > CN_RECORD_FIELD_MAX
+                                             ? CN_RECORD_FIELD_MAX
+                                             : (uint32_t)req->body_len};
+        cn_store_put_t probe_item = {skey, skeylen, &probe, NULL, 0};
+        size_t max = cn__committer_record_max(d->committer);
+
+        if (req->body_len > CN_RECORD_FIELD_MAX ||
+            cn__committer_record_size(&probe_item) > max) {
+            char detail[256];
+            snprintf(detail, sizeof(detail),
+                     "The request body (%zu bytes) is too large for a durable route: its "
+                     "stored record (response, events, key) is limited to %zu bytes",
+                     req->body_len, max);
+            return problem(out, CN_OUTCOME_INVALID, 413, CN_PROBLEM_BODY_TOO_LARGE, detail);
+        }
+    }
+
     if ((rc = cn__sha256(skey, skeylen, slot_key)))
         return problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
                        "The request key could not be hashed");
@@ -502,9 +600,16 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         rc = store_response(d, route, skey, skeylen, req, &res, &claim, out);
         if (rc == 0)
             return 0; /* deferred, or answered at once in async mode */
+        if (rc == CN_ETOOBIG) {
+            /* It can never be stored as it is: a final answer instead of a 503 that
+             * would run the handler again on every retry. */
+            rc = store_too_big(d, route, skey, skeylen, req, &res, &claim, out);
+            if (rc == 0)
+                return 0;
+        }
         cn_log_error("storing %s failed: %s; answering 503", skey, cn_strerror(rc));
         cn_response_free(&res);
-        res = not_stored_problem();
+        res = not_stored_problem(rc);
         persist = 0;
     }
     cn__inflight_release(d->inflight, &claim);

@@ -83,7 +83,8 @@ deliver(cn_committer_t *c)
     pthread_mutex_unlock(&c->mu);
     while ((e = done)) {
         done = e->next;
-        e->done(cn__ring_stored(c->ring, e->seq, e->failed_at_push) ? 0 : -EIO, 1, e->arg);
+        /* The persister's reason (ENOSPC, MDB_MAP_FULL, ...) travels with the failure. */
+        e->done(cn__ring_result(c->ring, e->seq, e->failed_at_push), 1, e->arg);
         atomic_fetch_sub(&c->pending, 1);
         free(e);
     }
@@ -221,6 +222,24 @@ cn__committer_free(cn_committer_t *c, uint32_t wait_ms)
         pthread_mutex_destroy(&c->mu);
     }
     free(c);
+}
+
+size_t
+cn__committer_record_max(const cn_committer_t *c)
+{
+    return c->ring ? cn__ring_max_payload(c->ring) : (size_t)CN_RECORD_FIELD_MAX;
+}
+
+int
+cn__committer_recent_error(const cn_committer_t *c)
+{
+    return c->ring ? cn__ring_recent_error(c->ring) : -EIO;
+}
+
+size_t
+cn__committer_record_size(const cn_store_put_t *item)
+{
+    return cn__persist_record_size(item->keylen, item->rec, item->events_len);
 }
 
 int

@@ -12,7 +12,8 @@
  *    ever waits for the disk.
  *
  * The callback runs done(status, final, arg): status 0 means durable and stored; a
- * negative status means not stored. final is 1 for the decision, which comes exactly
+ * negative status means not stored, except -ENODATA: the persister decided, but which
+ * way was lost (more failures than its log holds): the store holds the record or not. final is 1 for the decision, which comes exactly
  * once. Before it, the ring committer may call once with final 0 and -ETIMEDOUT when the
  * record is not decided within its timeout: the caller may answer "retry" then, but
  * must keep the key claimed until the final call, since the record may still land.
@@ -51,6 +52,18 @@ void cn__committer_free(cn_committer_t *c, uint32_t wait_ms);
 
 /* Records submitted and not yet decided. */
 unsigned cn__committer_pending(cn_committer_t *c);
+
+/* The largest record (cn__committer_record_size) this committer can take: the ring's
+ * record limit (a quarter of its capacity), or the record format's for the sync one. */
+size_t cn__committer_record_max(const cn_committer_t *c);
+
+/* The reason of the persister's most recent failure, for a record whose outcome came
+ * back as -ENODATA (the ring's failure log overflowed) and that the store does not hold;
+ * -EIO when unknown. */
+int cn__committer_recent_error(const cn_committer_t *c);
+
+/* Bytes item takes as a record (store key, encoded response, events, framing). */
+size_t cn__committer_record_size(const cn_store_put_t *item);
 
 /* Submits one record. item and what it points to are borrowed for the call only.
  * Returns 0 when accepted: done gets its final call exactly once. Returns -EAGAIN when

@@ -321,6 +321,17 @@ cn__persist_open(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t *
         snprintf(err, errlen, "the store's WAL position is unreadable: %s", cn_strerror(rc));
         goto fail;
     }
+    /* A store that has applied WAL frames needs its WAL: recreating a deleted directory
+     * would start silently without the records past the last checkpoint. */
+    if (p->meta.applied_lsn > 0 && access(p->wal_dir, F_OK) != 0) {
+        rc = errno == ENOENT ? CN_ECORRUPT : -errno;
+        snprintf(err, errlen,
+                 "the WAL directory '%s' is missing (%s), but the store has applied WAL "
+                 "records up to LSN %llu: acknowledged records may be lost; restore the "
+                 "directory, or start with a fresh --data-dir",
+                 p->wal_dir, strerror(errno), (unsigned long long)p->meta.applied_lsn);
+        goto fail;
+    }
     if ((rc = cn__wal_mkdir(p->wal_dir))) {
         snprintf(err, errlen, "cannot create '%s': %s", p->wal_dir, cn_strerror(rc));
         goto fail;
@@ -337,8 +348,11 @@ cn__persist_open(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t *
     free(r.offs);
     free(r.lens);
     if (rc) {
-        snprintf(err, errlen, "WAL recovery in '%s' failed: %s%s%s", p->wal_dir,
-                 cn_strerror(rc), rep.message[0] ? ": " : "", rep.message);
+        snprintf(err, errlen, "WAL recovery in '%s' failed: %s%s%s%s", p->wal_dir,
+                 cn_strerror(rc), rep.message[0] ? ": " : "", rep.message,
+                 rc == CN_ECORRUPT ? "; the server does not start on damaged data (restore "
+                                     "the data dir from a backup)"
+                                   : "");
         goto fail;
     }
     if (rep.cut_bytes)
@@ -453,7 +467,7 @@ fail_record(cn_persister_t *p, unsigned w, const cn_ring_record_t *rec)
 {
     cn_log_error("a record of %u bytes from worker %u does not fit a WAL segment; its "
                  "request is answered 503", rec->len, w);
-    cn__ring_fail(cn__shm_ring(p->shm, w), rec->seq);
+    cn__ring_fail_err(cn__shm_ring(p->shm, w), rec->seq, CN_ETOOBIG);
     atomic_fetch_add(&p->shm->hdr->persist.records_failed, 1);
 }
 
@@ -500,7 +514,8 @@ cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
                     p->need_roll = 1;
                     full = 1;
                     break;
-                } else if (b->len && b->len + fsize > p->cfg.batch_max_bytes) {
+                } else if (b->len && (b->len + fsize > p->cfg.batch_max_bytes ||
+                                      b->len > CN_WAL_BATCH_SPAN_MAX)) {
                     full = 1;
                     break;
                 } else {
@@ -513,8 +528,10 @@ cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
                     uint8_t *pl = frame + CN_WAL_FRAME_HEADER;
                     cn__format_wal_header_encode(pl, p->epoch, rec.seq, (uint16_t)w, rec.len);
                     memcpy(pl + CN_PERSIST_WAL_HEADER, rec.payload, rec.len);
-                    cn__wal_frame_encode(frame, p->next_lsn + b->len, CN_WAL_DATA, pl,
-                                         CN_PERSIST_WAL_HEADER + (size_t)rec.len);
+                    /* Each frame names the start of its write: recovery then tells a
+                     * torn last write from damage followed by later writes. */
+                    cn__wal_frame_encode_batch(frame, p->next_lsn + b->len, p->next_lsn, pl,
+                                               CN_PERSIST_WAL_HEADER + (size_t)rec.len);
                     b->recs[b->nrec++] = (rec_t){(uint16_t)w, rec.seq,
                                                  b->len + CN_WAL_FRAME_HEADER,
                                                  (uint32_t)(CN_PERSIST_WAL_HEADER + rec.len)};
@@ -557,6 +574,30 @@ observe(_Atomic uint64_t *buckets, int nb, const uint64_t *bounds, uint64_t v)
     atomic_fetch_add_explicit(&buckets[i], 1, memory_order_relaxed);
 }
 
+/* Makes the gathered batch durable-never-applied: its bytes in the WAL (synced, or maybe
+ * partly on disk after a failed write or fdatasync) are overwritten with zeros and synced
+ * again, and the next batch is written at the same place (gather refuses while a batch
+ * is pending, so the failed batch is always the last thing in the WAL; the next write
+ * starts only after this one was decided). Zeros past the end are exactly
+ * what recovery already takes as the end of the log, so no record of the batch can ever
+ * be replayed, and overwriting blocks of a preallocated segment needs no new disk space
+ * (this runs when the disk is full). A crash part way leaves a partly zeroed last write,
+ * which recovery treats as a torn last write; the failure is reported to nobody before
+ * the zeros are synced, so the requests are still waiting then and the restarted
+ * persister acknowledges what recovery applied. Returns 0 or a negative errno. */
+static int
+unwrite_batch(cn_persister_t *p)
+{
+    batch_t *b = &p->b;
+    cn_persist_io_t io = {p->seg_fd, b->buf, b->len, b->lsn_start - p->seg_start};
+
+    if (!b->len)
+        return 0;
+    /* The items point into the buffer; they are not used past this point. */
+    memset(b->buf, 0, b->len);
+    return cn__persist_write_sync(&io);
+}
+
 int
 cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *wake)
 {
@@ -565,7 +606,7 @@ cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *w
     cn_shm_persist_t *st = &p->shm->hdr->persist;
     batch_t *b = &p->b;
     cn_store_meta_t meta = p->meta;
-    int rc = 0, stop = 0;
+    int rc = 0, stop = 0, urc;
 
     *wake = 0;
     if (!b->active)
@@ -587,31 +628,48 @@ cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *w
         meta.applied_lsn = b->lsn_end;
         rc = cn__store_apply(p->store, p->items, b->nrec, &meta);
         if (rc) {
-            cn_log_error("applying %zu records to LMDB failed: %s; their requests get 503",
-                         b->nrec, cn_strerror(rc));
+            /* A full disk or map passes, and the environment is intact: go on serving.
+             * Anything else (an I/O error, an LMDB panic) restarts the persister, which
+             * opens the store afresh. */
+            stop = rc != -ENOSPC && rc != -EDQUOT && rc != CN_EMAPFULL;
+            cn_log_error("applying %zu records to LMDB failed: %s; their requests get 503 "
+                         "and the records are erased from the WAL%s",
+                         b->nrec, cn_strerror(rc), stop ? "; the persister restarts" : "");
         } else {
             if (meta.event_seq != p->meta.event_seq)
                 publish_events(p, meta.event_seq - p->meta.event_seq, meta.event_seq);
             p->meta = meta;
+            p->next_lsn = b->lsn_end;
+            p->since_checkpoint += b->len;
+            atomic_fetch_add(&st->batches, 1);
+            atomic_fetch_add(&st->records, b->nrec);
+            atomic_fetch_add(&st->wal_bytes, b->len);
+            atomic_fetch_add(&st->sync_us_sum, sync_us);
+            observe(st->sync_buckets, CN_SHM_SYNC_BUCKETS, sync_bounds, sync_us);
+            observe(st->batch_buckets, CN_SHM_BATCH_BUCKETS, batch_bounds, b->nrec);
+            atomic_store(&st->applied_lsn, p->meta.applied_lsn);
         }
-        p->next_lsn = b->lsn_end;
-        p->since_checkpoint += b->len;
-        atomic_fetch_add(&st->batches, 1);
-        atomic_fetch_add(&st->records, b->nrec);
-        atomic_fetch_add(&st->wal_bytes, b->len);
-        atomic_fetch_add(&st->sync_us_sum, sync_us);
-        observe(st->sync_buckets, CN_SHM_SYNC_BUCKETS, sync_bounds, sync_us);
-        observe(st->batch_buckets, CN_SHM_BATCH_BUCKETS, batch_bounds, b->nrec);
-        atomic_store(&st->applied_lsn, p->meta.applied_lsn);
     } else if (b->nrec) {
-        cn_log_error("writing %zu records to the WAL failed: %s; their requests get 503 and "
-                     "the persister restarts", b->nrec, cn_strerror(io_result));
+        cn_log_error("writing %zu records to the WAL failed: %s; their requests get 503, the "
+                     "records are erased from the WAL and the persister restarts",
+                     b->nrec, cn_strerror(io_result));
         rc = io_result;
         stop = 1;
     }
+    if (rc && (urc = unwrite_batch(p))) {
+        /* The records may still be on disk: nobody hears of a failure, nothing is acked.
+         * The persister restarts; its recovery applies what the WAL holds, and the
+         * records still in the rings are acked as stored or written again. */
+        cn_log_error("erasing the failed batch at LSN %llu from the WAL failed: %s; the "
+                     "persister restarts and its recovery decides these records",
+                     (unsigned long long)b->lsn_start, cn_strerror(urc));
+        b->active = 0;
+        return urc;
+    }
     for (size_t i = 0; i < b->nrec; i++) {
         if (rc || p->items[i].status) {
-            cn__ring_fail(cn__shm_ring(p->shm, b->recs[i].worker), b->recs[i].seq);
+            cn__ring_fail_err(cn__shm_ring(p->shm, b->recs[i].worker), b->recs[i].seq,
+                              rc ? rc : p->items[i].status);
             atomic_fetch_add(&st->records_failed, 1);
         }
     }

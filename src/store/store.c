@@ -50,7 +50,7 @@ lmdb_error(int rc, const char *what)
     if (rc == MDB_NOTFOUND)
         return CN_ENOTFOUND;
     if (rc == MDB_MAP_FULL)
-        return -ENOSPC;
+        return CN_EMAPFULL; /* the map size, not the disk: told apart from ENOSPC */
     if (rc > 0)
         return -rc; /* LMDB passes errno values through */
     cn_log_error("lmdb %s: %s", what, mdb_strerror(rc));

@@ -61,31 +61,51 @@ cn__wal_frame_size(size_t len)
     return CN_WAL_FRAME_HEADER + ((len + 7) & ~(size_t)7);
 }
 
-void
-cn__wal_frame_encode(uint8_t *out, uint64_t lsn, uint8_t type, const void *payload,
-                     size_t len)
+/* Encodes a frame whose write starts back * 8 bytes before it. */
+static void
+frame_encode(uint8_t *out, uint64_t lsn, uint32_t back, uint8_t type, const void *payload,
+             size_t len)
 {
     size_t size = cn__wal_frame_size(len);
 
     CN_ASSERT(len <= CN_WAL_PAYLOAD_MAX);
-    CN_ASSERT(type == CN_WAL_DATA || (type == CN_WAL_SEAL && len == 0));
+    CN_ASSERT(type == CN_WAL_DATA || (type == CN_WAL_SEAL && len == 0 && back == 0));
+    CN_ASSERT(back < (1u << 24));
     memcpy(out, magic, 4);
     cn__put_le32(out + 4, (uint32_t)len);
     cn__put_le64(out + 8, lsn);
     memset(out + 16, 0, 4);
     out[20] = type;
-    memset(out + 21, 0, 3);
+    out[21] = (uint8_t)back;
+    out[22] = (uint8_t)(back >> 8);
+    out[23] = (uint8_t)(back >> 16);
     if (len && payload != out + CN_WAL_FRAME_HEADER)
         memcpy(out + CN_WAL_FRAME_HEADER, payload, len);
     memset(out + CN_WAL_FRAME_HEADER + len, 0, size - CN_WAL_FRAME_HEADER - len);
     cn__put_le32(out + 16, frame_crc(out, (uint32_t)len));
 }
 
+void
+cn__wal_frame_encode(uint8_t *out, uint64_t lsn, uint8_t type, const void *payload,
+                     size_t len)
+{
+    frame_encode(out, lsn, 0, type, payload, len);
+}
+
+void
+cn__wal_frame_encode_batch(uint8_t *out, uint64_t lsn, uint64_t batch_lsn, const void *payload,
+                           size_t len)
+{
+    CN_ASSERT(batch_lsn <= lsn && (lsn - batch_lsn) % 8 == 0 &&
+              lsn - batch_lsn <= CN_WAL_BATCH_SPAN_MAX);
+    frame_encode(out, lsn, (uint32_t)((lsn - batch_lsn) / 8), CN_WAL_DATA, payload, len);
+}
+
 int
 cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
                      cn_wal_frame_t *f, size_t *consumed)
 {
-    uint32_t len;
+    uint32_t len, back;
     uint8_t type;
     size_t size;
 
@@ -97,10 +117,11 @@ cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
         return CN_ECORRUPT;
     len = cn__get_le32(buf + 4);
     type = buf[20];
+    back = (uint32_t)buf[21] | (uint32_t)buf[22] << 8 | (uint32_t)buf[23] << 16;
     if (len > CN_WAL_PAYLOAD_MAX || cn__get_le64(buf + 8) != expect_lsn)
         return CN_ECORRUPT;
-    if ((type != CN_WAL_DATA && type != CN_WAL_SEAL) || (type == CN_WAL_SEAL && len) ||
-        buf[21] || buf[22] || buf[23])
+    if ((type != CN_WAL_DATA && type != CN_WAL_SEAL) || (type == CN_WAL_SEAL && (len || back)) ||
+        (uint64_t)back * 8 > expect_lsn)
         return CN_ECORRUPT;
     /* len <= CN_WAL_PAYLOAD_MAX, so the size cannot wrap. */
     size = cn__wal_frame_size(len);
@@ -113,6 +134,7 @@ cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
         return CN_ECORRUPT;
 
     f->lsn = expect_lsn;
+    f->batch_lsn = expect_lsn - (uint64_t)back * 8;
     f->type = type;
     f->payload = buf + CN_WAL_FRAME_HEADER;
     f->len = len;
@@ -540,20 +562,27 @@ finish_tail(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_t p)
     int zeroed = all_zero(r->buf + p, CN_WAL_FRAME_HEADER), rc;
     cn_wal_frame_t f;
 
-    /* A valid frame within tail_window bytes of the tear belongs to the same unsynced
-     * write (the kernel may persist its pages in any order): torn tail, not damage. */
-    size_t from = r->tail_window > size - p ? size : p + (size_t)r->tail_window;
-    for (size_t q = (from > p + 8 ? from : p + 8) & ~(size_t)7; q + CN_WAL_FRAME_HEADER <= size;
-         q += 8) {
+    /* Only the last write may be torn. A valid frame after the tear is part of that
+     * write (its pages reached the disk in any order) when its write started at or
+     * before the tear and it lies within tail_window bytes of it; any other valid frame
+     * means the bad bytes were synced, then damaged, and later writes followed. */
+    for (size_t q = (p + 8) & ~(size_t)7; q + CN_WAL_FRAME_HEADER <= size; q += 8) {
+        char path[PATH_MAX];
+
         if (memcmp(r->buf + q, magic, 4))
             continue;
-        if (cn__wal_frame_decode(r->buf + q, size - q, start + q, &f, &consumed) == 0)
-            return report(r->out, CN_ECORRUPT,
-                          "WAL damaged in the middle: %s at LSN %" PRIu64
-                          " in segment %016" PRIx64 ".wal, yet a valid frame follows at LSN "
-                          "%" PRIu64,
-                          zeroed ? "a zeroed header" : "a corrupt frame", start + p, start,
-                          start + q);
+        if (cn__wal_frame_decode(r->buf + q, size - q, start + q, &f, &consumed))
+            continue;
+        if (f.batch_lsn <= start + p && q - p < r->tail_window)
+            continue;
+        if (cn__wal_segment_path(path, sizeof(path), r->dir, start))
+            snprintf(path, sizeof(path), "%016" PRIx64 ".wal", start);
+        return report(r->out, CN_ECORRUPT,
+                      "WAL damaged in the middle: %s at offset %zu of segment %s (LSN "
+                      "%" PRIu64 "), yet a valid frame of a later write follows at offset "
+                      "%zu (LSN %" PRIu64 "); acknowledged records would be lost",
+                      zeroed ? "a zeroed header" : "a corrupt frame", p, path, start + p, q,
+                      start + q);
     }
     if ((rc = check_unwritten(r, starts, i, n, p, zeroed)))
         return rc;
@@ -645,6 +674,15 @@ cn__wal_recover(const char *dir, uint64_t segment_size, uint64_t from_lsn,
     for (i = 0; i < n; i++) {
         if (starts[i] > UINT64_MAX - segment_size || starts[i] + segment_size > from_lsn)
             break;
+    }
+    /* The store applied frames up to from_lsn: the segment holding it must be there
+     * (checkpoints remove only segments that end at or below it). */
+    if (rem && (i == n || starts[i] != from_lsn - rem)) {
+        rc = report(out, CN_ECORRUPT,
+                    "WAL segment %s/%016" PRIx64 ".wal is missing: it holds LSN %" PRIu64
+                    ", the position the store has applied; acknowledged records may be lost",
+                    dir, from_lsn - rem, from_lsn);
+        goto done;
     }
     if (i == n) {
         out->end_lsn = first_max;

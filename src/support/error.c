@@ -33,6 +33,8 @@ cn_strerror(int err)
         return "method not allowed";
     case CN_ELOST:
         return "in-flight claim lost";
+    case CN_EMAPFULL:
+        return "the store's map is full (LMDB MDB_MAP_FULL)";
     default:
         break;
     }

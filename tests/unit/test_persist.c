@@ -15,6 +15,9 @@
  *     the log (CN_ECORRUPT with a message); an unusable data dir;
  *   - a failed write (done with io_result < 0), a put that does not decode, and a record
  *     too big for a segment: failed (cn__ring_stored says 0), yet acked;
+ *   - a failed LMDB apply (map full): failed with CN_EMAPFULL, erased from the WAL, never
+ *     applied by a later recovery; a missing wal/ directory or applied segment: the open
+ *     fails with CN_ECORRUPT;
  *   - a record that fits only the next segment, waiting for the next gather;
  *   - a ring record that ends 8 bytes before the end of its ring's array;
  *   - the ring committer driven from the test thread: callbacks after the ack, the commit
@@ -987,6 +990,7 @@ test_io_error(void)
         CU_ASSERT_EQUAL(cn__ring_stored(ring(&e, 0), seq, 0), 0);
     for (uint64_t seq = 1; seq <= 4; seq++)
         CU_ASSERT_EQUAL(cn__ring_stored(ring(&e, 1), seq, 0), 0);
+    CU_ASSERT_EQUAL(cn__ring_result(ring(&e, 1), 4, 0), -EIO);
     CU_ASSERT_EQUAL(atomic_load(&stats(&e)->records_failed), 7);
     CU_ASSERT_EQUAL(atomic_load(&stats(&e)->batches), 0);
     CU_ASSERT_EQUAL(atomic_load(&stats(&e)->records), 0);
@@ -995,6 +999,88 @@ test_io_error(void)
     CU_ASSERT_EQUAL(store_count(s), 0);
     cn__store_close(s);
     env_free(&e);
+}
+
+/* The LMDB apply of a synced batch fails (the map is full): its records are failed with
+ * that reason (CN_EMAPFULL, not EIO) and acked, the batch's bytes in the WAL are zeros
+ * again, the next batch is written at the same LSN, and a restart applies only that one:
+ * a record whose request was refused is never applied later. */
+static void
+test_apply_failure_erases_batch(void)
+{
+    env_t e;
+    static put_t p;
+    cn_store_t *s;
+    uint64_t seq = 0, last_failed = 0;
+    unsigned pushed = 0, failed = 0, stored;
+
+    env_new(&e, BIG_BATCH, SEGMENT);
+    e.cfg.map_size = (size_t)256 << 10;
+    env_open(&e);
+    /* Batches of three large records until one no longer fits the map. */
+    while (pushed < 60 && !failed) {
+        for (unsigned k = 0; k < 3; k++, pushed++) {
+            put_make(&p, "full", 0, pushed, 15000, 0);
+            CU_ASSERT_EQUAL_FATAL(push_put(&e, &p, 0, &seq), 0);
+        }
+        CU_ASSERT_EQUAL_FATAL(drive(&e), 0);
+        failed = (unsigned)atomic_load(&stats(&e)->records_failed);
+        last_failed = seq;
+    }
+    CU_ASSERT_EQUAL_FATAL(failed, 3);
+    stored = pushed - failed;
+    CU_ASSERT(stored > 0);
+    CU_ASSERT_EQUAL(cn__ring_result(ring(&e, 0), last_failed, 0), CN_EMAPFULL);
+    CU_ASSERT_EQUAL(atomic_load(&ring(&e, 0)->acked_seq), last_failed);
+    /* The failed batch is gone from the WAL: only the stored records' frames remain. */
+    CU_ASSERT_EQUAL(wal_frames(&e), stored);
+    env_close(&e);
+
+    /* Room again (a larger map): new records go where the failed batch was. */
+    e.cfg.map_size = MAP_SIZE;
+    env_open(&e);
+    push_range(&e, "after", 1, 0, 3);
+    CU_ASSERT_EQUAL_FATAL(drive(&e), 0);
+    CU_ASSERT_EQUAL(atomic_load(&stats(&e)->records_failed), failed); /* none more */
+    env_close(&e);
+    s = store_open(&e);
+    CU_ASSERT_EQUAL(store_count(s), stored + 3);
+    CU_ASSERT_EQUAL(count_present(s, "after", 1, 0, 3), 3);
+    cn__store_close(s);
+    env_free(&e);
+}
+
+/* A store that applied WAL records without its wal/ directory, or without the segment
+ * holding its applied position: the open fails with CN_ECORRUPT and says so, and the
+ * directory is not recreated. */
+static void
+test_missing_wal_refused(void)
+{
+    env_t e;
+    cn_persister_t *p = NULL;
+    char err[512], path[700];
+    struct stat st;
+
+    for (int which = 0; which < 2; which++) {
+        env_new(&e, BIG_BATCH, SEGMENT);
+        env_open(&e);
+        push_range(&e, "gone", 0, 0, 5);
+        CU_ASSERT_EQUAL_FATAL(drive(&e), 0);
+        env_close(&e);
+        if (which == 0) {
+            CU_ASSERT_EQUAL_FATAL(unit_rmtree(e.wal), 0);
+        } else {
+            CU_ASSERT_EQUAL_FATAL(cn__wal_segment_path(path, sizeof(path), e.wal, 0), 0);
+            CU_ASSERT_EQUAL_FATAL(unlink(path), 0);
+        }
+        err[0] = 0;
+        CU_ASSERT_EQUAL(cn__persist_open(&e.shm, &e.cfg, &p, err, sizeof(err)), CN_ECORRUPT);
+        CU_ASSERT_PTR_NULL(p);
+        CU_ASSERT_PTR_NOT_NULL(strstr(err, "missing"));
+        if (which == 0)
+            CU_ASSERT_NOT_EQUAL(stat(e.wal, &st), 0);
+        env_free(&e);
+    }
 }
 
 /* A ring record that is not a put, and a put whose record bytes are corrupt: those two
@@ -1430,6 +1516,9 @@ main(void)
         {"a corrupt frame in the middle fails the open", test_corrupt_middle},
         {"an unusable data dir fails the open cleanly", test_open_fails_cleanly},
         {"a failed write fails and acks the batch", test_io_error},
+        {"a failed apply erases the batch from the WAL (map full)",
+         test_apply_failure_erases_batch},
+        {"a missing wal dir or applied segment fails the open", test_missing_wal_refused},
         {"puts that do not decode are failed, the others stored", test_bad_put},
         {"a record over a segment is failed", test_record_over_segment},
         {"a record that needs the next segment is gathered", test_record_needs_next_segment},

@@ -824,6 +824,11 @@ test_failed_log_overflow(void)
         CU_ASSERT_EQUAL(cn__ring_stored(r, s, 1), s <= CN_RING_FAILED_LOG + 1 ? 0 : 1);
     /* Nothing new since 17. */
     CU_ASSERT_EQUAL(cn__ring_stored(r, 18, CN_RING_FAILED_LOG + 1), 1);
+    /* As results: a logged failure gives its reason, a forgotten one is unknown. */
+    cn__ring_fail_err(r, 19, -ENOSPC);
+    CU_ASSERT_EQUAL(cn__ring_result(r, 19, 0), -ENOSPC);
+    CU_ASSERT_EQUAL(cn__ring_result(r, 20, 0), -ENODATA);
+    CU_ASSERT_EQUAL(cn__ring_result(r, 20, CN_RING_FAILED_LOG + 1), 0);
     free(r);
 }
 

@@ -9,9 +9,11 @@
  *     idempotent reopen, refusal to touch a file of the wrong size, bad arguments;
  *   - recovery: a clean log across three segments with SEALs, from_lsn in the middle,
  *     idempotence, a torn tail cut at every byte offset of the last frame (then written
- *     over and recovered again), damage in the middle, unsealed, missing and wrongly
- *     sized segments, files that are not segments, an empty directory, a callback that
- *     stops the replay;
+ *     over and recovered again), damage in the middle, valid frames of the same write
+ *     after a tear (a torn tail) against frames of later writes after a flipped byte or a
+ *     zeroed block (CN_ECORRUPT naming segment file and offset, nothing modified),
+ *     unsealed, missing and wrongly sized segments, a missing segment that holds from_lsn,
+ *     files that are not segments, an empty directory, a callback that stops the replay;
  *   - remove_below deleting exactly the segments that end at or below an LSN.
  *
  * Every test works in its own fresh directory under the suite's temp dir. Segments are
@@ -188,6 +190,13 @@ writer_append(writer_t *w, const void *payload, size_t len)
     return lsn;
 }
 
+/* Writes frames of the given lengths (payload bytes fill + i) as one write, the way the
+ * persister writes a batch: one pwrite, every frame naming the batch start. Records the
+ * frames in spec (when not NULL). Returns the batch start. */
+struct log_spec;
+static uint64_t writer_batch(writer_t *w, size_t n, size_t len, uint8_t fill,
+                             struct log_spec *spec);
+
 static void
 writer_close(writer_t *w)
 {
@@ -212,6 +221,29 @@ spec_add(log_spec_t *s, uint64_t lsn, const uint8_t *payload, size_t len)
     s->len[s->n] = (uint32_t)len;
     s->crc[s->n] = cn__crc32c(0, payload, len);
     s->n++;
+}
+
+static uint64_t
+writer_batch(writer_t *w, size_t n, size_t len, uint8_t fill, log_spec_t *spec)
+{
+    size_t fsize = cn__wal_frame_size(len), total = n * fsize;
+    uint64_t start = w->lsn;
+    uint8_t *buf = malloc(total), payload[256];
+
+    CU_ASSERT_FATAL(len <= sizeof(payload));
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    CU_ASSERT_FATAL(w->lsn + total <= w->seg_start + SEG - HDR);
+    for (size_t i = 0; i < n; i++) {
+        memset(payload, fill + (int)i, len);
+        cn__wal_frame_encode_batch(buf + i * fsize, start + i * fsize, start, payload, len);
+        if (spec)
+            spec_add(spec, start + i * fsize, payload, len);
+    }
+    CU_ASSERT_EQUAL_FATAL(pwrite(w->fd, buf, total, (off_t)(start - w->seg_start)),
+                          (ssize_t)total);
+    w->lsn += total;
+    free(buf);
+    return start;
 }
 
 /* Writes frames from 0 until the log has used `segments` segments and `extra` frames
@@ -572,11 +604,20 @@ test_invalid_fields_with_valid_crc(void)
         fix_crc(copy, sizeof(payload));
         CU_ASSERT(decode_fails(copy, size, 64, CN_ECORRUPT));
     }
+    /* A batch offset reaching below LSN 0 (the frame sits at 64 = 8 * 8). */
     for (size_t i = 21; i < 24; i++) {
         memcpy(copy, buf, size);
-        copy[i] = 1;
+        copy[i] = 9;
         fix_crc(copy, sizeof(payload));
         CU_ASSERT(decode_fails(copy, size, 64, CN_ECORRUPT));
+    }
+    /* A SEAL is always written alone: a batch offset on one is damage. */
+    {
+        uint8_t seal[HDR];
+        cn__wal_frame_encode(seal, 64, CN_WAL_SEAL, NULL, 0);
+        seal[21] = 1;
+        fix_crc(seal, 0);
+        CU_ASSERT(decode_fails(seal, sizeof(seal), 64, CN_ECORRUPT));
     }
     /* Bad magic. */
     memcpy(copy, buf, size);
@@ -1097,9 +1138,9 @@ test_corrupt_middle(void)
     CU_ASSERT(rep.message[0] != '\0');
 }
 
-/* A tear followed by valid frames within the tail window (one unsynced write whose pages
- * reached the disk out of order) is a torn tail: cut, not damage. Beyond the window the
- * same log is damage in the middle. */
+/* A tear followed by valid frames of the same write within the tail window (one unsynced
+ * write whose pages reached the disk out of order) is a torn tail: cut, not damage.
+ * Beyond the window the same log is damage in the middle. */
 static void
 test_torn_within_window(void)
 {
@@ -1108,16 +1149,13 @@ test_torn_within_window(void)
     log_spec_t spec;
     seen_t seen = {0};
     cn_wal_recovery_t rep;
-    uint8_t payload[64], b;
+    uint8_t b;
     uint64_t window;
 
     fresh_dir(dir, sizeof(dir));
     memset(&spec, 0, sizeof(spec));
     writer_open(&w, dir, 0);
-    for (size_t i = 0; i < 10; i++) {
-        memset(payload, (int)(i + 1), sizeof(payload));
-        spec_add(&spec, writer_append(&w, payload, 40), payload, 40);
-    }
+    writer_batch(&w, 10, 40, 1, &spec);
     spec.end = w.lsn;
     writer_close(&w);
     seg_io(dir, 0, spec.lsn[2] + 30, &b, 1, 0);
@@ -1144,6 +1182,81 @@ test_torn_within_window(void)
     CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, 0, collect, &seen, &rep), 0);
     expect_frames(&seen, &spec, 0, 2);
     CU_ASSERT_EQUAL(rep.cut_bytes, 0);
+}
+
+/* One flipped byte in a synced write followed by valid frames of later writes is damage,
+ * however large the tail window: only the last write may be torn. The error names the
+ * segment file and the offset, nothing is passed past the damage, nothing is modified. */
+static void
+test_damage_before_later_writes(void)
+{
+    char dir[512], path[600], want[64];
+    writer_t w;
+    log_spec_t spec;
+    seen_t seen = {0};
+    cn_wal_recovery_t rep;
+    uint8_t b, *before, *after;
+
+    fresh_dir(dir, sizeof(dir));
+    memset(&spec, 0, sizeof(spec));
+    writer_open(&w, dir, 0);
+    writer_batch(&w, 5, 40, 1, &spec);  /* frames 0..4: the damaged write */
+    writer_batch(&w, 5, 40, 20, &spec); /* frames 5..9: acknowledged later writes */
+    writer_batch(&w, 3, 16, 40, &spec); /* frames 10..12 */
+    spec.end = w.lsn;
+    writer_close(&w);
+    seg_io(dir, 0, spec.lsn[2] + 30, &b, 1, 0);
+    b ^= 0x01;
+    seg_io(dir, 0, spec.lsn[2] + 30, &b, 1, 1);
+    before = seg_read(dir, 0);
+
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, UINT64_MAX, collect, &seen, &rep),
+                    CN_ECORRUPT);
+    expect_frames(&seen, &spec, 0, 2);
+    seg_path(path, sizeof(path), dir, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, path));
+    snprintf(want, sizeof(want), "offset %" PRIu64 " ", spec.lsn[2]);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, want));
+    CU_ASSERT_EQUAL(rep.cut_bytes, 0);
+    after = seg_read(dir, 0);
+    CU_ASSERT_EQUAL(memcmp(before, after, SEG), 0);
+    free(before);
+    free(after);
+
+    /* The same flip in the last write is a torn tail: cut, the earlier writes kept. */
+    fresh_dir(dir, sizeof(dir));
+    memset(&spec, 0, sizeof(spec));
+    writer_open(&w, dir, 0);
+    writer_batch(&w, 5, 40, 1, &spec);
+    writer_batch(&w, 5, 40, 20, &spec);
+    spec.end = w.lsn;
+    writer_close(&w);
+    seg_io(dir, 0, spec.lsn[6] + 30, &b, 1, 0);
+    b ^= 0x01;
+    seg_io(dir, 0, spec.lsn[6] + 30, &b, 1, 1);
+    memset(&seen, 0, sizeof(seen));
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, UINT64_MAX, collect, &seen, &rep), 0);
+    expect_frames(&seen, &spec, 0, 6);
+    CU_ASSERT_EQUAL(rep.end_lsn, spec.lsn[6]);
+    CU_ASSERT(rep.cut_bytes > 0);
+
+    /* A zeroed first page of a write followed by a later write: damage too. */
+    fresh_dir(dir, sizeof(dir));
+    memset(&spec, 0, sizeof(spec));
+    writer_open(&w, dir, 0);
+    writer_batch(&w, 2, 40, 1, &spec);
+    writer_batch(&w, 2, 40, 20, &spec);
+    spec.end = w.lsn;
+    writer_close(&w);
+    {
+        uint8_t zeros[HDR] = {0};
+        seg_io(dir, 0, spec.lsn[0], zeros, sizeof(zeros), 1);
+    }
+    memset(&seen, 0, sizeof(seen));
+    CU_ASSERT_EQUAL(cn__wal_recover(dir, SEG, 0, UINT64_MAX, collect, &seen, &rep),
+                    CN_ECORRUPT);
+    CU_ASSERT_EQUAL(seen.n, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, "offset 0 "));
 }
 
 static void
@@ -1242,15 +1355,44 @@ test_missing_segment(void)
     expect_frames(&seen, &spec, 0, k);
     CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, "0000000000001000"));
 
-    /* A log may start at the boundary above from_lsn, never further up. */
+    /* A log may start at from_lsn when that is a segment boundary, never further up;
+     * the segment that holds a from_lsn inside it must be there (the store applied
+     * frames from it). */
     fresh_dir(dir, sizeof(dir));
     fd = cn__wal_segment_open(dir, 2 * SEG, SEG);
     CU_ASSERT_FATAL(fd >= 0);
     close(fd);
-    CU_ASSERT_EQUAL(recover(dir, SEG + 100, &seen, &rep), 0);
+    CU_ASSERT_EQUAL(recover(dir, 2 * SEG, &seen, &rep), 0);
     expect_clean(&rep, 2 * SEG);
+    CU_ASSERT_EQUAL(recover(dir, SEG + 100, &seen, &rep), CN_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, "0000000000001000.wal is missing"));
     CU_ASSERT_EQUAL(recover(dir, 100, &seen, &rep), CN_ECORRUPT);
     CU_ASSERT(rep.message[0] != '\0');
+    CU_ASSERT_EQUAL(recover(dir, SEG, &seen, &rep), CN_ECORRUPT);
+}
+
+/* Every segment deleted (or the directory recreated empty) under a store that applied
+ * frames from the middle of a segment: CN_ECORRUPT naming the segment. */
+static void
+test_missing_applied_segment(void)
+{
+    char dir[512], path[600];
+    log_spec_t spec;
+    seen_t seen = {0};
+    cn_wal_recovery_t rep;
+
+    fresh_dir(dir, sizeof(dir));
+    write_log(dir, 2, 3, &spec);
+    seg_path(path, sizeof(path), dir, 0);
+    CU_ASSERT_EQUAL_FATAL(unlink(path), 0);
+    seg_path(path, sizeof(path), dir, SEG);
+    CU_ASSERT_EQUAL_FATAL(unlink(path), 0);
+    CU_ASSERT_EQUAL(recover(dir, spec.lsn[spec.n - 1], &seen, &rep), CN_ECORRUPT);
+    CU_ASSERT_EQUAL(seen.n, 0);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, "0000000000001000.wal is missing"));
+    /* A fresh log (from 0) in the same empty directory is fine. */
+    CU_ASSERT_EQUAL(recover(dir, 0, &seen, &rep), 0);
+    expect_clean(&rep, 0);
 }
 
 static void
@@ -1299,9 +1441,9 @@ test_empty_dir(void)
     static const struct {
         uint64_t from, end;
     } cases[] = {
-        {0, 0}, {1, SEG}, {SEG - 1, SEG}, {SEG, SEG}, {SEG + 1, 2 * SEG}, {5000, 2 * SEG},
-        {1000 * SEG + 24, 1001 * SEG},
+        {0, 0}, {SEG, SEG}, {1000 * SEG, 1000 * SEG},
     };
+    static const uint64_t inside[] = {1, SEG - 1, SEG + 1, 5000, 1000 * SEG + 24};
     char dir[512];
     seen_t seen = {0};
     cn_wal_recovery_t rep;
@@ -1313,6 +1455,12 @@ test_empty_dir(void)
         CU_ASSERT_EQUAL(rep.frames, 0);
         expect_clean(&rep, cases[i].end);
     }
+    /* A from_lsn inside a segment: that segment held applied frames, it must exist. */
+    for (size_t i = 0; i < sizeof(inside) / sizeof(inside[0]); i++) {
+        CU_ASSERT_EQUAL(recover(dir, inside[i], &seen, &rep), CN_ECORRUPT);
+        CU_ASSERT_EQUAL(seen.n, 0);
+        CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, "is missing"));
+    }
     /* Segments wholly below from_lsn count as none. */
     {
         log_spec_t spec;
@@ -1320,8 +1468,7 @@ test_empty_dir(void)
         CU_ASSERT_EQUAL(recover(dir, 2 * SEG, &seen, &rep), 0);
         CU_ASSERT_EQUAL(seen.n, 0);
         expect_clean(&rep, 2 * SEG);
-        CU_ASSERT_EQUAL(recover(dir, 2 * SEG + 8, &seen, &rep), 0);
-        expect_clean(&rep, 3 * SEG);
+        CU_ASSERT_EQUAL(recover(dir, 2 * SEG + 8, &seen, &rep), CN_ECORRUPT);
     }
 }
 
@@ -1488,9 +1635,12 @@ main(void)
         {"bytes after a zeroed header: cut, or damage", test_tail_after_zeroed_header},
         {"a corrupt frame in the middle is CN_ECORRUPT", test_corrupt_middle},
         {"valid frames within the tail window after a tear are cut", test_torn_within_window},
+        {"damage followed by later writes is CN_ECORRUPT naming segment and offset",
+         test_damage_before_later_writes},
         {"a non-last segment without a SEAL", test_unsealed_non_last_segment},
         {"a segment of the wrong size is CN_ECORRUPT", test_wrong_size_segment},
         {"a missing segment is CN_ECORRUPT", test_missing_segment},
+        {"a missing segment holding from_lsn is CN_ECORRUPT", test_missing_applied_segment},
         {"files not named like segments are ignored", test_ignores_other_files},
         {"an empty directory: end_lsn rounded up from from_lsn", test_empty_dir},
         {"from_lsn beyond the end of the log is CN_ECORRUPT", test_from_beyond_end},
