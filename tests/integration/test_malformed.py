@@ -335,10 +335,13 @@ class MalformedInputTest(h.ServerTestCase):
             finally:
                 s.close()
         self.assert_still_serving("aborted clients")
-        started = time.monotonic()
-        rc = self.srv.stop(timeout=5.0)
-        self.assertEqual(rc, 0, "SIGTERM with aborted client connections: no clean exit "
-                                "within 5 s (%.1f s)" % (time.monotonic() - started))
+        # The drain waits at most 10 s for requests in progress, then logs how many it
+        # gave up on: the aborted clients must not be among them (the log says so, not
+        # the clock).
+        rc = self.srv.stop(timeout=60.0)
+        self.assertEqual(rc, 0, "SIGTERM with aborted client connections: no clean exit")
+        self.assertNotIn("still in progress", self.srv.stderr_text(),
+                         "the drain waited for clients that were gone")
 
     def test_fuzz(self):
         rng = random.Random(FUZZ_SEED)
