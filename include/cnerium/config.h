@@ -95,7 +95,7 @@ typedef struct cn_config {
     cn_wal_io_t wal_io;
     uint32_t key_ttl_s;
     size_t max_body_bytes;
-    /* HTTP connection limits (README "Limits"): per worker process. */
+    /* HTTP connection limits (README, Reliability: Limits): per worker process. */
     uint32_t max_connections;        /* at the limit, new connections wait in the backlog */
     uint32_t max_connections_per_ip; /* beyond it, closed unanswered; 0 = no limit */
     uint32_t header_timeout_ms;      /* 408 and close; 0 = no deadline */
