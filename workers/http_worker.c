@@ -143,7 +143,7 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     rc = cfg->single_process
              ? cn__committer_new_sync(w.store, &w.committer)
              : cn__committer_new_ring(cn__shm_ring(&app->shm, id), app->persist_efd,
-                                      app->ack_efd[id], CN_APP_COMMIT_TIMEOUT_MS, &w.committer);
+                                      app->ack_efd[id], cfg->commit_timeout_ms, &w.committer);
     if (rc) {
         fprintf(stderr, "cnerium: cannot start the committer: %s\n", cn_strerror(rc));
         goto out;
@@ -190,7 +190,7 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     cn__http_quiesce(w.http);
     wait_for_drain(w.http);
     exit_code = 0;
-    if (cn__durable_quiesce(&w.durable, CN_APP_COMMIT_TIMEOUT_MS)) {
+    if (cn__durable_quiesce(&w.durable, cfg->commit_timeout_ms)) {
         /* Waiter threads still use requests and the store: leave without tearing them
          * down (their clients were cut by the drain's end; nothing was stored for them). */
         cn_log_warn("worker %u: requests still waiting for duplicates at exit", id);
@@ -202,7 +202,7 @@ out:
     /* Requests waiting for their commit were answered (503 at the latest, at the commit
      * timeout) before the drain ended; give the last decisions a bounded while to come
      * in, then stop the server. */
-    cn__committer_free(w.committer, CN_APP_COMMIT_TIMEOUT_MS);
+    cn__committer_free(w.committer, cfg->commit_timeout_ms);
     cn__http_stop(w.http);
     stop_sweeper(&w);
     atomic_store(&app->shm.workers[id].pid, 0);

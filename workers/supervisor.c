@@ -427,7 +427,8 @@ stop_range(supervisor_t *s, unsigned from, unsigned to, uint64_t wait_ms)
 static void
 stop_children(supervisor_t *s)
 {
-    stop_range(s, 0, s->n, CN_APP_DRAIN_TIMEOUT_MS + CN_APP_COMMIT_TIMEOUT_MS + STOP_GRACE_MS);
+    stop_range(s, 0, s->n,
+               CN_APP_DRAIN_TIMEOUT_MS + (uint64_t)s->app->cfg.commit_timeout_ms + STOP_GRACE_MS);
     if (s->persist)
         stop_range(s, s->n, s->n + 1, STOP_GRACE_MS + 10000);
     if (s->broadcast)

@@ -106,6 +106,9 @@ typedef struct cn_config {
     uint32_t inflight_wait_ms;
     uint32_t inflight_slots; /* a power of two */
     uint32_t lease_ms;
+    /* How long a durable request waits for the persister to decide its record before it
+     * gets 503 (the key stays claimed until the record is decided). */
+    uint32_t commit_timeout_ms;
     uint32_t sweep_interval_ms;
     int log_level; /* 0 error, 1 warn, 2 info, 3 debug */
 } cn_config_t;

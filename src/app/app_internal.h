@@ -36,7 +36,6 @@ struct cn_app {
 };
 
 #define CN_APP_RING_BYTES ((uint64_t)4 << 20)
-#define CN_APP_COMMIT_TIMEOUT_MS 5000
 #define CN_APP_WAL_SEGMENT_BYTES ((uint64_t)32 << 20)
 #define CN_APP_EVENT_CACHE 8192
 #define CN_APP_MAX_WAITERS 1024 /* per worker: requests waiting for a duplicate */

@@ -95,6 +95,8 @@ static const opt_t options[] = {
      "N", "in-flight table capacity (a power of two)"},
     {"lease-ms", "CNERIUM_LEASE_MS", OPT_U32, F(lease_ms), 100, 86400000u, "MS",
      "how long a running handler keeps its claim"},
+    {"commit-timeout-ms", "CNERIUM_COMMIT_TIMEOUT_MS", OPT_U32, F(commit_timeout_ms), 100,
+     600000, "MS", "wait for the persister's decision before answering 503"},
     {"inflight-wait-ms", "CNERIUM_INFLIGHT_WAIT_MS", OPT_U32, F(inflight_wait_ms), 0,
      600000, "MS", "bound on waiting for a concurrent duplicate"},
     {"sweep-interval-ms", "CNERIUM_SWEEP_INTERVAL_MS", OPT_U32, F(sweep_interval_ms), 10,
@@ -148,6 +150,7 @@ cn_config_development(void)
     c.inflight_mode = CN_INFLIGHT_WAIT;
     c.inflight_slots = 65536;
     c.lease_ms = 60000;
+    c.commit_timeout_ms = 5000;
     c.realtime_enabled = 0;
     copy_str(c.realtime_host, sizeof(c.realtime_host), "127.0.0.1");
     c.realtime_port = 9090;
@@ -380,6 +383,8 @@ cn_config_validate(const cn_config_t *cfg, char *err, size_t errlen)
                                  "(got %u)", cfg->inflight_slots);
     if (cfg->lease_ms < 100)
         return fail(err, errlen, "--lease-ms must be at least 100");
+    if (cfg->commit_timeout_ms < 100)
+        return fail(err, errlen, "--commit-timeout-ms must be at least 100");
     if (cfg->realtime_path[0] != '/')
         return fail(err, errlen, "--realtime-path must start with '/'");
     /* RFC 7518 3.2: an HS256 key at least as long as the hash (256 bits). */

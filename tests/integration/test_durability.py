@@ -56,6 +56,10 @@ ARGS = ("--workers", str(WORKERS), "--threads", "4")
 OP = "orders.create"
 STORAGE = h.PROBLEM + "storage-unavailable"
 
+# Tests that hold the persister (SIGSTOP) run with a commit timeout long enough that no
+# request times out while the test arranges what it checks, however loaded the machine.
+HELD_COMMIT_TIMEOUT_MS = 60000
+HELD_WAIT_S = 15.0
 REQUEST_TIMEOUT_S = 20.0   # a request waits at most the 5 s commit timeout (+ a restart)
 JOIN_TIMEOUT_S = 40.0
 GONE_TIMEOUT_S = 10.0      # a killed server's children are gone (PR_SET_PDEATHSIG)
@@ -616,9 +620,10 @@ class PersisterCrashTest(DurabilityTestCase):
     CLIENTS = 8
 
     def test_persister_sigkill_under_load(self):
-        srv = self.start_srv()
+        srv = self.start_srv("--commit-timeout-ms", str(HELD_COMMIT_TIMEOUT_MS))
         old = wait_until(lambda: persister(srv), REPLACE_TIMEOUT_S, what="cn-persister")
-        load = Load(srv, "pkill", self.CLIENTS)
+        load = Load(srv, "pkill", self.CLIENTS,
+                    timeout=HELD_COMMIT_TIMEOUT_MS / 1000.0)
         self.addCleanup(load.stop_quietly)
         load.start()
         wait_until(lambda: load.acknowledged() >= 50, 20.0,
@@ -628,7 +633,7 @@ class PersisterCrashTest(DurabilityTestCase):
         os.kill(old.pid, signal.SIGSTOP)
         self.addCleanup(cont, old)
         wait_until(lambda: (lambda m: m and mval(m, "cnerium_inflight_slots")
-                            >= self.CLIENTS)(try_metrics(srv, 1.0)), 4.0, step=0.01,
+                            >= self.CLIENTS)(try_metrics(srv, 1.0)), HELD_WAIT_S, step=0.01,
                    what="every client waiting for the stopped persister")
         waiting = [s for s in load.snapshot() if s.resp is None and s.error is None]
         os.kill(old.pid, signal.SIGKILL)
@@ -867,11 +872,12 @@ class WorkerCrashTest(DurabilityTestCase):
     EARLY_RETRIES = 2  # each one blocks a request thread of the surviving worker
 
     def test_worker_sigkill_while_requests_wait_for_persister(self):
-        srv = self.start_srv()
+        srv = self.start_srv("--commit-timeout-ms", str(HELD_COMMIT_TIMEOUT_MS))
         ws = wait_until(lambda: (lambda w: w if len(w) == WORKERS else None)(workers(srv)),
                         REPLACE_TIMEOUT_S, what="%d workers" % WORKERS)
         pers = wait_until(lambda: persister(srv), REPLACE_TIMEOUT_S, what="cn-persister")
-        load = Load(srv, "wkill", self.CLIENTS)
+        load = Load(srv, "wkill", self.CLIENTS,
+                    timeout=HELD_COMMIT_TIMEOUT_MS / 1000.0)
         self.addCleanup(load.stop_quietly)
         load.start()
         wait_until(lambda: load.acknowledged() >= 50, 20.0, what="50 acknowledged POSTs")
@@ -881,7 +887,7 @@ class WorkerCrashTest(DurabilityTestCase):
         os.kill(pers.pid, signal.SIGSTOP)
         self.addCleanup(cont, pers)
         wait_until(lambda: (lambda m: m and mval(m, "cnerium_inflight_slots")
-                            >= self.CLIENTS)(try_metrics(srv, 1.0)), 4.0, step=0.01,
+                            >= self.CLIENTS)(try_metrics(srv, 1.0)), HELD_WAIT_S, step=0.01,
                    what="every client waiting for the stopped persister")
         load.halt.set()  # no new keys once the waiting requests are answered
         # The worker holding the most waiting connections dies.
@@ -903,7 +909,7 @@ class WorkerCrashTest(DurabilityTestCase):
         wait_until(lambda: gone(victim), GONE_TIMEOUT_S, what="the killed worker to die")
         # Its clients' connections are cut.
         wait_until(lambda: sum(1 for s in load.snapshot() if s.error) >= holding[victim_i],
-                   5.0, what="the killed worker's connections to be cut")
+                   HELD_WAIT_S, what="the killed worker's connections to be cut")
         cut = [s for s in load.snapshot() if s.error is not None]
 
         # Retries of cut keys sent while the persister is still stopped: the dead
@@ -937,11 +943,11 @@ class WorkerCrashTest(DurabilityTestCase):
             early_threads.append(t)
             t.start()
             if how == "asleep on the claims":
-                wait_until(lambda: asleep() >= len(early), 4.0, step=0.01,
+                wait_until(lambda: asleep() >= len(early), HELD_WAIT_S, step=0.01,
                            what="early retry %d asleep on the dead worker's claim"
                            % len(early))
             else:  # no /proc/<pid>/task/*/syscall: a worker has read it, at least
-                wait_until(lambda: server_side_read(port, item[2]), 4.0, step=0.01,
+                wait_until(lambda: server_side_read(port, item[2]), HELD_WAIT_S, step=0.01,
                            what="a worker to read early retry %d" % len(early))
         cont(pers)
 

@@ -487,13 +487,14 @@ test_process_flags(void)
     char err[256];
     static const char *const args[] = {"--threads", "8", "--single-process", "--inflight",
                                        "reject", "--inflight-slots", "1024", "--lease-ms",
-                                       "500", NULL};
+                                       "500", "--commit-timeout-ms", "250", NULL};
     static const char *const off[] = {"--single-process=0", "--inflight=wait", NULL};
     static const char *const slots_not_pow2[] = {"--inflight-slots", "1000", NULL};
     static const char *const bad_mode[] = {"--inflight", "queue", NULL};
     static const char *const bad_bool[] = {"--single-process=maybe", NULL};
     static const char *const too_many_workers[] = {"--workers", "65", NULL};
     static const char *const short_lease[] = {"--lease-ms", "10", NULL};
+    static const char *const short_commit[] = {"--commit-timeout-ms", "99", NULL};
 
     /* Defaults. */
     CU_ASSERT_EQUAL(cfg.threads, 2);
@@ -501,6 +502,7 @@ test_process_flags(void)
     CU_ASSERT_EQUAL(cfg.inflight_mode, CN_INFLIGHT_WAIT);
     CU_ASSERT_EQUAL(cfg.inflight_slots, 65536u);
     CU_ASSERT_EQUAL(cfg.lease_ms, 60000u);
+    CU_ASSERT_EQUAL(cfg.commit_timeout_ms, 5000u);
     CU_ASSERT(cfg.workers >= 1 && cfg.workers <= CN_CONFIG_WORKERS_MAX);
 
     /* A boolean flag takes no value; the others do. */
@@ -510,6 +512,7 @@ test_process_flags(void)
     CU_ASSERT_EQUAL(cfg.inflight_mode, CN_INFLIGHT_REJECT);
     CU_ASSERT_EQUAL(cfg.inflight_slots, 1024u);
     CU_ASSERT_EQUAL(cfg.lease_ms, 500u);
+    CU_ASSERT_EQUAL(cfg.commit_timeout_ms, 250u);
     CU_ASSERT_EQUAL(cn_config_validate(&cfg, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL_FATAL(parse(&cfg, err, sizeof(err), off), 0);
     CU_ASSERT_EQUAL(cfg.single_process, 0);
@@ -536,6 +539,7 @@ test_process_flags(void)
     expect_bad_args(bad_bool);
     expect_bad_args(too_many_workers);
     expect_bad_args(short_lease);
+    expect_bad_args(short_commit);
 }
 
 int
