@@ -2,7 +2,8 @@
 # Installs what is missing, then builds and runs every test twice: once with warnings as
 # errors, once under AddressSanitizer + UndefinedBehaviorSanitizer; the unit suites (the
 # lock-free table, rings, committer and persister among them) also run under
-# ThreadSanitizer.
+# ThreadSanitizer. Last, every fuzz target (tests/fuzz) runs a bounded number of inputs
+# from its seed corpus under ASan + UBSan (scripts/fuzz.sh for long runs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -24,3 +25,6 @@ echo "== unit tests under ThreadSanitizer"
 (cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j"$jobs" -R '^unit_')
 echo "== tests"
 (cd build-test && ctest --output-on-failure -j"$jobs")
+echo "== fuzz targets (20000 runs each)"
+scripts/fuzz.sh build
+(cd build-fuzz && ctest --output-on-failure -j"$jobs" -L fuzz)

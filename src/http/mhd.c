@@ -24,6 +24,7 @@
  * access handler once more to queue the reply. No MHD thread waits meanwhile.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdarg.h>
@@ -682,4 +683,18 @@ cn__http_stop(cn_http_server_t *srv)
     pthread_cond_destroy(&srv->reaper_cond);
     pthread_mutex_destroy(&srv->conns_mu);
     free(srv);
+}
+
+int
+cn__http_add_connection(cn_http_server_t *srv, int fd)
+{
+    /* A socketpair end has no peer address of its own; MHD gets a loopback one, which
+     * is what any per-address accounting should see for a local test client. */
+    struct sockaddr_in addr = {.sin_family = AF_INET,
+                               .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+
+    return MHD_add_connection(srv->daemon, fd, (const struct sockaddr *)&addr, sizeof(addr)) ==
+                   MHD_YES
+               ? 0
+               : -EIO;
 }

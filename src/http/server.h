@@ -67,4 +67,9 @@ unsigned cn__http_active(cn_http_server_t *srv);
 /* Stops the server, closing every connection, and frees it. Accepts NULL. */
 void cn__http_stop(cn_http_server_t *srv);
 
+/* Hands the server a connected stream socket (tests and fuzzing: one end of a
+ * socketpair) as if it had been accepted. The socket is the server's afterwards, also
+ * on failure (it is closed then). Returns 0 or -EIO. */
+int cn__http_add_connection(cn_http_server_t *srv, int fd);
+
 #endif

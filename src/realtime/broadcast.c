@@ -38,6 +38,7 @@
 #include "cnerium/error.h"
 #include "realtime/broadcast.h"
 #include "realtime/event.h"
+#include "realtime/message.h"
 #include "realtime/query.h"
 #include "realtime/token.h"
 #include "store/store.h"
@@ -345,70 +346,46 @@ ctl_error(client_t *c, const char *message)
     atomic_fetch_add(&B->stats->client_errors, 1);
 }
 
-/* A valid room name: 1..128 printable ASCII bytes without '"' or '\\'. */
-static int
-room_ok(const char *r)
-{
-    size_t n = 0;
-
-    for (; r[n]; n++) {
-        if ((unsigned char)r[n] < 0x20 || (unsigned char)r[n] > 0x7e || r[n] == '"' ||
-            r[n] == '\\')
-            return 0;
-    }
-    return n >= 1 && n <= CN_EVENT_ROOM_MAX;
-}
-
 static void
 handle_message(client_t *c, const char *text, size_t len)
 {
-    cJSON *msg = cJSON_ParseWithLength(text, len);
-    const cJSON *type = msg ? cJSON_GetObjectItemCaseSensitive(msg, "type") : NULL;
-    const cJSON *room = msg ? cJSON_GetObjectItemCaseSensitive(msg, "room") : NULL;
+    cn_ws_msg_t m;
+    char buf[CTL_LEN];
 
-    if (!msg || !cJSON_IsObject(msg) || !cJSON_IsString(type)) {
-        ctl_error(c, "expected a JSON object with a string \\\"type\\\"");
-    } else if (!strcmp(type->valuestring, "ping")) {
+    cn__ws_message_parse(text, len, &m);
+    switch (m.kind) {
+    case CN_WS_MSG_PING:
         ctl_push(c, "{\"type\":\"pong\"}");
-    } else if (!strcmp(type->valuestring, "subscribe") ||
-               !strcmp(type->valuestring, "unsubscribe")) {
-        int sub = type->valuestring[0] == 's';
-        if (!cJSON_IsString(room) || !room_ok(room->valuestring)) {
-            ctl_error(c, "\\\"room\\\" must be a string of 1 to 128 printable characters");
-        } else if (sub && c->authed && !cn__token_allows(&c->claims, room->valuestring)) {
+        break;
+    case CN_WS_MSG_SUBSCRIBE:
+        if (c->authed && !cn__token_allows(&c->claims, m.room)) {
             ctl_error(c, "the token does not allow this room");
-        } else if (sub && !in_room(c, room->valuestring)) {
+            break;
+        }
+        if (!in_room(c, m.room)) {
             if (c->nrooms == ROOMS_MAX) {
                 ctl_error(c, "too many rooms (at most 16)");
-            } else {
-                strcpy(c->rooms[c->nrooms++], room->valuestring);
-                char buf[CTL_LEN];
-                snprintf(buf, sizeof(buf), "{\"type\":\"subscribed\",\"room\":\"%s\"}",
-                         room->valuestring);
-                ctl_push(c, buf);
+                break;
             }
-        } else if (sub) {
-            char buf[CTL_LEN];
-            snprintf(buf, sizeof(buf), "{\"type\":\"subscribed\",\"room\":\"%s\"}",
-                     room->valuestring);
-            ctl_push(c, buf);
-        } else {
-            for (unsigned i = 0; i < c->nrooms; i++) {
-                if (!strcmp(c->rooms[i], room->valuestring)) {
-                    memmove(c->rooms[i], c->rooms[c->nrooms - 1], sizeof(c->rooms[i]));
-                    c->nrooms--;
-                    break;
-                }
-            }
-            char buf[CTL_LEN];
-            snprintf(buf, sizeof(buf), "{\"type\":\"unsubscribed\",\"room\":\"%s\"}",
-                     room->valuestring);
-            ctl_push(c, buf);
+            strcpy(c->rooms[c->nrooms++], m.room);
         }
-    } else {
-        ctl_error(c, "unknown message type (subscribe, unsubscribe or ping)");
+        snprintf(buf, sizeof(buf), "{\"type\":\"subscribed\",\"room\":\"%s\"}", m.room);
+        ctl_push(c, buf);
+        break;
+    case CN_WS_MSG_UNSUBSCRIBE:
+        for (unsigned i = 0; i < c->nrooms; i++) {
+            if (!strcmp(c->rooms[i], m.room)) {
+                memmove(c->rooms[i], c->rooms[c->nrooms - 1], sizeof(c->rooms[i]));
+                c->nrooms--;
+                break;
+            }
+        }
+        snprintf(buf, sizeof(buf), "{\"type\":\"unsubscribed\",\"room\":\"%s\"}", m.room);
+        ctl_push(c, buf);
+        break;
+    default:
+        ctl_error(c, m.why);
     }
-    cJSON_Delete(msg);
 }
 
 /* Appends a control message (text) as a frame to out. */

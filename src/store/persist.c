@@ -619,7 +619,7 @@ cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *w
             memset(meta.seqs, 0, sizeof(meta.seqs));
         }
         for (size_t i = 0; i < b->nrec; i++) {
-            cn_wal_payload_t h;
+            cn_wal_payload_t h = {0}; /* stays empty, so the item reads as corrupt */
             cn__format_wal_payload_decode(b->buf + b->recs[i].off, b->recs[i].len, &h);
             fill_item(&p->items[i], &h);
             if (b->recs[i].seq > meta.seqs[b->recs[i].worker])

@@ -1,0 +1,377 @@
+/*
+ * make_corpus - writes the seed corpora of the fuzz targets (corpus/<target>/) with the
+ * real encoders, so seeds stay valid when a layout changes:
+ *   fuzz_make_corpus tests/fuzz/corpus
+ * Existing files of the same name are overwritten; nothing else is touched.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "realtime/event.h"
+#include "store/format.h"
+#include "store/wal.h"
+#include "support/bytes.h"
+
+static const char *root;
+
+static void
+seed(const char *target, const char *name, const void *bytes, size_t len)
+{
+    char path[1024];
+    FILE *f;
+
+    snprintf(path, sizeof(path), "%s/%s", root, target);
+    if (mkdir(path, 0755) && errno != EEXIST) {
+        perror(path);
+        exit(1);
+    }
+    snprintf(path, sizeof(path), "%s/%s/%s", root, target, name);
+    if (!(f = fopen(path, "wb")) || fwrite(bytes, 1, len, f) != len || fclose(f)) {
+        perror(path);
+        exit(1);
+    }
+}
+
+/* A seed of a literal string (without its terminating NUL). */
+#define SEED_STR(target, name, s) seed(target, name, s, sizeof(s) - 1)
+
+/* A seed of a mode byte followed by bytes. */
+static void
+seed_mode(const char *target, const char *name, uint8_t mode, const uint8_t *bytes, size_t len)
+{
+    uint8_t *buf = malloc(len + 1);
+
+    buf[0] = mode;
+    memcpy(buf + 1, bytes, len);
+    seed(target, name, buf, len + 1);
+    free(buf);
+}
+
+static cn_record_t
+sample_record(int which)
+{
+    static const char body[] = "{\"id\":\"ord_1\",\"product_id\":\"p-9\",\"quantity\":2}";
+    cn_record_t r = {.status = 201, .created_ms = 1700000000000ull,
+                     .expires_ms = 1700086400000ull};
+
+    memset(r.fingerprint, 0xab, sizeof(r.fingerprint));
+    if (which >= 1) {
+        r.content_type = "application/json";
+        r.content_type_len = 16;
+        r.body = body;
+        r.body_len = sizeof(body) - 1;
+    }
+    if (which >= 2) {
+        r.status = 409;
+        r.location = "/orders/ord_1";
+        r.location_len = 13;
+    }
+    return r;
+}
+
+static size_t
+record_bytes(int which, uint8_t *out, size_t cap)
+{
+    cn_record_t r = sample_record(which);
+    size_t n = 0;
+
+    if (cn__record_encode(&r, out, cap, &n))
+        exit(1);
+    return n;
+}
+
+/* An event list of n events (n <= 3). */
+static size_t
+event_list(int n, uint8_t *out, size_t cap)
+{
+    cn_event_t ev[3] = {
+        {.type = "order.created", .room = NULL, .payload = "{\"id\":1}", .payload_len = 8},
+        {.type = "order.paid", .room = "tenant-a", .payload = "null", .payload_len = 4},
+        {.type = "x", .room = "r", .payload = "[1,2,3]", .payload_len = 7},
+    };
+    size_t w = 0;
+
+    for (int i = 0; i + 1 < n; i++)
+        ev[i].next = &ev[i + 1];
+    if (cn__events_encode(n ? ev : NULL, out, cap, &w))
+        exit(1);
+    return w;
+}
+
+/* A WAL DATA payload: header + ring payload of the given kind. */
+static size_t
+wal_payload(int kind, uint64_t seq, uint8_t *out, size_t cap)
+{
+    uint8_t events[512];
+    size_t elen = event_list(2, events, sizeof(events)), w = 0;
+    cn_record_t r = sample_record(1);
+    const char key[] = "orders.create:order-123";
+    int rc = cn__persist_record_encode(out + CN_PERSIST_WAL_HEADER, cap - CN_PERSIST_WAL_HEADER,
+                                       key, sizeof(key) - 1,
+                                       kind == CN_PERSIST_EVENTS ? NULL : &r,
+                                       kind == CN_PERSIST_PUT ? NULL : events,
+                                       kind == CN_PERSIST_PUT ? 0 : elen, &w);
+
+    if (rc)
+        exit(1);
+    cn__format_wal_header_encode(out, 0x1122334455667788ull, seq, 1, (uint32_t)w);
+    return CN_PERSIST_WAL_HEADER + w;
+}
+
+static void
+key_seeds(void)
+{
+    char big[300];
+
+    SEED_STR("key", "bare", "order-123");
+    SEED_STR("key", "quoted", "\"order \\\"7\\\" \\\\ x\"");
+    SEED_STR("key", "padded", " \t order-123 \t");
+    SEED_STR("key", "nul", "a\0b");
+    SEED_STR("key", "control", "a\x01z");
+    SEED_STR("key", "unterminated", "\"abc");
+    SEED_STR("key", "bad-escape", "\"a\\nb\"");
+    SEED_STR("key", "after-quote", "\"a\" b");
+    SEED_STR("key", "utf8", "caf\xc3\xa9");
+    SEED_STR("key", "empty-quoted", "\"\"");
+    memset(big, 'k', sizeof(big));
+    seed("key", "max", big, 255);
+    seed("key", "too-long", big, 256);
+}
+
+static void
+fingerprint_seeds(void)
+{
+    SEED_STR("fingerprint_problem", "query-body", "\x65\x09" "dry_run=1{\"product_id\":\"p\"}");
+    SEED_STR("fingerprint_problem", "empty", "\x00\x00");
+    SEED_STR("fingerprint_problem", "invalid-utf8", "\x2c\x03" "a=b{\"product_id\":\"\xff\xfe\x80\"}");
+    SEED_STR("fingerprint_problem", "quotes", "\x90\x05" "\"k\\\"\"detail with \"quotes\" and \\");
+    SEED_STR("fingerprint_problem", "controls", "\x10\x02" "\x01\x02\x1f\x7f\n\r\t");
+}
+
+static void
+router_seeds(void)
+{
+    SEED_STR("router", "get-order", "\x01/orders/42");
+    SEED_STR("router", "literal-wins", "\x01/orders/export");
+    SEED_STR("router", "items", "\x01/orders/a%2Fb/items/x%20y");
+    SEED_STR("router", "tenant", "\x03/acme/orders/9");
+    SEED_STR("router", "eight", "\x01/a/b/c/d/e/f/g/h");
+    SEED_STR("router", "mixed", "\x01/x/y/z/p/w");
+    SEED_STR("router", "wrong-method", "\x04/orders/1");
+    SEED_STR("router", "root", "\x01/");
+    SEED_STR("router", "empty-segment", "\x01/orders//items/1");
+    SEED_STR("router", "bad-escape", "\x01/orders/%zz");
+    SEED_STR("router", "unknown-method", "\x00/health");
+    SEED_STR("router", "many", "\x01/1/2/3/4/5/6/7/8/9/10/11/12/13/14/15/16/17/18/19/20/21/22/23/"
+                               "24/25/26/27/28/29/30/31/32/33");
+    SEED_STR("router", "add-pattern", "\x82/new/{p}/x\n/new/a%41/x");
+    SEED_STR("router", "add-bad", "\x81/bad/{\n/bad/x");
+    SEED_STR("router", "add-empty-param", "\x81/e/{}\n/e/1");
+    SEED_STR("router", "add-dup", "\x81/health\n/health");
+}
+
+static void
+record_seeds(void)
+{
+    uint8_t buf[1024];
+    size_t n;
+
+    for (int i = 0; i < 3; i++) {
+        char name[32];
+        n = record_bytes(i, buf, sizeof(buf));
+        snprintf(name, sizeof(name), "valid-%d", i);
+        seed_mode("record", name, 0, buf, n);
+    }
+    n = record_bytes(1, buf, sizeof(buf));
+    buf[4] = 2; /* a future version, CRC fixed by the mode */
+    seed_mode("record", "version-2", 1, buf, n);
+    n = record_bytes(1, buf, sizeof(buf));
+    buf[64] ^= 1; /* body length off by one */
+    seed_mode("record", "bad-length", 1, buf, n);
+    seed_mode("record", "short", 0, buf, 20);
+}
+
+static void
+event_seeds(void)
+{
+    uint8_t buf[1024], out[1024];
+    const uint8_t *cur;
+    cn_event_view_t ev;
+
+    for (int n = 0; n <= 3; n++) {
+        char name[32];
+        size_t len = event_list(n, buf, sizeof(buf));
+        snprintf(name, sizeof(name), "list-%d", n);
+        seed_mode("event", name, 0, buf, len);
+    }
+    size_t len = event_list(3, buf, sizeof(buf));
+    seed_mode("event", "list-truncated", 0, buf, len - 3);
+    cn__events_begin(buf, len, &cur);
+    for (int i = 0; i < 2; i++) {
+        char name[32];
+        if (cn__events_next(&cur, buf + len, &ev))
+            exit(1);
+        ev.created_ms = 1700000000000ull + (uint64_t)i;
+        cn__event_stored_encode(&ev, out);
+        snprintf(name, sizeof(name), "stored-%d", i);
+        seed_mode("event", name, 1, out, cn__event_stored_size(&ev));
+    }
+}
+
+static void
+wal_payload_seeds(void)
+{
+    static const int kinds[] = {CN_PERSIST_PUT, CN_PERSIST_PUT_EVENTS, CN_PERSIST_EVENTS};
+    static const char *names[] = {"put", "put-events", "events"};
+    uint8_t buf[2048];
+
+    for (int i = 0; i < 3; i++) {
+        size_t n = wal_payload(kinds[i], 7 + (uint64_t)i, buf, sizeof(buf));
+        seed_mode("wal_payload", names[i], 0, buf, n);
+    }
+    size_t n = wal_payload(CN_PERSIST_PUT, 1, buf, sizeof(buf));
+    buf[16] = 200; /* a worker past the limit */
+    seed_mode("wal_payload", "bad-worker", 0, buf, n);
+}
+
+/* Appends DATA frames of the three payload kinds at lsn (the segment starts at base) into
+ * seg; returns the offset after them. */
+static size_t
+frames(uint8_t *seg, size_t off, uint64_t base, int count)
+{
+    static const int kinds[] = {CN_PERSIST_PUT, CN_PERSIST_PUT_EVENTS, CN_PERSIST_EVENTS};
+    uint8_t pl[2048];
+
+    for (int i = 0; i < count; i++) {
+        size_t n = wal_payload(kinds[i % 3], (uint64_t)i + 1, pl, sizeof(pl));
+        cn__wal_frame_encode(seg + off, base + off, CN_WAL_DATA, pl, n);
+        off += cn__wal_frame_size(n);
+    }
+    return off;
+}
+
+static void
+wal_recovery_seeds(void)
+{
+    enum { SEG = 2048 }; /* the harness makes the segment this size plus the SEAL room */
+    uint8_t *buf = calloc(1, 1 + 2 * SEG), *seg = buf + 1;
+    size_t end;
+
+    /* One segment, three frames, zeros after: a clean log. */
+    end = frames(seg, 0, 0, 3);
+    buf[0] = 0;
+    seed("wal_recovery", "clean", buf, 1 + SEG);
+    /* The last frame torn: half of it zeroed. */
+    memset(seg + end - 40, 0, 40);
+    seed("wal_recovery", "torn-tail", buf, 1 + SEG);
+    /* A flipped byte in the first frame, valid frames after it: damage in the middle. */
+    memset(seg, 0, SEG);
+    frames(seg, 0, 0, 3);
+    seg[40] ^= 0xff;
+    seed("wal_recovery", "corrupt-middle", buf, 1 + SEG);
+    /* Stray bytes after a zeroed header. */
+    memset(seg, 0, SEG);
+    end = frames(seg, 0, 0, 1);
+    memset(seg + end + 100, 0x5a, 16);
+    seed("wal_recovery", "stray-bytes", buf, 1 + SEG);
+    /* Frames to re-encode by the harness (mode bit 0): only the chain's shape matters. */
+    memset(seg, 0, SEG);
+    frames(seg, 0, 0, 2);
+    seg[4 + 24] ^= 1; /* a payload byte: the CRC no longer matches until fixed */
+    buf[0] = 1;
+    seed("wal_recovery", "fixed-frames", buf, 1 + SEG);
+    /* Two segments: the first sealed, the second with frames (the harness fixes LSNs). */
+    memset(seg, 0, 2 * SEG);
+    end = frames(seg, 0, 0, 2);
+    cn__wal_frame_encode(seg + end, end, CN_WAL_SEAL, NULL, 0);
+    frames(seg + SEG, 0, SEG + 2 * CN_WAL_FRAME_HEADER, 2);
+    buf[0] = 3;
+    seed("wal_recovery", "two-segments", buf, 1 + 2 * SEG);
+    /* Two segments, the first unsealed: the second must be empty. */
+    memset(seg, 0, 2 * SEG);
+    frames(seg, 0, 0, 1);
+    frames(seg + SEG, 0, SEG + 2 * CN_WAL_FRAME_HEADER, 1);
+    buf[0] = 3;
+    seed("wal_recovery", "unsealed-then-data", buf, 1 + 2 * SEG);
+    free(buf);
+}
+
+static void
+ws_message_seeds(void)
+{
+    SEED_STR("ws_message", "ping", "{\"type\":\"ping\"}");
+    SEED_STR("ws_message", "subscribe", "{\"type\":\"subscribe\",\"room\":\"tenant-a\"}");
+    SEED_STR("ws_message", "unsubscribe", "{\"type\":\"unsubscribe\",\"room\":\"tenant-a\"}");
+    SEED_STR("ws_message", "room-escaped", "{\"type\":\"subscribe\",\"room\":\"a\\u0000b\"}");
+    SEED_STR("ws_message", "room-quote", "{\"type\":\"subscribe\",\"room\":\"a\\\"b\"}");
+    SEED_STR("ws_message", "room-number", "{\"type\":\"subscribe\",\"room\":7}");
+    SEED_STR("ws_message", "unknown", "{\"type\":\"hello\"}");
+    SEED_STR("ws_message", "not-object", "[\"ping\"]");
+    SEED_STR("ws_message", "broken", "{\"type\":");
+    SEED_STR("ws_message", "utf8", "{\"type\":\"subscribe\",\"room\":\"caf\xc3\xa9\"}");
+}
+
+static void
+http_seeds(void)
+{
+    SEED_STR("http", "get", "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    SEED_STR("http", "post-json",
+             "POST /orders?dry_run=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+             "Idempotency-Key: order-123\r\nX-Tenant-Id: acme\r\nContent-Length: 31\r\n\r\n"
+             "{\"product_id\":\"p\",\"quantity\":1}");
+    SEED_STR("http", "pipelined",
+             "GET /orders/1?q=a%20b HTTP/1.1\r\nHost: x\r\n\r\n"
+             "DELETE /orders/2 HTTP/1.1\r\nHost: x\r\n\r\n"
+             "PUT /orders/3 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}");
+    SEED_STR("http", "chunked",
+             "POST /orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+             "5\r\n{\"a\":\r\n2\r\n1}\r\n0\r\n\r\n");
+    SEED_STR("http", "defer",
+             "POST /defer/1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+             "POST /later/2 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    SEED_STR("http", "head-metrics", "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    SEED_STR("http", "method-not-allowed", "PATCH /orders/1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    SEED_STR("http", "not-found", "GET /nope HTTP/1.0\r\n\r\n");
+    SEED_STR("http", "bad-request-line", "GET\r\n\r\n");
+    SEED_STR("http", "absolute-form", "GET http://x/health HTTP/1.1\r\nHost: x\r\n\r\n");
+    SEED_STR("http", "conflicting-length",
+             "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n"
+             "{}");
+    SEED_STR("http", "too-large",
+             "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 999999\r\n\r\n{}");
+    SEED_STR("http", "space-in-header", "GET /health HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n");
+    SEED_STR("http", "two-tenants",
+             "GET /orders/1 HTTP/1.1\r\nHost: x\r\nX-Tenant-Id: a\r\nX-Tenant-Id: b\r\n"
+             "Idempotency-Key: \"k\\\"1\"\r\n\r\n");
+    SEED_STR("http", "query-ampersands", "GET /health?&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&&"
+                                         "&&&&&&&&&&&&&&&&&&&&&&&&&&&&&& HTTP/1.1\r\nHost: x\r\n"
+                                         "\r\n");
+    SEED_STR("http", "partial", "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{");
+}
+
+int
+main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s CORPUS_DIR (tests/fuzz/corpus)\n", argv[0]);
+        return 2;
+    }
+    root = argv[1];
+    if (mkdir(root, 0755) && errno != EEXIST) {
+        perror(root);
+        return 1;
+    }
+    key_seeds();
+    fingerprint_seeds();
+    router_seeds();
+    record_seeds();
+    event_seeds();
+    wal_payload_seeds();
+    wal_recovery_seeds();
+    ws_message_seeds();
+    http_seeds();
+    return 0;
+}
