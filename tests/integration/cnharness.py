@@ -612,17 +612,22 @@ class ServerTestCase(unittest.TestCase):
         """Starts a server on data_dir. After a SIGKILL, processes the dead server left
         behind may hold the data dir for a moment: retries (bounded by deadline_s) while
         the start fails with exit code 2, the data-dir-locked error."""
+        return self.start_retrying(lambda: self.server(path, *args, data_dir=data_dir),
+                                   "restart on %s" % data_dir, deadline_s)
+
+    def start_retrying(self, make, what, deadline_s=15.0):
+        """Starts make()'s server, retrying (bounded by deadline_s) while the start fails
+        with exit code 2, the data-dir-locked error of a dead server's leftovers."""
         deadline = time.monotonic() + deadline_s
         while True:
-            srv = self.server(path, *args, data_dir=data_dir)
+            srv = make()
             if srv.try_start():
                 return srv
             rc = srv.wait_exit(5.0)
             if rc == 2 and time.monotonic() < deadline:
                 time.sleep(0.1)
                 continue
-            self.fail("restart on %s failed (exit code %s)\n%s"
-                      % (data_dir, rc, srv.diagnostics()))
+            self.fail("%s failed (exit code %s)\n%s" % (what, rc, srv.diagnostics()))
 
     def make_data_dir(self):
         d = tempfile.mkdtemp(prefix="cnerium-integ-")

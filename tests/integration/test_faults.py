@@ -255,17 +255,8 @@ class DiskFullTest(FaultTestCase):
         return srv
 
     def ns_restart(self):
-        deadline = time.monotonic() + td.RESTART_DEADLINE_S
-        while True:
-            srv = self.ns_server()
-            if srv.try_start():
-                return srv
-            rc = srv.wait_exit(5.0)
-            if rc == 2 and time.monotonic() < deadline:
-                time.sleep(0.1)
-                continue
-            self.fail("restart in the namespace failed (exit code %s)\n%s"
-                      % (rc, srv.diagnostics()))
+        return self.start_retrying(self.ns_server, "restart in the namespace",
+                                   td.RESTART_DEADLINE_S)
 
     def fill(self):
         """Writes a file until the tmpfs is full. Returns its size."""
