@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -19,5 +20,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
             abort();                                                                       \
         }                                                                                  \
     } while (0)
+
+/* n bytes of p as a NUL-terminated copy (free it). Not strndup: the input is not a C
+ * string, and strict_string_checks (the test command's ASAN_OPTIONS) makes the strndup
+ * interceptor read to a NUL. */
+static inline char *
+fuzz_strndup(const void *p, size_t n)
+{
+    char *s = malloc(n + 1);
+
+    if (s) {
+        memcpy(s, p, n);
+        s[n] = '\0';
+    }
+    return s;
+}
 
 #endif

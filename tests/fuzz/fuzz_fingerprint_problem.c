@@ -74,7 +74,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     free(framed);
 
     /* The detail as a C string: the input up to its first NUL. */
-    detail = strndup((const char *)data, size);
+    detail = fuzz_strndup((const char *)data, size);
     FUZZ_CHECK(detail);
     check_problem(status, NULL, detail);
     check_problem(status, CN_PROBLEM_KEY_INVALID, detail);

@@ -140,7 +140,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (data[0] & 0x80) {
         const char *nl = memchr(path, '\n', len);
         if (nl) {
-            char *pattern = strndup(path, (size_t)(nl - path));
+            char *pattern = fuzz_strndup(path, (size_t)(nl - path));
             FUZZ_CHECK(pattern);
             rc = cn__router_add(r, method ? method : CN_METHOD_GET, pattern, "op", handler,
                                 NULL);
