@@ -3,7 +3,8 @@
  *
  * GET /health is an ordinary route. POST /orders is durable under the operation name
  * "orders.create": a retry with the same Idempotency-Key and body gets the stored
- * response and the handler (and its order.created event) does not run again.
+ * response and the handler (and its order.created event) does not run again. The
+ * WebSocket command CreateOrder runs the same route, with the same contract.
  *
  *   ./build/examples/cnerium_durable_orders_realtime --data-dir ./data --port 8080
  *
@@ -76,7 +77,11 @@ main(int argc, char **argv)
 
     app = cn_app_new(&cfg);
     if (!app || cn_get(app, "/health", health, NULL) ||
-        cn_durable_post(app, "/orders", "orders.create", create_order, NULL)) {
+        cn_durable_post(app, "/orders", "orders.create", create_order, NULL) ||
+        /* The same route from a WebSocket client:
+         * {"type":"command","id":"c1","idempotency_key":"k1",
+         *  "action":{"CreateOrder":{"product_id":"p1","quantity":1}}} */
+        cn_ws_command(app, "CreateOrder", "POST", "/orders")) {
         fprintf(stderr, "durable-orders-realtime: cannot set up routes\n");
         return 1;
     }

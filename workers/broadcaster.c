@@ -1,7 +1,8 @@
 /*
  * workers/broadcaster.c - the broadcaster process (cn-broadcaster): the WebSocket
  * endpoint. The logic is in src/realtime/broadcast.c; this main hands it the inherited
- * listening socket, the persister's eventfd and a signalfd for SIGTERM/SIGINT.
+ * listening socket, the persister's eventfd, a signalfd for SIGTERM/SIGINT, and the
+ * WebSocket commands with the HTTP address they are sent to.
  */
 #include <errno.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include "app/app_internal.h"
 #include "cnerium/error.h"
 #include "realtime/broadcast.h"
+#include "realtime/command.h"
 #include "support/log.h"
 
 int
@@ -21,6 +23,8 @@ cn__broadcaster_run(cn_app_t *app, int listen_fd, void (*on_ready)(void *arg), v
     const cn_config_t *cfg = &app->cfg;
     char lmdb_dir[CN_CONFIG_PATH_MAX + 8];
     cn_broadcast_config_t bc;
+    cn_ws_target_t target;
+    int have_target;
     sigset_t stop;
     int sfd, rc;
 
@@ -32,6 +36,9 @@ cn__broadcaster_run(cn_app_t *app, int listen_fd, void (*on_ready)(void *arg), v
         return 1;
     }
     snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
+    have_target = app->http_addr_len &&
+                  !cn__ws_target_init(&target, (const struct sockaddr *)&app->http_addr,
+                                      app->http_addr_len);
     bc = (cn_broadcast_config_t){
         .listen_fd = listen_fd,
         .path = cfg->realtime_path,
@@ -47,6 +54,13 @@ cn__broadcaster_run(cn_app_t *app, int listen_fd, void (*on_ready)(void *arg), v
         .origins = cfg->realtime_origins,
         .ping_s = CN_APP_WS_PING_S,
         .timeout_s = CN_APP_WS_TIMEOUT_S,
+        .commands = app->commands.n && have_target ? &app->commands : NULL,
+        .command_target = have_target ? &target : NULL,
+        /* A command's request may wait for its commit, or for a concurrent duplicate of
+         * its key to finish: it gets the longer of the two and 5 s more. */
+        .command_timeout_ms = (cfg->commit_timeout_ms > cfg->inflight_wait_ms
+                                   ? cfg->commit_timeout_ms
+                                   : cfg->inflight_wait_ms) + 5000,
     };
     rc = cn__broadcast_run(&bc, on_ready, ready_arg);
     close(sfd);

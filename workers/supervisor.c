@@ -614,6 +614,10 @@ cn__supervisor_run(cn_app_t *app)
         exit_code = 2;
         goto out;
     }
+    /* WebSocket commands are sent here by the broadcaster (realtime/command.h). */
+    app->http_addr_len = sizeof(app->http_addr);
+    if (getsockname(s.listen_fd, (struct sockaddr *)&app->http_addr, &app->http_addr_len))
+        app->http_addr_len = 0;
     if (s.broadcast &&
         (rc = cn__listen_tcp(cfg->realtime_host, cfg->realtime_port, &s.ws_fd, &ws_port))) {
         fprintf(stderr, "cnerium: cannot listen for WebSocket clients on %s:%u: %s; pass "

@@ -43,6 +43,24 @@ int cn_delete(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx)
 int cn_durable_post(cn_app_t *app, const char *path, const char *operation,
                     cn_handler_cb handler, void *ctx);
 
+/* Registers a WebSocket command (README "Realtime (WebSocket)": commands). A client
+ * message {"type":"command","id":"c1","idempotency_key":"k1","action":{"<action>":{...}}}
+ * makes the broadcaster run `method path` over HTTP on the server's own address, exactly
+ * as an HTTP client would: the action's object is the JSON body, idempotency_key the
+ * Idempotency-Key header (a durable route answers 400 without it, as over HTTP), and
+ * each "{field}" in path is replaced by the percent-encoded string value of that field
+ * of the object. The answer goes to that client only: {"type":"result","id":"c1",
+ * "status":201,"body":<the response body, as a JSON string when it is not JSON>,
+ * "replayed":true|false}. A bad command gets {"type":"error","id":...,"message":...}.
+ * The request carries no credentials: a route behind --principal-header sees none, and
+ * a --realtime-secret token only decides who may connect.
+ * action: [A-Za-z0-9._-]{1,64}; method: "GET", "POST", "PUT" or "DELETE"; path: '/'
+ * first, printable ASCII without spaces, "{field}" names [A-Za-z0-9._-]{1,64}. Register
+ * before cn_app_run; without realtime (or with --single-process) nothing serves them.
+ * Returns 0, -EINVAL (a bad argument or the action already registered), CN_ETOOBIG (more
+ * than 64 commands) or -ENOMEM. */
+int cn_ws_command(cn_app_t *app, const char *action, const char *method, const char *path);
+
 /* Opens the data dir, binds the port, starts the server's processes (persister,
  * broadcaster when realtime is enabled, --workers HTTP workers; see README "How it works
  * today"), prints "listening on http://HOST:PORT" to stdout and serves until SIGTERM or

@@ -67,6 +67,7 @@ cn_app_free(cn_app_t *app)
     cn__router_free(app->router);
     for (unsigned i = 0; i < app->nops; i++)
         free(app->ops[i]);
+    cn__ws_commands_free(&app->commands);
     free(app);
 }
 
@@ -143,6 +144,14 @@ cn_durable_post(cn_app_t *app, const char *path, const char *operation, cn_handl
         app->nops++;
     cn__router_route(app->router, cn__router_count(app->router) - 1)->op_index = op;
     return 0;
+}
+
+int
+cn_ws_command(cn_app_t *app, const char *action, const char *method, const char *path)
+{
+    if (!app)
+        return -EINVAL;
+    return cn__ws_commands_add(&app->commands, action, method, path);
 }
 
 /* ---- dispatch (request threads) ---- */

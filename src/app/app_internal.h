@@ -6,12 +6,14 @@
 #define CN_APP_APP_INTERNAL_H
 
 #include <pthread.h>
+#include <sys/socket.h>
 #include <sys/types.h>
 
 #include "cnerium/app.h"
 #include "cnerium/config.h"
 #include "http/router.h"
 #include "http/server.h"
+#include "realtime/command.h"
 #include "reliability/durable.h"
 #include "shm/inflight.h"
 #include "shm/region.h"
@@ -33,6 +35,11 @@ struct cn_app {
     int persist_efd;
     int ack_efd[CN_SHM_MAX_WORKERS];
     int broadcast_efd; /* the persister writes it after committing events */
+    cn_ws_commands_t commands; /* WebSocket commands (cn_ws_command), run by the broadcaster */
+    /* While cn_app_run runs: the HTTP listening socket's bound address, where the
+     * broadcaster sends the requests of WebSocket commands. */
+    struct sockaddr_storage http_addr;
+    socklen_t http_addr_len;
 };
 
 #define CN_APP_RING_BYTES ((uint64_t)4 << 20)

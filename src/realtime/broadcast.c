@@ -17,6 +17,14 @@
  * another callback while it is behind. LWS_PRE bytes precede every frame, so one buffer
  * serves every client.
  *
+ * Commands (realtime/command.h) run on a pool of CMD_THREADS threads, so a request that
+ * waits for its commit never stalls the loop. The pool's eventfd is adopted like the
+ * others; its callback takes the finished jobs and queues each frame for the client that
+ * sent the command, found by slot and generation: a client that left in the meantime
+ * (its slot freed or reused) is simply not found and the frame is dropped. A client has
+ * at most CMD_PER_CLIENT commands whose answer is not written yet; the pool holds at
+ * most CMD_CAPACITY in all.
+ *
  * At the descriptor limit accept4 fails with EMFILE and leaves the connection queued,
  * so the listening socket stays readable and the loop would spin: a reserve descriptor
  * is given up to accept that connection, answer it 503 and close it, then taken back.
@@ -37,6 +45,7 @@
 
 #include "cnerium/error.h"
 #include "realtime/broadcast.h"
+#include "realtime/command.h"
 #include "realtime/event.h"
 #include "realtime/message.h"
 #include "realtime/query.h"
@@ -53,6 +62,21 @@
 #define ACCEPT_BATCH 64          /* connections taken per readable callback */
 #define ACCEPT_PAUSE_US 100000   /* listener ignored this long when accept cannot shed */
 #define ARGS_MAX (CN_TOKEN_MAX + 512)
+#define CMD_THREADS 4
+#define CMD_CAPACITY 64    /* commands queued or running, all clients together */
+#define CMD_PER_CLIENT 16  /* commands of one client whose answer is not written yet */
+#define CMD_ERRORS_MAX 16  /* error frames waiting for one client; more are dropped */
+#define CMD_CONNECT_MS 5000
+
+/* A frame answering a command (result or error), waiting to be written: built with
+ * headroom, like cached event frames. */
+typedef struct cmd_out {
+    struct cmd_out *next;
+    char *buf;     /* the allocation */
+    uint8_t *data; /* the frame: WebSocket header + JSON */
+    size_t len;
+    int result;    /* it answers a command counted in cmd_inflight */
+} cmd_out_t;
 
 /* A cached event: a complete WebSocket text frame (header + JSON), built once. */
 typedef struct frame {
@@ -89,6 +113,13 @@ typedef struct client {
     size_t rx_len;
     int rx_overflow;
     int rx_binary;
+    /* commands: the slot (index + 1 in bcast_t.slots, 0: none) and generation their
+     * jobs name; answers to write */
+    uint32_t cmd_slot;
+    uint64_t cmd_gen;
+    unsigned cmd_inflight; /* submitted, answer not written yet */
+    unsigned cmd_errors;   /* error frames in the out list */
+    cmd_out_t *out, *out_tail;
 } client_t;
 
 typedef struct bcast {
@@ -109,6 +140,11 @@ typedef struct bcast {
     uint64_t shed, shed_logged;
     time_t shed_log_at;
     lws_sorted_usec_list_t accept_sul;
+    /* commands */
+    cn_ws_pool_t *pool;
+    client_t **slots; /* clients with a slot, by slot - 1; NULL: free */
+    uint32_t nslots;
+    uint64_t cmd_gen;
 } bcast_t;
 
 static bcast_t *B; /* the one broadcaster of this process (lws callbacks have no arg) */
@@ -346,6 +382,164 @@ ctl_error(client_t *c, const char *message)
     atomic_fetch_add(&B->stats->client_errors, 1);
 }
 
+/* ---- commands ---- */
+
+/* The headroom of a command frame: lws's, then the largest WebSocket header. */
+#define CMD_HEADROOM (LWS_PRE + WS_HEADER_MAX)
+
+/* Queues text (a frame buffer with CMD_HEADROOM, consumed) for c. */
+static void
+cmd_out_push(client_t *c, char *buf, size_t len, int result)
+{
+    cmd_out_t *o = calloc(1, sizeof(*o));
+    uint8_t *text = (uint8_t *)buf + CMD_HEADROOM;
+
+    if (!o) {
+        free(buf);
+        if (result)
+            c->cmd_inflight--;
+        return;
+    }
+    o->buf = buf;
+    o->data = text - ws_header(text, len);
+    o->len = len + (size_t)(text - o->data);
+    o->result = result;
+    if (!result)
+        c->cmd_errors++;
+    if (c->out_tail)
+        c->out_tail->next = o;
+    else
+        c->out = o;
+    c->out_tail = o;
+}
+
+static void
+cmd_out_pop(client_t *c)
+{
+    cmd_out_t *o = c->out;
+
+    if (!(c->out = o->next))
+        c->out_tail = NULL;
+    if (o->result)
+        c->cmd_inflight--;
+    else
+        c->cmd_errors--;
+    free(o->buf);
+    free(o);
+}
+
+/* {"type":"error","id":...,"message":why} to c; why is JSON-escaped. */
+static void
+cmd_error(client_t *c, const char *id, const char *why)
+{
+    size_t len;
+    char *buf;
+
+    atomic_fetch_add(&B->stats->client_errors, 1);
+    if (c->cmd_errors >= CMD_ERRORS_MAX)
+        return; /* a client that floods bad commands without reading loses replies */
+    if ((buf = cn__ws_error_frame(id, why, CMD_HEADROOM, &len)))
+        cmd_out_push(c, buf, len, 0);
+}
+
+/* Gives c a slot, so finished jobs can find it while it lives. Returns 0 or -ENOMEM. */
+static int
+slot_get(bcast_t *b, client_t *c)
+{
+    uint32_t i = 0;
+
+    if (c->cmd_slot)
+        return 0;
+    while (i < b->nslots && b->slots[i])
+        i++;
+    if (i == b->nslots) {
+        uint32_t n = b->nslots ? 2 * b->nslots : 64;
+        client_t **s = realloc(b->slots, n * sizeof(*s));
+        if (!s)
+            return -ENOMEM;
+        memset(s + b->nslots, 0, (n - b->nslots) * sizeof(*s));
+        b->slots = s;
+        b->nslots = n;
+    }
+    b->slots[i] = c;
+    c->cmd_slot = i + 1;
+    c->cmd_gen = ++b->cmd_gen;
+    return 0;
+}
+
+/* A client is gone: its slot is free, its unwritten answers dropped. */
+static void
+cmd_client_gone(bcast_t *b, client_t *c)
+{
+    if (c->cmd_slot && c->cmd_slot <= b->nslots && b->slots[c->cmd_slot - 1] == c)
+        b->slots[c->cmd_slot - 1] = NULL;
+    c->cmd_slot = 0;
+    while (c->out)
+        cmd_out_pop(c);
+}
+
+static void
+command_start(bcast_t *b, client_t *c, const cn_ws_msg_t *m)
+{
+    char why[CN_WS_WHY_MAX];
+    cn_ws_job_t *j = NULL;
+    int rc;
+
+    if (!b->cfg->commands || !b->pool) {
+        cmd_error(c, m->id, "unknown action (this server takes no commands)");
+        return;
+    }
+    if (c->cmd_inflight >= CMD_PER_CLIENT) {
+        cmd_error(c, m->id, "too many commands in progress on this connection (at most 16)");
+        return;
+    }
+    if ((rc = cn__ws_job_new(b->cfg->commands, m, &j, why, sizeof(why)))) {
+        cmd_error(c, m->id, rc == -EINVAL ? why : "out of memory");
+        return;
+    }
+    if (slot_get(b, c)) {
+        cn__ws_job_free(j);
+        cmd_error(c, m->id, "out of memory");
+        return;
+    }
+    j->slot = c->cmd_slot;
+    j->owner = c->cmd_gen;
+    if (cn__ws_pool_submit(b->pool, j)) {
+        cn__ws_job_free(j);
+        cmd_error(c, m->id, "too many commands in progress; retry later");
+        return;
+    }
+    c->cmd_inflight++;
+}
+
+/* The pool's eventfd: finished jobs go to their clients, if still there. */
+static int
+commands_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+            size_t len)
+{
+    bcast_t *b = B;
+    cn_ws_job_t *j;
+
+    if (reason != LWS_CALLBACK_RAW_RX_FILE || !b->pool)
+        return 0;
+    j = cn__ws_pool_take(b->pool);
+    while (j) {
+        cn_ws_job_t *next = j->next;
+        client_t *c = j->slot && j->slot <= b->nslots ? b->slots[j->slot - 1] : NULL;
+
+        if (c && c->cmd_gen == j->owner && j->frame) {
+            cmd_out_push(c, j->frame, j->frame_len, 1);
+            j->frame = NULL;
+            lws_callback_on_writable(c->wsi);
+        } else if (c && c->cmd_gen == j->owner) {
+            c->cmd_inflight--; /* no frame: out of memory */
+        }
+        cn__ws_job_free(j);
+        j = next;
+    }
+    return 0;
+}
+
 static void
 handle_message(client_t *c, const char *text, size_t len)
 {
@@ -354,6 +548,9 @@ handle_message(client_t *c, const char *text, size_t len)
 
     cn__ws_message_parse(text, len, &m);
     switch (m.kind) {
+    case CN_WS_MSG_COMMAND:
+        command_start(B, c, &m);
+        break;
     case CN_WS_MSG_PING:
         ctl_push(c, "{\"type\":\"pong\"}");
         break;
@@ -384,7 +581,10 @@ handle_message(client_t *c, const char *text, size_t len)
         ctl_push(c, buf);
         break;
     default:
-        ctl_error(c, m.why);
+        if (m.command)
+            cmd_error(c, m.has_id ? m.id : NULL, m.why);
+        else
+            ctl_error(c, m.why);
     }
 }
 
@@ -434,6 +634,20 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
         pos = append_text(out, pos, c->ctl[c->ctl_head], c->ctl_len[c->ctl_head]);
         c->ctl_head = (c->ctl_head + 1) % CTL_MAX;
         c->nctl--;
+    }
+    /* Command answers: batched like events; one bigger than the batch goes alone. */
+    while (c->out) {
+        if (pos + c->out->len > sizeof(out)) {
+            if (pos == LWS_PRE) {
+                if (lws_write(wsi, c->out->data, c->out->len, LWS_WRITE_RAW) < 0)
+                    return -1;
+                cmd_out_pop(c);
+            }
+            break;
+        }
+        memcpy(out + pos, c->out->data, c->out->len);
+        pos += c->out->len;
+        cmd_out_pop(c);
     }
     for (int skipped = 0; c->next <= committed && skipped < SKIP_PER_CALLBACK;) {
         frame_t tmp = {0};
@@ -485,7 +699,7 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
         return -1;
     if (frames)
         atomic_fetch_add_explicit(&b->stats->frames_sent, frames, memory_order_relaxed);
-    if (c->next <= committed || c->nctl || c->reset_pending)
+    if (c->next <= committed || c->nctl || c->reset_pending || c->out)
         lws_callback_on_writable(wsi);
     return 0;
 }
@@ -681,10 +895,9 @@ events_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
         return client_filter(b, wsi, c);
     case LWS_CALLBACK_ESTABLISHED:
         client_start(b, c);
-        if (c->authed) {
-            c->wsi = wsi;
+        c->wsi = wsi; /* for the expiry timer and command answers */
+        if (c->authed)
             expiry_cb(&c->expiry);
-        }
         c->established = 1;
         atomic_fetch_add(&b->stats->clients, 1);
         lws_callback_on_writable(wsi);
@@ -692,6 +905,8 @@ events_cb(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *i
     case LWS_CALLBACK_CLOSED:
         if (c && c->authed)
             lws_sul_cancel(&c->expiry);
+        if (c)
+            cmd_client_gone(b, c);
         if (c && c->established) {
             c->established = 0;
             atomic_fetch_sub(&b->stats->clients, 1);
@@ -845,6 +1060,7 @@ static const struct lws_protocols protocols[] = {
     {"cnerium-accept", accept_cb, 0, 0, 0, NULL, 0},
     {"cnerium-notify", notify_cb, 0, 0, 0, NULL, 0},
     {"cnerium-stop", stop_cb, 0, 0, 0, NULL, 0},
+    {"cnerium-commands", commands_cb, 0, 0, 0, NULL, 0},
     {NULL, NULL, 0, 0, 0, NULL, 0}, /* terminator */
 };
 
@@ -927,6 +1143,24 @@ cn__broadcast_run(const cn_broadcast_config_t *cfg, void (*on_ready)(void *arg),
         rc = rc ? rc : -EIO;
         goto out;
     }
+    if (cfg->commands && cfg->command_target) {
+        cn_ws_pool_config_t pc = {
+            .target = *cfg->command_target,
+            .threads = CMD_THREADS,
+            .capacity = CMD_CAPACITY,
+            .connect_ms = CMD_CONNECT_MS,
+            .timeout_ms = cfg->command_timeout_ms,
+            .headroom = CMD_HEADROOM,
+        };
+        int fd;
+        /* lws owns what it adopts: it gets a duplicate, the pool keeps its own. */
+        if ((rc = cn__ws_pool_start(&pc, &b.pool)) ||
+            (fd = fcntl(cn__ws_pool_fd(b.pool), F_DUPFD_CLOEXEC, 0)) < 0 ||
+            (rc = adopt_fd(&b, fd, "cnerium-commands", NULL))) {
+            rc = rc ? rc : -errno;
+            goto out;
+        }
+    }
     /* Start the cache near the end: older events are read back for clients that ask. */
     {
         uint64_t committed = atomic_load(&b.stats->committed_seq);
@@ -945,6 +1179,8 @@ out:
     atomic_store(&b.stats->pid, 0);
     if (b.ctx)
         lws_context_destroy(b.ctx); /* closes every client, cancels the accept timer */
+    cn__ws_pool_stop(b.pool); /* cancels requests in progress; their answers are dropped */
+    free(b.slots);
     if (b.reserve_fd >= 0)
         close(b.reserve_fd);
     atomic_store(&b.stats->clients, 0);

@@ -16,8 +16,9 @@
  * outside it 403. A token's rooms and "all" claims bound what the client may subscribe
  * to and receive, resumes included.
  * Client messages: {"type":"subscribe","room":R}, {"type":"unsubscribe","room":R},
- * {"type":"ping"} (answered {"type":"pong"}); anything else gets {"type":"error",...}
- * and the connection stays. Events without a room go to every client; an event with a
+ * {"type":"ping"} (answered {"type":"pong"}), {"type":"command",...} (realtime/command.h:
+ * run on a pool of threads, answered {"type":"result",...} to that client only);
+ * anything else gets {"type":"error",...} and the connection stays. Events without a room go to every client; an event with a
  * room only to that room's subscribers.
  *
  * Events come from LMDB (the persister stores them with the records that emitted them)
@@ -49,6 +50,10 @@ typedef struct cn_broadcast_config {
     const char *origins;   /* comma-separated allowed Origin values; NULL or "": any */
     unsigned ping_s;       /* WebSocket ping after this much idle time */
     unsigned timeout_s;    /* close a client silent this long after a ping */
+    /* WebSocket commands (realtime/command.h); NULL: none, a command gets an error */
+    const struct cn_ws_commands *commands;
+    const struct cn_ws_target *command_target; /* the HTTP server they run on */
+    unsigned command_timeout_ms;               /* one command's request, in all */
 } cn_broadcast_config_t;
 
 /* Serves until stop_fd is readable. on_ready runs once clients can connect. Returns 0,
