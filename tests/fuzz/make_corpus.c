@@ -312,6 +312,23 @@ ws_message_seeds(void)
     SEED_STR("ws_message", "not-object", "[\"ping\"]");
     SEED_STR("ws_message", "broken", "{\"type\":");
     SEED_STR("ws_message", "utf8", "{\"type\":\"subscribe\",\"room\":\"caf\xc3\xa9\"}");
+    SEED_STR("ws_message", "command",
+             "{\"type\":\"command\",\"id\":\"c1\",\"idempotency_key\":\"k1\","
+             "\"action\":{\"PlaceOrder\":{\"customer_id\":\"c\",\"items\":[{\"quantity\":1,"
+             "\"unit_price_cents\":12345678901234567891}]}}}");
+    SEED_STR("ws_message", "command-path",
+             "{\"type\":\"command\",\"id\":\"c2\",\"action\":{\"B\":{\"id\":\"a/b c\","
+             "\"k\":\"caf\xc3\xa9\"}}}");
+    SEED_STR("ws_message", "command-missing-field",
+             "{\"type\":\"command\",\"id\":\"c3\",\"action\":{\"CancelOrder\":{}}}");
+    SEED_STR("ws_message", "command-no-id", "{\"type\":\"command\",\"action\":{\"A\":{}}}");
+    SEED_STR("ws_message", "command-two-actions",
+             "{\"type\":\"command\",\"id\":\"x\",\"action\":{\"A\":{},\"B\":{}}}");
+    SEED_STR("ws_message", "command-key-number",
+             "{\"type\":\"command\",\"id\":\"x\",\"idempotency_key\":5,\"action\":{\"A\":{}}}");
+    SEED_STR("ws_message", "command-spaced",
+             "\xEF\xBB\xBF {\"action\" : {\"A\" : {\"s\":\"}{\\\"\"} }, \"id\":\"a\\\"b\", "
+             "\"type\":\"command\"}");
 }
 
 static void
