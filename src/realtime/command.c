@@ -555,38 +555,142 @@ frame_end(buf_t *b, size_t headroom, size_t *len)
     return b->p;
 }
 
-/* 1 when the n bytes at s are one JSON value and nothing else (whitespace aside). */
-static int
-is_json(const char *s, size_t n)
-{
-    const char *end = NULL;
-    cJSON *j;
+/* A strict RFC 8259 check (cJSON is lenient: "01", "+1", raw control characters in
+ * strings), so a body goes into a frame as it is only when any JSON parser takes it. */
+#define STRICT_DEPTH 256
 
-    while (n && (unsigned char)s[n - 1] <= 0x20)
-        n--;
-    if (!n || !cn__utf8_valid(s, n) || memchr(s, '\0', n))
+static size_t
+strict_ws(const char *s, size_t n, size_t i)
+{
+    while (i < n && (s[i] == ' ' || s[i] == '\t' || s[i] == '\n' || s[i] == '\r'))
+        i++;
+    return i;
+}
+
+static int
+is_digit(char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* The end of the value at s[i], or NOWHERE. */
+static size_t
+strict_value(const char *s, size_t n, size_t i, unsigned depth)
+{
+    static const char *const words[] = {"true", "false", "null"};
+
+    if (i >= n || depth > STRICT_DEPTH)
+        return (size_t)-1;
+    if (s[i] == '"') {
+        for (i++; i < n; i++) {
+            unsigned char c = (unsigned char)s[i];
+            if (c == '"')
+                return i + 1;
+            if (c < 0x20)
+                return (size_t)-1;
+            if (c == '\\') {
+                if (++i >= n)
+                    return (size_t)-1;
+                if (s[i] == 'u') {
+                    for (int k = 1; k <= 4; k++) {
+                        char h = i + (size_t)k < n ? s[i + (size_t)k] : 0;
+                        if (!is_digit(h) && !((h | 0x20) >= 'a' && (h | 0x20) <= 'f'))
+                            return (size_t)-1;
+                    }
+                    i += 4;
+                } else if (!strchr("\"\\/bfnrt", s[i]) || !s[i]) {
+                    return (size_t)-1;
+                }
+            }
+        }
+        return (size_t)-1;
+    }
+    if (s[i] == '{' || s[i] == '[') {
+        char close = s[i] == '{' ? '}' : ']';
+        i = strict_ws(s, n, i + 1);
+        if (i < n && s[i] == close)
+            return i + 1;
+        for (;;) {
+            if (close == '}') {
+                if (i >= n || s[i] != '"' || (i = strict_value(s, n, i, depth + 1)) == (size_t)-1)
+                    return (size_t)-1;
+                i = strict_ws(s, n, i);
+                if (i >= n || s[i] != ':')
+                    return (size_t)-1;
+                i = strict_ws(s, n, i + 1);
+            }
+            if ((i = strict_value(s, n, i, depth + 1)) == (size_t)-1)
+                return (size_t)-1;
+            i = strict_ws(s, n, i);
+            if (i < n && s[i] == close)
+                return i + 1;
+            if (i >= n || s[i] != ',')
+                return (size_t)-1;
+            i = strict_ws(s, n, i + 1);
+        }
+    }
+    for (size_t w = 0; w < 3; w++) {
+        size_t l = strlen(words[w]);
+        if (n - i >= l && !memcmp(s + i, words[w], l))
+            return i + l;
+    }
+    /* -?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)? */
+    if (s[i] == '-')
+        i++;
+    if (i < n && s[i] == '0') {
+        i++;
+    } else if (i < n && is_digit(s[i])) {
+        while (i < n && is_digit(s[i]))
+            i++;
+    } else {
+        return (size_t)-1;
+    }
+    if (i < n && s[i] == '.') {
+        if (++i >= n || !is_digit(s[i]))
+            return (size_t)-1;
+        while (i < n && is_digit(s[i]))
+            i++;
+    }
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        if (++i < n && (s[i] == '+' || s[i] == '-'))
+            i++;
+        if (i >= n || !is_digit(s[i]))
+            return (size_t)-1;
+        while (i < n && is_digit(s[i]))
+            i++;
+    }
+    return i;
+}
+
+/* 1 when the n bytes at s are one JSON value in valid UTF-8, with *from and *to the
+ * value without the whitespace around it. */
+static int
+is_json(const char *s, size_t n, size_t *from, size_t *to)
+{
+    size_t i, end;
+
+    if (!s || !cn__utf8_valid(s, n))
         return 0;
-    j = cJSON_ParseWithLengthOpts(s, n, &end, 0);
-    cJSON_Delete(j);
-    return j && end == s + n;
+    i = strict_ws(s, n, 0);
+    if ((end = strict_value(s, n, i, 0)) == (size_t)-1 || strict_ws(s, n, end) != n)
+        return 0;
+    *from = i;
+    *to = end;
+    return 1;
 }
 
 char *
 cn__ws_result_frame(const char *id, const cn_ws_answer_t *a, size_t headroom, size_t *len)
 {
     buf_t b = {NULL, 0, 0, 1};
+    size_t from, to;
     char num[32];
 
     frame_start(&b, "result", id, headroom);
     snprintf(num, sizeof(num), ",\"status\":%d,\"body\":", a->status);
     buf_str(&b, num);
-    if (is_json(a->body, a->body_len)) {
-        size_t n = a->body_len, i = 0;
-        while (n && (unsigned char)a->body[n - 1] <= 0x20)
-            n--;
-        while (i < n && (unsigned char)a->body[i] <= 0x20)
-            i++;
-        buf_put(&b, a->body + i, n - i);
+    if (is_json(a->body, a->body_len, &from, &to)) {
+        buf_put(&b, a->body + from, to - from);
     } else {
         json_string(&b, a->body ? a->body : "", a->body ? a->body_len : 0);
     }

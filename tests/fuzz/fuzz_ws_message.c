@@ -93,7 +93,13 @@ check_command(const uint8_t *data, size_t size, const cn_ws_msg_t *m)
     FUZZ_CHECK(whole && args && cJSON_IsObject(args));
     action = cJSON_GetObjectItemCaseSensitive(whole, "action");
     FUZZ_CHECK(action && action->child && !strcmp(action->child->string, m->action));
-    FUZZ_CHECK(cJSON_Compare(action->child, args, 1));
+    {
+        /* Printed, not cJSON_Compare: that one finds duplicate members unequal. */
+        char *x = cJSON_PrintUnformatted(action->child), *y = cJSON_PrintUnformatted(args);
+        FUZZ_CHECK(x && y && !strcmp(x, y));
+        free(x);
+        free(y);
+    }
     cJSON_Delete(args);
     cJSON_Delete(whole);
 

@@ -349,6 +349,34 @@ test_frames(void)
     CU_ASSERT(cJSON_IsString(body) && !strcmp(body->valuestring, ""));
     cJSON_Delete(j);
 
+    /* Only strict JSON goes in as it is (a lenient parser's extras would break the
+     * frame for strict clients); anything else becomes a string. */
+    {
+        static const char *const raw[] = {"1e5", "-0.5E-3", "[]", "[1,{\"a\":[true,null]}]",
+                                          "\"\\u00e9\\n\\/\"", "{\"\":false}", "0"};
+        static const char *const text[] = {"01", "+1", "1.", ".5", "[1,]", "{\"a\":1,}",
+                                           "\"a\tb\"", "\"\\x\"", "\"\\u12\"", "nul",
+                                           "{'a':1}", "[1] [2]", "\xef\xbb\xbf{}", "-"};
+        for (size_t i = 0; i < sizeof(raw) / sizeof(raw[0]); i++) {
+            char want[64];
+            a = (cn_ws_answer_t){200, 0, (char *)raw[i], strlen(raw[i])};
+            buf = cn__ws_result_frame("x", &a, 5, &len);
+            snprintf(want, sizeof(want), "\"body\":%s,", raw[i]);
+            CU_ASSERT_PTR_NOT_NULL(strstr(buf + 5, want));
+            cJSON_Delete(frame_json(buf, len, "result", "x"));
+        }
+        for (size_t i = 0; i < sizeof(text) / sizeof(text[0]); i++) {
+            a = (cn_ws_answer_t){200, 0, (char *)text[i], strlen(text[i])};
+            buf = cn__ws_result_frame("x", &a, 5, &len);
+            j = frame_json(buf, len, "result", "x");
+            body = cJSON_GetObjectItemCaseSensitive(j, "body");
+            if (!cJSON_IsString(body))
+                fprintf(stderr, "\n  %s went in as JSON\n", text[i]);
+            CU_ASSERT(cJSON_IsString(body));
+            cJSON_Delete(j);
+        }
+    }
+
     /* Errors: the id or null, the (already escaped) message. */
     buf = cn__ws_error_frame(NULL, "\\\"id\\\" is bad", 5, &len);
     j = frame_json(buf, len, "error",
