@@ -216,6 +216,39 @@ class RaceTest(StreamCase):
         self.assertNoSanitizerReport(srv)
 
 
+class RerunTest(StreamCase):
+    def test_handler_reruns_on_fresh_state(self):
+        """Racers that all read the same version: with reruns allowed each one starts
+        over after a conflict and commits; without, all but one get 409."""
+        srv = self.start_srv()
+        racers = 6
+        res = run_threads(lambda i: append(srv, "rr", "rr-%d" % i, "read", rerun=8,
+                                           sleep_ms=50, data={"i": i}), racers)
+        for x in res:
+            if isinstance(x, Exception):
+                raise x
+        self.assertEqual([x[0] for x in res], [201] * racers, [x[2][:200] for x in res])
+        reruns = [json.loads(x[2])["reruns"] for x in res]
+        s = read_stream(srv, "rr")
+        self.assertEqual(s["version"], racers)
+        self.assertEqual(sorted(e["data"]["i"] for e in s["events"]), list(range(racers)))
+        # The handler ran once per run: the reruns are real executions, and the retry of
+        # a key replays its final answer without running again.
+        self.assertEqual(srv.count(OP), racers + sum(reruns))
+        self.assertGreater(sum(reruns), 0)
+        again = append(srv, "rr", "rr-0", "read", rerun=8, sleep_ms=50, data={"i": 0})
+        self.assertReplayOf(res[0], again)
+        self.assertEqual(srv.count(OP), racers + sum(reruns))
+
+        res = run_threads(lambda i: append(srv, "nr", "nr-%d" % i, "read", rerun=0,
+                                           sleep_ms=50, data={"i": i}), racers)
+        statuses = sorted(x[0] for x in res)
+        self.assertEqual(statuses[0], 201)
+        self.assertIn(409, statuses)
+        self.assertEqual(read_stream(srv, "nr")["version"], statuses.count(201))
+        self.assertNoSanitizerReport(srv)
+
+
 class CrashTest(StreamCase):
     def test_sigkill_never_partial_never_gap(self):
         env_seed = os.environ.get("CNERIUM_TEST_SEED")
