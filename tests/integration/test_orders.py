@@ -117,8 +117,24 @@ class OrdersCase(h.ServerTestCase):
         self.assertEqual(st, 200, body)
         return parse_json(body)
 
+    def assertOrderProblem(self, resp, status, type_=None):
+        """A problem answered by the service's handlers (RFC 9457, with the members of the
+        library's problems); returns the document."""
+        st, headers, body = resp
+        self.assertEqual(st, status, "status; body %r" % body[:500])
+        self.assertEqual(header(headers, "Content-Type"), "application/problem+json")
+        doc = parse_json(body)
+        for member in ("error", "type", "title", "status", "detail"):
+            self.assertIn(member, doc, "problem member %r missing in %r" % (member, doc))
+        self.assertEqual(doc["status"], status)
+        self.assertTrue(doc["error"])
+        self.assertEqual(doc["error"], doc["detail"])
+        if type_ is not None:
+            self.assertEqual(doc["type"], type_)
+        return doc
+
     def assertBadRequest(self, resp, error):
-        doc = self.assertProblem(resp, 400)
+        doc = self.assertOrderProblem(resp, 400)
         self.assertEqual(doc["error"], error)
         return doc
 
@@ -284,7 +300,7 @@ class OrdersApiTest(OrdersCase):
             with self.subTest(verb):
                 key = fresh(verb)
                 first = self.command(self.srv, oid, verb, body, key=key)
-                doc = self.assertProblem(first, 400, INVALID_TRANSITION)
+                doc = self.assertOrderProblem(first, 400, INVALID_TRANSITION)
                 self.assertEqual(doc["current_status"], "cancelled")
                 self.assertEqual(doc["order_id"], oid)
                 self.assertEqual(doc["error"], "Order cannot be %s: it is cancelled"
@@ -315,10 +331,10 @@ class OrdersApiTest(OrdersCase):
         self.assertEqual((got["status"], got["tracking_number"], got["version"]),
                          ("shipped", "TRACK123", 2))
         self.assertNotIn("reason", got)
-        doc = self.assertProblem(self.command(self.srv, oid, "cancel"), 400, INVALID_TRANSITION)
+        doc = self.assertOrderProblem(self.command(self.srv, oid, "cancel"), 400, INVALID_TRANSITION)
         self.assertEqual(doc["current_status"], "shipped")
         self.assertEqual(doc["error"], "Order cannot be cancelled: it is shipped")
-        doc = self.assertProblem(self.command(self.srv, oid, "ship", {"tracking_number": "T2"}),
+        doc = self.assertOrderProblem(self.command(self.srv, oid, "ship", {"tracking_number": "T2"}),
                                  400, INVALID_TRANSITION)
         self.assertEqual(doc["current_status"], "shipped")
         self.assertEqual(self.events(self.srv, oid)["version"], 2)
@@ -342,29 +358,29 @@ class OrdersApiTest(OrdersCase):
             with self.subTest(verb):
                 key = fresh(verb)
                 first = self.command(self.srv, unknown, verb, body, key=key)
-                self.assertProblem(first, 404)
+                self.assertOrderProblem(first, 404)
                 # Not stored: the same key runs again (and answers 404 again, afresh).
                 again = self.command(self.srv, unknown, verb, body, key=key)
-                self.assertProblem(again, 404)
+                self.assertOrderProblem(again, 404)
                 self.assertNotReplayed(again)
         for path in ("%s/%s" % (API, unknown), "%s/%s/events" % (API, unknown),
                      API + "/not-an-order", API + "/not-an-order/events"):
             with self.subTest(path):
-                self.assertProblem(self.srv.get(path), 404)
-        self.assertProblem(self.command(self.srv, "ord_xyz", "cancel"), 404)
+                self.assertOrderProblem(self.srv.get(path), 404)
+        self.assertOrderProblem(self.command(self.srv, "ord_xyz", "cancel"), 404)
 
     def test_if_match(self):
         oid = self.place(self.srv)[1]["order_id"]
         key = fresh("ifm")
         first = self.command(self.srv, oid, "cancel", headers={"If-Match": '"2"'}, key=key)
-        doc = self.assertProblem(first, 412, PRECONDITION)
+        doc = self.assertOrderProblem(first, 412, PRECONDITION)
         self.assertEqual(doc["current_version"], 1)
         again = self.command(self.srv, oid, "cancel", headers={"If-Match": '"2"'}, key=key)
-        self.assertProblem(again, 412, PRECONDITION)
+        self.assertOrderProblem(again, 412, PRECONDITION)
         self.assertNotReplayed(again)
         for bad in ('W/"1"', "1", '"1', '"x"', '"1", "2"', '""'):
             with self.subTest(bad):
-                self.assertProblem(self.command(self.srv, oid, "ship",
+                self.assertOrderProblem(self.command(self.srv, oid, "ship",
                                                 {"tracking_number": "T"},
                                                 headers={"If-Match": bad}), 400)
         self.assertEqual(self.events(self.srv, oid)["version"], 1)
@@ -375,10 +391,10 @@ class OrdersApiTest(OrdersCase):
         hs, got = self.order(self.srv, oid)
         self.assertEqual(header(hs, "ETag"), '"2"')
         # The ETag of an old read no longer matches.
-        self.assertProblem(self.command(self.srv, oid, "cancel", headers={"If-Match": '"1"'}),
+        self.assertOrderProblem(self.command(self.srv, oid, "cancel", headers={"If-Match": '"1"'}),
                            412, PRECONDITION)
         # If-Match on an order that does not exist: a failed precondition.
-        self.assertProblem(self.command(self.srv, "ord_" + "1" * 32, "cancel",
+        self.assertOrderProblem(self.command(self.srv, "ord_" + "1" * 32, "cancel",
                                         headers={"If-Match": '"1"'}), 412, PRECONDITION)
 
     def test_retries_replay_and_append_once(self):
@@ -415,7 +431,7 @@ class OrdersApiTest(OrdersCase):
         self.assertEqual(self.events(self.srv, oid, "?from=3")["events"], [])
         for q in ("?from=0", "?from=x", "?limit=0", "?limit=1001"):
             with self.subTest(q):
-                self.assertProblem(self.srv.get("%s/%s/events%s" % (API, oid, q)), 400)
+                self.assertOrderProblem(self.srv.get("%s/%s/events%s" % (API, oid, q)), 400)
 
     def test_list_filters_and_cursor(self):
         cust = fresh("cust")
@@ -447,7 +463,7 @@ class OrdersApiTest(OrdersCase):
         for q in ("?limit=0", "?limit=501", "?limit=x", "?status=lost",
                   "?after=nope", "?after=ord_" + "f" * 32):
             with self.subTest(q):
-                self.assertProblem(self.srv.get(API + q), 400)
+                self.assertOrderProblem(self.srv.get(API + q), 400)
 
 
 class ConcurrencyTest(OrdersCase):
@@ -480,10 +496,10 @@ class ConcurrencyTest(OrdersCase):
                     doc = self.assertProblem(r[:3], 409, WRONG_VERSION)
                     # The key is free again: its retry now sees the final state.
                     again = srv.post(path, body, key=key)
-                    self.assertProblem(again, 400, INVALID_TRANSITION)
+                    self.assertOrderProblem(again, 400, INVALID_TRANSITION)
                     self.assertNotReplayed(again)
                 elif r[0] == 400:
-                    self.assertProblem(r[:3], 400, INVALID_TRANSITION)
+                    self.assertOrderProblem(r[:3], 400, INVALID_TRANSITION)
             self.assertEqual(statuses.count(200), 1, "order %d: %r" % (n, statuses))
             self.assertEqual(statuses.count(200) + statuses.count(400) + statuses.count(409),
                              len(statuses), statuses)
