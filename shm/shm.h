@@ -92,6 +92,7 @@ typedef struct cn_shm_persist {
     _Atomic uint64_t batch_buckets[CN_SHM_BATCH_BUCKETS];
     _Atomic uint64_t recovered_records;  /* replayed from the WAL at the last start */
     _Atomic uint64_t restarts;
+    _Atomic uint64_t stream_conflicts;   /* records refused: an expected version did not hold */
 } cn_shm_persist_t;
 
 /* Events: the persister publishes the last committed event's seq; the broadcaster's

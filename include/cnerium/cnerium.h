@@ -17,5 +17,6 @@
 #include "realtime.h"
 #include "request.h"
 #include "response.h"
+#include "stream.h"
 
 #endif

@@ -29,6 +29,7 @@
  *   --name NAME           CNERIUM_NAME              service name
  *   --key-ttl SECONDS     CNERIUM_KEY_TTL           stored response lifetime (86400)
  *   --max-body BYTES      CNERIUM_MAX_BODY          request body limit (1048576)
+ *   --stream-event-max BYTES CNERIUM_STREAM_EVENT_MAX  stream event data limit (65536)
  *   --max-connections N   CNERIUM_MAX_CONNECTIONS   open HTTP connections per worker (1024)
  *   --max-connections-per-ip N  CNERIUM_MAX_CONNECTIONS_PER_IP
  *                                                   per worker and client address (256)
@@ -95,6 +96,7 @@ typedef struct cn_config {
     cn_wal_io_t wal_io;
     uint32_t key_ttl_s;
     size_t max_body_bytes;
+    uint32_t stream_event_max; /* bytes of data in one stream event (cn_stream_append) */
     /* HTTP connection limits (README, Reliability: Limits): per worker process. */
     uint32_t max_connections;        /* at the limit, new connections wait in the backlog */
     uint32_t max_connections_per_ip; /* beyond it, closed unanswered; 0 = no limit */

@@ -22,6 +22,7 @@ enum {
     CN_EMETHOD,                   /* the path exists but not for this method */
     CN_ELOST,                     /* an in-flight claim was lost (lease expired, freed) */
     CN_EMAPFULL,                  /* the store's map size is reached (LMDB MDB_MAP_FULL) */
+    CN_ECONFLICT,                 /* a stream's expected version did not hold */
     CN_ERR_LAST
 };
 

@@ -202,6 +202,10 @@ cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
     int rc = cn__router_match(app->router, method, req->path, strlen(req->path), &req->match);
     char detail[256];
 
+    /* Stream reads and appends (stream/stream.c) need these. */
+    req->store = w->store;
+    req->stream_event_max = app->cfg.stream_event_max;
+
     if (rc == CN_ENOTFOUND) {
         snprintf(detail, sizeof(detail), "No route for %.100s", req->path);
         reply->response = cn__problem(404, CN_PROBLEM_NOT_FOUND, detail);

@@ -78,6 +78,8 @@ static const opt_t options[] = {
     {"name", "CNERIUM_NAME", OPT_STR, F(name), 0, 0, "NAME", "service name"},
     {"key-ttl", "CNERIUM_KEY_TTL", OPT_U32, F(key_ttl_s), 1, 10u * 365 * 86400, "SECONDS",
      "lifetime of a stored response"},
+    {"stream-event-max", "CNERIUM_STREAM_EVENT_MAX", OPT_U32, F(stream_event_max), 16,
+     256u * 1024, "BYTES", "largest event data a handler may append to a stream"},
     {"max-body", "CNERIUM_MAX_BODY", OPT_SIZE, F(max_body_bytes), 1, 64u * 1024 * 1024,
      "BYTES", "request body limit"},
     {"max-connections", "CNERIUM_MAX_CONNECTIONS", OPT_U32, F(max_connections), 1, 1000000,
@@ -161,6 +163,7 @@ cn_config_development(void)
     c.durability = CN_DURABILITY_SYNC;
     c.key_ttl_s = 86400;
     c.max_body_bytes = 1024 * 1024;
+    c.stream_event_max = 64 * 1024;
     c.max_connections = 1024;
     c.max_connections_per_ip = 256;
     c.header_timeout_ms = 10000;

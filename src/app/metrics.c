@@ -119,7 +119,11 @@ put_persist(text_t *t, const cn_shm_persist_t *p)
            "# HELP cnerium_persister_restarts_total Persister processes replaced after they "
            "died.\n"
            "# TYPE cnerium_persister_restarts_total counter\n"
-           "cnerium_persister_restarts_total %llu\n",
+           "cnerium_persister_restarts_total %llu\n"
+           "# HELP cnerium_stream_conflicts_total Records refused because a stream's "
+           "expected version did not hold (nothing of them stored).\n"
+           "# TYPE cnerium_stream_conflicts_total counter\n"
+           "cnerium_stream_conflicts_total %llu\n",
         (unsigned long long)atomic_load(&p->batches), (unsigned long long)records,
         (unsigned long long)atomic_load(&p->records_failed),
         (unsigned long long)atomic_load(&p->duplicates_skipped),
@@ -128,7 +132,8 @@ put_persist(text_t *t, const cn_shm_persist_t *p)
         (unsigned long long)atomic_load(&p->checkpoint_lsn),
         (double)atomic_load(&p->checkpoint_unix_ms) / 1000.0,
         (unsigned long long)atomic_load(&p->recovered_records),
-        (unsigned long long)atomic_load(&p->restarts));
+        (unsigned long long)atomic_load(&p->restarts),
+        (unsigned long long)atomic_load(&p->stream_conflicts));
     put_histogram(t, "cnerium_persist_fdatasync_seconds",
                   "Latency of each batch's WAL write + fdatasync.", p->sync_buckets,
                   sync_bounds, CN_SHM_SYNC_BUCKETS, 1e-6,

@@ -12,6 +12,7 @@
 #include "cnerium/request.h"
 #include "http/request_internal.h"
 #include "realtime/event.h"
+#include "stream/stream.h"
 #include "support/utf8.h"
 
 /* The origin-form part of an absolute-form target (RFC 9112 3.2.2): what follows the
@@ -106,6 +107,7 @@ cn__request_destroy(cn_request_t *req)
     cJSON_Delete(req->json);
     cn__route_match_clear(&req->match);
     cn__events_free(req->events);
+    cn__appends_free(req->appends);
     memset(req, 0, sizeof(*req));
 }
 

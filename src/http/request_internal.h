@@ -17,6 +17,8 @@
 #include "reliability/key.h"
 
 struct cn_event;
+struct cn_append;
+struct cn_store;
 
 typedef struct cn_request_header {
     const char *name;  /* borrowed */
@@ -62,6 +64,15 @@ struct cn_request {
     struct cn_event *events; /* buffered by cn_emit, in emission order */
     struct cn_event **events_tail;
     int events_failed; /* a cn_emit / cn_emit_to of this request failed */
+
+    /* event streams (stream/stream.h) */
+    struct cn_append *appends; /* buffered by cn_stream_append, in order */
+    struct cn_append **appends_tail;
+    size_t nappends;
+    int appends_conditional;   /* an append expects something: wait for the decision */
+    int conflict_status;       /* answered on CN_ECONFLICT; 0: 409 */
+    struct cn_store *store;    /* for reads; NULL when the request has none */
+    uint32_t stream_event_max;
 
     void *http_handle; /* the server's handle for cn__http_complete (http/server.h) */
 

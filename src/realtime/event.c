@@ -182,6 +182,14 @@ cn__event_frame(const cn_event_view_t *ev, uint64_t seq, size_t headroom, size_t
     o = buf + headroom;
     memcpy(o, "{\"type\":", 8);
     o = json_string(o + 8, ev->type, ev->type_len);
+    if (ev->merged && payload_ok && ev->payload_len > 2 && ev->payload[0] == '{' &&
+        ev->payload[ev->payload_len - 1] == '}') {
+        /* A published stream event: its members join the frame's top level. */
+        *o++ = ',';
+        memcpy(o, ev->payload + 1, ev->payload_len - 2);
+        o += ev->payload_len - 2;
+        goto seq;
+    }
     memcpy(o, ",\"payload\":", 11);
     o += 11;
     if (payload_ok) {
@@ -190,6 +198,7 @@ cn__event_frame(const cn_event_view_t *ev, uint64_t seq, size_t headroom, size_t
     } else {
         o += cn__utf8_replace(o, ev->payload, ev->payload_len);
     }
+seq:
     n = snprintf(num, sizeof(num), ",\"seq\":%llu", (unsigned long long)seq);
     memcpy(o, num, (size_t)n);
     o += n;

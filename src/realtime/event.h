@@ -4,7 +4,8 @@
  * record, and sent to WebSocket clients by the broadcaster.
  *
  * The event list and stored-event byte layouts and their codec are in store/format.h.
- * The frame a client receives: {"type":T,"payload":P,"seq":N} plus "room":R when set,
+ * The frame a client receives: {"type":T,"payload":P,"seq":N} plus "room":R when set
+ * ({"type":T,<members of P>,"seq":N,...} for a merged one: a published stream event),
  * always well-formed UTF-8 (ill-formed bytes of an old stored event become U+FFFD).
  */
 #ifndef CN_REALTIME_EVENT_H

@@ -18,9 +18,12 @@
 #include "cnerium/error.h"
 #include "http/problem.h"
 #include "realtime/event.h"
+#include "stream/stream.h"
 #include "reliability/durable.h"
 #include "support/clock.h"
 #include "support/log.h"
+
+#define CN_PROBLEM_WRONG_VERSION "urn:cnerium:problem:wrong-expected-version"
 
 /* The final answer stored when a response cannot fit a record. */
 #define CN_PROBLEM_RESPONSE_TOO_LARGE "urn:cnerium:problem:response-too-large"
@@ -136,7 +139,87 @@ typedef struct commit_wait {
     uint8_t fingerprint[CN_SHA256_LEN];
     int waited;
     int delivered;        /* the client has its answer (async mode, or a commit timeout) */
+    /* stream appends with an expectation: what to tell the client on a conflict */
+    uint8_t *appends;     /* a copy of the encoded list; NULL when none is conditional */
+    size_t appends_len;
+    int conflict_status;
 } commit_wait_t;
+
+static void
+wait_free(commit_wait_t *w)
+{
+    free(w->appends);
+    free(w);
+}
+
+/* 409 (or the handler's chosen status) wrong-expected-version, naming the first append
+ * whose expectation does not hold against the store as it is now. */
+static cn_response_t
+conflict_problem(commit_wait_t *w)
+{
+    const uint8_t *cur, *end = w->appends + w->appends_len;
+    long count = cn__appends_begin(w->appends, w->appends_len, &cur);
+    char stream[CN_STREAM_ID_MAX + 1] = "", detail[CN_STREAM_ID_MAX + 160];
+    uint64_t current = 0;
+    int64_t expected = CN_STREAM_ANY;
+    int status = w->conflict_status ? w->conflict_status : 409;
+    cn_response_t res;
+    cJSON *j;
+
+    for (long i = 0; i < count; i++) {
+        cn_append_view_t a;
+        uint64_t v = 0;
+        if (cn__appends_next(&cur, end, &a))
+            break;
+        if (a.expected == CN_STREAM_ANY)
+            continue;
+        if (w->d->store && cn__store_stream_version(w->d->store, a.stream, a.stream_len, &v))
+            continue;
+        memcpy(stream, a.stream, a.stream_len);
+        stream[a.stream_len] = '\0';
+        current = v;
+        expected = a.expected;
+        if (!cn__stream_expected_holds(a.expected, v))
+            break; /* the first that fails now (an earlier one in this list may have
+                    * failed against the versions at commit: then the last named stands) */
+    }
+    if (expected >= 0)
+        snprintf(detail, sizeof(detail),
+                 "Stream %s is at version %llu; the request expected version %lld. Nothing "
+                 "was stored: read the current state and retry",
+                 stream, (unsigned long long)current, (long long)expected);
+    else
+        snprintf(detail, sizeof(detail),
+                 "Stream %s is at version %llu; the request expected it %s. Nothing was "
+                 "stored: read the current state and retry",
+                 stream, (unsigned long long)current,
+                 expected == CN_STREAM_NO_STREAM ? "not to exist" : "to exist");
+    j = cJSON_CreateObject();
+    if (j) {
+        cJSON_AddStringToObject(j, "type", CN_PROBLEM_WRONG_VERSION);
+        cJSON_AddStringToObject(j, "title", "Wrong expected version");
+        cJSON_AddNumberToObject(j, "status", status);
+        cJSON_AddStringToObject(j, "detail", detail);
+        cJSON_AddStringToObject(j, "error", detail);
+        cJSON_AddStringToObject(j, "stream_id", stream);
+        cJSON_AddNumberToObject(j, "current_version", (double)current);
+        if (expected >= 0)
+            cJSON_AddNumberToObject(j, "expected_version", (double)expected);
+        else
+            cJSON_AddStringToObject(j, "expected_version",
+                                    expected == CN_STREAM_NO_STREAM ? "no_stream" : "exists");
+    }
+    res = cn_json_response(status, j);
+    if (res.status) {
+        free(res.content_type);
+        res.content_type = strdup("application/problem+json");
+        if (!res.content_type)
+            cn_response_free(&res);
+    }
+    if (!res.status)
+        res = cn__problem(status, CN_PROBLEM_WRONG_VERSION, detail);
+    return res;
+}
 
 static void
 deliver(commit_wait_t *w, cn_durable_outcome_t outcome, cn_response_t res, int stored)
@@ -207,7 +290,7 @@ commit_done(int status, int final, void *arg)
         /* The worker is stopping before the decision: forget the request; the claim
          * stays held, the supervisor frees it once the ring is drained. */
         cn_response_free(&w->res);
-        free(w);
+        wait_free(w);
         return;
     }
     if (!final) {
@@ -223,20 +306,28 @@ commit_done(int status, int final, void *arg)
     }
     if (status == -ENODATA)
         status = outcome_from_store(w);
-    if (status)
+    else if (status == 0 && w->appends && w->d->store && outcome_from_store(w))
+        /* A persister that died after writing the record and before acking it replays
+         * it at restart and acks it as applied; a conflict is decided again then, and
+         * only the store can tell which way. Nothing stored: it was refused. */
+        status = CN_ECONFLICT;
+    if (status && status != CN_ECONFLICT)
         cn_log_error("%s: the record could not be stored (%s)", w->operation,
                      cn_strerror(status));
     if (cn__inflight_release(w->d->inflight, &w->claim) == CN_ELOST && !status)
         cn_log_warn("%s: claim lost after its record was stored", w->operation);
     if (!w->delivered) {
-        if (status) {
+        if (status == CN_ECONFLICT && w->appends) {
+            cn_response_free(&w->res);
+            deliver(w, CN_OUTCOME_CONFLICT, conflict_problem(w), 0);
+        } else if (status) {
             cn_response_free(&w->res);
             deliver(w, CN_OUTCOME_FAILED, not_stored_problem(status), 0);
         } else {
             deliver(w, CN_OUTCOME_EXECUTED, w->res, 1);
         }
     }
-    free(w);
+    wait_free(w);
 }
 
 /* Hands res to the committer for the owned key. On success the request is deferred:
@@ -259,8 +350,8 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
         .body = res->body,
         .body_len = (uint32_t)res->body_len,
     };
-    cn_store_put_t item = {skey, skeylen, &rec, NULL, 0};
-    uint8_t evbuf[1024], *events = evbuf;
+    cn_store_put_t item = {skey, skeylen, &rec, NULL, 0, NULL, 0};
+    uint8_t evbuf[1024], *events = evbuf, *appends = NULL;
     commit_wait_t *w;
     int rc;
 
@@ -279,7 +370,21 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
         }
         item.events = events;
     }
+    /* So do the stream appends: checked and written with it, or not at all. */
+    if (req->appends) {
+        size_t need = cn__appends_encoded_size(req->appends);
+        if (!(appends = malloc(need)) ||
+            (rc = cn__appends_encode(req->appends, appends, need, &item.appends_len))) {
+            rc = appends ? rc : -ENOMEM;
+            free(appends);
+            if (events != evbuf)
+                free(events);
+            return rc;
+        }
+        item.appends = appends;
+    }
     if (!(w = calloc(1, sizeof(*w)))) {
+        free(appends);
         if (events != evbuf)
             free(events);
         return -ENOMEM;
@@ -288,6 +393,13 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     cn__events_free(req->events);
     req->events = NULL;
     req->events_tail = &req->events;
+    if (req->appends_conditional) {
+        /* Kept to name the stream in a conflict answer. */
+        w->appends = appends;
+        w->appends_len = item.appends_len;
+        w->conflict_status = req->conflict_status;
+        appends = NULL;
+    }
     w->d = d;
     memcpy(w->skey, skey, skeylen);
     w->skey[skeylen] = '\0';
@@ -298,9 +410,10 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     w->claim = *claim;
     w->handle = req->http_handle;
     w->waited = out->waited;
-    if (d->cfg->durability == CN_DURABILITY_ASYNC) {
+    if (d->cfg->durability == CN_DURABILITY_ASYNC && !w->appends) {
         /* Answered now; the claim is still held until the record is decided. The
-         * record borrows the response's buffers only during the submit below. */
+         * record borrows the response's buffers only during the submit below. (Not
+         * with an expected version: only the decision says whether it held.) */
         out->response = *res;
         out->outcome = CN_OUTCOME_EXECUTED;
         out->stored = 1;
@@ -312,12 +425,14 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     rc = cn__committer_submit(d->committer, &item, commit_done, w);
     if (events != evbuf)
         free(events);
+    free(appends); /* the kept copy, when there is one, is w's */
     if (rc) {
-        /* Nothing was submitted: everything is the caller's again. */
+        /* Nothing was submitted: everything is the caller's again (the appends were
+         * encoded and are gone with the request's list below). */
         out->deferred = 0;
         out->stored = 0;
         memset(&out->response, 0, sizeof(out->response));
-        free(w);
+        wait_free(w);
         return rc;
     }
     /* From here on neither w nor req may be touched: the commit may already have been
@@ -355,6 +470,11 @@ store_too_big(cn_durable_t *d, const cn_route_t *route, const char *skey, size_t
     cn__events_free(req->events);
     req->events = NULL;
     req->events_tail = &req->events;
+    cn__appends_free(req->appends);
+    req->appends = NULL;
+    req->appends_tail = &req->appends;
+    req->nappends = 0;
+    req->appends_conditional = 0;
     cn_response_free(res);
     *res = problem_res;
     return store_response(d, route, skey, skeylen, req, res, claim, out);
@@ -492,7 +612,7 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         cn_record_t probe = {.body_len = req->body_len > CN_RECORD_FIELD_MAX
                                              ? CN_RECORD_FIELD_MAX
                                              : (uint32_t)req->body_len};
-        cn_store_put_t probe_item = {skey, skeylen, &probe, NULL, 0};
+        cn_store_put_t probe_item = {skey, skeylen, &probe, NULL, 0, NULL, 0};
         size_t max = cn__committer_record_max(d->committer);
 
         if (req->body_len > CN_RECORD_FIELD_MAX ||
@@ -566,16 +686,18 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         res = cn__problem(500, CN_PROBLEM_HANDLER, "The handler failed to build a response");
         persist = 0;
     } else if (req->events_failed) {
-        /* An event the handler emitted could not be buffered (too big, ill-formed UTF-8,
-         * ...): storing the response would record an operation whose event never
-         * exists. Not stored, the key is free again; a 5xx of the handler stands. */
-        cn_log_error("%s: an event could not be emitted (cn_emit failed); the response is "
-                     "not stored", route->operation);
+        /* An event or stream append the handler made could not be buffered (too big,
+         * ill-formed UTF-8, ...): storing the response would record an operation whose
+         * event never exists. Not stored, the key is free again; a 5xx of the handler
+         * stands. */
+        cn_log_error("%s: an event could not be emitted or appended (cn_emit or "
+                     "cn_stream_append failed); the response is not stored",
+                     route->operation);
         if (res.status < 500) {
             cn_response_free(&res);
             res = cn__problem(500, CN_PROBLEM_HANDLER,
-                              "An event of this request could not be emitted; nothing was "
-                              "stored");
+                              "An event of this request could not be emitted or appended; "
+                              "nothing was stored");
         }
         persist = 0;
     } else if (res.persist == CN_PERSIST_AUTO) {

@@ -239,6 +239,9 @@ cn__committer_recent_error(const cn_committer_t *c)
 size_t
 cn__committer_record_size(const cn_store_put_t *item)
 {
+    if (item->appends)
+        return cn__persist_streams_size(item->keylen, item->rec, item->events_len,
+                                        item->appends_len);
     return cn__persist_record_size(item->keylen, item->rec, item->events_len);
 }
 
@@ -256,7 +259,7 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
         done(cn__store_put(c->store, item, 1), 1, arg);
         return 0;
     }
-    need = cn__persist_record_size(item->keylen, item->rec, item->events_len);
+    need = cn__committer_record_size(item);
     if (need > cn__ring_max_payload(c->ring))
         return CN_ETOOBIG;
     if (need > sizeof(stackbuf) && !(buf = malloc(need)))
@@ -265,8 +268,13 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
         rc = -ENOMEM;
         goto out;
     }
-    if ((rc = cn__persist_record_encode(buf, need, item->key, item->keylen, item->rec,
-                                        item->events, item->events_len, &len)))
+    rc = item->appends
+             ? cn__persist_streams_encode(buf, need, item->key, item->keylen, item->rec,
+                                          item->events, item->events_len, item->appends,
+                                          item->appends_len, &len)
+             : cn__persist_record_encode(buf, need, item->key, item->keylen, item->rec,
+                                         item->events, item->events_len, &len);
+    if (rc)
         goto out;
     e->done = done;
     e->arg = arg;

@@ -9,6 +9,7 @@
 #include "realtime/event.h"
 #include "store/format.h"
 #include "store/store.h"
+#include "stream/stream.h"
 #include "support/bytes.h"
 #include "support/crc32c.h"
 
@@ -173,19 +174,29 @@ cn__events_next(const uint8_t **cursor, const uint8_t *end, cn_event_view_t *ev)
     return 0;
 }
 
+/* Bit 15 of a stored event's type length: a merged (published stream) event. */
+#define STORED_MERGED 0x8000u
+
 int
 cn__event_stored_decode(const uint8_t *p, size_t len, cn_event_view_t *ev)
 {
-    const uint8_t *cur = p + 8;
-    uint64_t t = 0;
+    size_t tl, rl, pl;
 
-    if (len < 8)
+    if (len < 16)
         return CN_ECORRUPT;
-    for (int i = 7; i >= 0; i--)
-        t = t << 8 | p[i];
-    if (cn__events_next(&cur, p + len, ev) || cur != p + len)
+    tl = cn__get_le16(p + 8) & ~STORED_MERGED;
+    rl = cn__get_le16(p + 10);
+    pl = cn__get_le32(p + 12);
+    if (tl == 0 || len - 16 != tl + rl + pl)
         return CN_ECORRUPT;
-    ev->created_ms = t;
+    ev->created_ms = cn__get_le64(p);
+    ev->merged = (cn__get_le16(p + 8) & STORED_MERGED) != 0;
+    ev->type = (const char *)p + 16;
+    ev->type_len = tl;
+    ev->room = rl ? (const char *)p + 16 + tl : NULL;
+    ev->room_len = rl;
+    ev->payload = (const char *)p + 16 + tl + rl;
+    ev->payload_len = pl;
     return 0;
 }
 
@@ -201,7 +212,7 @@ cn__event_stored_encode(const cn_event_view_t *ev, uint8_t *out)
     for (int i = 0; i < 8; i++)
         out[i] = (uint8_t)(ev->created_ms >> (8 * i));
     out += 8;
-    cn__put_le16(out, (uint16_t)ev->type_len);
+    cn__put_le16(out, (uint16_t)(ev->type_len | (ev->merged ? STORED_MERGED : 0)));
     cn__put_le16(out + 2, (uint16_t)ev->room_len);
     cn__put_le32(out + 4, (uint32_t)ev->payload_len);
     out += 8;
@@ -211,6 +222,176 @@ cn__event_stored_encode(const cn_event_view_t *ev, uint8_t *out)
         memcpy(out, ev->room, ev->room_len);
     out += ev->room_len;
     memcpy(out, ev->payload, ev->payload_len);
+}
+
+/* ---- stream appends ---- */
+
+size_t
+cn__appends_encoded_size(const cn_append_t *list)
+{
+    size_t n = 2;
+
+    for (const cn_append_t *a = list; a; a = a->next) {
+        n += CN_APPEND_HEADER + strlen(a->stream) + strlen(a->type) + a->data_len;
+        for (unsigned i = 0; i < a->nrooms; i++)
+            n += 1 + strlen(a->rooms[i]);
+    }
+    return n;
+}
+
+int
+cn__appends_encode(const cn_append_t *list, uint8_t *out, size_t cap, size_t *written)
+{
+    size_t count = 0, at = 2;
+
+    if (cap < 2)
+        return CN_ETOOBIG;
+    for (const cn_append_t *a = list; a; a = a->next) {
+        size_t sl = strlen(a->stream), tl = strlen(a->type), need = CN_APPEND_HEADER;
+
+        for (unsigned i = 0; i < a->nrooms; i++)
+            need += 1 + strlen(a->rooms[i]);
+        if (sl > UINT8_MAX || tl > UINT8_MAX || a->nrooms > CN_APPEND_ROOMS_MAX ||
+            a->data_len > UINT32_MAX || count == UINT16_MAX ||
+            cap - at < need + sl + tl + a->data_len)
+            return CN_ETOOBIG;
+        out[at] = (uint8_t)sl;
+        out[at + 1] = (uint8_t)tl;
+        out[at + 2] = (uint8_t)a->nrooms;
+        out[at + 3] = 0;
+        cn__put_le64(out + at + 4, (uint64_t)a->expected);
+        cn__put_le32(out + at + 12, (uint32_t)a->data_len);
+        at += CN_APPEND_HEADER;
+        memcpy(out + at, a->stream, sl);
+        at += sl;
+        memcpy(out + at, a->type, tl);
+        at += tl;
+        memcpy(out + at, a->data, a->data_len);
+        at += a->data_len;
+        for (unsigned i = 0; i < a->nrooms; i++) {
+            size_t rl = strlen(a->rooms[i]);
+            if (rl > UINT8_MAX)
+                return CN_ETOOBIG;
+            out[at++] = (uint8_t)rl;
+            memcpy(out + at, a->rooms[i], rl);
+            at += rl;
+        }
+        count++;
+    }
+    cn__put_le16(out, (uint16_t)count);
+    *written = at;
+    return 0;
+}
+
+long
+cn__appends_begin(const uint8_t *p, size_t len, const uint8_t **cursor)
+{
+    if (len < 2)
+        return -1;
+    *cursor = p + 2;
+    return cn__get_le16(p);
+}
+
+/* A room: 1..CN_EVENT_ROOM_MAX printable bytes without '"' or '\\' (cnerium/stream.h). */
+static int
+room_valid(const uint8_t *s, size_t n)
+{
+    if (n == 0 || n > CN_EVENT_ROOM_MAX)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < 0x20 || s[i] > 0x7e || s[i] == '"' || s[i] == '\\')
+            return 0;
+    }
+    return 1;
+}
+
+int
+cn__appends_next(const uint8_t **cursor, const uint8_t *end, cn_append_view_t *a)
+{
+    const uint8_t *p = *cursor;
+    size_t sl, tl, dl;
+    unsigned nr;
+
+    if (end - p < CN_APPEND_HEADER)
+        return CN_ECORRUPT;
+    sl = p[0];
+    tl = p[1];
+    nr = p[2];
+    a->expected = (int64_t)cn__get_le64(p + 4);
+    dl = cn__get_le32(p + 12);
+    p += CN_APPEND_HEADER;
+    if (p[-CN_APPEND_HEADER + 3] || nr > CN_APPEND_ROOMS_MAX ||
+        (size_t)(end - p) < sl + tl + dl || !cn__stream_id_valid((const char *)p, sl) ||
+        !cn__stream_type_valid((const char *)p + sl, tl) ||
+        !cn__stream_expected_valid(a->expected))
+        return CN_ECORRUPT;
+    a->stream = (const char *)p;
+    a->stream_len = sl;
+    a->type = (const char *)p + sl;
+    a->type_len = tl;
+    a->data = (const char *)p + sl + tl;
+    a->data_len = dl;
+    p += sl + tl + dl;
+    a->nrooms = nr;
+    for (unsigned i = 0; i < nr; i++) {
+        size_t rl;
+        if (end - p < 1)
+            return CN_ECORRUPT;
+        rl = p[0];
+        if ((size_t)(end - p - 1) < rl || !room_valid(p + 1, rl))
+            return CN_ECORRUPT;
+        a->rooms[i] = (const char *)p + 1;
+        a->room_lens[i] = rl;
+        p += 1 + rl;
+    }
+    *cursor = p;
+    return 0;
+}
+
+/* ---- stream events in the global log ---- */
+
+size_t
+cn__log_entry_size(const cn_log_view_t *e)
+{
+    return CN_LOG_HEADER + e->stream_len + e->type_len + e->data_len;
+}
+
+void
+cn__log_entry_encode(const cn_log_view_t *e, uint8_t *out)
+{
+    cn__put_le64(out, e->created_ms);
+    cn__put_le64(out + 8, e->version);
+    out[16] = (uint8_t)e->stream_len;
+    out[17] = (uint8_t)e->type_len;
+    cn__put_le16(out + 18, 0);
+    cn__put_le32(out + 20, (uint32_t)e->data_len);
+    out += CN_LOG_HEADER;
+    memcpy(out, e->stream, e->stream_len);
+    memcpy(out + e->stream_len, e->type, e->type_len);
+    memcpy(out + e->stream_len + e->type_len, e->data, e->data_len);
+}
+
+int
+cn__log_entry_decode(const uint8_t *p, size_t len, cn_log_view_t *e)
+{
+    size_t sl, tl, dl;
+
+    if (len < CN_LOG_HEADER)
+        return CN_ECORRUPT;
+    sl = p[16];
+    tl = p[17];
+    dl = cn__get_le32(p + 20);
+    if (sl == 0 || tl == 0 || len - CN_LOG_HEADER != sl + tl + dl)
+        return CN_ECORRUPT;
+    e->created_ms = cn__get_le64(p);
+    e->version = cn__get_le64(p + 8);
+    e->stream = (const char *)p + CN_LOG_HEADER;
+    e->stream_len = sl;
+    e->type = e->stream + sl;
+    e->type_len = tl;
+    e->data = e->type + tl;
+    e->data_len = dl;
+    return 0;
 }
 
 /* ---- ring payload ---- */
@@ -268,6 +449,49 @@ cn__persist_record_encode(uint8_t *out, size_t cap, const char *key, size_t keyl
     return 0;
 }
 
+size_t
+cn__persist_streams_size(size_t keylen, const cn_record_t *rec, size_t events_len,
+                         size_t appends_len)
+{
+    return CN_PERSIST_PUT_HEADER + keylen + cn__record_encoded_size(rec) + 4 +
+           (events_len > 2 ? events_len : 0) + appends_len;
+}
+
+int
+cn__persist_streams_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
+                           const cn_record_t *rec, const uint8_t *events, size_t events_len,
+                           const uint8_t *appends, size_t appends_len, size_t *written)
+{
+    size_t reclen = cn__record_encoded_size(rec), w, at;
+    int rc;
+
+    if (events_len <= 2)
+        events_len = 0;
+    if (keylen > UINT16_MAX || reclen > UINT32_MAX || events_len > UINT32_MAX ||
+        appends_len < 2 ||
+        cap < CN_PERSIST_PUT_HEADER + keylen + reclen + 4 + events_len + appends_len)
+        return CN_ETOOBIG;
+    out[0] = 1;
+    out[1] = CN_PERSIST_PUT_STREAMS;
+    cn__put_le16(out + 2, (uint16_t)keylen);
+    cn__put_le32(out + 4, (uint32_t)reclen);
+    at = CN_PERSIST_PUT_HEADER;
+    memcpy(out + at, key, keylen);
+    at += keylen;
+    if ((rc = cn__record_encode(rec, out + at, reclen, &w)))
+        return rc;
+    at += reclen;
+    cn__put_le32(out + at, (uint32_t)events_len);
+    at += 4;
+    if (events_len)
+        memcpy(out + at, events, events_len);
+    at += events_len;
+    memcpy(out + at, appends, appends_len);
+    at += appends_len;
+    *written = at;
+    return 0;
+}
+
 int
 cn__persist_put_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
                        const cn_record_t *rec, size_t *written)
@@ -302,6 +526,24 @@ cn__persist_record_decode(const uint8_t *p, size_t len, cn_persist_record_t *out
         if (kl || rl || rest < 2)
             return CN_ECORRUPT;
         break;
+    case CN_PERSIST_PUT_STREAMS: {
+        const uint8_t *q = p + CN_PERSIST_PUT_HEADER + kl + rl;
+        size_t el;
+        if (rest < 4)
+            return CN_ECORRUPT;
+        el = cn__get_le32(q);
+        if (rest - 4 < el || (el && el < 2) || rest - 4 - el < 2)
+            return CN_ECORRUPT;
+        out->key = (const char *)p + CN_PERSIST_PUT_HEADER;
+        out->keylen = kl;
+        out->rec = p + CN_PERSIST_PUT_HEADER + kl;
+        out->reclen = rl;
+        out->events = el ? q + 4 : NULL;
+        out->events_len = el;
+        out->appends = q + 4 + el;
+        out->appends_len = rest - 4 - el;
+        return 0;
+    }
     default:
         return CN_ECORRUPT;
     }

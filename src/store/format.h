@@ -33,17 +33,32 @@
  *                    type, room, payload (JSON text)
  * ---- Stored event (LMDB "events", key be64(seq)) ----
  *   8 bytes of creation time (ms since the epoch) followed by one event's encoding as in
- *   the list (without the count).
+ *   the list (without the count). Bit 15 of the stored type length marks a merged event
+ *   (a stream event published to a room): its payload is a JSON object whose members
+ *   join the client frame's top level instead of sitting under "payload".
+ *
+ * ---- Stream appends (a request's cn_stream_append calls, inside ring payloads) ----
+ *   0  2  count
+ *   then per append: 1 stream id length, 1 type length, 1 room count, 1 zero,
+ *                    8 expected version (signed: CN_STREAM_ANY, ... or N >= 0),
+ *                    4 data length, stream id, type, data (JSON text),
+ *                    then per room: 1 room length, room
+ * ---- Stream event (LMDB "log", key be64(position)) ----
+ *   0  8  created, ms since the epoch     8  8  version in its stream
+ *   16 1  stream id length   17 1 type length   18 2 zero   20 4 data length
+ *   24 .. stream id, type, data
  *
  * ---- Ring payload: a record a worker hands over to the persister ----
  *   0   1  version (1)
  *   1   1  kind: CN_PERSIST_PUT (a stored response), CN_PERSIST_PUT_EVENTS (a stored
  *          response and the events its handler emitted), CN_PERSIST_EVENTS (events of an
- *          ordinary route; key and record lengths are 0)
+ *          ordinary route; key and record lengths are 0), CN_PERSIST_PUT_STREAMS (a
+ *          stored response, its events and its stream appends)
  *   2   2  store key length
  *   4   4  encoded record length
  *   8   .. store key, encoded record, then (kinds with events) the encoded event list
- *          up to the end
+ *          up to the end; CN_PERSIST_PUT_STREAMS: 4 bytes of event list length (0: no
+ *          events), the event list, then the encoded appends up to the end
  *
  * ---- WAL DATA frame payload: a 24-byte header followed by that ring payload ----
  *   0   8  epoch of the server start     8  8  the record's seq in its worker's ring
@@ -106,6 +121,7 @@ typedef struct cn_event_view {
     const char *payload;
     size_t payload_len;
     uint64_t created_ms; /* stored events only */
+    int merged;          /* stored events only: a published stream event */
 } cn_event_view_t;
 
 /* Bytes the encoded list takes (2 for an empty list). */
@@ -130,11 +146,67 @@ size_t cn__event_stored_size(const cn_event_view_t *ev);
 /* Writes the stored form of ev into out (cn__event_stored_size bytes). */
 void cn__event_stored_encode(const cn_event_view_t *ev, uint8_t *out);
 
+/* ---- stream appends ---- */
+
+/* The list a request buffers (stream/stream.h defines it; encoding only reads it). */
+typedef struct cn_append cn_append_t;
+
+#define CN_APPEND_HEADER 16
+#define CN_APPEND_ROOMS_MAX 4
+
+/* A decoded append: pointers into the encoded bytes (not NUL-terminated). */
+typedef struct cn_append_view {
+    const char *stream;
+    size_t stream_len;
+    const char *type;
+    size_t type_len;
+    int64_t expected;
+    const char *data;
+    size_t data_len;
+    const char *rooms[CN_APPEND_ROOMS_MAX];
+    size_t room_lens[CN_APPEND_ROOMS_MAX];
+    unsigned nrooms;
+} cn_append_view_t;
+
+/* Bytes the encoded list takes (2 for an empty list). */
+size_t cn__appends_encoded_size(const cn_append_t *list);
+
+/* Encodes list into out (cap bytes). Returns 0 and *written, or CN_ETOOBIG. */
+int cn__appends_encode(const cn_append_t *list, uint8_t *out, size_t cap, size_t *written);
+
+/* Reads the count of an encoded list and points *cursor at its first append. Returns the
+ * count, or -1 when the bytes are not a list. */
+long cn__appends_begin(const uint8_t *p, size_t len, const uint8_t **cursor);
+
+/* Decodes the append at *cursor (end bounds it) and advances. Checks every length, that
+ * the stream id and rooms are printable ASCII, the type [A-Za-z0-9._-] and the expected
+ * version valid. Returns 0 or CN_ECORRUPT. */
+int cn__appends_next(const uint8_t **cursor, const uint8_t *end, cn_append_view_t *a);
+
+/* A stream event as stored in the global log. */
+typedef struct cn_log_view {
+    uint64_t created_ms, version;
+    const char *stream;
+    size_t stream_len;
+    const char *type;
+    size_t type_len;
+    const char *data;
+    size_t data_len;
+} cn_log_view_t;
+
+#define CN_LOG_HEADER 24
+
+size_t cn__log_entry_size(const cn_log_view_t *e);
+void cn__log_entry_encode(const cn_log_view_t *e, uint8_t *out);
+/* Returns 0 or CN_ECORRUPT. */
+int cn__log_entry_decode(const uint8_t *p, size_t len, cn_log_view_t *e);
+
 /* ---- ring payload ---- */
 
 #define CN_PERSIST_PUT 1
 #define CN_PERSIST_EVENTS 2
 #define CN_PERSIST_PUT_EVENTS 3
+#define CN_PERSIST_PUT_STREAMS 4
 #define CN_PERSIST_PUT_HEADER 8
 
 /* Bytes cn__persist_put_encode writes. */
@@ -149,11 +221,21 @@ int cn__persist_put_encode(uint8_t *out, size_t cap, const char *key, size_t key
 int cn__persist_put_decode(const uint8_t *p, size_t len, const char **key, size_t *keylen,
                            const uint8_t **rec, size_t *reclen);
 
-/* Any kind: rec NULL for events only; events NULL (or an empty list) for none. */
+/* Any kind but CN_PERSIST_PUT_STREAMS: rec NULL for events only; events NULL (or an
+ * empty list) for none. */
 size_t cn__persist_record_size(size_t keylen, const cn_record_t *rec, size_t events_len);
 int cn__persist_record_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
                               const cn_record_t *rec, const uint8_t *events, size_t events_len,
                               size_t *written);
+
+/* CN_PERSIST_PUT_STREAMS: a stored response (rec, required), its events (NULL or an
+ * empty list for none) and its stream appends (an encoded list of at least one). */
+size_t cn__persist_streams_size(size_t keylen, const cn_record_t *rec, size_t events_len,
+                                size_t appends_len);
+int cn__persist_streams_encode(uint8_t *out, size_t cap, const char *key, size_t keylen,
+                               const cn_record_t *rec, const uint8_t *events,
+                               size_t events_len, const uint8_t *appends, size_t appends_len,
+                               size_t *written);
 
 typedef struct cn_persist_record {
     int kind;
@@ -163,6 +245,8 @@ typedef struct cn_persist_record {
     size_t reclen;
     const uint8_t *events; /* NULL when none */
     size_t events_len;
+    const uint8_t *appends; /* NULL when none */
+    size_t appends_len;
 } cn_persist_record_t;
 
 /* Splits any kind. Returns 0 (pointers into p) or CN_ECORRUPT. */

@@ -100,6 +100,8 @@ fill_item(cn_store_raw_put_t *it, const cn_wal_payload_t *h)
     it->len = r.reclen;
     it->events = r.events;
     it->events_len = r.events_len;
+    it->appends = r.appends;
+    it->appends_len = r.appends_len;
 }
 
 /* ---- recovery ---- */
@@ -135,7 +137,8 @@ recovery_flush(recovery_t *r)
     if ((rc = cn__store_apply(p->store, p->items, r->n, &r->meta)))
         return rc;
     for (size_t i = 0; i < r->n; i++) {
-        if (p->items[i].status)
+        /* A conflict is a decision (the same one as before the crash), not damage. */
+        if (p->items[i].status && p->items[i].status != CN_ECONFLICT)
             cn_log_error("WAL record %zu of a recovery batch could not be stored: %s", i,
                          cn_strerror(p->items[i].status));
     }
@@ -670,7 +673,10 @@ cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_t *w
         if (rc || p->items[i].status) {
             cn__ring_fail_err(cn__shm_ring(p->shm, b->recs[i].worker), b->recs[i].seq,
                               rc ? rc : p->items[i].status);
-            atomic_fetch_add(&st->records_failed, 1);
+            if (!rc && p->items[i].status == CN_ECONFLICT)
+                atomic_fetch_add(&st->stream_conflicts, 1);
+            else
+                atomic_fetch_add(&st->records_failed, 1);
         }
     }
     if (b->dups)

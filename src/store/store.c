@@ -15,6 +15,7 @@
  * TLS slot); writers are serialized by LMDB itself, across processes too.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -25,6 +26,7 @@
 #include "cnerium/error.h"
 #include "realtime/event.h"
 #include "store/store.h"
+#include "stream/stream.h"
 #include "support/bytes.h"
 #include "support/clock.h"
 #include "support/log.h"
@@ -35,6 +37,9 @@ struct cn_store {
     MDB_dbi expiry;
     MDB_dbi meta;
     MDB_dbi events;
+    MDB_dbi log;
+    MDB_dbi streams;
+    MDB_dbi stream_index;
 };
 
 static const char meta_key[] = "cnerium:meta:wal";
@@ -101,7 +106,7 @@ cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t **o
         goto fail;
     }
     /* Readers: every request thread and waiter thread of every worker may read at once. */
-    if ((rc = mdb_env_set_maxdbs(s->env, 4)) || (rc = mdb_env_set_mapsize(s->env, map_size)) ||
+    if ((rc = mdb_env_set_maxdbs(s->env, 8)) || (rc = mdb_env_set_mapsize(s->env, map_size)) ||
         (rc = mdb_env_set_maxreaders(s->env, 4096)) ||
         (rc = mdb_env_open(s->env, dir,
                            MDB_NOTLS | (flags & CN_STORE_NOSYNC ? MDB_NOSYNC : 0), 0644))) {
@@ -113,6 +118,9 @@ cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t **o
         (rc = mdb_dbi_open(txn, "expiry", MDB_CREATE, &s->expiry)) ||
         (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &s->meta)) ||
         (rc = mdb_dbi_open(txn, "events", MDB_CREATE, &s->events)) ||
+        (rc = mdb_dbi_open(txn, "log", MDB_CREATE, &s->log)) ||
+        (rc = mdb_dbi_open(txn, "streams", MDB_CREATE, &s->streams)) ||
+        (rc = mdb_dbi_open(txn, "stream_index", MDB_CREATE, &s->stream_index)) ||
         (rc = mdb_txn_commit(txn))) {
         txn = NULL; /* aborted or committed either way by now, see below */
         rc = lmdb_error(rc, "open databases");
@@ -345,6 +353,7 @@ put_events(cn_store_t *s, MDB_txn *txn, const uint8_t *list, size_t len, uint64_
 
         cn__events_next(&cur, end, &ev);
         ev.created_ms = now;
+        ev.merged = 0;
         cn__put_be64(kb, ++next);
         v = (MDB_val){cn__event_stored_size(&ev), NULL};
         if ((rc = mdb_put(txn, s->events, &k, &v, MDB_RESERVE | MDB_APPEND)))
@@ -371,10 +380,348 @@ put_meta(cn_store_t *s, MDB_txn *txn, const cn_store_meta_t *meta)
     return 0;
 }
 
+/* ---- event streams ---- */
+
+#define STREAM_VALUE_LEN 16 /* le64 version, le64 position of the last event */
+
+static int
+log_head_txn(cn_store_t *s, MDB_txn *txn, uint64_t *pos)
+{
+    MDB_cursor *cur;
+    MDB_val k, v;
+    int rc;
+
+    *pos = 0;
+    if ((rc = mdb_cursor_open(txn, s->log, &cur)))
+        return lmdb_error(rc, "cursor log");
+    rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    mdb_cursor_close(cur);
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return lmdb_error(rc, "last log");
+    if (k.mv_size != 8)
+        return CN_ECORRUPT;
+    *pos = cn__get_be64(k.mv_data);
+    return 0;
+}
+
+static int
+stream_version_txn(cn_store_t *s, MDB_txn *txn, const char *stream, size_t len,
+                   uint64_t *version)
+{
+    MDB_val k = {len, (void *)stream}, v;
+    int rc = mdb_get(txn, s->streams, &k, &v);
+
+    *version = 0;
+    if (rc == MDB_NOTFOUND)
+        return 0;
+    if (rc)
+        return lmdb_error(rc, "get stream");
+    if (v.mv_size != STREAM_VALUE_LEN)
+        return CN_ECORRUPT;
+    *version = cn__get_le64(v.mv_data);
+    return 0;
+}
+
+/* A stream touched earlier in the same list, with the version it will have. */
+typedef struct touched {
+    const char *stream;
+    size_t len;
+    uint64_t version;
+} touched_t;
+
+static touched_t *
+touched_find(touched_t *t, size_t n, const char *stream, size_t len)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (t[i].len == len && !memcmp(t[i].stream, stream, len))
+            return &t[i];
+    }
+    return NULL;
+}
+
+/* Decodes a whole list of appends and checks every expected version against the store
+ * as txn sees it, and against the earlier appends of the same list. Returns 0,
+ * CN_ECONFLICT, CN_ECORRUPT or a storage error. Writes nothing. */
+static int
+check_appends(cn_store_t *s, MDB_txn *txn, const uint8_t *list, size_t len)
+{
+    touched_t t[CN_STREAM_APPENDS_MAX];
+    const uint8_t *cur, *end = list + len;
+    long count = cn__appends_begin(list, len, &cur);
+    size_t nt = 0;
+    int rc;
+
+    if (count < 1 || count > CN_STREAM_APPENDS_MAX)
+        return CN_ECORRUPT;
+    for (long i = 0; i < count; i++) {
+        cn_append_view_t a;
+        touched_t *tt;
+        uint64_t v;
+
+        if (cn__appends_next(&cur, end, &a))
+            return CN_ECORRUPT;
+        if ((tt = touched_find(t, nt, a.stream, a.stream_len))) {
+            v = tt->version;
+        } else {
+            if ((rc = stream_version_txn(s, txn, a.stream, a.stream_len, &v)))
+                return rc;
+            tt = &t[nt++];
+            *tt = (touched_t){a.stream, a.stream_len, v};
+        }
+        if (!cn__stream_expected_holds(a.expected, v))
+            return CN_ECONFLICT;
+        tt->version = v + 1;
+    }
+    return cur == end ? 0 : CN_ECORRUPT;
+}
+
+/* Writes a string as JSON (the caller reserved 2 + 2 * n bytes: printable ASCII only
+ * needs escaping of '"' and '\\'). Returns the new position. */
+static uint8_t *
+put_ascii_json(uint8_t *o, const char *s, size_t n)
+{
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            *o++ = '\\';
+        *o++ = (uint8_t)s[i];
+    }
+    *o++ = '"';
+    return o;
+}
+
+/* Stores the realtime event of a published append in room (seq after *seq):
+ * {"action":{"<type>":<data>},"stream":"<id>","version":V,"position":P} merged into the
+ * client frame's top level (store/format.h). */
+static int
+publish_append(cn_store_t *s, MDB_txn *txn, const cn_append_view_t *a, unsigned room,
+               uint64_t version, uint64_t position, uint64_t now, uint64_t *seq)
+{
+    size_t cap = 96 + 2 * a->type_len + a->data_len + 2 * a->stream_len;
+    uint8_t stack[2048], *buf = cap <= sizeof(stack) ? stack : malloc(cap), *o, kb[8];
+    cn_event_view_t ev = {0};
+    MDB_val k = {8, kb}, v;
+    int rc, n;
+
+    if (!buf)
+        return -ENOMEM;
+    o = buf;
+    memcpy(o, "{\"action\":{", 11);
+    o = put_ascii_json(o + 11, a->type, a->type_len);
+    *o++ = ':';
+    memcpy(o, a->data, a->data_len);
+    o += a->data_len;
+    memcpy(o, "},\"stream\":", 11);
+    o = put_ascii_json(o + 11, a->stream, a->stream_len);
+    n = snprintf((char *)o, 64, ",\"version\":%llu,\"position\":%llu}",
+                 (unsigned long long)version, (unsigned long long)position);
+    o += n;
+    ev = (cn_event_view_t){.type = "event", .type_len = 5, .room = a->rooms[room],
+                           .room_len = a->room_lens[room], .payload = (const char *)buf,
+                           .payload_len = (size_t)(o - buf), .created_ms = now, .merged = 1};
+    cn__put_be64(kb, ++*seq);
+    v = (MDB_val){cn__event_stored_size(&ev), NULL};
+    if ((rc = mdb_put(txn, s->events, &k, &v, MDB_RESERVE | MDB_APPEND)))
+        rc = lmdb_error(rc, "put event");
+    else
+        cn__event_stored_encode(&ev, v.mv_data);
+    if (buf != stack)
+        free(buf);
+    return rc;
+}
+
+/* Writes a list check_appends accepted: each append becomes the next version of its
+ * stream and the next position of the log (after *pos), and its published copies the
+ * next events (after *seq). */
+static int
+put_appends(cn_store_t *s, MDB_txn *txn, const uint8_t *list, size_t len, uint64_t now,
+            uint64_t *pos, uint64_t *seq)
+{
+    const uint8_t *cur, *end = list + len;
+    long count = cn__appends_begin(list, len, &cur);
+    int rc;
+
+    for (long i = 0; i < count; i++) {
+        uint8_t kb[8], ib[CN_STREAM_ID_MAX + 1 + 8], sv[STREAM_VALUE_LEN], pb[8];
+        cn_append_view_t a;
+        cn_log_view_t e;
+        uint64_t version;
+        MDB_val k, v;
+
+        cn__appends_next(&cur, end, &a); /* decoded once by check_appends */
+        if ((rc = stream_version_txn(s, txn, a.stream, a.stream_len, &version)))
+            return rc;
+        version++;
+        ++*pos;
+        e = (cn_log_view_t){now, version, a.stream, a.stream_len, a.type, a.type_len,
+                            a.data, a.data_len};
+        cn__put_be64(kb, *pos);
+        k = (MDB_val){8, kb};
+        v = (MDB_val){cn__log_entry_size(&e), NULL};
+        if ((rc = mdb_put(txn, s->log, &k, &v, MDB_RESERVE | MDB_APPEND)))
+            return lmdb_error(rc, "put log");
+        cn__log_entry_encode(&e, v.mv_data);
+        memcpy(ib, a.stream, a.stream_len);
+        ib[a.stream_len] = 0;
+        cn__put_be64(ib + a.stream_len + 1, version);
+        cn__put_le64(pb, *pos);
+        k = (MDB_val){a.stream_len + 9, ib};
+        v = (MDB_val){8, pb};
+        if ((rc = mdb_put(txn, s->stream_index, &k, &v, 0)))
+            return lmdb_error(rc, "put stream index");
+        cn__put_le64(sv, version);
+        cn__put_le64(sv + 8, *pos);
+        k = (MDB_val){a.stream_len, (void *)a.stream};
+        v = (MDB_val){STREAM_VALUE_LEN, sv};
+        if ((rc = mdb_put(txn, s->streams, &k, &v, 0)))
+            return lmdb_error(rc, "put stream");
+        for (unsigned r = 0; r < a.nrooms; r++) {
+            if ((rc = publish_append(s, txn, &a, r, version, *pos, now, seq)))
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int
+cn__store_stream_version(cn_store_t *s, const char *stream, size_t len, uint64_t *version)
+{
+    MDB_txn *txn;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "begin read");
+    rc = stream_version_txn(s, txn, stream, len, version);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+int
+cn__store_log_head(cn_store_t *s, uint64_t *position)
+{
+    MDB_txn *txn;
+    int rc;
+
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "begin read");
+    rc = log_head_txn(s, txn, position);
+    mdb_txn_abort(txn);
+    return rc;
+}
+
+/* Reads the log entry at position inside txn and hands it to cb. Returns 0, 1 when cb
+ * stopped, or an error. */
+static int
+log_entry_cb(cn_store_t *s, MDB_txn *txn, uint64_t position, cn_log_read_cb cb, void *arg)
+{
+    uint8_t kb[8];
+    MDB_val k = {8, kb}, v;
+    cn_log_view_t e;
+    int rc;
+
+    cn__put_be64(kb, position);
+    if ((rc = mdb_get(txn, s->log, &k, &v)))
+        return rc == MDB_NOTFOUND ? CN_ECORRUPT : lmdb_error(rc, "get log");
+    if (cn__log_entry_decode(v.mv_data, v.mv_size, &e))
+        return CN_ECORRUPT;
+    return cb(position, &e, arg) ? 1 : 0;
+}
+
+int
+cn__store_stream_read(cn_store_t *s, const char *stream, size_t len, uint64_t from,
+                      int backward, size_t max, cn_log_read_cb cb, void *arg)
+{
+    uint8_t kb[CN_STREAM_ID_MAX + 1 + 8];
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k, v;
+    size_t count = 0;
+    int lrc, rc = 0;
+
+    if (len == 0 || len > CN_STREAM_ID_MAX)
+        return -EINVAL;
+    memcpy(kb, stream, len);
+    kb[len] = 0;
+    cn__put_be64(kb + len + 1, from);
+    if ((lrc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(lrc, "begin read");
+    if ((lrc = mdb_cursor_open(txn, s->stream_index, &cur))) {
+        mdb_txn_abort(txn);
+        return lmdb_error(lrc, "cursor");
+    }
+    k = (MDB_val){len + 9, kb};
+    lrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    if (backward) {
+        /* SET_RANGE lands on the first key >= from: step back unless it is from itself. */
+        if (lrc == MDB_NOTFOUND)
+            lrc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+        else if (lrc == 0 && !(k.mv_size == len + 9 && !memcmp(k.mv_data, kb, len + 9)))
+            lrc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+    }
+    while (lrc == 0 && count < max) {
+        if (k.mv_size != len + 9 || memcmp(k.mv_data, kb, len + 1))
+            break; /* another stream */
+        if (v.mv_size != 8) {
+            rc = CN_ECORRUPT;
+            break;
+        }
+        if ((rc = log_entry_cb(s, txn, cn__get_le64(v.mv_data), cb, arg)))
+            break;
+        count++;
+        lrc = mdb_cursor_get(cur, &k, &v, backward ? MDB_PREV : MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    if (rc == 1)
+        return 0; /* the callback stopped */
+    if (rc)
+        return rc;
+    return lrc && lrc != MDB_NOTFOUND ? lmdb_error(lrc, "read stream") : 0;
+}
+
+int
+cn__store_log_read(cn_store_t *s, uint64_t from, size_t max, cn_log_read_cb cb, void *arg)
+{
+    uint8_t kb[8];
+    MDB_val k = {8, kb}, v;
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    size_t count = 0;
+    int lrc, rc = 0;
+
+    cn__put_be64(kb, from);
+    if ((lrc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(lrc, "begin read");
+    if ((lrc = mdb_cursor_open(txn, s->log, &cur))) {
+        mdb_txn_abort(txn);
+        return lmdb_error(lrc, "cursor");
+    }
+    lrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    while (lrc == 0 && count < max) {
+        cn_log_view_t e;
+        if (k.mv_size != 8 || cn__log_entry_decode(v.mv_data, v.mv_size, &e)) {
+            rc = CN_ECORRUPT;
+            break;
+        }
+        if (cb(cn__get_be64(k.mv_data), &e, arg))
+            break;
+        count++;
+        lrc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    if (rc)
+        return rc;
+    return lrc && lrc != MDB_NOTFOUND ? lmdb_error(lrc, "read log") : 0;
+}
+
 int
 cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, cn_store_meta_t *meta)
 {
-    uint64_t now = cn__clock_wall_ms(), seq = meta->event_seq;
+    uint64_t now = cn__clock_wall_ms(), seq = meta->event_seq, pos = 0;
+    int have_pos = 0;
     MDB_txn *txn;
     int rc;
 
@@ -392,6 +739,19 @@ cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, cn_store_met
             if ((it->status = cn__record_decode(it->bytes, it->len, &rec)))
                 continue;
         }
+        /* Expected versions first: a record that conflicts writes nothing at all. */
+        if (it->appends) {
+            if (!have_pos && (rc = log_head_txn(s, txn, &pos)))
+                goto abort;
+            have_pos = 1;
+            if ((it->status = check_appends(s, txn, it->appends, it->appends_len))) {
+                if (it->status != CN_ECORRUPT && it->status != CN_ECONFLICT) {
+                    rc = it->status;
+                    goto abort;
+                }
+                continue;
+            }
+        }
         if (it->events && (it->status = put_events(s, txn, it->events, it->events_len, now,
                                                    &seq))) {
             if (it->status != CN_ECORRUPT) {
@@ -400,6 +760,9 @@ cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, cn_store_met
             }
             continue;
         }
+        if (it->appends &&
+            (rc = put_appends(s, txn, it->appends, it->appends_len, now, &pos, &seq)))
+            goto abort;
         if (it->key && (rc = put_one(s, txn, it->key, it->keylen, &rec, it->bytes, it->len)))
             goto abort;
     }
@@ -554,14 +917,24 @@ cn__store_put(cn_store_t *s, const cn_store_put_t *items, size_t n)
             rc = CN_ETOOBIG;
             goto abort;
         }
+        if (it->appends && (rc = check_appends(s, txn, it->appends, it->appends_len)))
+            goto abort;
         if ((rc = put_one(s, txn, it->key, it->keylen, it->rec, NULL, 0)))
             goto abort;
-        if (it->events) {
+        if (it->events || it->appends) {
             cn_store_meta_t meta;
-            if ((rc = meta_read(s, txn, &meta)) ||
-                (rc = put_events(s, txn, it->events, it->events_len, cn__clock_wall_ms(),
-                                 &meta.event_seq)) ||
-                (rc = put_meta(s, txn, &meta)))
+            uint64_t pos;
+            if ((rc = meta_read(s, txn, &meta)))
+                goto abort;
+            if (it->events && (rc = put_events(s, txn, it->events, it->events_len,
+                                               cn__clock_wall_ms(), &meta.event_seq)))
+                goto abort;
+            if (it->appends &&
+                ((rc = log_head_txn(s, txn, &pos)) ||
+                 (rc = put_appends(s, txn, it->appends, it->appends_len, cn__clock_wall_ms(),
+                                   &pos, &meta.event_seq))))
+                goto abort;
+            if ((rc = put_meta(s, txn, &meta)))
                 goto abort;
         }
     }

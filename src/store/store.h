@@ -7,6 +7,9 @@
  *   database "expiry":    be64(expires_ms) || store key -> (empty), for the sweep
  *   database "events":    be64(seq) -> stored event (store/format.h), seq gapless from 1
  *   database "meta":      the applied WAL position, record seqs, the last event seq
+ *   database "log":       be64(position) -> stream event (store/format.h), gapless from 1
+ *   database "streams":   stream id -> le64 version, le64 position of its last event
+ *   database "stream_index": stream id || 0x00 || be64(version) -> le64 position
  * Store keys have the seed's shape: "cnerium:response:<op>:<key>", or with a principal
  * scope "cnerium:response:<op>#<principal-hash>:<key>" ('#' cannot occur in an
  * operation name, so the two shapes never collide).
@@ -21,6 +24,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "store/format.h"
 #include "store/record.h"
 
 typedef struct cn_store cn_store_t;
@@ -38,6 +42,8 @@ typedef struct cn_store_put {
     const cn_record_t *rec;
     const uint8_t *events;
     size_t events_len;
+    const uint8_t *appends; /* an encoded list of stream appends; NULL for none */
+    size_t appends_len;
 } cn_store_put_t;
 
 /* Opens (creating if needed) the store in directory dir, mapping at most map_size bytes.
@@ -74,13 +80,21 @@ typedef struct cn_store_raw_put {
     size_t len;
     const uint8_t *events;
     size_t events_len;
-    int status; /* out: 0 written, or why it was skipped (CN_ECORRUPT, CN_ETOOBIG) */
+    const uint8_t *appends; /* encoded stream appends; NULL for none */
+    size_t appends_len;
+    int status; /* out: 0 written, or why it was skipped (CN_ECORRUPT, CN_ETOOBIG,
+                 * CN_ECONFLICT) */
 } cn_store_raw_put_t;
 
-/* Writes n encoded records, their events and meta in one transaction. Events are
- * numbered from meta->event_seq + 1 in order, and meta->event_seq is advanced (also in
- * the store). A record that does not decode or whose key is too long is skipped with its
- * events (its status says why); the others are written. Returns 0, or a negative error
+/* Writes n encoded records, their events, their stream appends and meta in one
+ * transaction. Events are numbered from meta->event_seq + 1 in order, and
+ * meta->event_seq is advanced (also in the store); stream events get the next global
+ * positions and stream versions. A record whose appends' expected versions do not hold
+ * against everything before it (earlier records of the same call included) is skipped
+ * whole with status CN_ECONFLICT; one that does not decode or whose key is too long is
+ * skipped with its events (its status says why); the others are written. The outcome
+ * depends only on the store's state and the items, so applying the same items again
+ * to the same state (WAL recovery) decides the same way. Returns 0, or a negative error
  * when the transaction failed (nothing written, meta unchanged). */
 int cn__store_apply(cn_store_t *store, cn_store_raw_put_t *items, size_t n,
                     cn_store_meta_t *meta);
@@ -111,6 +125,29 @@ int cn__store_events_prune(cn_store_t *store, uint64_t keep, uint64_t min_create
  * whenever the store (with its events) is new. Seqs only mean something within one
  * epoch. Returns 0 and *epoch, or a negative error. */
 int cn__store_events_epoch(cn_store_t *store, uint64_t *epoch);
+
+/* ---- event streams ---- */
+
+/* A stream's current version (0: absent) in *version. */
+int cn__store_stream_version(cn_store_t *store, const char *stream, size_t len,
+                             uint64_t *version);
+
+/* Called per stream event read; the views are valid during the call only. Non-zero
+ * stops the read. */
+typedef int (*cn_log_read_cb)(uint64_t position, const cn_log_view_t *ev, void *arg);
+
+/* Calls cb for up to max events of stream from version `from` (included), forward or
+ * backward, in one read transaction. Returns 0 or an error (CN_ECORRUPT for an index
+ * that points at a missing or unreadable event). */
+int cn__store_stream_read(cn_store_t *store, const char *stream, size_t len, uint64_t from,
+                          int backward, size_t max, cn_log_read_cb cb, void *arg);
+
+/* Calls cb for up to max events of the global log from position `from` (included). */
+int cn__store_log_read(cn_store_t *store, uint64_t from, size_t max, cn_log_read_cb cb,
+                       void *arg);
+
+/* The last position of the global log (0: empty). */
+int cn__store_log_head(cn_store_t *store, uint64_t *position);
 
 /* Closes the store. Accepts NULL. */
 void cn__store_close(cn_store_t *store);

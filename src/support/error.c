@@ -35,6 +35,8 @@ cn_strerror(int err)
         return "in-flight claim lost";
     case CN_EMAPFULL:
         return "the store's map is full (LMDB MDB_MAP_FULL)";
+    case CN_ECONFLICT:
+        return "a stream's expected version did not hold";
     default:
         break;
     }
