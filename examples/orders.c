@@ -809,6 +809,70 @@ new_order_id(char out[ORDER_ID_LEN + 1])
     return 0;
 }
 
+/* --stream-event-max, read before the workers fork. */
+static size_t event_max = 65536;
+
+/* Well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
+static int
+utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+
+    while (i < n) {
+        unsigned c = s[i], need, cp;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        if (c >= 0xc2 && c <= 0xdf)
+            need = 1, cp = c & 0x1f;
+        else if (c >= 0xe0 && c <= 0xef)
+            need = 2, cp = c & 0x0f;
+        else if (c >= 0xf0 && c <= 0xf4)
+            need = 3, cp = c & 0x07;
+        else
+            return 0;
+        if (i + need >= n)
+            return 0;
+        for (unsigned k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xc0) != 0x80)
+                return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((need == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
+            (need == 3 && (cp < 0x10000 || cp > 0x10ffff)))
+            return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+/* Whether data can be appended as it is: within --stream-event-max once serialized, and
+ * UTF-8 (a body not declared as JSON reaches the handler unchecked). The append would
+ * refuse it otherwise and the layer would answer 500; the client's input deserves a 400
+ * saying why. Returns 0, or -1 with the message in err. */
+static int
+event_data_ok(const cJSON *data, char *err, size_t errlen)
+{
+    size_t len;
+    char *text = cn_json_print(data, &len);
+    int rc = 0;
+
+    if (!text)
+        return fail(err, errlen, "Out of memory") - 1;
+    if (len > event_max) {
+        snprintf(err, errlen, "The event for this request would be %zu bytes, more than the "
+                 "limit of %zu", len, event_max);
+        rc = -1;
+    } else if (!utf8_valid((const unsigned char *)text, len)) {
+        snprintf(err, errlen, "Request strings must be valid UTF-8");
+        rc = -1;
+    }
+    free(text);
+    return rc;
+}
+
 static int
 append_order_event(cn_request_t *req, const char *order_id, int64_t expected,
                    const char *type, cJSON *data)
@@ -851,6 +915,10 @@ place_order(cn_request_t *req, void *ctx)
                           "total_cents", json_int(total), NULL);
     if (!data)
         return cn_problem(500, "Out of memory");
+    if ((rc = event_data_ok(data, err, sizeof(err)))) {
+        cJSON_Delete(data);
+        return rc == -2 ? cn_problem(500, err) : cn_bad_request(err);
+    }
     if ((rc = append_order_event(req, order_id, CN_STREAM_NO_STREAM, "OrderPlaced", data)))
         return cn_problem(500, "The OrderPlaced event could not be appended");
 
@@ -965,6 +1033,10 @@ transition(cn_request_t *req, int to, const char *type, const char *member,
                           member, cJSON_CreateString(value), NULL);
     if (!data)
         return cn_problem(500, "Out of memory");
+    if ((rc = event_data_ok(data, detail, sizeof(detail)))) {
+        cJSON_Delete(data);
+        return rc == -2 ? cn_problem(500, detail) : cn_bad_request(detail);
+    }
     if (append_order_event(req, order_id, expected, type, data))
         return cn_problem(500, "The order event could not be appended");
 
@@ -1160,6 +1232,7 @@ main(int argc, char **argv)
     cn_config_set_data_dir(&cfg, "data/orders");
     cn_config_enable_realtime(&cfg, "/ws", "127.0.0.1", 9090);
     cn_config_from_args(&cfg, argc, argv);
+    event_max = cfg.stream_event_max;
 
     app = cn_app_new(&cfg);
     if (!app || cn_get(app, "/health", health, NULL) ||
