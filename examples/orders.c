@@ -812,46 +812,10 @@ new_order_id(char out[ORDER_ID_LEN + 1])
 /* --stream-event-max, read before the workers fork. */
 static size_t event_max = 65536;
 
-/* Well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
-static int
-utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-
-    while (i < n) {
-        unsigned c = s[i], need, cp;
-
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        if (c >= 0xc2 && c <= 0xdf)
-            need = 1, cp = c & 0x1f;
-        else if (c >= 0xe0 && c <= 0xef)
-            need = 2, cp = c & 0x0f;
-        else if (c >= 0xf0 && c <= 0xf4)
-            need = 3, cp = c & 0x07;
-        else
-            return 0;
-        if (i + need >= n)
-            return 0;
-        for (unsigned k = 1; k <= need; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
-            cp = (cp << 6) | (s[i + k] & 0x3f);
-        }
-        if ((need == 2 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) ||
-            (need == 3 && (cp < 0x10000 || cp > 0x10ffff)))
-            return 0;
-        i += need + 1;
-    }
-    return 1;
-}
-
-/* Whether data can be appended as it is: within --stream-event-max once serialized, and
- * UTF-8 (a body not declared as JSON reaches the handler unchecked). The append would
+/* Whether data fits in one event once serialized (--stream-event-max). The append would
  * refuse it otherwise and the layer would answer 500; the client's input deserves a 400
- * saying why. Returns 0, or -1 with the message in err. */
+ * saying why. (Strings are UTF-8 already: cn_request_json refuses a body that is not.)
+ * Returns 0, -1 with the message in err, or -2 when out of memory. */
 static int
 event_data_ok(const cJSON *data, char *err, size_t errlen)
 {
@@ -864,9 +828,6 @@ event_data_ok(const cJSON *data, char *err, size_t errlen)
     if (len > event_max) {
         snprintf(err, errlen, "The event for this request would be %zu bytes, more than the "
                  "limit of %zu", len, event_max);
-        rc = -1;
-    } else if (!utf8_valid((const unsigned char *)text, len)) {
-        snprintf(err, errlen, "Request strings must be valid UTF-8");
         rc = -1;
     }
     free(text);

@@ -284,6 +284,17 @@ class OrdersApiTest(OrdersCase):
         for customer in ("cust-v", "c", ""):
             self.assertEqual(self.list(self.srv, "?customer_id=" + customer)["orders"], [])
 
+    def test_invalid_utf8_is_a_400(self):
+        # Not declared as JSON, so the layer does not refuse it up front; the body is
+        # still no JSON object to the service (events must be UTF-8).
+        raw = (b'{"customer_id":"caf\xc3","items":[{"product_id":"p","name":"n",'
+               b'"quantity":1,"unit_price_cents":1}]}')
+        key = fresh("utf8")
+        first = self.srv.post(API, raw, key=key, headers={"Content-Type": "text/plain"})
+        self.assertBadRequest(first, "Request body must be a JSON object")
+        self.assertReplayOf(first, self.srv.post(API, raw, key=key,
+                                                 headers={"Content-Type": "text/plain"}))
+
     def test_cancel_then_ship(self):
         oid = self.place(self.srv)[1]["order_id"]
         resp = self.command(self.srv, oid, "cancel", {"reason": "changed my mind"})
@@ -464,6 +475,19 @@ class OrdersApiTest(OrdersCase):
                   "?after=nope", "?after=ord_" + "f" * 32):
             with self.subTest(q):
                 self.assertOrderProblem(self.srv.get(API + q), 400)
+
+
+class EventLimitTest(OrdersCase):
+    def test_order_over_stream_event_max_is_a_400(self):
+        srv = self.start("--stream-event-max", "1024")
+        items = [{"product_id": "p%d" % i, "name": "n" * 100, "quantity": 1,
+                  "unit_price_cents": 1} for i in range(10)]
+        resp = srv.post(API, order_body("cust-big", items), key=fresh(), headers=JSON)
+        doc = self.assertBadRequest(resp, resp[2] and parse_json(resp[2]).get("error"))
+        self.assertRegex(doc["error"], r"^The event for this request would be \d+ bytes, "
+                                       r"more than the limit of 1024$")
+        self.assertEqual(self.list(srv, "?customer_id=cust-big")["orders"], [])
+        self.place(srv, "cust-small", items[:2])
 
 
 class ConcurrencyTest(OrdersCase):
