@@ -15,7 +15,8 @@
  * every commit before, in commit order. When one does not hold, nothing of the request
  * is stored, its key is free again, and the client gets 409
  * urn:cnerium:problem:wrong-expected-version with the stream's current version (or the
- * status set with cn_stream_conflict_status). A request with an expectation other than
+ * status set with cn_stream_conflict_status), unless the handler asked to run again on
+ * fresh state (cn_stream_retry_on_conflict). A request with an expectation other than
  * CN_STREAM_ANY always waits for that decision, also with --durability async.
  *
  * Reads (versions, stream pages, the global log) work in any handler, durable or not,
@@ -65,6 +66,18 @@ int cn_stream_append_publish(cn_request_t *req, const char *stream_id, int64_t e
 /* The status (400..499) answered when an expected version does not hold: 409 unless
  * set (e.g. 412 for an If-Match precondition). Returns 0 or -EINVAL. */
 int cn_stream_conflict_status(cn_request_t *req, int status);
+
+/* Asks that, when an expected version of this run's appends does not hold, the request
+ * start over (key, claim, handler) on fresh state instead of answering the conflict, at
+ * most max_reruns more times in all (0..CN_STREAM_RERUNS_MAX; 0: answer the conflict).
+ * Nothing of a refused run is kept; the handler must read what it checks again. A run
+ * that is not the last sees the count in cn_stream_reruns. Returns 0, or -EINVAL outside
+ * a durable handler or past the bound. */
+#define CN_STREAM_RERUNS_MAX 16
+int cn_stream_retry_on_conflict(cn_request_t *req, unsigned max_reruns);
+
+/* How many times this request has started over after a conflict (0 on its first run). */
+unsigned cn_stream_reruns(const cn_request_t *req);
 
 /* One committed event. Strings are NUL-terminated and owned by the page or the fold
  * call that returned them. */

@@ -71,6 +71,8 @@ struct cn_request {
     size_t nappends;
     int appends_conditional;   /* an append expects something: wait for the decision */
     int conflict_status;       /* answered on CN_ECONFLICT; 0: 409 */
+    unsigned reruns_allowed;   /* cn_stream_retry_on_conflict of this run */
+    unsigned reruns;           /* runs so far after a conflict */
     struct cn_store *store;    /* for reads; NULL when the request has none */
     uint32_t stream_event_max;
 

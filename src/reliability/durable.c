@@ -143,7 +143,36 @@ typedef struct commit_wait {
     uint8_t *appends;     /* a copy of the encoded list; NULL when none is conditional */
     size_t appends_len;
     int conflict_status;
+    /* set when the handler asked to run again on a conflict and has runs left */
+    cn_request_t *rerun_req;
+    const cn_route_t *rerun_route;
 } commit_wait_t;
+
+static int start_waiter(cn_durable_t *d, const cn_route_t *route, cn_request_t *req);
+
+/* The handler asked to run again on fresh state when an expectation fails
+ * (cn_stream_retry_on_conflict) and has runs left: the request starts over from the
+ * key on a waiter thread, with nothing of the refused run kept, once the claim is
+ * released (a duplicate that takes the key meanwhile is waited for and replayed, as for
+ * any request). The connection is still suspended, so req is alive. Returns 0 when the
+ * rerun started. */
+static int
+rerun(commit_wait_t *w)
+{
+    cn_request_t *req = w->rerun_req;
+
+    cn__appends_free(req->appends);
+    req->appends = NULL;
+    req->appends_tail = &req->appends;
+    req->nappends = 0;
+    req->appends_conditional = 0;
+    req->conflict_status = 0;
+    req->reruns_allowed = 0;
+    req->events_failed = 0;
+    req->inflight_deadline = 0;
+    req->reruns++;
+    return start_waiter(w->d, w->rerun_route, req);
+}
 
 static void
 wait_free(commit_wait_t *w)
@@ -316,6 +345,11 @@ commit_done(int status, int final, void *arg)
                      cn_strerror(status));
     if (cn__inflight_release(w->d->inflight, &w->claim) == CN_ELOST && !status)
         cn_log_warn("%s: claim lost after its record was stored", w->operation);
+    if (!w->delivered && status == CN_ECONFLICT && w->rerun_req && rerun(w) == 0) {
+        cn_response_free(&w->res);
+        wait_free(w);
+        return;
+    }
     if (!w->delivered) {
         if (status == CN_ECONFLICT && w->appends) {
             cn_response_free(&w->res);
@@ -399,6 +433,10 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
         w->appends_len = item.appends_len;
         w->conflict_status = req->conflict_status;
         appends = NULL;
+        if (req->reruns < req->reruns_allowed && req->http_handle) {
+            w->rerun_req = req;
+            w->rerun_route = route;
+        }
     }
     w->d = d;
     memcpy(w->skey, skey, skeylen);

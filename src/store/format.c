@@ -162,8 +162,10 @@ cn__events_next(const uint8_t **cursor, const uint8_t *end, cn_event_view_t *ev)
     rl = cn__get_le16(p + 2);
     pl = cn__get_le32(p + 4);
     p += 8;
-    if (tl == 0 || (size_t)(end - p) < tl + rl + pl)
+    /* A type needs at most 15 bits: bit 15 of a stored event's length is a flag. */
+    if (tl == 0 || tl > 0x7fff || (size_t)(end - p) < tl + rl + pl)
         return CN_ECORRUPT;
+    ev->merged = 0;
     ev->type = (const char *)p;
     ev->type_len = tl;
     ev->room = rl ? (const char *)p + tl : NULL;
@@ -532,7 +534,8 @@ cn__persist_record_decode(const uint8_t *p, size_t len, cn_persist_record_t *out
         if (rest < 4)
             return CN_ECORRUPT;
         el = cn__get_le32(q);
-        if (rest - 4 < el || (el && el < 2) || rest - 4 - el < 2)
+        /* 0: no events; an empty list (2 bytes) is never written, so never read. */
+        if (rest - 4 < el || (el && el <= 2) || rest - 4 - el < 2)
             return CN_ECORRUPT;
         out->key = (const char *)p + CN_PERSIST_PUT_HEADER;
         out->keylen = kl;

@@ -184,6 +184,21 @@ cn_stream_conflict_status(cn_request_t *req, int status)
 }
 
 int
+cn_stream_retry_on_conflict(cn_request_t *req, unsigned max_reruns)
+{
+    if (!req || !req->is_durable || max_reruns > CN_STREAM_RERUNS_MAX)
+        return -EINVAL;
+    req->reruns_allowed = max_reruns;
+    return 0;
+}
+
+unsigned
+cn_stream_reruns(const cn_request_t *req)
+{
+    return req ? req->reruns : 0;
+}
+
+int
 cn_stream_version(cn_request_t *req, const char *stream_id, uint64_t *version)
 {
     if (!req || !stream_id || !version || !cn__stream_id_valid(stream_id, strlen(stream_id)))

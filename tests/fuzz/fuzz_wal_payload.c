@@ -1,13 +1,14 @@
 /*
  * fuzz_wal_payload - what the persister decodes from a WAL DATA frame (store/format.c):
- * the 24-byte WAL header, the ring payload behind it (key, record, event list), the
- * record and the event list, in the order recovery and apply do.
+ * the 24-byte WAL header, the ring payload behind it (key, record, event list, stream
+ * appends), the record, the event list and the appends, in the order recovery and apply
+ * do.
  *
  * Input: byte 0 is a mode, the rest a frame payload. With mode bit 0 set the embedded
  * record's CRC is recomputed first, so the fuzzer reaches the record's fields.
  * Properties: decoders fail only with CN_ECORRUPT; every part lies inside the input;
  * the header re-encodes to the input's; a ring payload whose parts decode re-encodes to
- * the same bytes; an event list either decodes whole or not at all.
+ * the same bytes; an event list or an appends list either decodes whole or not at all.
  */
 #include <string.h>
 
@@ -38,6 +39,29 @@ list_whole(const uint8_t *p, size_t len)
     for (long i = 0; i < count; i++) {
         if (cn__events_next(&cur, end, &ev))
             return 0;
+    }
+    return cur == end;
+}
+
+/* 1 when the encoded appends are whole: count appends, each inside, then nothing. */
+static int
+appends_whole(const uint8_t *p, size_t len)
+{
+    const uint8_t *cur, *end = p + len;
+    cn_append_view_t a;
+    long count = cn__appends_begin(p, len, &cur);
+
+    if (count < 0)
+        return 0;
+    for (long i = 0; i < count; i++) {
+        if (cn__appends_next(&cur, end, &a))
+            return 0;
+        FUZZ_CHECK(inside(a.stream, a.stream_len, p, len) && a.stream_len >= 1);
+        FUZZ_CHECK(inside(a.type, a.type_len, p, len) && a.type_len >= 1);
+        FUZZ_CHECK(inside(a.data, a.data_len, p, len));
+        FUZZ_CHECK(a.nrooms <= CN_APPEND_ROOMS_MAX);
+        for (unsigned r = 0; r < a.nrooms; r++)
+            FUZZ_CHECK(inside(a.rooms[r], a.room_lens[r], p, len) && a.room_lens[r] >= 1);
     }
     return cur == end;
 }
@@ -85,20 +109,38 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         goto out;
     }
     FUZZ_CHECK(r.kind == CN_PERSIST_PUT || r.kind == CN_PERSIST_EVENTS ||
-               r.kind == CN_PERSIST_PUT_EVENTS);
+               r.kind == CN_PERSIST_PUT_EVENTS || r.kind == CN_PERSIST_PUT_STREAMS);
+    FUZZ_CHECK(inside(r.appends, r.appends_len, h.put, h.len));
+    FUZZ_CHECK((r.kind == CN_PERSIST_PUT_STREAMS) == (r.appends != NULL));
     FUZZ_CHECK(inside(r.key, r.keylen, h.put, h.len));
     FUZZ_CHECK(inside(r.rec, r.reclen, h.put, h.len));
     FUZZ_CHECK(inside(r.events, r.events_len, h.put, h.len));
     FUZZ_CHECK((r.kind == CN_PERSIST_EVENTS) == (r.key == NULL));
-    FUZZ_CHECK((r.kind == CN_PERSIST_PUT) == (r.events == NULL));
+    FUZZ_CHECK(r.kind == CN_PERSIST_PUT_STREAMS || (r.kind == CN_PERSIST_PUT) == (r.events == NULL));
 
     rec_ok = r.kind != CN_PERSIST_EVENTS && cn__record_decode(r.rec, r.reclen, &rec) == 0;
     if (r.events)
         (void)list_whole(r.events, r.events_len);
+    if (r.appends)
+        (void)appends_whole(r.appends, r.appends_len);
+
+    if (r.kind == CN_PERSIST_PUT_STREAMS && rec_ok) {
+        size_t need = cn__persist_streams_size(r.keylen, &rec, r.events_len, r.appends_len);
+        uint8_t *again = malloc(need);
+        size_t written = 0;
+        FUZZ_CHECK(again);
+        FUZZ_CHECK(need == h.len);
+        FUZZ_CHECK(cn__persist_streams_encode(again, need, r.key, r.keylen, &rec, r.events,
+                                              r.events_len, r.appends, r.appends_len,
+                                              &written) == 0);
+        FUZZ_CHECK(written == h.len && !memcmp(again, h.put, h.len));
+        free(again);
+    }
 
     /* Re-encode what decoded: the encoder picks the kind from what it is given, so only
      * payloads it would have produced come back identical. */
-    if ((r.kind == CN_PERSIST_EVENTS || rec_ok) && (r.kind == CN_PERSIST_PUT || r.events_len > 2)) {
+    if (r.kind != CN_PERSIST_PUT_STREAMS && (r.kind == CN_PERSIST_EVENTS || rec_ok) &&
+        (r.kind == CN_PERSIST_PUT || r.events_len > 2)) {
         size_t need = cn__persist_record_size(r.keylen, rec_ok ? &rec : NULL, r.events_len);
         uint8_t *again = malloc(need);
         size_t written = 0;

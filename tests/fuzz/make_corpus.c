@@ -13,6 +13,7 @@
 #include "realtime/event.h"
 #include "store/format.h"
 #include "store/wal.h"
+#include "stream/stream.h"
 #include "support/bytes.h"
 
 static const char *root;
@@ -221,6 +222,39 @@ event_seeds(void)
     }
 }
 
+/* An appends list: a conditional append published to two rooms, then an unconditional
+ * one. */
+static size_t
+appends_list(uint8_t *out, size_t cap)
+{
+    cn_append_t b = {.stream = "order-2", .type = "OrderShipped",
+                     .data = "{\"tracking_number\":\"T1\"}", .data_len = 24,
+                     .expected = CN_STREAM_ANY};
+    cn_append_t a = {.stream = "order-1", .type = "OrderPlaced",
+                     .data = "{\"total_cents\":2000}", .data_len = 20, .expected = 0,
+                     .rooms = {"orders", "order:1"}, .nrooms = 2, .next = &b};
+    size_t w = 0;
+
+    if (cn__appends_encode(&a, out, cap, &w))
+        exit(1);
+    return w;
+}
+
+static void
+stream_seeds(void)
+{
+    uint8_t buf[512];
+    size_t n = appends_list(buf, sizeof(buf));
+    cn_log_view_t e = {1700000000000ull, 3, "order-1", 7, "OrderPlaced", 11,
+                       "{\"total_cents\":2000}", 20};
+
+    seed_mode("stream", "appends", 0, buf, n);
+    buf[2 + 4 + 7] = 0x80; /* an expected version far below CN_STREAM_EXISTS */
+    seed_mode("stream", "bad-expected", 0, buf, n);
+    cn__log_entry_encode(&e, buf);
+    seed_mode("stream", "log-entry", 1, buf, cn__log_entry_size(&e));
+}
+
 static void
 wal_payload_seeds(void)
 {
@@ -235,6 +269,19 @@ wal_payload_seeds(void)
     size_t n = wal_payload(CN_PERSIST_PUT, 1, buf, sizeof(buf));
     buf[16] = 200; /* a worker past the limit */
     seed_mode("wal_payload", "bad-worker", 0, buf, n);
+    {
+        uint8_t events[512], appends[512];
+        size_t elen = event_list(1, events, sizeof(events));
+        size_t alen = appends_list(appends, sizeof(appends)), w = 0;
+        cn_record_t r = sample_record(1);
+        const char key[] = "orders.create:order-1";
+        if (cn__persist_streams_encode(buf + CN_PERSIST_WAL_HEADER,
+                                       sizeof(buf) - CN_PERSIST_WAL_HEADER, key,
+                                       sizeof(key) - 1, &r, events, elen, appends, alen, &w))
+            exit(1);
+        cn__format_wal_header_encode(buf, 0x1122334455667788ull, 11, 0, (uint32_t)w);
+        seed_mode("wal_payload", "put-streams", 1, buf, CN_PERSIST_WAL_HEADER + w);
+    }
 }
 
 /* Appends DATA frames of the three payload kinds at lsn (the segment starts at base) into
@@ -371,6 +418,7 @@ main(int argc, char **argv)
     event_seeds();
     wal_payload_seeds();
     wal_recovery_seeds();
+    stream_seeds();
     ws_message_seeds();
     http_seeds();
     return 0;

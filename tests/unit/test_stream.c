@@ -255,6 +255,12 @@ test_append_api_limits(void)
     CU_ASSERT_EQUAL(req.conflict_status, 412);
     CU_ASSERT_EQUAL(cn_stream_conflict_status(&req, 500), -EINVAL);
     CU_ASSERT_EQUAL(cn_stream_conflict_status(&req, 200), -EINVAL);
+    CU_ASSERT_EQUAL(cn_stream_retry_on_conflict(&req, CN_STREAM_RERUNS_MAX), 0);
+    CU_ASSERT_EQUAL(req.reruns_allowed, CN_STREAM_RERUNS_MAX);
+    CU_ASSERT_EQUAL(cn_stream_retry_on_conflict(&req, CN_STREAM_RERUNS_MAX + 1), -EINVAL);
+    CU_ASSERT_EQUAL(cn_stream_reruns(&req), 0);
+    req.is_durable = 0;
+    CU_ASSERT_EQUAL(cn_stream_retry_on_conflict(&req, 1), -EINVAL);
     cn__appends_free(req.appends);
 }
 
