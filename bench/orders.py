@@ -169,8 +169,8 @@ def wrk(srv, tmp, name, path, script, args=(), secs=SECS):
     with open(lua, "w") as f:
         f.write(script + DONE_LUA)
     before = run.tree_cpu(srv.proc.pid)
-    cmd = ["wrk", "-t2", "-c%d" % CONNS, "-d%ds" % max(1, round(secs)), "--timeout", "30s", "-s", lua,
-           srv.url + path]
+    cmd = ["wrk", "-t2", "-c%d" % CONNS, "-d%ds" % max(1, round(secs)), "--timeout", "30s",
+           "-s", lua, srv.url + path]
     if args:
         cmd += ["--"] + list(args)
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 120)

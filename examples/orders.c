@@ -66,6 +66,9 @@
 #define LIST_LIMIT_MAX 500
 #define EVENTS_LIMIT_DEFAULT 100
 #define EVENTS_LIMIT_MAX 1000
+/* Events per read when folding one order: an order has two at most, and a page's array
+ * is allocated for its whole size. */
+#define LOAD_PAGE 16
 
 enum order_status { ST_NONE = 0, ST_PLACED, ST_CANCELLED, ST_SHIPPED };
 
@@ -229,7 +232,7 @@ load_order(cn_request_t *req, const char *order_id, int want_data, order_state_t
         cn_stream_page_t page = {0};
         size_t i;
 
-        rc = cn_stream_read(req, sid, from, CN_STREAM_FORWARD, EVENTS_LIMIT_MAX, &page);
+        rc = cn_stream_read(req, sid, from, CN_STREAM_FORWARD, LOAD_PAGE, &page);
         if (rc)
             break;
         for (i = 0; i < page.count && !rc; i++)
@@ -246,6 +249,18 @@ load_order(cn_request_t *req, const char *order_id, int want_data, order_state_t
     return rc;
 }
 
+/* An integer member of stored event data (written by this service, so present and exact);
+ * 0 for anything else rather than converting a NaN. */
+static int64_t
+member_int(const cJSON *obj, const char *name)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(obj, name);
+
+    return cJSON_IsNumber(v) && v->valuedouble >= -JSON_INT_MAX && v->valuedouble <= JSON_INT_MAX
+               ? (int64_t)v->valuedouble
+               : 0;
+}
+
 /* The exact total of an OrderPlaced data's items (validated when the order was placed). */
 static int64_t
 items_total(const cJSON *items)
@@ -254,10 +269,7 @@ items_total(const cJSON *items)
     int64_t total = 0;
 
     cJSON_ArrayForEach(it, items) {
-        int64_t q = (int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "quantity"));
-        int64_t p = (int64_t)cJSON_GetNumberValue(
-            cJSON_GetObjectItemCaseSensitive(it, "unit_price_cents"));
-        int64_t line;
+        int64_t q = member_int(it, "quantity"), p = member_int(it, "unit_price_cents"), line;
 
         if (__builtin_mul_overflow(q, p, &line) || __builtin_add_overflow(total, line, &total))
             return -1;
@@ -276,12 +288,8 @@ items_json(const cJSON *items)
         cJSON *o = cn_json_object(
             "product_id", cJSON_CreateString(cn_json_string_or(it, "product_id", "")),
             "name", cJSON_CreateString(cn_json_string_or(it, "name", "")),
-            "quantity",
-            json_int((int64_t)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(it, "quantity"))),
-            "unit_price_cents",
-            json_int((int64_t)cJSON_GetNumberValue(
-                cJSON_GetObjectItemCaseSensitive(it, "unit_price_cents"))),
-            NULL);
+            "quantity", json_int(member_int(it, "quantity")),
+            "unit_price_cents", json_int(member_int(it, "unit_price_cents")), NULL);
         if (!out || !o) {
             cJSON_Delete(o);
             cJSON_Delete(out);

@@ -342,11 +342,13 @@ class OrdersApiTest(OrdersCase):
         self.assertEqual((got["status"], got["tracking_number"], got["version"]),
                          ("shipped", "TRACK123", 2))
         self.assertNotIn("reason", got)
-        doc = self.assertOrderProblem(self.command(self.srv, oid, "cancel"), 400, INVALID_TRANSITION)
+        doc = self.assertOrderProblem(self.command(self.srv, oid, "cancel"), 400,
+                                      INVALID_TRANSITION)
         self.assertEqual(doc["current_status"], "shipped")
         self.assertEqual(doc["error"], "Order cannot be cancelled: it is shipped")
-        doc = self.assertOrderProblem(self.command(self.srv, oid, "ship", {"tracking_number": "T2"}),
-                                 400, INVALID_TRANSITION)
+        doc = self.assertOrderProblem(
+            self.command(self.srv, oid, "ship", {"tracking_number": "T2"}), 400,
+            INVALID_TRANSITION)
         self.assertEqual(doc["current_status"], "shipped")
         self.assertEqual(self.events(self.srv, oid)["version"], 2)
 
