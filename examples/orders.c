@@ -1332,7 +1332,10 @@ main(int argc, char **argv)
         cn_durable_post(app, API "/{id}/ship", "orders.ship", ship_order, NULL) ||
         cn_get(app, API, list_orders, NULL) ||
         cn_get(app, API "/{id}", get_order, NULL) ||
-        cn_get(app, API "/{id}/events", get_events, NULL)) {
+        cn_get(app, API "/{id}/events", get_events, NULL) ||
+        cn_ws_command(app, "PlaceOrder", "POST", API) ||
+        cn_ws_command(app, "CancelOrder", "POST", API "/{order_id}/cancel") ||
+        cn_ws_command(app, "ShipOrder", "POST", API "/{order_id}/ship")) {
         fprintf(stderr, "orders: cannot set up routes\n");
         cn_app_free(app);
         return 1;

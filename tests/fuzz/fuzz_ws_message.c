@@ -10,7 +10,10 @@
  * with its id or null; an accepted one has a valid id, action name and key, its object
  * span is exactly the JSON object the message holds there, the job made of it has a
  * path with nothing but unreserved bytes and percent escapes in place of each field,
- * and a result frame with the input as the response body is valid UTF-8 JSON.
+ * and a result frame with the input as the response body is valid UTF-8 JSON. The input
+ * as an HTTP response head (the command client's decoder): incomplete, malformed, or a
+ * head within the input with a three-digit status and a Content-Length that is either
+ * absent or not negative.
  */
 #include <errno.h>
 #include <string.h>
@@ -129,6 +132,16 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     /* Any response body makes a valid result frame. */
     check_frame(cn__ws_result_frame("r", &answer, 0, &len), len, "result", "r");
+    {
+        cn_ws_answer_t head = {0, 0, NULL, 0};
+        long long content_length = -2;
+        long hl = cn__ws_http_head((const char *)data, size, &head, &content_length);
+
+        FUZZ_CHECK(hl == 0 || hl == -EPROTO || (hl > 0 && (size_t)hl <= size));
+        if (hl > 0)
+            FUZZ_CHECK(head.status >= 100 && head.status <= 999 && content_length >= -1 &&
+                       (head.replayed == 0 || head.replayed == 1));
+    }
 
     cn__ws_message_parse((const char *)data, size, &m);
     switch (m.kind) {

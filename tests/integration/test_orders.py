@@ -673,6 +673,45 @@ class WebSocketTest(OrdersCase):
         f3 = next_event(everyone)
         self.assertEqual((f3["stream"], f3["version"]), ("order-" + oid2, 1))
 
+    def test_commands(self):
+        """PlaceOrder / ShipOrder / CancelOrder over the WebSocket run the durable routes:
+        results reach the sender, the same key replays, the state machine still applies."""
+        srv = self.start()
+        c = self.subscribe(ws_port(srv), "orders")
+
+        def run(cid, key, action, obj):
+            c.send_json({"type": "command", "id": cid, "idempotency_key": key,
+                         "action": {action: obj}})
+            deadline = time.monotonic() + EVENT_TIMEOUT_S
+            while True:
+                msg = c.recv_json(max(0.01, deadline - time.monotonic()))
+                if msg.get("type") in ("result", "error") and msg.get("id") == cid:
+                    return msg
+
+        key = fresh("wsplace")
+        doc = {"customer_id": "cust-cmd", "items": [ITEM]}
+        placed = run("p1", key, "PlaceOrder", doc)
+        self.assertEqual((placed["type"], placed["status"], placed["replayed"]),
+                         ("result", 201, False), placed)
+        oid = placed["body"]["order_id"]
+        self.assertEqual(placed["body"]["version"], 1)
+        again = run("p2", key, "PlaceOrder", doc)
+        self.assertEqual((again["status"], again["replayed"], again["body"]),
+                         (201, True, placed["body"]))
+
+        shipped = run("s1", fresh("wsship"), "ShipOrder",
+                      {"order_id": oid, "tracking_number": "TRACK-CMD"})
+        self.assertEqual((shipped["status"], shipped["body"]["status"],
+                          shipped["body"]["version"]), (200, "shipped", 2), shipped)
+        refused = run("c1", fresh("wscancel"), "CancelOrder", {"order_id": oid})
+        self.assertEqual(refused["status"], 400, refused)
+        missing = run("c2", fresh("wscancel"), "CancelOrder", {})
+        self.assertEqual(missing["type"], "error", missing)
+
+        # Exactly two events in the stream: the replay and the refusal appended nothing.
+        events = self.events(srv, oid)["events"]
+        self.assertEqual([e["type"] for e in events], ["OrderPlaced", "OrderShipped"])
+
 
 class RestartTest(OrdersCase):
     def test_sigterm_restart_keeps_everything(self):
