@@ -556,7 +556,9 @@ frame_end(buf_t *b, size_t headroom, size_t *len)
 }
 
 /* A strict RFC 8259 check (cJSON is lenient: "01", "+1", raw control characters in
- * strings), so a body goes into a frame as it is only when any JSON parser takes it. */
+ * strings), so a body goes into a frame as it is only when any JSON parser takes it.
+ * Escapes must stand for Unicode scalar values: a lone surrogate ("\udc00", or "\ud800"
+ * not followed by a low one) is refused, as strict parsers (cJSON among them) do. */
 #define STRICT_DEPTH 256
 
 static size_t
@@ -571,6 +573,25 @@ static int
 is_digit(char c)
 {
     return c >= '0' && c <= '9';
+}
+
+/* The code unit of the 4 hex digits at s[i], or -1. */
+static long
+strict_hex4(const char *s, size_t n, size_t i)
+{
+    long v = 0;
+
+    if (n - i < 4 || i > n)
+        return -1;
+    for (size_t k = 0; k < 4; k++) {
+        char h = s[i + k];
+        int d = is_digit(h) ? h - '0'
+                : ((h | 0x20) >= 'a' && (h | 0x20) <= 'f') ? (h | 0x20) - 'a' + 10 : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
 }
 
 /* The end of the value at s[i], or NOWHERE. */
@@ -592,12 +613,18 @@ strict_value(const char *s, size_t n, size_t i, unsigned depth)
                 if (++i >= n)
                     return (size_t)-1;
                 if (s[i] == 'u') {
-                    for (int k = 1; k <= 4; k++) {
-                        char h = i + (size_t)k < n ? s[i + (size_t)k] : 0;
-                        if (!is_digit(h) && !((h | 0x20) >= 'a' && (h | 0x20) <= 'f'))
-                            return (size_t)-1;
-                    }
+                    long u = strict_hex4(s, n, i + 1), lo;
+                    if (u < 0 || (u >= 0xdc00 && u <= 0xdfff))
+                        return (size_t)-1;
                     i += 4;
+                    if (u >= 0xd800 && u <= 0xdbff) {
+                        if (n - i < 3 || s[i + 1] != '\\' || s[i + 2] != 'u')
+                            return (size_t)-1;
+                        lo = strict_hex4(s, n, i + 3);
+                        if (lo < 0xdc00 || lo > 0xdfff)
+                            return (size_t)-1;
+                        i += 6;
+                    }
                 } else if (!strchr("\"\\/bfnrt", s[i]) || !s[i]) {
                     return (size_t)-1;
                 }

@@ -376,6 +376,7 @@ ws_message_seeds(void)
     SEED_STR("ws_message", "command-spaced",
              "\xEF\xBB\xBF {\"action\" : {\"A\" : {\"s\":\"}{\\\"\"} }, \"id\":\"a\\\"b\", "
              "\"type\":\"command\"}");
+    SEED_STR("ws_message", "lone-surrogate", "\"\\uddddddd0e\"");
     SEED_STR("ws_message", "response-head",
              "HTTP/1.1 201 Created\r\nContent-Type: application/json\r\n"
              "Content-Length: 12\r\nIdempotent-Replayed: true\r\n\r\n{\"ok\":true}\n");

@@ -353,10 +353,15 @@ test_frames(void)
      * frame for strict clients); anything else becomes a string. */
     {
         static const char *const raw[] = {"1e5", "-0.5E-3", "[]", "[1,{\"a\":[true,null]}]",
-                                          "\"\\u00e9\\n\\/\"", "{\"\":false}", "0"};
+                                          "\"\\u00e9\\n\\/\"", "{\"\":false}", "0",
+                                          "\"\\ud83d\\ude00\"", "\"\\uD800\\uDFFF\""};
         static const char *const text[] = {"01", "+1", "1.", ".5", "[1,]", "{\"a\":1,}",
                                            "\"a\tb\"", "\"\\x\"", "\"\\u12\"", "nul",
-                                           "{'a':1}", "[1] [2]", "\xef\xbb\xbf{}", "-"};
+                                           "{'a':1}", "[1] [2]", "\xef\xbb\xbf{}", "-",
+                                           /* lone surrogates */
+                                           "\"\\udddd\"", "\"\\ud800\"", "\"\\ud800x\"",
+                                           "\"\\ud800\\u0041\"", "\"\\ud800\\ud800\"",
+                                           "\"\\ud800\\u\"", "\"\\ud800\\"};
         for (size_t i = 0; i < sizeof(raw) / sizeof(raw[0]); i++) {
             char want[64];
             a = (cn_ws_answer_t){200, 0, (char *)raw[i], strlen(raw[i])};
