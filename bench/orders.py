@@ -5,7 +5,7 @@ connections against GET /health on the same server, and the read model's rebuild
     CMAKE_BUILD_TYPE=Release scripts/build.sh build-release -DCNERIUM_BUILD_TESTS=OFF
     python3 bench/orders.py [seconds]        (default 3; CNERIUM_BENCH_WORKERS, _THREADS)
 
-Load: wrk (Debian's package; installed by bench/run-wrk.sh) with Lua scripts written to a
+Load: wrk (Debian's package; installed by bench/run and bench/run-wrk.sh) with Lua scripts written to a
 temp dir, 2 threads, 64 connections, on the same cores as the server. Every create uses
 a fresh Idempotency-Key; every cancel and ship a fresh key and an order of its own (taken
 from the creates, so each one appends an event). Server CPU per request (all server

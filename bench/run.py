@@ -318,6 +318,17 @@ def main():
         shutil.rmtree(wal_dir, ignore_errors=True)
     out("")
 
+    # The order service (seed 004): commands that append to streams, and the read model.
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "orders.py"), "%g" % SECS],
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode:
+        out("## Order service (`bench/orders.py`)")
+        out("")
+        out("failed: " + (r.stderr.strip().splitlines() or ["exit %d" % r.returncode])[-1])
+    else:
+        out(r.stdout.strip())
+    out("")
+
     path = os.path.join(ROOT, "bench", "RESULTS.md")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
