@@ -718,9 +718,11 @@ reject(struct lws *wsi, int status, const char *reason, const char *extra,
                      "Content-Length: %d\r\nConnection: close\r\n%s\r\n%s",
                      status, reason, bl, extra ? extra : "", body);
 
+    /* Counted before the answer leaves: a client that reads the metric after its 401
+     * must find the refusal in it. */
+    atomic_fetch_add(&B->stats->client_errors, 1);
     if (n > 0 && (size_t)n < sizeof(buf))
         (void)send(lws_get_socket_fd(wsi), buf, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
-    atomic_fetch_add(&B->stats->client_errors, 1);
     cn_log_debug("websocket upgrade refused: %d %s", status, message);
     return -1;
 }
