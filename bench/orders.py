@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The order service (examples/orders.c) end to end: order create / cancel / ship at 64
-connections against GET /health on the same server, and the read model's rebuild rate.
+connections against GET /health on the same server, the latency of one append alone (one
+connection), and the read model's rebuild rate.
 
     CMAKE_BUILD_TYPE=Release scripts/build.sh build-release -DCNERIUM_BUILD_TESTS=OFF
     python3 bench/orders.py [seconds]        (default 3; CNERIUM_BENCH_WORKERS, _THREADS)
@@ -163,13 +164,13 @@ def get(url, timeout=60):
     return time.monotonic() - t0, json.loads(body)
 
 
-def wrk(srv, tmp, name, path, script, args=(), secs=SECS):
+def wrk(srv, tmp, name, path, script, args=(), secs=SECS, conns=CONNS):
     """One wrk run; its done() summary plus req/s and the server's CPU per request."""
     lua = os.path.join(tmp, name + ".lua")
     with open(lua, "w") as f:
         f.write(script + DONE_LUA)
     before = run.tree_cpu(srv.proc.pid)
-    cmd = ["wrk", "-t2", "-c%d" % CONNS, "-d%ds" % max(1, round(secs)), "--timeout", "30s",
+    cmd = ["wrk", "-t%d" % min(2, conns), "-c%d" % conns, "-d%ds" % max(1, round(secs)), "--timeout", "30s",
            "-s", lua, srv.url + path]
     if args:
         cmd += ["--"] + list(args)
@@ -217,6 +218,10 @@ def main():
         srv.start()
         rows["health"] = wrk(srv, tmp, "health", "/health",
                              'function request() return wrk.format("GET", "/health") end')
+        # One connection: the latency of one append committed alone (no group commit).
+        rows["create1"] = wrk(srv, tmp, "create1", API,
+                              "BODY = %s\n" % json.dumps(ORDER) + CREATE_LUA, ["one"],
+                              secs=CMD_SECS, conns=1)
         rows["create"] = wrk(srv, tmp, "create", API,
                              "BODY = %s\n" % json.dumps(ORDER) + CREATE_LUA, ["bench"])
 
@@ -250,7 +255,8 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
 
     cores, kernel, cpu, disk = run.machine()
-    print("## Order service (`cnerium_orders`), %d connections, sync durability" % CONNS)
+    print("## Order service (`cnerium_orders`), %d connections (one row: 1), sync durability"
+          % CONNS)
     print("")
     print("Written by `python3 bench/orders.py %g` on %s. Machine: %d cores (%s), Linux %s, "
           "data dir on %s; wrk (-t2) on the same cores. Server: `cnerium_orders --workers %s "
@@ -264,10 +270,11 @@ def main():
           "server CPU/req |")
     print("|---|---|---|---|---|---|---|---|---|")
     names = {"health": "GET /health", "create": "POST /api/v1/orders (OrderPlaced)",
+             "create1": "POST /api/v1/orders, 1 connection (one append per commit)",
              "cancel": "POST .../{id}/cancel (read stream, OrderCancelled)",
              "ship": "POST .../{id}/ship (read stream, OrderShipped)"}
     plain = rows["health"]["rps"]
-    for k in ("health", "create", "cancel", "ship"):
+    for k in ("health", "create1", "create", "cancel", "ship"):
         r = rows[k]
         print("| %s | %.0f | %.0f%% | %.2f ms | %.2f ms | %d | %d | %d | %.1f us |" % (
             names[k], r["rps"], 100.0 * r["rps"] / plain, r["p50"] / 1000.0,
