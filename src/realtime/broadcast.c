@@ -608,6 +608,7 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
     size_t pos = LWS_PRE;
     uint64_t committed = b->loaded;
     unsigned frames = 0;
+    int alone = 0; /* a frame was written on its own: no other write in this callback */
 
     if (token_expired(c))
         return -1;
@@ -642,6 +643,7 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
                 if (lws_write(wsi, c->out->data, c->out->len, LWS_WRITE_RAW) < 0)
                     return -1;
                 cmd_out_pop(c);
+                alone = 1;
             }
             break;
         }
@@ -649,7 +651,7 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
         pos += c->out->len;
         cmd_out_pop(c);
     }
-    for (int skipped = 0; c->next <= committed && skipped < SKIP_PER_CALLBACK;) {
+    for (int skipped = 0; !alone && c->next <= committed && skipped < SKIP_PER_CALLBACK;) {
         frame_t tmp = {0};
         int pruned;
         const frame_t *f = frame_get(b, c->next, &tmp, &pruned);
