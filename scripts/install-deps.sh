@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
     build-essential cmake pkg-config
     libmicrohttpd-dev liblmdb-dev libcjson-dev liburing-dev libwebsockets-dev
-    libcunit1-dev libssl-dev
+    libcunit1-dev libssl-dev libcurl4-openssl-dev
     clang libclang-rt-14-dev
     python3 curl
 )

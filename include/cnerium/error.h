@@ -23,6 +23,7 @@ enum {
     CN_ELOST,                     /* an in-flight claim was lost (lease expired, freed) */
     CN_EMAPFULL,                  /* the store's map size is reached (LMDB MDB_MAP_FULL) */
     CN_ECONFLICT,                 /* a stream's expected version did not hold */
+    CN_ESTATE,                    /* the object is not in a state that allows this */
     CN_ERR_LAST
 };
 

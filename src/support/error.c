@@ -37,6 +37,8 @@ cn_strerror(int err)
         return "the store's map is full (LMDB MDB_MAP_FULL)";
     case CN_ECONFLICT:
         return "a stream's expected version did not hold";
+    case CN_ESTATE:
+        return "not in a state that allows this";
     default:
         break;
     }
