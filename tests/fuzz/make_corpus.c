@@ -10,6 +10,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "outbox/op.h"
 #include "realtime/event.h"
 #include "store/format.h"
 #include "store/wal.h"
@@ -420,6 +421,133 @@ http_seeds(void)
     SEED_STR("http", "partial", "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n{");
 }
 
+/* An outbox state record in each status (fuzz_outbox_record: a mode byte, then the
+ * record; mode bit 0 fixes headers_len). */
+static void
+outbox_record_seeds(void)
+{
+    static const char *const names[] = {"pending", "inflight", "done", "failed"};
+    static const char headers[] = "Content-Type: application/json\nX-Tenant-Id: acme";
+    static const char error[] = "HTTP 503 Service Unavailable";
+    uint8_t buf[1024];
+    size_t n;
+
+    for (int st = 0; st < CN_OUTBOX_STATUS_COUNT; st++) {
+        cn__outbox_rec_t r = {.status = (uint8_t)st, .attempt = (uint32_t)st,
+                              .seq = 7 + (uint64_t)st, .created_at = 1700000000000,
+                              .updated_at = 1700000000000 + st, .next_attempt_at = 1700000001000,
+                              .kind = "orders.place", .kind_len = 12, .method = "POST",
+                              .method_len = 4, .url = "http://127.0.0.1:8080/orders",
+                              .url_len = 28, .headers = headers,
+                              .headers_len = sizeof(headers) - 1};
+        char name[32];
+
+        if (st == CN_OUTBOX_INFLIGHT) {
+            r.lease_until = 1700000060000;
+            r.lease_owner = 0x1122334455667788ull;
+        }
+        if (st == CN_OUTBOX_DONE) {
+            r.last_http_status = 201;
+            r.truncated = 1;
+        }
+        if (st == CN_OUTBOX_FAILED) {
+            r.last_http_status = 503;
+            r.error = error;
+            r.error_len = sizeof(error) - 1;
+        }
+        n = cn__outbox_rec_size(&r);
+        if (n > sizeof(buf))
+            exit(1);
+        cn__outbox_rec_encode(&r, buf);
+        snprintf(name, sizeof(name), "valid-%s", names[st]);
+        seed_mode("outbox_record", name, 0, buf, n);
+        if (st == CN_OUTBOX_PENDING) {
+            buf[0] = CN__OUTBOX_FORMAT + 1;
+            seed_mode("outbox_record", "version-2", 0, buf, n);
+            buf[0] = CN__OUTBOX_FORMAT;
+            buf[68] ^= 1; /* headers_len off by one; mode 1 fixes it */
+            seed_mode("outbox_record", "fixed-length", 1, buf, n);
+            seed_mode("outbox_record", "bad-length", 0, buf, n);
+            seed_mode("outbox_record", "short", 0, buf, 40);
+        }
+    }
+    {
+        /* Empty text fields everywhere. */
+        cn__outbox_rec_t r = {.status = CN_OUTBOX_PENDING, .seq = 1, .method = "DELETE",
+                              .method_len = 6, .url = "https://x/", .url_len = 10};
+
+        n = cn__outbox_rec_size(&r);
+        cn__outbox_rec_encode(&r, buf);
+        seed_mode("outbox_record", "minimal", 0, buf, n);
+    }
+}
+
+/* An answer for fuzz_outbox_answer (see its layout): flags, status, attempt, max_attempts,
+ * the jitter draw, now / 65536, base_delay, factor byte, max_delay, max_retry_after, then
+ * Retry-After '\n' Content-Type '\n' body. */
+static void
+outbox_answer(const char *name, uint8_t flags, int status, uint16_t attempt, uint8_t max,
+              const char *retry_after, const char *ctype, const char *body)
+{
+    uint8_t buf[1024];
+    size_t n = 0;
+    const uint64_t draw = 0x9e3779b97f4a7c15ull;
+    const uint32_t now = (uint32_t)(1700000000000ull / 65536);
+
+    buf[n++] = flags;
+    buf[n++] = (uint8_t)status;
+    buf[n++] = (uint8_t)((unsigned)status >> 8);
+    buf[n++] = (uint8_t)attempt;
+    buf[n++] = (uint8_t)(attempt >> 8);
+    buf[n++] = max;
+    for (int i = 0; i < 8; i++)
+        buf[n++] = (uint8_t)(draw >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        buf[n++] = (uint8_t)(now >> (8 * i));
+    buf[n++] = 500 & 0xff; /* base_delay_ms 500 */
+    buf[n++] = 500 >> 8;
+    buf[n++] = 16; /* factor 2 */
+    for (int i = 0; i < 4; i++)
+        buf[n++] = (uint8_t)(60000u >> (8 * i));
+    for (int i = 0; i < 4; i++)
+        buf[n++] = (uint8_t)(3600000u >> (8 * i));
+    n += (size_t)snprintf((char *)buf + n, sizeof(buf) - n, "%s\n%s\n%s", retry_after, ctype,
+                          body);
+    seed("outbox_answer", name, buf, n);
+}
+
+static void
+outbox_answer_seeds(void)
+{
+    static const char in_progress[] =
+        "{\"error\":\"still running\",\"type\":\"urn:cnerium:problem:request-in-progress\","
+        "\"title\":\"Conflict\",\"status\":409}";
+    static const char reused[] =
+        "{\"type\":\"urn:cnerium:problem:idempotency-key-reused\",\"status\":409}";
+
+    outbox_answer("created", 8, 201, 1, 8, "", "application/json", "{\"id\":\"ord_1\"}");
+    outbox_answer("redirect", 8, 303, 2, 8, "", "text/plain", "");
+    outbox_answer("bad-request", 8, 400, 1, 8, "", "application/problem+json",
+                  "{\"type\":\"about:blank\",\"status\":400}");
+    outbox_answer("key-reused", 8, 409, 1, 8, "", "application/problem+json", reused);
+    outbox_answer("in-progress", 4, 409, 1, 8, "2", "application/problem+json", in_progress);
+    outbox_answer("in-progress-charset", 4, 409, 3, 8, "",
+                  "application/problem+json; charset=utf-8", in_progress);
+    outbox_answer("unavailable-seconds", 4, 503, 1, 8, "120", "text/plain", "busy");
+    outbox_answer("too-many-date", 4, 429, 2, 8, "Tue, 14 Nov 2023 22:13:50 GMT", "", "");
+    outbox_answer("rfc850-date", 0, 503, 1, 8, "Tuesday, 14-Nov-23 22:13:50 GMT", "", "");
+    outbox_answer("asctime-date", 0, 503, 1, 8, "Tue Nov 14 22:13:50 2023", "", "");
+    outbox_answer("past-date", 0, 425, 1, 8, "Thu, 01 Jan 1970 00:00:00 GMT", "", "");
+    outbox_answer("huge-seconds", 4, 503, 1, 8, "99999999999999999999", "", "");
+    outbox_answer("garbage-retry-after", 4, 408, 4, 8, "soon", "", "");
+    outbox_answer("last-attempt", 4, 500, 8, 8, "1", "", "");
+    outbox_answer("refused", 1 | 2 | 4, 0, 1, 8, "",
+                  "Failed to connect to 127.0.0.1 port 9: Connection refused", "");
+    outbox_answer("timeout", 1 | 4 | 8, 0, 7, 8, "", "Operation timed out", "");
+    outbox_answer("negative-status", 64, -1, 1, 8, "", "", "");
+    outbox_answer("no-attempts", 0, 503, 1, 0, "", "", "");
+}
+
 int
 main(int argc, char **argv)
 {
@@ -442,5 +570,7 @@ main(int argc, char **argv)
     stream_seeds();
     ws_message_seeds();
     http_seeds();
+    outbox_record_seeds();
+    outbox_answer_seeds();
     return 0;
 }
