@@ -40,7 +40,8 @@ typedef struct {
     uint64_t probed_tick;  /* the tick in which the probe was last asked */
     int probe_ok;          /* its answer then */
     uint64_t scout_tick;   /* the tick in which a scout went out */
-    uint32_t streak;       /* connection failures in a row: the outage's backoff step */
+    uint32_t streak;       /* ticks in a row that failed to connect: the backoff step */
+    uint64_t failed_tick;  /* the last tick in which a connection to it failed */
     struct item *waiting;  /* this tick's operations held behind the scout */
 } origin_t;
 
@@ -448,11 +449,16 @@ on_done(void *ctx, cn__outbox_xfer_t *x)
          * this one included, waits for the end of that without spending an attempt. An
          * outage, however long, makes no operation Failed. */
         origin_t *o = it->origin;
-        if (o->streak < 64)
-            o->streak++;
+        if (o->failed_tick != ob->tick_no) {
+            o->failed_tick = ob->tick_no;
+            /* One step per outage seen, not per request that saw it: the requests
+             * already in flight to a server that just went down all fail together. */
+            if (o->streak < 64)
+                o->streak++;
+            o->offline_until = now + (int64_t)cn_outbox_backoff_ms(&ob->cfg.retry, o->streak,
+                                                                   next_random(ob));
+        }
         o->good = 0;
-        o->offline_until = now + (int64_t)cn_outbox_backoff_ms(&ob->cfg.retry, o->streak,
-                                                               next_random(ob));
         if (it->decision.verdict == CN__OUTBOX_RETRY)
             r->report->retried--;
         else
