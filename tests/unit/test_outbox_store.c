@@ -1460,6 +1460,38 @@ worker_ob(char *base, size_t cap, const char *tag, const cn_outbox_config_t *cfg
     return ob;
 }
 
+/* An origin that answered goes down: the requests in flight to it all fail to connect in
+ * the same tick. None is an attempt, and together they are one step of the origin's
+ * backoff (base), not one step each (base * factor^3). */
+static void
+test_tick_outage_step(void)
+{
+    char base[512], url[128], first[CN_OUTBOX_ID_SIZE], ids[4][CN_OUTBOX_ID_SIZE];
+    cn_outbox_config_t cfg = test_config();
+    cn_outbox_tick_t r;
+    cn_outbox_t *ob;
+    cn_outbox_spec_t s;
+
+    srv_start(&srv_a, -1);
+    ob = worker_ob(base, sizeof(base), "outage", &cfg);
+    url_of(url, sizeof(url), srv_a.port, "/orders");
+    s = spec_of("POST", url, "{}");
+    enqueue_ok(ob, &s, NOW, first);
+    CU_ASSERT_EQUAL(do_tick(ob, NOW, &r), 1);
+    CU_ASSERT_EQUAL(op_status(ob, first), CN_OUTBOX_DONE);
+    for (int i = 0; i < 4; i++)
+        enqueue_ok(ob, &s, NOW, ids[i]);
+    srv_stop(&srv_a); /* the port now refuses connections */
+    CU_ASSERT_EQUAL(do_tick(ob, NOW + 1, &r), 4);
+    CU_ASSERT_EQUAL(r.unreached, 4);
+    for (int i = 0; i < 4; i++) {
+        CU_ASSERT_EQUAL(op_status(ob, ids[i]), CN_OUTBOX_PENDING);
+        CU_ASSERT_EQUAL(op_attempt(ob, ids[i]), 0);
+    }
+    CU_ASSERT_EQUAL(cn_outbox_next_due(ob), NOW + 1 + 1000);
+    cn_outbox_close(ob);
+}
+
 static void
 test_tick_done(void)
 {
@@ -3043,6 +3075,7 @@ main(void)
         {"tick: batch_limit", test_tick_batch_limit},
         {"tick: a refused connection puts its origin offline", test_tick_offline},
         {"tick: the probe keeps an origin offline", test_tick_probe},
+        {"tick: a server going down mid-batch is one backoff step", test_tick_outage_step},
         {"tick: fifo_per_target", test_tick_fifo},
         {"tick: a blocked backlog does not starve other targets", test_tick_backlog_no_starvation},
         {"requeue only from Failed", test_requeue},
