@@ -964,6 +964,15 @@ cn__outbox_queue_claim(cn__outbox_queue_t *q, int64_t now_ms, size_t limit, int 
     }
     rc = claim_txn(q, now_ms, limit, fifo, owner, lease_until, ok, ctx, c, &got, later,
                    later_at, &nl);
+    while (rc == CN_EMAPFULL && grow(q) == 0) {
+        /* Rewriting records needs fresh pages too: grow and claim again from scratch. */
+        for (size_t i = 0; i < got; i++)
+            claim_clear(&c[i]);
+        memset(c, 0, limit * sizeof(*c));
+        got = nl = 0;
+        rc = claim_txn(q, now_ms, limit, fifo, owner, lease_until, ok, ctx, c, &got, later,
+                       later_at, &nl);
+    }
     free(later);
     free(later_at);
     if (deferred)

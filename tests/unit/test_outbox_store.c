@@ -1460,6 +1460,39 @@ worker_ob(char *base, size_t cap, const char *tag, const cn_outbox_config_t *cfg
     return ob;
 }
 
+/* A store opened with a 1 MiB map takes 4 MiB of payloads: the map doubles as needed
+ * (CN_EMAPFULL only past 64 GiB), in enqueue and in the claims that rewrite records. */
+static void
+test_map_grows(void)
+{
+    enum { N = 64 };
+    static char payload[64 * 1024];
+    char base[512], dir[600], ids[N][CN_OUTBOX_ID_SIZE];
+    cn_outbox_config_t cfg = test_config();
+    cn_outbox_spec_t s = spec_of("POST", "http://127.0.0.1:9/orders", NULL);
+    cn_outbox_t *ob;
+
+    memset(payload, 'p', sizeof(payload));
+    s.payload = payload;
+    s.payload_len = sizeof(payload);
+    cfg.map_size = 1u << 20;
+    test_dir(base, sizeof(base), "mapgrow");
+    ob_path(dir, sizeof(dir), base);
+    ob = open_ob(dir, &cfg);
+    for (int i = 0; i < N; i++)
+        enqueue_ok(ob, &s, NOW, ids[i]);
+    cn_outbox_close(ob);
+    ob = open_ob(dir, &cfg); /* a smaller map asked for than the file: LMDB keeps the file's */
+    CU_ASSERT_EQUAL(stats_of(ob).count[CN_OUTBOX_PENDING], N);
+    for (int i = 0; i < N; i += 9) {
+        cn_outbox_op_t *op = get_op(ob, ids[i]);
+        CU_ASSERT_EQUAL(op->payload_len, sizeof(payload));
+        CU_ASSERT_EQUAL(memcmp(op->payload, payload, sizeof(payload)), 0);
+        cn_outbox_op_free(op);
+    }
+    cn_outbox_close(ob);
+}
+
 /* An origin that answered goes down: the requests in flight to it all fail to connect in
  * the same tick. None is an attempt, and together they are one step of the origin's
  * backoff (base), not one step each (base * factor^3). */
@@ -3080,6 +3113,7 @@ main(void)
         {"tick: a blocked backlog does not starve other targets", test_tick_backlog_no_starvation},
         {"requeue only from Failed", test_requeue},
         {"compact removes Done past the retention only", test_compact},
+        {"a full map grows instead of refusing", test_map_grows},
         {"worker lock: EALREADY, EBUSY across processes", test_worker_lock},
         {"kill -9 during enqueue loses and duplicates nothing", test_kill_enqueue},
         {"kill -9 during enqueue_many: each batch whole or absent", test_kill_enqueue_many},
