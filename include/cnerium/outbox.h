@@ -18,8 +18,8 @@
  * capped at max_delay_ms, a uniform draw below that), or wait what Retry-After says.
  * An operation whose attempt count reaches max_attempts is Failed with its last error.
  * A server that cannot be reached at all is not the operation's failure: its origin
- * backs off as a whole (same policy, counted in failed connections) and its operations
- * wait without spending attempts, so being offline, however long, fails nothing.
+ * backs off as a whole (same policy, one step per tick that failed to reach it) and its
+ * operations wait without spending attempts: being offline, however long, fails nothing.
  * Failed operations stay until requeued; Done ones are compacted after a retention.
  *
  *   Pending -> Inflight -> Done
