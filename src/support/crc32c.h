@@ -10,4 +10,7 @@
 /* Extends crc (0 to start) over len bytes of data. crc32c("123456789") = 0xE3069283. */
 uint32_t cn__crc32c(uint32_t crc, const void *data, size_t len);
 
+/* The same with the portable table-driven code, whatever the CPU (for tests). */
+uint32_t cn__crc32c_table(uint32_t crc, const void *data, size_t len);
+
 #endif

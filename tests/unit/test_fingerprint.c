@@ -183,6 +183,30 @@ test_crc32c_vectors(void)
     CU_ASSERT_EQUAL(cn__crc32c(0, buf, sizeof(buf)), 0x46DD794Eu);
 }
 
+/* The instruction path (when the CPU has one) and the table agree on every length and
+ * alignment, and when extended piece by piece. */
+static void
+test_crc32c_paths_agree(void)
+{
+    static uint8_t buf[4096 + 16];
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+
+    for (size_t i = 0; i < sizeof(buf); i++) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf[i] = (uint8_t)x;
+    }
+    for (size_t off = 0; off < 16; off++)
+        for (size_t len = 0; len <= 300; len++)
+            CU_ASSERT_EQUAL(cn__crc32c(0x12345678u, buf + off, len),
+                            cn__crc32c_table(0x12345678u, buf + off, len));
+    CU_ASSERT_EQUAL(cn__crc32c(0, buf, 4096), cn__crc32c_table(0, buf, 4096));
+    CU_ASSERT_EQUAL(cn__crc32c(cn__crc32c(0, buf, 1000), buf + 1000, 3096),
+                    cn__crc32c_table(0, buf, 4096));
+    CU_ASSERT_EQUAL(cn__crc32c_table(0, "123456789", 9), 0xE3069283u);
+}
+
 static void
 test_crc32c_incremental(void)
 {
@@ -223,6 +247,7 @@ main(void)
         {"hex output", test_hex},
         {"crc32c vectors", test_crc32c_vectors},
         {"crc32c incremental equals one-shot", test_crc32c_incremental},
+        {"crc32c: the instruction and the table agree", test_crc32c_paths_agree},
         {NULL, NULL},
     };
 
