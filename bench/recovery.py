@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""WAL recovery rate: bench/wal_recover builds a log of fresh-key order records the way
+the server does, sets the applied store aside and times the persister's start, which
+replays the whole log into an empty LMDB store; it also times reading and checking the
+log alone. Prints a markdown section (bench/run appends it to bench/RESULTS.md).
+
+    CMAKE_BUILD_TYPE=Release scripts/build.sh build-release -DCNERIUM_BUILD_TESTS=OFF
+    python3 bench/recovery.py [records]     (default 200000; 3 runs, the median reported)
+
+Each run uses its own temp dir, removed at the end.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import run  # noqa: E402  (bench/run.py: machine(), BENCH)
+
+RECORDS = int(sys.argv[1]) if len(sys.argv) > 1 else 200000
+
+
+def one():
+    tmp = tempfile.mkdtemp(prefix="cnerium-bench-recovery-")
+    try:
+        r = subprocess.run([os.path.join(run.BENCH, "wal_recover"), os.path.join(tmp, "r"),
+                            str(RECORDS)], capture_output=True, text=True, timeout=600)
+        lines = [l for l in r.stdout.splitlines() if l.startswith("{")]
+        if r.returncode != 0 or not lines:
+            raise SystemExit("bench: wal_recover failed: %s %s" % (r.stdout, r.stderr))
+        return json.loads(lines[-1])
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main():
+    cores, kernel, cpu, disk = run.machine()
+    runs = sorted((one() for _ in range(3)), key=lambda x: x["records_per_s"])
+    mid = runs[1]
+    print("## WAL recovery (`bench/wal_recover`, `bench/recovery.py`)")
+    print("")
+    print("Written by `python3 bench/recovery.py %d` on %s. Machine: %d cores (%s), Linux %s, "
+          "data on %s; Release. A log of %d stored responses (fresh-key orders, %d-byte "
+          "bodies, %.1f MB of WAL) replayed into an empty store by the persister's start; "
+          "median of 3 runs." % (RECORDS, time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                 cores, cpu, kernel, disk, mid["records"], mid["body_bytes"],
+                                 mid["wal_bytes"] / 1e6))
+    print("")
+    print("| | records/s | seconds |")
+    print("|---|---|---|")
+    print("| recovery (read, check, apply to LMDB, commit) | %.0f | %.3f |"
+          % (mid["records_per_s"], mid["seconds"]))
+    print("| reading and checking the log alone (frames/s) | %.0f | |"
+          % mid["scan_only_frames_per_s"])
+    print("")
+
+
+if __name__ == "__main__":
+    main()
