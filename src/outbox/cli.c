@@ -1018,7 +1018,8 @@ cmd_run(args_t *a)
         if (stop_signal)
             break;
     }
-    if (!quiet)
+    /* The final counts, unless the last line printed already says them. */
+    if (!quiet && (last_print == 0 || memcmp(&cur, &shown_p, sizeof(cur)) != 0))
         print_progress(&cur);
 out:
     cn_outbox_close(ob);
