@@ -1281,7 +1281,12 @@ get_events(cn_request_t *req, void *ctx)
     }
     for (i = 0; i < page.count; i++) {
         const cn_stream_event_t *ev = &page.events[i];
-        char *data = strndup(ev->data, ev->data_len);
+        /* ev->data points into the store's pages, unterminated: copy exactly its bytes. */
+        char *data = malloc(ev->data_len + 1);
+        if (data) {
+            memcpy(data, ev->data, ev->data_len);
+            data[ev->data_len] = '\0';
+        }
         /* The data as stored, byte for byte: the layer validated it as JSON. */
         cJSON *e = cn_json_object("type", cJSON_CreateString(ev->type),
                                   "version", json_int((int64_t)ev->version),
