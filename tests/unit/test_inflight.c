@@ -143,50 +143,6 @@ join_within(pthread_t th, uint64_t timeout_ms)
     return -1;
 }
 
-/* Reaps child pid within timeout_ms (waiting on a pidfd where the kernel has them). Past
- * the bound the child is SIGKILLed and reaped, and -1 returned; 0 when it exited in time.
- * *status is the wait status either way. */
-static int
-reap_within(pid_t pid, uint64_t timeout_ms, int *status)
-{
-    uint64_t end = unit_now_ms() + timeout_ms;
-    int pfd = -1, rc = -1;
-
-#ifdef SYS_pidfd_open
-    pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-#endif
-    for (;;) {
-        pid_t r = waitpid(pid, status, WNOHANG);
-        uint64_t now;
-
-        if (r == pid) {
-            rc = 0;
-            goto out;
-        }
-        if (r < 0 && errno != EINTR)
-            goto out;
-        if ((now = unit_now_ms()) >= end)
-            break;
-        if (pfd >= 0) {
-            struct pollfd p = {pfd, POLLIN, 0};
-            uint64_t left = end - now;
-
-            (void)poll(&p, 1, (int)(left < 1000 ? left : 1000));
-        } else {
-            sleep_ms(1);
-        }
-    }
-    fprintf(stderr, "child %d did not exit within %llu ms: killing it\n", (int)pid,
-            (unsigned long long)timeout_ms);
-    kill(pid, SIGKILL);
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-        ;
-out:
-    if (pfd >= 0)
-        close(pfd);
-    return rc;
-}
-
 /* A thread that calls cn__inflight_acquire once. Everything it touches lives in static
  * storage (see the file comment). */
 typedef struct waiter {
@@ -748,7 +704,7 @@ test_multiprocess_hammer(void)
         uint64_t now = unit_now_ms();
         int status = 0;
 
-        CU_ASSERT_EQUAL(reap_within(pids[i], now < end ? end - now : 0, &status), 0);
+        CU_ASSERT_EQUAL(unit_reap_within(pids[i], now < end ? end - now : 0, &status), 0);
         CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         if (!WIFEXITED(status) || WEXITSTATUS(status))
             fprintf(stderr, "hammer child %u: wait status 0x%x, error %d\n", i, status,
@@ -865,7 +821,7 @@ test_owner_death(void)
     CU_ASSERT_EQUAL(blocked, 1);
 
     kill(pid, SIGKILL);
-    CU_ASSERT_EQUAL(reap_within(pid, 5000, &status), 0);
+    CU_ASSERT_EQUAL(unit_reap_within(pid, 5000, &status), 0);
     CU_ASSERT(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     /* Dead is not released: the waiter sleeps on until the supervisor frees the slot. */
     CU_ASSERT_EQUAL(atomic_load(&returned), 0);

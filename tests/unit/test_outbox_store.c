@@ -85,51 +85,6 @@ child_setup(pid_t parent)
     alarm(90);
 }
 
-/* Reaps pid within timeout_ms; past it the child is SIGKILLed and reaped and -1 returned.
- * *status is the wait status either way. */
-static int
-reap_within(pid_t pid, uint64_t timeout_ms, int *status)
-{
-    uint64_t end = unit_now_ms() + timeout_ms;
-    int pfd = -1, rc = -1;
-
-#ifdef SYS_pidfd_open
-    pfd = (int)syscall(SYS_pidfd_open, pid, 0);
-#endif
-    for (;;) {
-        pid_t r = waitpid(pid, status, WNOHANG);
-        uint64_t now;
-
-        if (r == pid) {
-            rc = 0;
-            goto out;
-        }
-        if (r < 0 && errno != EINTR)
-            goto out;
-        if ((now = unit_now_ms()) >= end)
-            break;
-        if (pfd >= 0) {
-            struct pollfd p = {pfd, POLLIN, 0};
-            uint64_t left = end - now;
-
-            (void)poll(&p, 1, (int)(left < 1000 ? left : 1000));
-        } else {
-            struct timespec ts = {0, 1000000};
-
-            nanosleep(&ts, NULL); /* no pidfd: poll the child's state, bounded */
-        }
-    }
-    fprintf(stderr, "child %d did not exit within %llu ms: killing it\n", (int)pid,
-            (unsigned long long)timeout_ms);
-    kill(pid, SIGKILL);
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-        ;
-out:
-    if (pfd >= 0)
-        close(pfd);
-    return rc;
-}
-
 /* SIGKILLs pid and reaps it; 1 when it died of that signal. */
 static int
 kill_and_reap(pid_t pid)
@@ -137,7 +92,7 @@ kill_and_reap(pid_t pid)
     int status = 0;
 
     kill(pid, SIGKILL);
-    if (reap_within(pid, REAP_BOUND_MS, &status))
+    if (unit_reap_within(pid, REAP_BOUND_MS, &status))
         return 0;
     return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
 }
@@ -2504,7 +2459,7 @@ test_worker_lock(void)
     CU_ASSERT_EQUAL(write_full(to_child[1], &go, 1), 0);
     CU_ASSERT_EQUAL(read_full(to_parent[0], &res, sizeof(res), IO_BOUND_MS * 3), 0);
     CU_ASSERT_EQUAL(res.again, 0);
-    CU_ASSERT_EQUAL(reap_within(pid, REAP_BOUND_MS, &status), 0);
+    CU_ASSERT_EQUAL(unit_reap_within(pid, REAP_BOUND_MS, &status), 0);
     CU_ASSERT(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     close(to_child[1]);
     close(to_parent[0]);
@@ -3015,7 +2970,7 @@ open_in_child(const char *dir)
         cn_outbox_close(ob);
         _exit(rc ? 11 : 12);
     }
-    if (reap_within(pid, REAP_BOUND_MS, &status) || !WIFEXITED(status)) {
+    if (unit_reap_within(pid, REAP_BOUND_MS, &status) || !WIFEXITED(status)) {
         if (WIFSIGNALED(status))
             fprintf(stderr, "  the child died of signal %d\n", WTERMSIG(status));
         return 'c';

@@ -181,41 +181,6 @@ push_seq(cn_ring_t *r, size_t len, uint64_t *seq)
     return cn__ring_push(r, kind_for(s), buf, len, seq);
 }
 
-static void
-sleep_ms(unsigned ms)
-{
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-
-    while (nanosleep(&ts, &ts) && errno == EINTR)
-        ;
-}
-
-/* Waits for pid within timeout_ms; kills it (by its PID) past that. Returns 0 when it
- * exited on its own, -1 when it had to be killed. */
-static int
-reap_within(pid_t pid, uint64_t timeout_ms, int *status)
-{
-    uint64_t end = unit_now_ms() + timeout_ms;
-
-    for (;;) {
-        pid_t w = waitpid(pid, status, WNOHANG);
-
-        if (w == pid)
-            return 0;
-        if (w < 0 && errno != EINTR)
-            break;
-        if (unit_now_ms() >= end)
-            break;
-        sleep_ms(2);
-    }
-    fprintf(stderr, "child %d did not exit within %llu ms: killing it\n", (int)pid,
-            (unsigned long long)timeout_ms);
-    kill(pid, SIGKILL);
-    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
-        ;
-    return -1;
-}
-
 /* ---- tests -------------------------------------------------------------------------- */
 
 static void
@@ -328,7 +293,7 @@ test_sequence_numbers(void)
         int ok = push_seq(r, 10, &s1) == 0 && push_seq(r, 0, &s2) == 0 && s1 == 6 && s2 == 7;
         _exit(ok ? 0 : 1);
     }
-    CU_ASSERT_EQUAL(reap_within(pid, CHILD_BOUND_MS, &status), 0);
+    CU_ASSERT_EQUAL(unit_reap_within(pid, CHILD_BOUND_MS, &status), 0);
     CU_ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     CU_ASSERT_EQUAL(atomic_load(&r->next_seq), 8);
     CU_ASSERT_EQUAL_FATAL(cn__ring_next(r, &cursor, &rec), 1);
@@ -995,7 +960,7 @@ test_two_processes(void)
     if (last_end)
         cn__ring_ack(r, last_end, expect - 1);
 
-    CU_ASSERT_EQUAL(reap_within(pid, CHILD_BOUND_MS, &status), 0);
+    CU_ASSERT_EQUAL(unit_reap_within(pid, CHILD_BOUND_MS, &status), 0);
     CU_ASSERT_TRUE(WIFEXITED(status));
     CU_ASSERT_EQUAL(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 0);
     CU_ASSERT_EQUAL(rc >= 0, 1);

@@ -10,10 +10,14 @@
 
 #include <errno.h>
 #include <ftw.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -95,6 +99,53 @@ unit_now_ms(void)
 
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Reaps child pid within timeout_ms (waiting on a pidfd where the kernel has them, else
+ * polling its state every millisecond). Past the bound the child is SIGKILLed and
+ * reaped, and -1 returned; 0 when it exited in time. *status is the wait status either
+ * way. */
+static inline int
+unit_reap_within(pid_t pid, uint64_t timeout_ms, int *status)
+{
+    uint64_t end = unit_now_ms() + timeout_ms;
+    int pfd = -1, rc = -1;
+
+#ifdef SYS_pidfd_open
+    pfd = (int)syscall(SYS_pidfd_open, pid, 0);
+#endif
+    for (;;) {
+        pid_t r = waitpid(pid, status, WNOHANG);
+        uint64_t now;
+
+        if (r == pid) {
+            rc = 0;
+            goto out;
+        }
+        if (r < 0 && errno != EINTR)
+            goto out;
+        if ((now = unit_now_ms()) >= end)
+            break;
+        if (pfd >= 0) {
+            struct pollfd p = {pfd, POLLIN, 0};
+            uint64_t left = end - now;
+
+            (void)poll(&p, 1, (int)(left < 1000 ? left : 1000));
+        } else {
+            struct timespec ts = {0, 1000000};
+
+            nanosleep(&ts, NULL);
+        }
+    }
+    fprintf(stderr, "child %d did not exit within %llu ms: killing it\n", (int)pid,
+            (unsigned long long)timeout_ms);
+    kill(pid, SIGKILL);
+    while (waitpid(pid, status, 0) < 0 && errno == EINTR)
+        ;
+out:
+    if (pfd >= 0)
+        close(pfd);
+    return rc;
 }
 
 #endif
