@@ -30,27 +30,23 @@ import os
 import re
 import resource
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-import run  # noqa: E402  (bench/run.py: machine(), tree_cpu())
+import run  # noqa: E402  (bench/run.py: Server, cnload(), machine(), tree_cpu())
 
 ROOT = os.path.dirname(HERE)
 REL = os.path.join(ROOT, "build-release")
 CLI = os.environ.get("CNERIUM_OUTBOX_BIN", os.path.join(REL, "cnerium-outbox"))
-EXAMPLE = os.environ.get("CNERIUM_EXAMPLE_BIN",
-                         os.path.join(REL, "examples", "cnerium_durable_orders_realtime"))
+EXAMPLE = run.EXAMPLE
 IN_PROCESS = os.environ.get("CNERIUM_OUTBOX_ENQUEUE_BIN",
                             os.path.join(REL, "bench", "outbox_enqueue"))
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
-WORKERS = os.environ.get("CNERIUM_BENCH_WORKERS", "2")
-THREADS = os.environ.get("CNERIUM_BENCH_THREADS", "2")
+WORKERS, THREADS = run.WORKERS, run.THREADS  # the server run.Server starts
 ORDER = '{"product_id":"p1","quantity":2}'
 DRAIN_OPS = 2000
 DRAIN_RUNS = (("defaults (`--batch 64 --parallel 16`)", ()),
@@ -58,50 +54,9 @@ DRAIN_RUNS = (("defaults (`--batch 64 --parallel 16`)", ()),
 EXECUTED = 'cnerium_durable_requests_total{operation="orders.create",outcome="executed"}'
 
 
-class Server:
-    """The seed-000 example on 127.0.0.1 with a free port and a temp data dir."""
-
-    def __init__(self, tmp):
-        self.log = open(os.path.join(tmp, "server.out"), "w+")
-        cmd = [EXAMPLE, "--host", "127.0.0.1", "--port", "0", "--workers", WORKERS,
-               "--threads", THREADS, "--data-dir", os.path.join(tmp, "data"),
-               "--log-level", "warn", "--realtime-host", "127.0.0.1", "--realtime-port", "0"]
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.DEVNULL,
-                                     start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            self.log.seek(0)
-            m = re.search(r"listening on http://[^:]+:(\d+)", self.log.read())
-            if m:
-                self.url = "http://127.0.0.1:%s" % m.group(1)
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("the example server did not start")
-
-    def executed(self):
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
-            for line in r.read().decode().splitlines():
-                name, _, value = line.rpartition(" ")
-                if name == EXECUTED:
-                    return int(float(value))
-        return 0
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self.proc.wait(10)
-        self.log.close()
+def executed(srv):
+    """The server's count of executed orders.create handlers (its /metrics)."""
+    return int(srv.metrics().get(EXECUTED, 0))
 
 
 def cli(outbox, *args, timeout=300):
@@ -171,7 +126,7 @@ def drain(tmp, srv, name, extra):
     Returns (seconds, executed delta, outbox CPU s, server CPU s)."""
     outbox = os.path.join(tmp, name)
     cli(outbox, *enqueue_args(srv.url + "/orders", DRAIN_OPS))
-    before = srv.executed()
+    before = executed(srv)
     srv_cpu = run.tree_cpu(srv.proc.pid)
     cpu = children_cpu()
     t0 = time.monotonic()
@@ -183,7 +138,7 @@ def drain(tmp, srv, name, extra):
     stats = cli(outbox, "stats")
     if not re.search(r"^done %d$" % DRAIN_OPS, stats, re.M):
         raise RuntimeError("after run --until-empty: %s" % stats.replace("\n", ", "))
-    return secs, srv.executed() - before, cpu, srv_cpu
+    return secs, executed(srv) - before, cpu, srv_cpu
 
 
 def measure():
@@ -198,7 +153,7 @@ def measure():
         start = startup_ms()
         enq = [(n, enqueue_rate(tmp, "enqueue-%d" % n, n)) for n in (1, 64, 1000)]
         inproc = in_process_rates(tmp)
-        srv = Server(tmp)
+        srv = run.Server([], realtime=True)  # bench/run.py's: free port, temp data dir
         drains = [(label, drain(tmp, srv, "drain-%d" % i, extra))
                   for i, (label, extra) in enumerate(DRAIN_RUNS)]
         # The same server driven directly at the outbox's default parallelism (16
