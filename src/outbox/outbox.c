@@ -56,6 +56,7 @@ struct cn_outbox {
     origin_t *origins;
     size_t norigins;
     uint64_t tick_no;
+    int claims_left;       /* a tick failed after its claim: Inflight leases to reclaim */
     uint64_t rng;
 };
 
@@ -511,11 +512,16 @@ cn_outbox_tick(cn_outbox_t *ob, int64_t now_ms, cn_outbox_tick_t *report)
     ob->tick_no++;
     origins_trim(ob, now_ms);
     /* Claims a failed tick left Inflight (its finish could not commit) come back once
-     * their lease runs out; normally there are none and this reads an empty index. */
-    rc = cn__outbox_queue_recover(ob->q, ob->owner, now_ms, ob->cfg.retry.max_attempts, 1);
-    if (rc < 0)
-        return rc;
-    report->expired = (uint32_t)rc;
+     * their lease runs out. Only this worker claims in this directory, so only a tick
+     * that failed after its claim can have left any: no write transaction otherwise. */
+    if (ob->claims_left) {
+        rc = cn__outbox_queue_recover(ob->q, ob->owner, now_ms, ob->cfg.retry.max_attempts, 1);
+        if (rc < 0)
+            return rc;
+        report->expired = (uint32_t)rc;
+        if (rc > 0)
+            ob->claims_left = 0;
+    }
     scan.ob = ob;
     scan.now = now_ms;
     scan.offline = 0;
@@ -529,7 +535,7 @@ cn_outbox_tick(cn_outbox_t *ob, int64_t now_ms, cn_outbox_tick_t *report)
     results = calloc(n, sizeof(*results));
     if (!items || !results) {
         rc = -ENOMEM;
-        goto out; /* the claims stay Inflight until the next worker_start */
+        goto out; /* the claims stay Inflight until their lease runs out */
     }
     for (size_t i = 0; i < n; i++) {
         item_t *it = &items[i];
@@ -598,6 +604,8 @@ cn_outbox_tick(cn_outbox_t *ob, int64_t now_ms, cn_outbox_tick_t *report)
     }
     rc = cn__outbox_queue_finish(ob->q, results, n, ob->owner, now_ms);
 out:
+    if (rc)
+        ob->claims_left = 1; /* claims committed, results not */
     for (size_t i = 0; items && i < n; i++)
         cn__outbox_xfer_clear(&items[i].x);
     free(items);
