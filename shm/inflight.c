@@ -72,6 +72,26 @@ futex_wake_all(_Atomic uint32_t *word)
     (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
 }
 
+void
+cn__inflight_wake_all(const int *wake_fds, unsigned nwake)
+{
+    uint64_t one = 1;
+
+    for (unsigned i = 0; i < nwake; i++)
+        if (wake_fds[i] >= 0 && write(wake_fds[i], &one, sizeof(one)) < 0 && errno != EAGAIN)
+            cn_log_warn("waking worker %u: %s", i, strerror(errno));
+}
+
+/* Wakes whoever waits on a slot whose word just changed from one with WAITERS set:
+ * sleepers on the futex and the workers' event loops. */
+static void
+wake_waiters(const cn_inflight_t *t, _Atomic uint32_t *word)
+{
+    futex_wake_all(word);
+    if (t)
+        cn__inflight_wake_all(t->wake_fds, t->nwake);
+}
+
 static void
 store_words(_Atomic uint64_t *dst, const uint8_t *src, size_t n)
 {
@@ -109,15 +129,16 @@ publish(cn_inflight_t *t, cn_shm_slot_t *sl, uint32_t mine, const uint8_t *key,
                                                   memory_order_release, memory_order_relaxed))
         ;
     if (cur & WAITERS)
-        futex_wake_all(&sl->state);
+        wake_waiters(t, &sl->state);
     atomic_fetch_add_explicit(&t->shm->workers[t->worker].owned, 1, memory_order_relaxed);
     return owned;
 }
 
-cn_inflight_result_t
-cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
-                     const uint8_t fp[CN_SHM_FP_LEN], uint32_t lease_ms, uint64_t deadline_ms,
-                     int *waited, cn_claim_t *claim)
+/* acquire and try: with park set, returns CN_INFLIGHT_WAIT where acquire would sleep. */
+static cn_inflight_result_t
+claim_slot(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN], const uint8_t fp[CN_SHM_FP_LEN],
+           uint32_t lease_ms, uint64_t deadline_ms, int park, int *waited, cn_claim_t *claim,
+           uint64_t *retry_at_ms)
 {
     uint32_t idx = (uint32_t)(cn__get_le64(key) & (t->shm->hdr->nslots - 1u));
     cn_shm_slot_t *sl = &t->shm->slots[idx];
@@ -127,7 +148,7 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
     *waited = 0;
     for (;;) {
         uint32_t s = atomic_load_explicit(&sl->state, memory_order_acquire);
-        uint64_t now = cn__clock_mono_ms(), wait_until = deadline_ms;
+        uint64_t now = cn__clock_mono_ms(), wait_until = park ? UINT64_MAX : deadline_ms;
         uint32_t phase = s & PHASE_MASK;
 
         if (watching && (s & GEN_MASK) != watched_gen)
@@ -195,7 +216,7 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
         }
         /* WRITING lasts a few stores; its publish wakes us like a release would. */
 
-        if (now >= deadline_ms)
+        if (!park && now >= deadline_ms)
             return CN_INFLIGHT_TIMEOUT;
         if (!(s & WAITERS)) {
             if (!atomic_compare_exchange_strong_explicit(&sl->state, &s, s | WAITERS,
@@ -204,9 +225,33 @@ cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
                 continue;
             s |= WAITERS;
         }
+        if (park) {
+            /* Marked: the next change of the word writes the wake fds. */
+            *retry_at_ms = wait_until;
+            return CN_INFLIGHT_PARK;
+        }
         *waited = 1;
         futex_wait(&sl->state, s, wait_until > now ? wait_until - now : 1);
     }
+}
+
+cn_inflight_result_t
+cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
+                     const uint8_t fp[CN_SHM_FP_LEN], uint32_t lease_ms, uint64_t deadline_ms,
+                     int *waited, cn_claim_t *claim)
+{
+    return claim_slot(t, key, fp, lease_ms, deadline_ms, 0, waited, claim, NULL);
+}
+
+cn_inflight_result_t
+cn__inflight_try(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
+                 const uint8_t fp[CN_SHM_FP_LEN], uint32_t lease_ms, cn_claim_t *claim,
+                 uint64_t *retry_at_ms)
+{
+    int waited;
+
+    *retry_at_ms = UINT64_MAX;
+    return claim_slot(t, key, fp, lease_ms, 0, 1, &waited, claim, retry_at_ms);
 }
 
 int
@@ -252,7 +297,7 @@ cn__inflight_release(cn_inflight_t *t, const cn_claim_t *claim)
                                                     memory_order_relaxed));
     atomic_fetch_sub_explicit(&t->shm->workers[t->worker].owned, 1, memory_order_relaxed);
     if (cur & WAITERS)
-        futex_wake_all(&sl->state);
+        wake_waiters(t, &sl->state);
     return 0;
 }
 
@@ -272,7 +317,7 @@ cn__inflight_free_worker(cn_shm_t *shm, unsigned worker)
                                                       memory_order_relaxed)) {
                 freed++;
                 if (cur & WAITERS)
-                    futex_wake_all(&sl->state);
+                    wake_waiters(NULL, &sl->state); /* the caller writes the wake fds */
                 break;
             }
         }

@@ -26,6 +26,11 @@ typedef struct cn_inflight {
     cn_shm_t *shm;    /* borrowed */
     unsigned worker;  /* this process's worker id, < shm->hdr->nworkers */
     int reject;       /* 1: a same-key, same-body duplicate is refused (BUSY), not waited */
+    /* Eventfds (borrowed, nwake of them: one per worker process) written, besides the
+     * futex wake, whenever a slot somebody waits on changes: the event loops of the
+     * workers sleep on them, not on futexes (see cn__inflight_try). */
+    const int *wake_fds;
+    unsigned nwake;
 } cn_inflight_t;
 
 /* What a successful acquire holds. */
@@ -40,6 +45,7 @@ typedef enum cn_inflight_result {
     CN_INFLIGHT_MISMATCH,  /* the key is in flight with a different fingerprint */
     CN_INFLIGHT_BUSY,      /* reject mode: the key is in flight with the same fingerprint */
     CN_INFLIGHT_TIMEOUT,   /* the wait reached deadline_ms */
+    CN_INFLIGHT_PARK,      /* cn__inflight_try: the slot is held; the caller is a waiter */
 } cn_inflight_result_t;
 
 /* Claims key for a request with fingerprint fp, for lease_ms. Waits (futex) while the
@@ -48,6 +54,19 @@ typedef enum cn_inflight_result {
 cn_inflight_result_t cn__inflight_acquire(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
                                           const uint8_t fp[CN_SHM_FP_LEN], uint32_t lease_ms,
                                           uint64_t deadline_ms, int *waited, cn_claim_t *claim);
+
+/* Like cn__inflight_acquire, without sleeping: where acquire would wait, this marks the
+ * slot as waited on and returns CN_INFLIGHT_PARK, and the slot's next change writes every
+ * wake fd. *retry_at_ms is then the monotonic time at which the holder's lease runs out
+ * (try again then: a duplicate takes an expired claim over), or UINT64_MAX. An event
+ * loop parks the request and calls this again after a wake or at *retry_at_ms. */
+cn_inflight_result_t cn__inflight_try(cn_inflight_t *t, const uint8_t key[CN_SHM_KEY_LEN],
+                                      const uint8_t fp[CN_SHM_FP_LEN], uint32_t lease_ms,
+                                      cn_claim_t *claim, uint64_t *retry_at_ms);
+
+/* Writes every wake fd of t (see cn_inflight_t). For the supervisor after freeing a dead
+ * worker's slots, which may have had waiters. */
+void cn__inflight_wake_all(const int *wake_fds, unsigned nwake);
 
 /* 1 while the claim is still the caller's (not taken over nor freed). */
 int cn__inflight_holds(cn_inflight_t *t, const cn_claim_t *claim);

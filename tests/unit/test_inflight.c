@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
@@ -280,7 +281,7 @@ test_single_process(void)
     int waited;
 
     CU_ASSERT_EQUAL_FATAL(cn__shm_create(64, 4, 1, &shm), 0);
-    t = (cn_inflight_t){&shm, 0, 0};
+    t = (cn_inflight_t){&shm, 0, 0, NULL, 0};
     make_key(key, 0x0123456789abcd05u, 'A');
     make_fp(fpx, 'X');
     make_fp(fpy, 'Y');
@@ -370,6 +371,94 @@ test_single_process(void)
     cn__shm_destroy(&shm);
 }
 
+/* ---- 1b. parking (event loops) ------------------------------------------------------- */
+
+/* The eventfd's counter, read and reset (0: nothing was written). */
+static uint64_t
+drain_efd(int fd)
+{
+    uint64_t v = 0;
+
+    if (read(fd, &v, sizeof(v)) != (ssize_t)sizeof(v))
+        return 0;
+    return v;
+}
+
+/* cn__inflight_try never sleeps: a held key says PARK (with the holder's lease end), and
+ * the claim's end writes every wake fd, once for the waiters it had. */
+static void
+test_try_park(void)
+{
+    cn_shm_t shm;
+    cn_inflight_t a, b;
+    cn_claim_t ca, cb;
+    uint8_t key[CN_SHM_KEY_LEN], other[CN_SHM_KEY_LEN], fpx[CN_SHM_FP_LEN], fpy[CN_SHM_FP_LEN];
+    int efd[2];
+    uint64_t retry_at, before;
+
+    CU_ASSERT_EQUAL_FATAL(cn__shm_create(64, 4, 1, &shm), 0);
+    efd[0] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    efd[1] = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    CU_ASSERT_TRUE_FATAL(efd[0] >= 0 && efd[1] >= 0);
+    a = (cn_inflight_t){&shm, 0, 0, efd, 2};
+    b = (cn_inflight_t){&shm, 1, 0, efd, 2};
+    make_key(key, 0x0123456789abcd05u, 'A');
+    make_key(other, 0x0123456789abcd05u, 'B'); /* same slot, another key */
+    make_fp(fpx, 'X');
+    make_fp(fpy, 'Y');
+
+    before = cn__clock_mono_ms();
+    CU_ASSERT_EQUAL_FATAL(cn__inflight_try(&a, key, fpx, LONG_LEASE_MS, &ca, &retry_at),
+                          CN_INFLIGHT_OWNED);
+    /* Nobody waits yet: no wake on a state change. */
+    CU_ASSERT_EQUAL(drain_efd(efd[0]), 0);
+
+    CU_ASSERT_EQUAL(cn__inflight_try(&b, key, fpy, LONG_LEASE_MS, &cb, &retry_at),
+                    CN_INFLIGHT_MISMATCH);
+    CU_ASSERT_EQUAL(cn__inflight_try(&b, key, fpx, LONG_LEASE_MS, &cb, &retry_at),
+                    CN_INFLIGHT_PARK);
+    CU_ASSERT(retry_at >= before + LONG_LEASE_MS && retry_at != UINT64_MAX);
+    /* Another key in the slot waits too, but never takes the claim over: no lease end. */
+    CU_ASSERT_EQUAL(cn__inflight_try(&b, other, fpx, LONG_LEASE_MS, &cb, &retry_at),
+                    CN_INFLIGHT_PARK);
+    CU_ASSERT_EQUAL(retry_at, UINT64_MAX);
+    CU_ASSERT_EQUAL(drain_efd(efd[0]), 0);
+    CU_ASSERT_EQUAL(drain_efd(efd[1]), 0);
+
+    /* Reject mode refuses instead of parking. */
+    b.reject = 1;
+    CU_ASSERT_EQUAL(cn__inflight_try(&b, key, fpx, LONG_LEASE_MS, &cb, &retry_at),
+                    CN_INFLIGHT_BUSY);
+    b.reject = 0;
+
+    /* The release wakes every worker's loop, once. */
+    CU_ASSERT_EQUAL(cn__inflight_release(&a, &ca), 0);
+    CU_ASSERT_EQUAL(drain_efd(efd[0]), 1);
+    CU_ASSERT_EQUAL(drain_efd(efd[1]), 1);
+    CU_ASSERT_EQUAL(cn__inflight_try(&b, key, fpx, LONG_LEASE_MS, &cb, &retry_at),
+                    CN_INFLIGHT_OWNED);
+    /* A release with no waiters writes nothing. */
+    CU_ASSERT_EQUAL(cn__inflight_release(&b, &cb), 0);
+    CU_ASSERT_EQUAL(drain_efd(efd[0]), 0);
+    CU_ASSERT_EQUAL(drain_efd(efd[1]), 0);
+
+    /* A dead worker's claim freed by the supervisor: it writes the wake fds itself. */
+    CU_ASSERT_EQUAL(cn__inflight_try(&a, key, fpx, LONG_LEASE_MS, &ca, &retry_at),
+                    CN_INFLIGHT_OWNED);
+    CU_ASSERT_EQUAL(cn__inflight_try(&b, key, fpx, LONG_LEASE_MS, &cb, &retry_at),
+                    CN_INFLIGHT_PARK);
+    CU_ASSERT_EQUAL(cn__inflight_free_worker(&shm, 0), 1);
+    cn__inflight_wake_all(efd, 2);
+    CU_ASSERT_EQUAL(drain_efd(efd[1]), 1);
+    CU_ASSERT_EQUAL(cn__inflight_try(&b, key, fpx, LONG_LEASE_MS, &cb, &retry_at),
+                    CN_INFLIGHT_OWNED);
+    CU_ASSERT_EQUAL(cn__inflight_release(&b, &cb), 0);
+
+    close(efd[0]);
+    close(efd[1]);
+    cn__shm_destroy(&shm);
+}
+
 /* ---- 2. a release wakes every waiter ------------------------------------------------ */
 
 #define NWAITERS 8
@@ -388,8 +477,8 @@ test_waiters_woken(void)
     int waited, blocked = 0, quiet = 0;
 
     CU_ASSERT_EQUAL_FATAL(cn__shm_create(64, 4, 1, &shm), 0);
-    owner = (cn_inflight_t){&shm, 0, 0};
-    others = (cn_inflight_t){&shm, 1, 0};
+    owner = (cn_inflight_t){&shm, 0, 0, NULL, 0};
+    others = (cn_inflight_t){&shm, 1, 0, NULL, 0};
     make_key(key, 0x77, 'W');
     make_fp(fp, 'F');
     atomic_store(&returned, 0);
@@ -443,7 +532,7 @@ test_slot_collision(void)
     int waited, blocked = 0, quiet = 0;
 
     CU_ASSERT_EQUAL_FATAL(cn__shm_create(8, 2, 1, &shm), 0);
-    t = (cn_inflight_t){&shm, 0, 0};
+    t = (cn_inflight_t){&shm, 0, 0, NULL, 0};
     make_key(ka, 0x1122334455667705u, 'a'); /* slot 5 */
     make_key(kb, 0x0f0du, 'b');             /* slot 5 too */
     make_key(kc, 0x1122334455667706u, 'a'); /* slot 6 */
@@ -517,8 +606,8 @@ test_lease_takeover(void)
     int waited;
 
     CU_ASSERT_EQUAL_FATAL(cn__shm_create(64, 2, 1, &shm), 0);
-    w0 = (cn_inflight_t){&shm, 0, 0};
-    w1 = (cn_inflight_t){&shm, 1, 0};
+    w0 = (cn_inflight_t){&shm, 0, 0, NULL, 0};
+    w1 = (cn_inflight_t){&shm, 1, 0, NULL, 0};
     make_key(key, 0x4242, 'L');
     make_fp(fp, 'L');
 
@@ -590,7 +679,7 @@ static int
 hammer_child(cn_shm_t *shm, hammer_t *h, unsigned worker,
              uint8_t keys[HAMMER_KEYS][CN_SHM_KEY_LEN], uint8_t fps[HAMMER_KEYS][CN_SHM_FP_LEN])
 {
-    cn_inflight_t t = {shm, worker, 0};
+    cn_inflight_t t = {shm, worker, 0, NULL, 0};
     uint64_t rng = 0x9e3779b97f4a7c15u * (worker + 1);
 
     for (unsigned i = 0; i < HAMMER_ITERS; i++) {
@@ -763,8 +852,8 @@ test_owner_death(void)
     pid_t pid;
 
     CU_ASSERT_EQUAL_FATAL(cn__shm_create(64, 3, 1, &shm), 0);
-    w0 = (cn_inflight_t){&shm, 0, 0};
-    w2 = (cn_inflight_t){&shm, 2, 0};
+    w0 = (cn_inflight_t){&shm, 0, 0, NULL, 0};
+    w2 = (cn_inflight_t){&shm, 2, 0, NULL, 0};
     make_key(ka, 0x0d, 'D');
     make_key(kb, 0x0e, 'E');
     make_fp(fp, 'D');
@@ -787,7 +876,7 @@ test_owner_death(void)
         return;
     }
     if (pid == 0) {
-        cn_inflight_t w1 = {&shm, 1, 0};
+        cn_inflight_t w1 = {&shm, 1, 0, NULL, 0};
         cn_claim_t claim;
         int child_waited;
         char what;
@@ -929,8 +1018,8 @@ test_region_validation(void)
     CU_ASSERT_EQUAL(other.fd, -1); /* borrowed, not owned */
     cn__shm_count(&shm, 3, 1, CN_SHM_WAITS);
     CU_ASSERT_EQUAL(cn__shm_counter_sum(&other, 1, CN_SHM_WAITS), 1);
-    a = (cn_inflight_t){&shm, 0, 0};
-    b = (cn_inflight_t){&other, 1, 0};
+    a = (cn_inflight_t){&shm, 0, 0, NULL, 0};
+    b = (cn_inflight_t){&other, 1, 0, NULL, 0};
     make_key(key, 0x21, 'V');
     make_fp(fpx, 'x');
     make_fp(fpy, 'y');
@@ -1082,6 +1171,7 @@ main(void)
 {
     static const unit_test_t tests[] = {
         {"one process: owned, mismatch, busy, timeout, release, lost", test_single_process},
+        {"try: park, wake fds on release and on a dead worker's free", test_try_park},
         {"a release wakes every waiter", test_waiters_woken},
         {"two keys in one slot: the second waits, then owns", test_slot_collision},
         {"a claim past its lease is taken over", test_lease_takeover},
