@@ -6,6 +6,7 @@
 
 #include "cnerium/error.h"
 #include "shm/ring.h"
+#include "support/log.h"
 
 #define KIND_PAD 0xffffffffu
 
@@ -40,36 +41,68 @@ cn__ring_max_payload(const cn_ring_t *r)
     return (size_t)(r->capacity / 4);
 }
 
-int
-cn__ring_push(cn_ring_t *r, uint32_t kind, const void *payload, size_t len, uint64_t *seq)
+void *
+cn__ring_reserve(cn_ring_t *r, size_t len, cn_ring_slot_t *slot, int *err)
 {
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
     uint64_t need = CN_RING_RECORD_HEADER + pad8(len), at = head & (r->capacity - 1);
-    uint64_t to_end = r->capacity - at, s;
+    uint64_t to_end = r->capacity - at;
 
-    if (len > cn__ring_max_payload(r) || kind == KIND_PAD)
-        return CN_ETOOBIG;
+    if (len > cn__ring_max_payload(r)) {
+        *err = CN_ETOOBIG;
+        return NULL;
+    }
     /* A record does not wrap: pad to the end of the array when it does not fit. Fewer
      * than a header's bytes left (8: records are 8-byte aligned) need no PAD header: the
-     * reader skips such a remainder by itself. */
+     * reader skips such a remainder by itself. The PAD is written past head, where the
+     * consumer does not look until the publish moves head over it. */
     if (need > to_end) {
-        if (head + to_end + need - tail > r->capacity)
-            return -EAGAIN;
+        if (head + to_end + need - tail > r->capacity) {
+            *err = -EAGAIN;
+            return NULL;
+        }
         if (to_end >= CN_RING_RECORD_HEADER)
             put_header(r->data + at, 0, KIND_PAD, 0);
         head += to_end;
         at = 0;
     } else if (head + need - tail > r->capacity) {
-        return -EAGAIN;
+        *err = -EAGAIN;
+        return NULL;
     }
-    s = atomic_load_explicit(&r->next_seq, memory_order_relaxed);
-    put_header(r->data + at, (uint32_t)len, kind, s);
-    if (len)
-        memcpy(r->data + at + CN_RING_RECORD_HEADER, payload, len);
+    slot->head = head;
+    slot->at = at;
+    slot->len = len;
+    return r->data + at + CN_RING_RECORD_HEADER;
+}
+
+uint64_t
+cn__ring_publish(cn_ring_t *r, const cn_ring_slot_t *slot, uint32_t kind, size_t len)
+{
+    uint64_t s = atomic_load_explicit(&r->next_seq, memory_order_relaxed);
+
+    CN_ASSERT(len <= slot->len && kind != KIND_PAD);
+    put_header(r->data + slot->at, (uint32_t)len, kind, s);
     atomic_store_explicit(&r->next_seq, s + 1, memory_order_relaxed);
-    atomic_store_explicit(&r->head, head + need, memory_order_release);
-    *seq = s;
+    atomic_store_explicit(&r->head, slot->head + CN_RING_RECORD_HEADER + pad8(len),
+                          memory_order_release);
+    return s;
+}
+
+int
+cn__ring_push(cn_ring_t *r, uint32_t kind, const void *payload, size_t len, uint64_t *seq)
+{
+    cn_ring_slot_t slot;
+    void *p;
+    int err;
+
+    if (kind == KIND_PAD)
+        return CN_ETOOBIG;
+    if (!(p = cn__ring_reserve(r, len, &slot, &err)))
+        return err;
+    if (len)
+        memcpy(p, payload, len);
+    *seq = cn__ring_publish(r, &slot, kind, len);
     return 0;
 }
 

@@ -53,6 +53,22 @@ size_t cn__ring_max_payload(const cn_ring_t *r);
 int cn__ring_push(cn_ring_t *r, uint32_t kind, const void *payload, size_t len,
                   uint64_t *seq);
 
+/* Room for one record, reserved and not yet published. */
+typedef struct cn_ring_slot {
+    uint64_t head; /* where the record starts (after any padding) */
+    uint64_t at;   /* its index in data[] */
+    size_t len;    /* payload bytes reserved */
+} cn_ring_slot_t;
+
+/* Producer, in two steps, so a record is written straight into the ring: reserve room
+ * for a payload of up to len bytes (returns where to write it, contiguous), then
+ * publish it with its final length (<= len) and kind, which makes it visible to the
+ * consumer and returns its sequence number. A reservation not published is dropped by
+ * the next reserve. On failure reserve returns NULL with *err -EAGAIN (no room now) or
+ * CN_ETOOBIG. Producers must be serialized from reserve to publish. */
+void *cn__ring_reserve(cn_ring_t *r, size_t len, cn_ring_slot_t *slot, int *err);
+uint64_t cn__ring_publish(cn_ring_t *r, const cn_ring_slot_t *slot, uint32_t kind, size_t len);
+
 /* A record as the consumer sees it: payload points into the ring. */
 typedef struct cn_ring_record {
     uint64_t seq;

@@ -545,6 +545,64 @@ test_full_then_ack(void)
     free(r);
 }
 
+/* Reserve and publish: a record written in place, published shorter than reserved; a
+ * reservation never published is invisible and its room is reserved again; a
+ * reservation that needs the wrap pads like a push. */
+static void
+test_reserve_publish(void)
+{
+    cn_ring_t *r = ring_new(SMALL_CAP, GUARD_BYTES);
+    cn_ring_record_t rec;
+    cn_ring_slot_t slot;
+    uint64_t cursor = 0, seq;
+    uint8_t *p;
+    int err = 0;
+
+    p = cn__ring_reserve(r, 100, &slot, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    memset(p, 'a', 100);
+    seq = cn__ring_publish(r, &slot, 7, 60);
+    CU_ASSERT_EQUAL(seq, 1);
+    CU_ASSERT_EQUAL(atomic_load(&r->head), record_size(60));
+    CU_ASSERT_EQUAL_FATAL(cn__ring_next(r, &cursor, &rec), 1);
+    CU_ASSERT_EQUAL(rec.seq, 1);
+    CU_ASSERT_EQUAL(rec.kind, 7);
+    CU_ASSERT_EQUAL(rec.len, 60);
+    CU_ASSERT_EQUAL(rec.payload, p);
+
+    /* Not published: nothing to read, and the same room comes back. */
+    p = cn__ring_reserve(r, 40, &slot, &err);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(p);
+    memset(p, 'b', 40);
+    CU_ASSERT_EQUAL(cn__ring_next(r, &cursor, &rec), 0);
+    CU_ASSERT_EQUAL(cn__ring_reserve(r, 40, &slot, &err), p);
+    memset(p, 'c', 40);
+    CU_ASSERT_EQUAL(cn__ring_publish(r, &slot, 8, 40), 2);
+    CU_ASSERT_EQUAL_FATAL(cn__ring_next(r, &cursor, &rec), 1);
+    CU_ASSERT_EQUAL(rec.seq, 2);
+    CU_ASSERT_EQUAL(rec.payload[0], 'c');
+    cn__ring_ack(r, rec.end, rec.seq);
+
+    /* Too big, and full. */
+    CU_ASSERT_PTR_NULL(cn__ring_reserve(r, cn__ring_max_payload(r) + 1, &slot, &err));
+    CU_ASSERT_EQUAL(err, CN_ETOOBIG);
+    while ((p = cn__ring_reserve(r, 1000, &slot, &err)))
+        cn__ring_publish(r, &slot, 9, 1000);
+    CU_ASSERT_EQUAL(err, -EAGAIN);
+    /* Drain, then a reservation past the end of the array starts at 0 after a PAD. */
+    while (cn__ring_next(r, &cursor, &rec) == 1)
+        cn__ring_ack(r, rec.end, rec.seq);
+    p = cn__ring_reserve(r, (size_t)(SMALL_CAP - (atomic_load(&r->head) & (SMALL_CAP - 1))),
+                         &slot, &err);
+    CU_ASSERT_EQUAL(p, r->data + CN_RING_RECORD_HEADER);
+    seq = cn__ring_publish(r, &slot, 10, 8);
+    CU_ASSERT_EQUAL_FATAL(cn__ring_next(r, &cursor, &rec), 1);
+    CU_ASSERT_EQUAL(rec.seq, seq);
+    CU_ASSERT_EQUAL(rec.payload, r->data + CN_RING_RECORD_HEADER);
+    CU_ASSERT_TRUE(guard_intact(r, GUARD_BYTES));
+    free(r);
+}
+
 static void
 test_too_big(void)
 {
@@ -984,6 +1042,7 @@ main(void)
         {"wrap-around: records of every size", test_wrap_any_size},
         {"a PAD 8 bytes before the end of the array", test_pad_eight_bytes_before_end},
         {"full ring is -EAGAIN until an ack", test_full_then_ack},
+        {"reserve and publish: in place, shorter, unpublished, wrapped", test_reserve_publish},
         {"CN_ETOOBIG above the max payload", test_too_big},
         {"scribbled headers and cursors are -EIO", test_scribbled},
         {"a restarted consumer sees exactly the unacked records", test_consumer_restart},
