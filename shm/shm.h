@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define CN_SHM_MAGIC UINT64_C(0x314d48534e52454e) /* "NERNSHM1" read as little endian */
-#define CN_SHM_LAYOUT_VERSION 4u
+#define CN_SHM_LAYOUT_VERSION 5u
 #define CN_SHM_MAX_WORKERS 64 /* owner ids fit the state word's 8 bits with room */
 #define CN_SHM_MAX_OPS 256
 #define CN_SHM_KEY_LEN 32 /* SHA-256 of the store key: the slot's identity */
@@ -65,6 +65,7 @@ typedef struct cn_shm_worker {
     alignas(64) _Atomic int64_t owned; /* in-flight slots this worker holds now */
     _Atomic int32_t pid;               /* 0 while the worker is not running */
     _Atomic uint32_t starts;           /* how many times this worker slot was started */
+    _Atomic uint32_t parked; /* durable requests parked behind a duplicate now (gauge) */
 } cn_shm_worker_t;
 
 /* Histogram bucket upper bounds: fdatasync latency in microseconds, batch sizes in

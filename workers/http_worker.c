@@ -1,8 +1,18 @@
 /*
  * workers/http_worker.c - one HTTP worker: its own LMDB environment (for lookups), its
  * committer (the record ring to the persister; in --single-process mode, synced LMDB
- * commits and the expiry sweep), the libmicrohttpd server on the inherited listening
- * socket, and the drain on SIGTERM/SIGINT.
+ * commits and the expiry sweep), its event loops, and the drain on SIGTERM/SIGINT.
+ *
+ * An event loop is one thread with one epoll that owns everything it waits on: a
+ * libmicrohttpd server in external-epoll mode on the inherited listening socket, and, in
+ * the first loop, the worker's wake eventfd, which the persister writes after acking this
+ * worker's records and any worker writes when a claim somebody here waits on ends. A
+ * turn reads what woke it, polls the committer (acked records answer their requests),
+ * takes parked duplicates back to their decision, then runs libmicrohttpd, which sends
+ * those answers in the same turn and reads, dispatches and answers whatever else is
+ * ready. --threads N runs N loops, each with its own server on the same socket; the
+ * first loop answers for all of them (another loop's connection is resumed through its
+ * server's own eventfd).
  *
  * Runs in a forked worker process, or in the calling process with --single-process. The
  * caller has blocked SIGTERM and SIGINT in every thread; the worker's main thread takes
@@ -13,7 +23,10 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -98,22 +111,165 @@ stop_sweeper(cn_worker_t *w)
     pthread_mutex_destroy(&w->sweep_mu);
 }
 
-/* ---- serving ---- */
+/* ---- event loops ---- */
+
+enum { CMD_QUIESCE = 1, CMD_STOP = 2 };
+
+/* The earlier of a poll timeout in ms (-1: none) and a monotonic deadline. */
+static int
+sooner(int timeout, uint64_t deadline_ms, uint64_t now)
+{
+    uint64_t ms;
+
+    if (deadline_ms == UINT64_MAX)
+        return timeout;
+    ms = deadline_ms > now ? deadline_ms - now : 0;
+    if (ms > INT32_MAX)
+        ms = INT32_MAX;
+    return timeout < 0 || (int)ms < timeout ? (int)ms : timeout;
+}
+
+static void *
+loop_main(void *arg)
+{
+    cn_loop_t *l = arg;
+    cn_worker_t *w = l->w;
+    int first = l == &w->loops[0], quiesced = 0;
+
+    for (;;) {
+        struct epoll_event ev[8];
+        unsigned cmd = atomic_load(&w->command);
+        int timeout, n, woken = 0;
+        uint64_t now;
+
+        if ((cmd & CMD_QUIESCE) && !quiesced) {
+            cn__http_quiesce(l->http);
+            quiesced = 1;
+        }
+        if (cmd & CMD_STOP)
+            break;
+        timeout = cn__http_timeout_ms(l->http);
+        if (first) {
+            now = cn__clock_mono_ms();
+            timeout = sooner(timeout, cn__committer_next_deadline_ms(w->committer), now);
+            timeout = sooner(timeout, cn__durable_next_wake_ms(&w->durable), now);
+        }
+        n = epoll_wait(l->epfd, ev, 8, timeout);
+        for (int i = 0; i < n; i++) {
+            uint64_t v;
+            if (ev[i].data.fd == cn__http_fd(l->http))
+                continue;
+            if (read(ev[i].data.fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                cn_log_warn("worker %u: reading an eventfd: %s", w->id, strerror(errno));
+            woken |= ev[i].data.fd == w->wake_fd;
+        }
+        if (first) {
+            cn__committer_poll(w->committer);
+            cn__durable_wake(&w->durable, cn__clock_mono_ms(), woken);
+        }
+        cn__http_run(l->http);
+    }
+    return NULL;
+}
+
+static int
+watch(int epfd, int fd)
+{
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+
+    return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
+}
+
+/* Starts loop i: its server on listen_fd, its epoll, its thread. */
+static int
+start_loop(cn_worker_t *w, unsigned i, int listen_fd, const cn_http_options_t *opt)
+{
+    cn_loop_t *l = &w->loops[i];
+    int rc;
+
+    l->w = w;
+    l->epfd = l->ctl_fd = -1;
+    if ((rc = cn__http_start(listen_fd, opt, cn__app_dispatch, w, &l->http)))
+        return rc;
+    if ((l->epfd = epoll_create1(EPOLL_CLOEXEC)) < 0 ||
+        (l->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0)
+        return -errno;
+    /* ctl_fd also wakes the loop for replies completed by another loop (acks). */
+    cn__http_set_wake_fd(l->http, l->ctl_fd);
+    if ((rc = watch(l->epfd, cn__http_fd(l->http))) || (rc = watch(l->epfd, l->ctl_fd)) ||
+        (i == 0 && (rc = watch(l->epfd, w->wake_fd))))
+        return rc;
+    if ((rc = pthread_create(&l->thread, NULL, loop_main, l)))
+        return -rc;
+    l->started = 1;
+    return 0;
+}
+
+/* Gives every loop a command (CMD_*) and wakes it. */
+static void
+command(cn_worker_t *w, unsigned cmd)
+{
+    uint64_t one = 1;
+
+    atomic_fetch_or(&w->command, cmd);
+    for (unsigned i = 0; i < w->nloops; i++)
+        if (w->loops[i].ctl_fd >= 0 && write(w->loops[i].ctl_fd, &one, sizeof(one)) < 0)
+            cn_log_warn("worker %u: waking a loop: %s", w->id, strerror(errno));
+}
 
 static void
-wait_for_drain(cn_http_server_t *http)
+stop_loops(cn_worker_t *w)
 {
-    uint64_t deadline = cn__clock_mono_ms() + CN_APP_DRAIN_TIMEOUT_MS;
+    command(w, CMD_STOP);
+    for (unsigned i = 0; i < w->nloops; i++) {
+        cn_loop_t *l = &w->loops[i];
+        if (l->started)
+            pthread_join(l->thread, NULL);
+        l->started = 0;
+    }
+}
+
+static void
+free_loops(cn_worker_t *w)
+{
+    for (unsigned i = 0; i < w->nloops; i++) {
+        cn_loop_t *l = &w->loops[i];
+        cn__http_stop(l->http);
+        if (l->epfd >= 0)
+            close(l->epfd);
+        if (l->ctl_fd >= 0)
+            close(l->ctl_fd);
+    }
+    free(w->loops);
+    w->loops = NULL;
+    w->nloops = 0;
+}
+
+/* ---- serving ---- */
+
+static unsigned
+active_requests(cn_worker_t *w)
+{
+    unsigned n = 0;
+
+    for (unsigned i = 0; i < w->nloops; i++)
+        n += cn__http_active(w->loops[i].http);
+    return n;
+}
+
+/* Waits, up to timeout_ms, until at most `keep` requests are in progress. */
+static unsigned
+wait_for_drain(cn_worker_t *w, unsigned keep, uint32_t timeout_ms)
+{
+    uint64_t deadline = cn__clock_mono_ms() + timeout_ms;
     struct timespec tick = {0, 5 * 1000000L};
     unsigned active;
 
     /* MHD offers no completion signal for "all requests done"; a short bounded poll of
-     * the active-request counter is the simplest correct wait here. */
-    while ((active = cn__http_active(http)) > 0 && cn__clock_mono_ms() < deadline)
+     * the active-request counters is the simplest correct wait here. */
+    while ((active = active_requests(w)) > keep && cn__clock_mono_ms() < deadline)
         nanosleep(&tick, NULL);
-    if (active)
-        cn_log_warn("stopping with %u requests still in progress after %d ms", active,
-                    CN_APP_DRAIN_TIMEOUT_MS);
+    return active;
 }
 
 int
@@ -125,19 +281,37 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     cn_worker_t w;
     cn_http_options_t http_opt;
     sigset_t stop_signals;
-    int rc, sig, exit_code = 1;
+    unsigned active;
+    int rc, sig, exit_code = 1, own_wake_fd = 0;
 
     memset(&w, 0, sizeof(w));
     w.app = app;
     w.id = id;
     /* With a persister (multi-process mode) it alone writes LMDB and sweeps. */
     w.sweep = cfg->single_process;
-    w.inflight = (cn_inflight_t){&app->shm, id, cfg->inflight_mode == CN_INFLIGHT_REJECT};
+    w.wake_fd = app->ack_efd[id];
+    if (w.wake_fd < 0) {
+        /* --single-process: no persister acks, but parked duplicates still need waking. */
+        if ((w.wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+            fprintf(stderr, "cnerium: cannot create an eventfd: %s\n", strerror(errno));
+            return 1;
+        }
+        own_wake_fd = 1;
+    }
+    w.inflight = (cn_inflight_t){
+        .shm = &app->shm,
+        .worker = id,
+        .reject = cfg->inflight_mode == CN_INFLIGHT_REJECT,
+        .wake_fds = own_wake_fd ? &w.wake_fd : app->ack_efd,
+        .nwake = own_wake_fd ? 1u : app->shm.hdr->nworkers,
+    };
 
     snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
     if ((rc = cn__store_open(lmdb_dir, CN_APP_STORE_MAP_SIZE, &w.store))) {
         fprintf(stderr, "cnerium: cannot open the store in '%s': %s\n", lmdb_dir,
                 cn_strerror(rc));
+        if (own_wake_fd)
+            close(w.wake_fd);
         return rc == -EACCES || rc == -EROFS || rc == -ENOSPC ? 2 : 1;
     }
     rc = cfg->single_process
@@ -148,6 +322,7 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         fprintf(stderr, "cnerium: cannot start the committer: %s\n", cn_strerror(rc));
         goto out;
     }
+    atomic_store(&app->shm.workers[id].parked, 0);
     if (!cfg->single_process)
         cn__committer_set_idle_flag(w.committer, &app->shm.hdr->persister_idle);
     w.durable = (cn_durable_t){
@@ -157,7 +332,9 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         .inflight = &w.inflight,
         .deliver = cn__app_deliver,
         .deliver_arg = &w,
-        .max_waiters = CN_APP_MAX_WAITERS,
+        .max_parked = CN_APP_MAX_PARKED,
+        .parked_gauge = &app->shm.workers[id].parked,
+        .park_mu = PTHREAD_MUTEX_INITIALIZER,
     };
 
     if (w.sweep && start_sweeper(&w)) {
@@ -165,15 +342,29 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         goto out;
     }
     http_opt = (cn_http_options_t){
-        .threads = (unsigned)cfg->threads,
         .max_body = cfg->max_body_bytes,
         .max_connections = cfg->max_connections,
         .max_connections_per_ip = cfg->max_connections_per_ip,
         .header_timeout_ms = cfg->header_timeout_ms,
     };
-    if ((rc = cn__http_start(listen_fd, &http_opt, cn__app_dispatch, &w, &w.http))) {
-        fprintf(stderr, "cnerium: cannot start the HTTP server: %s\n", cn_strerror(rc));
+    if (!(w.loops = calloc((size_t)cfg->threads, sizeof(*w.loops)))) {
+        fprintf(stderr, "cnerium: cannot start the HTTP server: out of memory\n");
         goto out;
+    }
+    /* The connection limits are the worker's: split over its loops (each accepts and
+     * counts on its own), at least one each. */
+    http_opt.max_connections = cfg->max_connections / (unsigned)cfg->threads;
+    if (cfg->max_connections_per_ip) {
+        http_opt.max_connections_per_ip = cfg->max_connections_per_ip / (unsigned)cfg->threads;
+        if (!http_opt.max_connections_per_ip)
+            http_opt.max_connections_per_ip = 1;
+    }
+    for (unsigned i = 0; i < (unsigned)cfg->threads; i++) {
+        w.nloops = i + 1;
+        if ((rc = start_loop(&w, i, listen_fd, &http_opt))) {
+            fprintf(stderr, "cnerium: cannot start the HTTP server: %s\n", cn_strerror(rc));
+            goto out;
+        }
     }
     atomic_store(&app->shm.workers[id].pid, (int32_t)getpid());
     if (on_ready)
@@ -187,25 +378,31 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     } while (sig < 0 && errno == EINTR);
     cn_log_debug("worker %u: %s, draining", id, sig == SIGINT ? "SIGINT" : "SIGTERM");
 
-    cn__http_quiesce(w.http);
-    wait_for_drain(w.http);
-    exit_code = 0;
-    if (cn__durable_quiesce(&w.durable, cfg->commit_timeout_ms)) {
-        /* Waiter threads still use requests and the store: leave without tearing them
-         * down (their clients were cut by the drain's end; nothing was stored for them). */
-        cn_log_warn("worker %u: requests still waiting for duplicates at exit", id);
-        fflush(stderr);
-        _exit(0);
+    /* The loops go on serving what is in progress (and parked duplicates, which are
+     * answered when their key's holder finishes) until it is answered, for a bounded
+     * while; parked requests left after it get 503. */
+    command(&w, CMD_QUIESCE);
+    active = wait_for_drain(&w, 0, CN_APP_DRAIN_TIMEOUT_MS);
+    if (cn__durable_parked(&w.durable)) {
+        cn__durable_cancel_parked(&w.durable);
+        active = wait_for_drain(&w, 0, 1000);
     }
+    if (active)
+        cn_log_warn("stopping with %u requests still in progress after %d ms", active,
+                    CN_APP_DRAIN_TIMEOUT_MS);
+    exit_code = 0;
 
 out:
     /* Requests waiting for their commit were answered (503 at the latest, at the commit
-     * timeout) before the drain ended; give the last decisions a bounded while to come
-     * in, then stop the server. */
+     * timeout) before the drain ended; stop the loops, give the last decisions a bounded
+     * while to come in, then close the servers. */
+    stop_loops(&w);
     cn__committer_free(w.committer, cfg->commit_timeout_ms);
-    cn__http_stop(w.http);
+    free_loops(&w);
     stop_sweeper(&w);
     atomic_store(&app->shm.workers[id].pid, 0);
     cn__store_close(w.store);
+    if (own_wake_fd)
+        close(w.wake_fd);
     return exit_code;
 }

@@ -251,6 +251,8 @@ release_worker(supervisor_t *s, unsigned id)
     size_t freed = cn__inflight_free_worker(&s->app->shm, id);
 
     c->draining = 0;
+    if (freed) /* their duplicates, parked in the other workers, look again */
+        cn__inflight_wake_all(s->app->ack_efd, s->n);
     if (freed)
         cn_log_info("cn-worker-%u: %zu in-flight request%s released", id, freed,
                     freed == 1 ? "" : "s");
@@ -295,6 +297,8 @@ reap(supervisor_t *s, int running)
         c->pid = 0;
         describe_exit(status, how, sizeof(how));
         if (id < s->n) {
+            /* Its parked requests died with it (their connections with them). */
+            atomic_store(&s->app->shm.workers[id].parked, 0);
             c->draining = 1;
             c->drain_seq = s->persist
                                ? atomic_load(&cn__shm_ring(&s->app->shm, id)->next_seq) - 1

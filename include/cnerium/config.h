@@ -12,7 +12,7 @@
  *   --host H              CNERIUM_HOST              HTTP bind address (127.0.0.1)
  *   --port N              CNERIUM_PORT              HTTP port, 0 = any free port (8080)
  *   --workers N           CNERIUM_WORKERS           HTTP worker processes (number of cores)
- *   --threads N           CNERIUM_THREADS           request threads per worker (2)
+ *   --threads N           CNERIUM_THREADS           event loops per worker (1)
  *   --single-process      CNERIUM_SINGLE_PROCESS    one process, no supervisor (debugging)
  *   --data-dir D          CNERIUM_DATA_DIR          data directory (data/cnerium)
  *   --realtime-host H     CNERIUM_REALTIME_HOST     WebSocket bind address (127.0.0.1)
@@ -79,7 +79,7 @@ typedef struct cn_config {
     char host[CN_CONFIG_HOST_MAX];
     uint16_t port;
     int workers;        /* HTTP worker processes */
-    int threads;        /* request threads in each worker */
+    int threads;        /* event loops (threads) in each worker */
     int single_process; /* 1: serve from the calling process, no supervisor or children */
     int realtime_enabled;
     char realtime_host[CN_CONFIG_HOST_MAX];

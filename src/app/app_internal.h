@@ -6,6 +6,7 @@
 #define CN_APP_APP_INTERNAL_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/types.h>
 
@@ -45,9 +46,21 @@ struct cn_app {
 #define CN_APP_RING_BYTES ((uint64_t)4 << 20)
 #define CN_APP_WAL_SEGMENT_BYTES ((uint64_t)32 << 20)
 #define CN_APP_EVENT_CACHE 8192
-#define CN_APP_MAX_WAITERS 1024 /* per worker: requests waiting for a duplicate */
+#define CN_APP_MAX_PARKED 1024 /* per worker: requests parked behind a duplicate */
 #define CN_APP_WS_PING_S 20
 #define CN_APP_WS_TIMEOUT_S 10
+
+struct cn_worker;
+
+/* One event loop of a worker (workers/http_worker.c): a thread, its epoll, its server. */
+typedef struct cn_loop {
+    struct cn_worker *w;
+    cn_http_server_t *http;
+    int epfd;
+    int ctl_fd; /* eventfd: the worker's main thread has a command */
+    pthread_t thread;
+    int started;
+} cn_loop_t;
 
 /* What one HTTP worker process (or the single process) runs with. */
 typedef struct cn_worker {
@@ -57,7 +70,10 @@ typedef struct cn_worker {
     cn_committer_t *committer;
     cn_inflight_t inflight;
     cn_durable_t durable;
-    cn_http_server_t *http;
+    int wake_fd; /* eventfd: acks from the persister, ended claims somebody waits on */
+    cn_loop_t *loops;
+    unsigned nloops;
+    atomic_uint command; /* CMD_* for the loops */
 
     int sweep; /* this worker runs the expiry sweep (worker 0) */
     pthread_t sweeper;

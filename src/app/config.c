@@ -49,7 +49,7 @@ static const opt_t options[] = {
     {"workers", "CNERIUM_WORKERS", OPT_INT, F(workers), 1, CN_CONFIG_WORKERS_MAX, "N",
      "HTTP worker processes"},
     {"threads", "CNERIUM_THREADS", OPT_INT, F(threads), 1, 256, "N",
-     "request threads in each worker"},
+     "event loops (threads) in each worker"},
     {"single-process", "CNERIUM_SINGLE_PROCESS", OPT_BOOL, F(single_process), 0, 1, "",
      "serve from one process, no supervisor (debugging)"},
     {"data-dir", "CNERIUM_DATA_DIR", OPT_STR, F(data_dir), 0, 0, "DIR", "data directory"},
@@ -147,7 +147,7 @@ cn_config_development(void)
     copy_str(c.host, sizeof(c.host), "127.0.0.1");
     c.port = 8080;
     c.workers = cores > 0 && cores <= CN_CONFIG_WORKERS_MAX ? (int)cores : 1;
-    c.threads = 2;
+    c.threads = 1;
     c.single_process = 0;
     c.inflight_mode = CN_INFLIGHT_WAIT;
     c.inflight_slots = 65536;

@@ -222,6 +222,16 @@ cn__metrics_handler(cn_request_t *req, void *ctx)
             "# TYPE cnerium_inflight_waits_total counter\n"
             "cnerium_inflight_waits_total %llu\n",
         (unsigned long long)cn__shm_counter_sum(shm, -1, CN_SHM_WAITS));
+    {
+        unsigned long long parked = 0;
+        for (unsigned w = 0; w < shm->hdr->nworkers; w++)
+            parked += atomic_load_explicit(&shm->workers[w].parked, memory_order_relaxed);
+        put(&t, "# HELP cnerium_inflight_parked Durable requests waiting right now for a "
+                "concurrent duplicate with the same key to finish.\n"
+                "# TYPE cnerium_inflight_parked gauge\n"
+                "cnerium_inflight_parked %llu\n",
+            parked);
+    }
     put(&t, "# HELP cnerium_inflight_slots In-flight table slots held right now.\n"
             "# TYPE cnerium_inflight_slots gauge\n"
             "cnerium_inflight_slots %llu\n"

@@ -1,9 +1,12 @@
 /*
  * http/mhd.c - the libmicrohttpd adapter (the only file that includes microhttpd.h).
  *
- * One daemon with an internal thread pool on an inherited listening socket. It polls with
- * poll(), not epoll: 0.9.75 in epoll mode misses a FIN that arrives together with the
- * last bytes it reads, so a client that vanished mid-body stayed "in progress" forever.
+ * One daemon on an inherited listening socket, in external-epoll mode: it has no thread of
+ * its own. Its epoll descriptor (cn__http_fd) sits in the caller's event loop, which
+ * calls cn__http_run when it is readable or cn__http_timeout_ms has passed; everything
+ * below (callbacks, dispatch, the header-deadline reaper) runs in that call, on the
+ * loop's thread. (0.9.75's epoll mode may miss a FIN that arrives together with the
+ * last bytes it reads: the reaper below looks for clients gone mid-body.)
  * Per connection: a slot (connection notify callback, freed when MHD closes the
  * connection) keeps the raw target the URI-log callback saw and the header deadline.
  * Per request: the access handler's first call creates our request state from the slot's
@@ -14,14 +17,15 @@
  * because only then does 0.9.75 promise the completion callback: a request it rejects
  * itself earlier (a query with too many arguments for the connection memory, say) is
  * dropped without it, which used to leak the state and the in-progress count.
- * Header deadline: one reaper thread per server closes (408, then shutdown()) connections
- * whose current request has not reached the access handler in time; MHD then sees the
- * socket end and closes the connection itself. Slots are on a list under conns_mu, and a
- * slot leaves it in the close notification, before MHD closes the socket, so the reaper
- * never touches a closed (or reused) descriptor.
+ * Header deadline: cn__http_run closes (408, then shutdown()) connections whose current
+ * request has not reached the access handler in time, at most a quarter of the deadline
+ * late; MHD then sees the socket end and closes the connection itself. Slots are on a
+ * list under conns_mu, and a slot leaves it in the close notification, before MHD closes
+ * the socket, so the reaper never touches a closed (or reused) descriptor.
  * A deferred reply (a durable response waiting for its record to be durable) suspends
- * the connection; cn__http_complete, from any thread, resumes it and MHD calls the
- * access handler once more to queue the reply. No MHD thread waits meanwhile.
+ * the connection; cn__http_complete resumes it and MHD calls the access handler once
+ * more to queue the reply, in the next cn__http_run. From the loop's own thread (an ack
+ * it polled) that is the same turn: resume, run, send. Nothing waits meanwhile.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -35,6 +39,7 @@
 #include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <microhttpd.h>
 
@@ -57,6 +62,7 @@ typedef struct conn_slot {
     int fd;                        /* MHD's socket, open while the slot is listed */
     uint64_t waiting_since;        /* conns_mu: monotonic ms, start of the header phase */
     int in_request;                /* conns_mu: the access handler has the request */
+    int reading_body;              /* conns_mu: in_request, not dispatched yet */
     int reaped;                    /* conns_mu: the reaper closed it */
     int served;                    /* conns_mu: a request on it has been completed */
     char *raw_target;              /* the connection's thread only */
@@ -71,10 +77,14 @@ struct cn_http_server {
 
     pthread_mutex_t conns_mu;
     conn_slot_t conns; /* list head */
-    pthread_cond_t reaper_cond;
-    pthread_t reaper;
-    int reaper_started;
-    int stopping; /* conns_mu */
+    uint32_t reap_tick_ms; /* between looks for overdue headers and vanished clients */
+    uint64_t next_reap_ms; /* monotonic */
+    int epoll_fd;          /* MHD's */
+    int wake_fd;           /* the loop's eventfd (cn__http_set_wake_fd), or -1 */
+    pthread_t runner;      /* the thread that runs the server (set by cn__http_run) */
+    /* Monotonic ms until which the server runs at least every SETTLE_TICK_MS: see there. */
+    uint64_t busy_until_ms; /* the runner's */
+    atomic_int has_runner;
 };
 
 /* A deferred request: DISPATCHING until the dispatch callback returns, then SUSPENDED
@@ -84,6 +94,7 @@ enum { DEFER_NONE = 0, DEFER_DISPATCHING, DEFER_SUSPENDED, DEFER_READY, DEFER_RE
 typedef struct conn_state {
     cn_request_t req;
     struct MHD_Connection *conn;
+    cn_http_server_t *srv;
     conn_slot_t *slot;
     pthread_mutex_t mu; /* guards defer and reply */
     int defer;
@@ -97,6 +108,26 @@ typedef struct conn_state {
     const char *bad_name;          /* the name of the refused header */
     int too_large;
 } conn_state_t;
+
+/* In external-epoll mode 0.9.75 finishes some work only in a later MHD_run without
+ * reporting it through MHD_get_timeout or an event: closing a connection it refused
+ * itself (an oversized request line, say) waited for the next one-second timeout. So
+ * for a short while after any connection activity the loop runs the server every
+ * SETTLE_TICK_MS; idle connections cost no wakeups. */
+#define SETTLE_TICK_MS 2
+#define SETTLE_WINDOW_MS 50
+
+static uint64_t
+now_ms(void)
+{
+    return cn__clock_mono_ms();
+}
+
+static void
+busy(cn_http_server_t *srv)
+{
+    srv->busy_until_ms = now_ms() + SETTLE_WINDOW_MS;
+}
 
 static void
 log_cb(void *cls, const char *fmt, va_list ap)
@@ -124,6 +155,7 @@ notify_cb(void *cls, struct MHD_Connection *conn, void **socket_context,
     cn_http_server_t *srv = cls;
     conn_slot_t *slot;
 
+    busy(srv);
     if (code == MHD_CONNECTION_NOTIFY_STARTED) {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
@@ -159,7 +191,7 @@ uri_cb(void *cls, const char *uri, struct MHD_Connection *conn)
 {
     conn_slot_t *slot = slot_of(conn);
 
-    (void)cls;
+    busy(cls);
     if (slot) {
         free(slot->raw_target);
         slot->raw_target = strdup(uri);
@@ -176,12 +208,14 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
 
     (void)conn;
     (void)toe;
+    busy(srv);
     if (!st)
         return;
     if (st->slot) {
         /* The header phase of the next request on this connection starts now. */
         pthread_mutex_lock(&srv->conns_mu);
         st->slot->in_request = 0;
+        st->slot->reading_body = 0;
         st->slot->served = 1;
         st->slot->waiting_since = cn__clock_mono_ms();
         pthread_mutex_unlock(&srv->conns_mu);
@@ -374,12 +408,14 @@ begin_request(cn_http_server_t *srv, struct MHD_Connection *conn, const char *me
         return MHD_NO;
     pthread_mutex_init(&st->mu, NULL);
     st->conn = conn;
+    st->srv = srv;
     st->slot = slot;
     /* From here on the completion callback frees st and gives back the count. */
     *con_cls = st;
     atomic_fetch_add(&srv->active, 1);
     pthread_mutex_lock(&srv->conns_mu);
     slot->in_request = 1;
+    slot->reading_body = 1;
     pthread_mutex_unlock(&srv->conns_mu);
 
     target = slot->raw_target;
@@ -488,6 +524,11 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     }
     if (st->too_large)
         return MHD_NO; /* answered already */
+    if (st->slot) {
+        pthread_mutex_lock(&srv->conns_mu);
+        st->slot->reading_body = 0;
+        pthread_mutex_unlock(&srv->conns_mu);
+    }
     st->defer = DEFER_DISPATCHING;
     srv->dispatch(srv->arg, &st->req, &reply);
     if (!(reply.flags & CN_REPLY_DEFERRED)) {
@@ -510,9 +551,16 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
 }
 
 void
+cn__http_set_wake_fd(cn_http_server_t *srv, int fd)
+{
+    srv->wake_fd = fd;
+}
+
+void
 cn__http_complete(void *handle, cn_http_reply_t *reply)
 {
     conn_state_t *st = handle;
+    cn_http_server_t *srv = st->srv;
     int resume;
 
     pthread_mutex_lock(&st->mu);
@@ -522,21 +570,48 @@ cn__http_complete(void *handle, cn_http_reply_t *reply)
     pthread_mutex_unlock(&st->mu);
     /* Outside the lock: MHD takes its own locks to resume. The state cannot go away
      * meanwhile: MHD frees nothing of a suspended connection. */
-    if (resume)
-        MHD_resume_connection(st->conn);
+    if (!resume)
+        return;
+    MHD_resume_connection(st->conn);
+    /* In external-polling mode MHD does not wake the loop for a resume: the resumed
+     * connection is picked up by the next MHD_run. On the loop's own thread that comes
+     * in this turn; from another thread the loop is woken. */
+    if (srv->wake_fd >= 0 &&
+        !(atomic_load(&srv->has_runner) && pthread_equal(srv->runner, pthread_self()))) {
+        uint64_t one = 1;
+        if (write(srv->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            cn_log_warn("waking an event loop: %s", strerror(errno));
+    }
 }
 
 static const char timeout_answer[] =
     "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
-/* Closes every connection whose request headers are overdue; returns how many. */
+/* Closes every connection whose request headers are overdue, and every one whose client
+ * went away in the middle of a request body; returns how many. */
 static unsigned
 reap(cn_http_server_t *srv, uint64_t now)
 {
     unsigned n = 0;
 
     for (conn_slot_t *s = srv->conns.next; s != &srv->conns; s = s->next) {
-        if (s->in_request || s->reaped || now - s->waiting_since < srv->opt.header_timeout_ms)
+        char c;
+        if (s->reaped)
+            continue;
+        if (s->reading_body) {
+            /* In epoll mode 0.9.75 can miss a FIN that came with the last bytes it read,
+             * and then waits for the rest of the body until the connection timeout. A
+             * peek that finds the end of the stream (and nothing before it) means the
+             * body can never be completed: shutdown() makes MHD see it. */
+            if (recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
+                shutdown(s->fd, SHUT_RDWR);
+                s->reaped = 1;
+                n++;
+            }
+            continue;
+        }
+        if (!srv->opt.header_timeout_ms || s->in_request ||
+            now - s->waiting_since < srv->opt.header_timeout_ms)
             continue;
         /* Nothing of this request has been answered (MHD writes only after the access
          * handler or on its own errors), so the 408 cannot interleave with a response.
@@ -554,87 +629,39 @@ reap(cn_http_server_t *srv, uint64_t now)
     return n;
 }
 
-static void *
-reaper_main(void *arg)
-{
-    cn_http_server_t *srv = arg;
-    /* A quarter of the deadline between looks: a connection is closed at most 25% late. */
-    uint32_t tick = srv->opt.header_timeout_ms / 4;
-
-    if (tick < 10)
-        tick = 10;
-    if (tick > 1000)
-        tick = 1000;
-    pthread_mutex_lock(&srv->conns_mu);
-    while (!srv->stopping) {
-        struct timespec next;
-        unsigned n;
-
-        clock_gettime(CLOCK_MONOTONIC, &next);
-        next.tv_sec += tick / 1000;
-        next.tv_nsec += (long)(tick % 1000) * 1000000L;
-        if (next.tv_nsec >= 1000000000L) {
-            next.tv_sec++;
-            next.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&srv->reaper_cond, &srv->conns_mu, &next);
-        if (srv->stopping)
-            break;
-        if ((n = reap(srv, cn__clock_mono_ms())))
-            cn_log_debug("closed %u connections whose request headers took over %u ms", n,
-                         (unsigned)srv->opt.header_timeout_ms);
-    }
-    pthread_mutex_unlock(&srv->conns_mu);
-    return NULL;
-}
-
-static void
-stop_reaper(cn_http_server_t *srv)
-{
-    if (!srv->reaper_started)
-        return;
-    pthread_mutex_lock(&srv->conns_mu);
-    srv->stopping = 1;
-    pthread_cond_signal(&srv->reaper_cond);
-    pthread_mutex_unlock(&srv->conns_mu);
-    pthread_join(srv->reaper, NULL);
-    srv->reaper_started = 0;
-}
-
 int
 cn__http_start(int listen_fd, const cn_http_options_t *opt, cn_http_dispatch_cb dispatch,
                void *arg, cn_http_server_t **out)
 {
     cn_http_server_t *srv = calloc(1, sizeof(*srv));
-    unsigned threads = opt->threads > 1 ? opt->threads : 0u;
     unsigned limit = opt->max_connections;
-    pthread_condattr_t ca;
+    const union MHD_DaemonInfo *info;
 
     if (!srv)
         return -ENOMEM;
     srv->dispatch = dispatch;
     srv->arg = arg;
     srv->opt = *opt;
+    srv->epoll_fd = srv->wake_fd = -1;
     atomic_init(&srv->active, 0);
+    atomic_init(&srv->has_runner, 0);
     pthread_mutex_init(&srv->conns_mu, NULL);
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&srv->reaper_cond, &ca);
-    pthread_condattr_destroy(&ca);
     srv->conns.next = srv->conns.prev = &srv->conns;
-    /* 0.9.75 splits the connection limit evenly over the pool's threads (each polls the
-     * listening socket on its own); a limit below the thread count would leave threads
-     * that never accept. */
-    if (limit < (threads ? threads : 1u))
-        limit = threads ? threads : 1u;
+    {
+        /* A quarter of the header deadline between looks (a connection is closed at
+         * most 25% late), at most a second (clients gone mid-body). */
+        uint32_t tick = opt->header_timeout_ms ? opt->header_timeout_ms / 4 : 1000;
+        srv->reap_tick_ms = tick < 10 ? 10 : tick > 1000 ? 1000 : tick;
+        srv->next_reap_ms = cn__clock_mono_ms() + srv->reap_tick_ms;
+    }
+    if (limit < 1)
+        limit = 1;
     srv->daemon = MHD_start_daemon(
-        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_USE_ITC | MHD_USE_ERROR_LOG |
-            MHD_ALLOW_SUSPEND_RESUME,
+        MHD_USE_EPOLL | MHD_USE_ITC | MHD_USE_ERROR_LOG | MHD_ALLOW_SUSPEND_RESUME,
         0,
         NULL, NULL, access_cb, srv,
         MHD_OPTION_EXTERNAL_LOGGER, log_cb, NULL,
         MHD_OPTION_LISTEN_SOCKET, listen_fd,
-        MHD_OPTION_THREAD_POOL_SIZE, threads,
         MHD_OPTION_NOTIFY_CONNECTION, notify_cb, srv,
         MHD_OPTION_URI_LOG_CALLBACK, uri_cb, srv,
         MHD_OPTION_NOTIFY_COMPLETED, completed_cb, srv,
@@ -647,15 +674,62 @@ cn__http_start(int listen_fd, const cn_http_options_t *opt, cn_http_dispatch_cb 
         cn__http_stop(srv);
         return -EIO;
     }
-    if (opt->header_timeout_ms) {
-        if (pthread_create(&srv->reaper, NULL, reaper_main, srv)) {
-            cn__http_stop(srv);
-            return -EAGAIN;
-        }
-        srv->reaper_started = 1;
+    info = MHD_get_daemon_info(srv->daemon, MHD_DAEMON_INFO_EPOLL_FD);
+    if (!info || info->epoll_fd < 0) {
+        cn__http_stop(srv);
+        return -EIO;
     }
+    srv->epoll_fd = info->epoll_fd;
     *out = srv;
     return 0;
+}
+
+int
+cn__http_fd(const cn_http_server_t *srv)
+{
+    return srv->epoll_fd;
+}
+
+int
+cn__http_timeout_ms(cn_http_server_t *srv)
+{
+    MHD_UNSIGNED_LONG_LONG t;
+    uint64_t until = UINT64_MAX, now;
+
+    if (MHD_get_timeout(srv->daemon, &t) == MHD_YES)
+        until = t;
+    if (srv->reap_tick_ms) {
+        now = cn__clock_mono_ms();
+        t = srv->next_reap_ms > now ? srv->next_reap_ms - now : 0;
+        if (t < until)
+            until = t;
+    }
+    if (srv->busy_until_ms > now_ms() && until > SETTLE_TICK_MS)
+        until = SETTLE_TICK_MS;
+    return until == UINT64_MAX ? -1 : until > INT32_MAX ? INT32_MAX : (int)until;
+}
+
+void
+cn__http_run(cn_http_server_t *srv)
+{
+    if (!atomic_load_explicit(&srv->has_runner, memory_order_relaxed)) {
+        srv->runner = pthread_self();
+        atomic_store(&srv->has_runner, 1);
+    }
+    (void)MHD_run(srv->daemon);
+    if (srv->reap_tick_ms) {
+        uint64_t now = cn__clock_mono_ms();
+        unsigned n;
+        if (now < srv->next_reap_ms)
+            return;
+        srv->next_reap_ms = now + srv->reap_tick_ms;
+        pthread_mutex_lock(&srv->conns_mu);
+        n = reap(srv, now);
+        pthread_mutex_unlock(&srv->conns_mu);
+        if (n)
+            cn_log_debug("closed %u connections: request headers overdue (%u ms) or the "
+                         "client gone mid-body", n, (unsigned)srv->opt.header_timeout_ms);
+    }
 }
 
 void
@@ -676,11 +750,8 @@ cn__http_stop(cn_http_server_t *srv)
 {
     if (!srv)
         return;
-    /* The reaper first: it must not shut down sockets the daemon is closing. */
-    stop_reaper(srv);
     if (srv->daemon)
         MHD_stop_daemon(srv->daemon);
-    pthread_cond_destroy(&srv->reaper_cond);
     pthread_mutex_destroy(&srv->conns_mu);
     free(srv);
 }

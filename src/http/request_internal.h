@@ -78,9 +78,8 @@ struct cn_request {
 
     void *http_handle; /* the server's handle for cn__http_complete (http/server.h) */
 
-    /* durable routes: waiting for a concurrent duplicate happens off the server thread */
+    /* durable routes: how long the request may stay parked behind a duplicate */
     uint64_t inflight_deadline; /* monotonic ms; 0 until the first look */
-    int on_waiter;              /* 1 while a waiter thread runs the request */
 };
 
 /* Initializes req for method and raw target (copied). The target is origin-form

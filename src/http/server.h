@@ -3,8 +3,9 @@
  * leaves http/mhd.c).
  *
  * It reads requests into cn_request_t objects, calls the dispatch callback once a
- * request's body is complete, and writes the reply. Runs its own threads; the dispatch
- * callback runs on them, one request per thread at a time.
+ * request's body is complete, and writes the reply. It has no thread: the caller's
+ * event loop waits on cn__http_fd (and cn__http_timeout_ms) and calls cn__http_run,
+ * inside which every callback runs. One thread runs a server at a time.
  */
 #ifndef CN_HTTP_SERVER_H
 #define CN_HTTP_SERVER_H
@@ -34,7 +35,6 @@ typedef void (*cn_http_dispatch_cb)(void *arg, cn_request_t *req, cn_http_reply_
 typedef struct cn_http_server cn_http_server_t;
 
 typedef struct cn_http_options {
-    unsigned threads;  /* request threads */
     size_t max_body;   /* bodies over this many bytes get 413 without dispatching */
     /* Open connections of this server. At the limit new connections wait in the
      * listening socket's backlog until one closes. */
@@ -53,9 +53,26 @@ typedef struct cn_http_options {
 int cn__http_start(int listen_fd, const cn_http_options_t *opt, cn_http_dispatch_cb dispatch,
                    void *arg, cn_http_server_t **out);
 
+/* The descriptor to wait on for readability (an epoll fd). */
+int cn__http_fd(const cn_http_server_t *srv);
+
+/* Milliseconds until cn__http_run is due even without activity (0: at once), or -1. */
+int cn__http_timeout_ms(cn_http_server_t *srv);
+
+/* Accepts, reads, dispatches, writes and closes whatever is ready; sends the replies
+ * cn__http_complete delivered since the last call; closes connections whose request
+ * headers are overdue. Never waits. */
+void cn__http_run(cn_http_server_t *srv);
+
+/* An eventfd the caller's loop waits on (besides cn__http_fd): cn__http_complete
+ * called from any other thread than the one running the server writes it, since MHD
+ * does not wake an external loop for a resumed connection. -1 (the default): none. */
+void cn__http_set_wake_fd(cn_http_server_t *srv, int fd);
+
 /* Delivers the reply of a request whose dispatch returned CN_REPLY_DEFERRED. Call it
  * exactly once per such request, from any thread, even before the dispatch callback has
- * returned. Consumes reply->response. */
+ * returned; the reply goes out in the server's next cn__http_run (another thread's
+ * call wakes its loop through the wake fd). Consumes reply->response. */
 void cn__http_complete(void *handle, cn_http_reply_t *reply);
 
 /* Stops accepting new connections; requests in progress continue. */
@@ -68,8 +85,9 @@ unsigned cn__http_active(cn_http_server_t *srv);
 void cn__http_stop(cn_http_server_t *srv);
 
 /* Hands the server a connected stream socket (tests and fuzzing: one end of a
- * socketpair) as if it had been accepted. The socket is the server's afterwards, also
- * on failure (it is closed then). Returns 0 or -EIO. */
+ * socketpair) as if it had been accepted. Call it from the thread that runs the server.
+ * The socket is the server's afterwards, also on failure (it is closed then). Returns 0
+ * or -EIO. */
 int cn__http_add_connection(cn_http_server_t *srv, int fd);
 
 #endif

@@ -4,9 +4,22 @@
  * stored, serialize concurrent duplicates, run the handler once, store its response
  * before it is sent, publish its events only once the record is durable.
  *
- * Runs on request threads. The claim on a key is held from before the handler runs
- * until the store holds the record (or the key is released), so a duplicate can never
- * find neither the claim nor the record.
+ * A request goes through it once, in four steps, top to bottom in this file's last part:
+ *
+ *   admit   the key, the fingerprint, the scope and the store key (400, 413 end it here)
+ *   decide  look the key up, claim it, look again: replay, 409, park, or own it
+ *   run     the handler; what of its response is kept
+ *   commit  submit the record; commit_done answers once the persister has decided
+ *
+ * A request whose key is held by a concurrent duplicate (in any worker) is parked: its
+ * connection stays suspended, no thread waits for it, and cn__durable_wake, run by the
+ * worker's event loop when a claim somebody waits on ends (or at the holder's lease end
+ * or the request's own deadline), takes it back to decide. A run whose stream
+ * expectation failed and that may run again is parked the same way.
+ *
+ * Runs on the worker's event loop threads. The claim on a key is held from before the
+ * handler runs until the store holds the record (or the key is released), so a
+ * duplicate can never find neither the claim nor the record.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -148,18 +161,20 @@ typedef struct commit_wait {
     const cn_route_t *rerun_route;
 } commit_wait_t;
 
-static int start_waiter(cn_durable_t *d, const cn_route_t *route, cn_request_t *req);
+static int park(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, const char *skey,
+                size_t skeylen, uint64_t retry_at_ms, int waited);
 
 /* The handler asked to run again on fresh state when an expectation fails
- * (cn_stream_retry_on_conflict) and has runs left: the request starts over from the
- * key on a waiter thread, with nothing of the refused run kept, once the claim is
- * released (a duplicate that takes the key meanwhile is waited for and replayed, as for
- * any request). The connection is still suspended, so req is alive. Returns 0 when the
- * rerun started. */
+ * (cn_stream_retry_on_conflict) and has runs left: the request is parked, due at once,
+ * with nothing of the refused run kept; the loop's next cn__durable_wake takes it back
+ * to decide (a duplicate that took the key meanwhile is waited for and replayed, as for
+ * any request). The connection is still suspended, so req is alive. Returns 0 when it
+ * is parked. */
 static int
 rerun(commit_wait_t *w)
 {
     cn_request_t *req = w->rerun_req;
+    int rc;
 
     cn__appends_free(req->appends);
     req->appends = NULL;
@@ -171,7 +186,9 @@ rerun(commit_wait_t *w)
     req->events_failed = 0;
     req->inflight_deadline = 0;
     req->reruns++;
-    return start_waiter(w->d, w->rerun_route, req);
+    if ((rc = park(w->d, w->rerun_route, req, w->skey, w->skeylen, 0, w->waited)))
+        req->reruns--;
+    return rc;
 }
 
 static void
@@ -474,8 +491,8 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
         return rc;
     }
     /* From here on neither w nor req may be touched: the commit may already have been
-     * decided and the response delivered, and on a waiter thread delivering resumes the
-     * connection, whose request libmicrohttpd then frees. */
+     * decided and the response delivered (the sync committer decides inside submit), and
+     * delivering resumes the connection, whose request libmicrohttpd then frees. */
     memset(res, 0, sizeof(*res));
     return 0;
 }
@@ -518,112 +535,60 @@ store_too_big(cn_durable_t *d, const cn_route_t *route, const char *skey, size_t
     return store_response(d, route, skey, skeylen, req, res, claim, out);
 }
 
-typedef struct waiter {
-    cn_durable_t *d;
-    const cn_route_t *route;
-    cn_request_t *req;
-} waiter_t;
-
-static int handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
-                  cn_durable_result_t *out);
-
-static void *
-waiter_main(void *arg)
-{
-    waiter_t w = *(waiter_t *)arg;
-    cn_durable_result_t out;
-
-    free(arg);
-    memset(&out, 0, sizeof(out));
-    out.op_index = w.route->op_index;
-    w.req->on_waiter = 1;
-    handle(w.d, w.route, w.req, &out);
-    out.waited = 1;
-    /* Deferred again: the request became the owner and its record is being committed;
-     * commit_done delivers it. */
-    if (!out.deferred)
-        w.d->deliver(w.d->deliver_arg, w.req->http_handle, &out);
-    atomic_fetch_sub(&w.d->waiters, 1);
-    return NULL;
-}
-
-/* Runs the rest of req on a thread of its own. Returns 0, or an error (nothing started:
- * the caller goes on as before). */
-static int
-start_waiter(cn_durable_t *d, const cn_route_t *route, cn_request_t *req)
-{
-    pthread_attr_t attr;
-    pthread_t t;
-    waiter_t *w;
-    int rc;
-
-    if (!req->http_handle || atomic_fetch_add(&d->waiters, 1) >= d->max_waiters) {
-        atomic_fetch_sub(&d->waiters, 1);
-        return -EAGAIN;
-    }
-    if (!(w = malloc(sizeof(*w)))) {
-        atomic_fetch_sub(&d->waiters, 1);
-        return -ENOMEM;
-    }
-    *w = (waiter_t){d, route, req};
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&attr, 256 * 1024);
-    rc = pthread_create(&t, &attr, waiter_main, w);
-    pthread_attr_destroy(&attr);
-    if (rc) {
-        free(w);
-        atomic_fetch_sub(&d->waiters, 1);
-        return -rc;
-    }
-    return 0;
-}
-
-unsigned
-cn__durable_quiesce(cn_durable_t *d, uint32_t wait_ms)
-{
-    uint64_t deadline = cn__clock_mono_ms() + wait_ms;
-    struct timespec tick = {0, 5 * 1000000L};
-
-    while (atomic_load(&d->waiters) && cn__clock_mono_ms() < deadline)
-        nanosleep(&tick, NULL); /* bounded; waiters end by their own deadlines */
-    return atomic_load(&d->waiters);
-}
-
 static int
 handler_response_ok(const cn_response_t *res)
 {
     return res->status >= 200 && res->status <= 599;
 }
 
-static int
-handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_result_t *out)
-{
-    char skey[CN_STORE_KEY_MAX + 1], principal[2 * PRINCIPAL_HASH_BYTES + 1];
-    const char *raw = NULL, *why = NULL;
-    size_t nkeys, skeylen;
-    uint8_t slot_key[CN_SHA256_LEN];
-    cn_claim_t claim;
-    uint64_t deadline;
-    cn_response_t res;
-    int rc, persist;
+/* ---- one request, top to bottom ---- */
 
+/* What admit establishes and every later step uses. */
+typedef struct admitted {
+    const cn_route_t *route;
+    cn_request_t *req;
+    char skey[CN_STORE_KEY_MAX + 1]; /* the store key: operation, scope, key */
+    size_t skeylen;
+    uint8_t slot_key[CN_SHA256_LEN]; /* its hash: the in-flight table's key */
+} admitted_t;
+
+/* A request waiting for a concurrent duplicate (or due for a rerun). */
+typedef struct parked {
+    struct parked *next;
+    admitted_t a;
+    uint64_t retry_at_ms; /* monotonic: decide again then at the latest */
+    int waited;
+} parked_t;
+
+/* Step 1. Checks the key and computes what identifies the request. Returns 0, or 1
+ * after answering (400, 413, 500). */
+static int
+admit(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, admitted_t *a,
+      cn_durable_result_t *out)
+{
+    char principal[2 * PRINCIPAL_HASH_BYTES + 1];
+    const char *raw = NULL, *why = NULL;
+    size_t nkeys;
+    int rc;
+
+    a->route = route;
+    a->req = req;
     nkeys = cn__request_header_count(req, "Idempotency-Key", &raw);
     if (nkeys == 0)
-        return problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_MISSING,
-                       "Missing Idempotency-Key header");
+        return !problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_MISSING,
+                        "Missing Idempotency-Key header");
     if (nkeys > 1)
-        return problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_INVALID,
-                       "Multiple Idempotency-Key headers; send exactly one");
+        return !problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_INVALID,
+                        "Multiple Idempotency-Key headers; send exactly one");
     if (cn__key_parse(raw, strlen(raw), req->key, &req->key_len, &why))
-        return problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_INVALID, why);
+        return !problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_INVALID, why);
 
     req->is_durable = 1;
     req->operation = route->operation;
-    if ((rc = cn__fingerprint(req->query, req->query_len, req->body, req->body_len,
-                              req->fingerprint)))
-        return problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
-                       "The request fingerprint could not be computed");
+    if (cn__fingerprint(req->query, req->query_len, req->body, req->body_len,
+                        req->fingerprint))
+        return !problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
+                        "The request fingerprint could not be computed");
     cn__hex(req->fingerprint, CN_SHA256_LEN, req->fingerprint_hex);
 
     if (d->cfg->principal_header[0]) {
@@ -631,16 +596,16 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         uint8_t h[CN_SHA256_LEN];
         /* Two principals would make the scope depend on which one is read: refuse. */
         if (cn__request_header_count(req, d->cfg->principal_header, &who) > 1)
-            return problem(out, CN_OUTCOME_INVALID, 400, NULL,
-                           "Multiple principal headers; send exactly one");
+            return !problem(out, CN_OUTCOME_INVALID, 400, NULL,
+                            "Multiple principal headers; send exactly one");
         if (cn__sha256(who ? who : "", who ? strlen(who) : 0, h))
-            return problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
-                           "The principal could not be hashed");
+            return !problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
+                            "The principal could not be hashed");
         cn__hex(h, PRINCIPAL_HASH_BYTES, principal);
     }
-    rc = cn__store_key(skey, sizeof(skey), route->operation,
+    rc = cn__store_key(a->skey, sizeof(a->skey), route->operation,
                        d->cfg->principal_header[0] ? principal : NULL, req->key, req->key_len,
-                       &skeylen);
+                       &a->skeylen);
     CN_ASSERT(rc == 0); /* operation <= 64 and key <= 255 bytes always fit */
 
     /* A request whose body alone, returned as the response, would make a record over
@@ -650,7 +615,7 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         cn_record_t probe = {.body_len = req->body_len > CN_RECORD_FIELD_MAX
                                              ? CN_RECORD_FIELD_MAX
                                              : (uint32_t)req->body_len};
-        cn_store_put_t probe_item = {skey, skeylen, &probe, NULL, 0, NULL, 0};
+        cn_store_put_t probe_item = {a->skey, a->skeylen, &probe, NULL, 0, NULL, 0};
         size_t max = cn__committer_record_max(d->committer);
 
         if (req->body_len > CN_RECORD_FIELD_MAX ||
@@ -660,63 +625,83 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
                      "The request body (%zu bytes) is too large for a durable route: its "
                      "stored record (response, events, key) is limited to %zu bytes",
                      req->body_len, max);
-            return problem(out, CN_OUTCOME_INVALID, 413, CN_PROBLEM_BODY_TOO_LARGE, detail);
+            return !problem(out, CN_OUTCOME_INVALID, 413, CN_PROBLEM_BODY_TOO_LARGE, detail);
         }
     }
+    if (cn__sha256(a->skey, a->skeylen, a->slot_key))
+        return !problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
+                        "The request key could not be hashed");
+    return 0;
+}
 
-    if ((rc = cn__sha256(skey, skeylen, slot_key)))
-        return problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
-                       "The request key could not be hashed");
+static void
+in_progress(cn_durable_result_t *out)
+{
+    /* The IETF draft's answer to a request in progress, a problem type of its own. */
+    problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_IN_PROGRESS,
+            "A request with this Idempotency-Key is still in progress; retry later");
+    if (out->response.status && cn_response_add_header(&out->response, "Retry-After", "1"))
+        cn_response_free(&out->response);
+}
 
-    /* Look, claim, look again: a duplicate that finished between the first look and the
-     * claim has stored its record by the time its claim is released. On a server thread
-     * the claim is only tried; a request that would have to wait moves to a waiter
-     * thread, so the server thread goes on serving its other connections. */
-    if (!req->inflight_deadline)
-        req->inflight_deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
-    for (;;) {
-        cn_inflight_result_t ir;
-        int waited;
+enum { DECIDED, OWNED, WAITING };
 
-        if (lookup(d, skey, skeylen, req, out))
-            return 0;
-        deadline = req->on_waiter ? req->inflight_deadline : cn__clock_mono_ms();
-        ir = cn__inflight_acquire(d->inflight, slot_key, req->fingerprint, d->cfg->lease_ms,
-                                  deadline, &waited, &claim);
-        if (ir == CN_INFLIGHT_TIMEOUT && !req->on_waiter &&
-            cn__clock_mono_ms() < req->inflight_deadline) {
-            if (start_waiter(d, route, req) == 0) {
-                out->deferred = 1;
-                return 0;
+/* How many times decide follows a claim that ended between its looks before it parks
+ * the request (each round means another request finished or failed on the key). */
+#define DECIDE_ROUNDS 16
+
+/* Step 2. Look, claim, look again: a duplicate that finished between the first look and
+ * the claim has stored its record by the time its claim is released. Never sleeps.
+ * Returns DECIDED (out has the answer), OWNED (*claim is the caller's: run the handler)
+ * or WAITING (the key is held elsewhere: park until *retry_at_ms or a wake). */
+static int
+decide(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, cn_claim_t *claim,
+       uint64_t *retry_at_ms)
+{
+    cn_request_t *req = a->req;
+
+    for (unsigned round = 0; round < DECIDE_ROUNDS; round++) {
+        if (lookup(d, a->skey, a->skeylen, req, out))
+            return DECIDED;
+        switch (cn__inflight_try(d->inflight, a->slot_key, req->fingerprint, d->cfg->lease_ms,
+                                 claim, retry_at_ms)) {
+        case CN_INFLIGHT_OWNED:
+            if (lookup(d, a->skey, a->skeylen, req, out)) {
+                cn__inflight_release(d->inflight, claim);
+                return DECIDED;
             }
-            /* No waiter thread to be had: wait here, as a last resort. */
-            ir = cn__inflight_acquire(d->inflight, slot_key, req->fingerprint,
-                                      d->cfg->lease_ms, req->inflight_deadline, &waited,
-                                      &claim);
-            waited = 1;
-        }
-        out->waited |= waited;
-        if (ir == CN_INFLIGHT_OWNED) {
-            if (lookup(d, skey, skeylen, req, out)) {
-                cn__inflight_release(d->inflight, &claim);
-                return 0;
-            }
+            return OWNED;
+        case CN_INFLIGHT_RELEASED:
+            continue; /* its holder finished while we looked: look again */
+        case CN_INFLIGHT_MISMATCH:
+            problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+            return DECIDED;
+        case CN_INFLIGHT_PARK:
+            if (cn__clock_mono_ms() >= req->inflight_deadline)
+                break;
+            if (*retry_at_ms > req->inflight_deadline)
+                *retry_at_ms = req->inflight_deadline;
+            return WAITING;
+        default: /* BUSY (reject mode); TIMEOUT is acquire's, not try's */
             break;
         }
-        if (ir == CN_INFLIGHT_RELEASED)
-            continue;
-        if (ir == CN_INFLIGHT_MISMATCH)
-            return problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
-        /* BUSY (reject mode) or TIMEOUT: the IETF draft's answer to a request in
-         * progress, a problem type of its own. */
-        problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_IN_PROGRESS,
-                "A request with this Idempotency-Key is still in progress; retry later");
-        if (out->response.status && cn_response_add_header(&out->response, "Retry-After", "1"))
-            cn_response_free(&out->response);
-        return 0;
+        in_progress(out);
+        return DECIDED;
     }
+    *retry_at_ms = cn__clock_mono_ms(); /* a busy key: look again on the next turn */
+    return WAITING;
+}
 
-    res = route->handler(req, route->ctx);
+/* Step 3 and 4. The caller owns the key: run the handler once, then store its response
+ * (deferred: commit_done answers) or answer at once with what is not stored. */
+static void
+run(cn_durable_t *d, admitted_t *a, cn_claim_t *claim, cn_durable_result_t *out)
+{
+    const cn_route_t *route = a->route;
+    cn_request_t *req = a->req;
+    cn_response_t res = route->handler(req, route->ctx);
+    int persist, rc;
+
     if (!handler_response_ok(&res)) {
         cn_log_error("%s handler returned an unusable response (status %d)", route->operation,
                      res.status);
@@ -744,8 +729,8 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
         persist = res.persist == CN_PERSIST_ALWAYS;
     }
 
-    if ((persist && cn__inflight_commit(d->inflight, &claim)) ||
-        !cn__inflight_holds(d->inflight, &claim)) {
+    if ((persist && cn__inflight_commit(d->inflight, claim)) ||
+        !cn__inflight_holds(d->inflight, claim)) {
         /* The handler ran past its lease and another request has taken the key over: it
          * runs (or ran) the operation again, so this response must neither be stored nor
          * sent as the operation's result. */
@@ -757,26 +742,85 @@ handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, cn_durable_r
                           "the same Idempotency-Key");
         persist = 0;
     } else if (persist) {
-        rc = store_response(d, route, skey, skeylen, req, &res, &claim, out);
+        rc = store_response(d, route, a->skey, a->skeylen, req, &res, claim, out);
         if (rc == 0)
-            return 0; /* deferred, or answered at once in async mode */
+            return; /* deferred, or answered at once in async mode */
         if (rc == CN_ETOOBIG) {
             /* It can never be stored as it is: a final answer instead of a 503 that
              * would run the handler again on every retry. */
-            rc = store_too_big(d, route, skey, skeylen, req, &res, &claim, out);
+            rc = store_too_big(d, route, a->skey, a->skeylen, req, &res, claim, out);
             if (rc == 0)
-                return 0;
+                return;
         }
-        cn_log_error("storing %s failed: %s; answering 503", skey, cn_strerror(rc));
+        cn_log_error("storing %s failed: %s; answering 503", a->skey, cn_strerror(rc));
         cn_response_free(&res);
         res = not_stored_problem(rc);
         persist = 0;
     }
-    cn__inflight_release(d->inflight, &claim);
+    cn__inflight_release(d->inflight, claim);
     cn__events_free(req->events);
     req->events = NULL;
     req->events_tail = &req->events;
     finish(out, res.status >= 500 ? CN_OUTCOME_FAILED : CN_OUTCOME_EXECUTED, res);
+}
+
+/* Steps 2 to 4 for an admitted request: answers in *out, sets out->deferred (the
+ * commit decides), or returns WAITING with *retry_at_ms. */
+static int
+proceed(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, uint64_t *retry_at_ms)
+{
+    cn_claim_t claim;
+    int step = decide(d, a, out, &claim, retry_at_ms);
+
+    if (step == OWNED)
+        run(d, a, &claim, out);
+    return step == WAITING ? WAITING : DECIDED;
+}
+
+static void
+parked_sub(cn_durable_t *d)
+{
+    atomic_fetch_sub(&d->nparked, 1);
+    if (d->parked_gauge)
+        atomic_fetch_sub(d->parked_gauge, 1);
+}
+
+static int
+park(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, const char *skey,
+     size_t skeylen, uint64_t retry_at_ms, int waited)
+{
+    parked_t *p;
+
+    if (!req->http_handle)
+        return -EAGAIN; /* nowhere to deliver a later answer */
+    if (atomic_fetch_add(&d->nparked, 1) >= d->max_parked) {
+        atomic_fetch_sub(&d->nparked, 1);
+        return -EAGAIN;
+    }
+    if (d->parked_gauge)
+        atomic_fetch_add(d->parked_gauge, 1);
+    if (!(p = calloc(1, sizeof(*p)))) {
+        parked_sub(d);
+        return -ENOMEM;
+    }
+    p->a.route = route;
+    p->a.req = req;
+    memcpy(p->a.skey, skey, skeylen);
+    p->a.skey[skeylen] = '\0';
+    p->a.skeylen = skeylen;
+    if (cn__sha256(skey, skeylen, p->a.slot_key)) {
+        free(p);
+        parked_sub(d);
+        return -EIO;
+    }
+    if (!req->inflight_deadline)
+        req->inflight_deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
+    p->retry_at_ms = retry_at_ms;
+    p->waited = waited;
+    pthread_mutex_lock(&d->park_mu);
+    p->next = d->parked;
+    d->parked = p;
+    pthread_mutex_unlock(&d->park_mu);
     return 0;
 }
 
@@ -784,7 +828,108 @@ void
 cn__durable_handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
                    cn_durable_result_t *out)
 {
+    admitted_t a;
+    uint64_t retry_at;
+
     memset(out, 0, sizeof(*out));
     out->op_index = route->op_index;
-    handle(d, route, req, out);
+    if (admit(d, route, req, &a, out))
+        return;
+    req->inflight_deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
+    if (proceed(d, &a, out, &retry_at) != WAITING)
+        return;
+    if (park(d, route, req, a.skey, a.skeylen, retry_at, 0) == 0) {
+        out->deferred = 1; /* cn__durable_wake answers it */
+        out->waited = 1;
+        return;
+    }
+    in_progress(out); /* no room to park: the answer a retry can act on */
+}
+
+void
+cn__durable_wake(cn_durable_t *d, uint64_t now_ms, int all)
+{
+    parked_t *list, *p, *again = NULL;
+
+    if (!atomic_load(&d->nparked))
+        return;
+    pthread_mutex_lock(&d->park_mu);
+    list = d->parked;
+    d->parked = NULL;
+    pthread_mutex_unlock(&d->park_mu);
+    while ((p = list)) {
+        cn_durable_result_t out;
+        uint64_t retry_at;
+
+        list = p->next;
+        if (!all && p->retry_at_ms > now_ms) {
+            p->next = again;
+            again = p;
+            continue;
+        }
+        memset(&out, 0, sizeof(out));
+        out.op_index = p->a.route->op_index;
+        out.waited = 1;
+        if (proceed(d, &p->a, &out, &retry_at) == WAITING) {
+            p->retry_at_ms = retry_at;
+            p->next = again;
+            again = p;
+            continue;
+        }
+        /* Deferred again: the request became the owner and its record is being
+         * committed; commit_done delivers it. */
+        if (!out.deferred)
+            d->deliver(d->deliver_arg, p->a.req->http_handle, &out);
+        parked_sub(d);
+        free(p);
+    }
+    if (again) {
+        pthread_mutex_lock(&d->park_mu);
+        for (p = again; p->next; p = p->next)
+            ;
+        p->next = d->parked;
+        d->parked = again;
+        pthread_mutex_unlock(&d->park_mu);
+    }
+}
+
+uint64_t
+cn__durable_next_wake_ms(cn_durable_t *d)
+{
+    uint64_t at = UINT64_MAX;
+
+    pthread_mutex_lock(&d->park_mu);
+    for (parked_t *p = d->parked; p; p = p->next)
+        if (p->retry_at_ms < at)
+            at = p->retry_at_ms;
+    pthread_mutex_unlock(&d->park_mu);
+    return at;
+}
+
+unsigned
+cn__durable_parked(cn_durable_t *d)
+{
+    return atomic_load(&d->nparked);
+}
+
+void
+cn__durable_cancel_parked(cn_durable_t *d)
+{
+    parked_t *list, *p;
+
+    pthread_mutex_lock(&d->park_mu);
+    list = d->parked;
+    d->parked = NULL;
+    pthread_mutex_unlock(&d->park_mu);
+    while ((p = list)) {
+        cn_durable_result_t out = {.op_index = p->a.route->op_index, .waited = 1};
+        list = p->next;
+        problem(&out, CN_OUTCOME_FAILED, 503, CN_PROBLEM_STORAGE,
+                "The server is stopping; retry with the same Idempotency-Key");
+        if (out.response.status && cn_response_add_header(&out.response, "Retry-After", "1"))
+            cn_response_free(&out.response);
+        d->deliver(d->deliver_arg, p->a.req->http_handle, &out);
+        parked_sub(d);
+        free(p);
+    }
 }

@@ -1,12 +1,14 @@
 /*
  * reliability/durable.h - the durable route contract: decide, run once, store, replay.
  *
- * Called by request-handling threads with a complete request. Blocking: it may wait for a
- * concurrent duplicate (bounded by the config) and for the commit.
+ * Called by the worker's event loop with a complete request. Never sleeps: a request
+ * that must wait for a concurrent duplicate is parked (cn__durable_wake resumes it) and
+ * one whose record is being committed is answered by the committer's callback.
  */
 #ifndef CN_RELIABILITY_DURABLE_H
 #define CN_RELIABILITY_DURABLE_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 
 #include "cnerium/config.h"
@@ -30,7 +32,8 @@ typedef struct cn_durable_result {
 } cn_durable_result_t;
 
 /* Where a deferred response goes: handle is the request's http_handle. Runs on the
- * committer's thread (or on the request thread, before cn__durable_handle returns). */
+ * thread that polls the committer or wakes parked requests (or inside
+ * cn__durable_handle, with a committer that decides at once). */
 typedef void (*cn_durable_deliver_cb)(void *arg, void *handle, cn_durable_result_t *out);
 
 typedef struct cn_durable {
@@ -40,15 +43,29 @@ typedef struct cn_durable {
     cn_inflight_t *inflight; /* borrowed: this process's view of the shared table */
     cn_durable_deliver_cb deliver;
     void *deliver_arg;
-    /* Requests waiting for a concurrent duplicate wait on threads of their own, never on
-     * a server thread (which serves other connections too). At most max_waiters at a
-     * time; beyond that a request waits where it is. */
-    unsigned max_waiters;
-    atomic_uint waiters;
+    /* Requests waiting for a concurrent duplicate are parked here (their connections
+     * suspended), at most max_parked; beyond that a request gets 409 in-progress with
+     * Retry-After. Initialize park_mu with PTHREAD_MUTEX_INITIALIZER. */
+    unsigned max_parked;
+    pthread_mutex_t park_mu;
+    struct parked *parked; /* park_mu */
+    atomic_uint nparked;
+    _Atomic uint32_t *parked_gauge; /* optional: nparked published (the shared metrics) */
 } cn_durable_t;
 
-/* Waits (bounded by wait_ms) until no waiter thread runs. Returns the number left. */
-unsigned cn__durable_quiesce(cn_durable_t *d, uint32_t wait_ms);
+/* Takes parked requests back to their decision: those due by now_ms, or all with all
+ * set (after a wake: a claim somebody waited on ended). Answers go to d->deliver. */
+void cn__durable_wake(cn_durable_t *d, uint64_t now_ms, int all);
+
+/* Monotonic ms at which a parked request is due (its holder's lease end, its own wait
+ * deadline, or a rerun), or UINT64_MAX with none parked. */
+uint64_t cn__durable_next_wake_ms(cn_durable_t *d);
+
+/* Requests parked now. */
+unsigned cn__durable_parked(cn_durable_t *d);
+
+/* Answers every parked request 503 (Retry-After: 1): the worker is stopping. */
+void cn__durable_cancel_parked(cn_durable_t *d);
 
 /* Runs route (a durable route) for req. Produces a response in *out, or sets
  * out->deferred: the response of an executed request whose record is being committed

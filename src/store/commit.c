@@ -3,14 +3,16 @@
  *
  * The ring committer keeps the records it submitted in a FIFO, in ring (seq) order: a
  * record is appended under the same mutex as its ring push, so the FIFO's order is the
- * seq order and the acked prefix is always at its head. The ack thread sleeps in poll()
- * on the worker's eventfd until the persister acks or the next commit deadline comes (an
- * idle committer wakes once per timeout_ms), then pops the acked prefix and calls back
- * outside the mutex. Stopping writes the eventfd too.
+ * seq order and the acked prefix is always at its head. It has no thread: the worker's
+ * event loop sleeps on the ack eventfd (with the next commit deadline as its timeout)
+ * and calls cn__committer_poll, which pops the acked prefix and calls back outside the
+ * mutex, in the same turn as the loop's HTTP work, so an ack reaches the client without
+ * another thread's wakeup in between.
  */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,9 +46,6 @@ struct cn_committer {
     pthread_mutex_t mu;
     entry_t *head, *tail;
     atomic_uint pending;
-    pthread_t thread;
-    int thread_started;
-    atomic_int stop;
 };
 
 int
@@ -62,14 +61,16 @@ cn__committer_new_sync(cn_store_t *store, cn_committer_t **out)
 }
 
 /* Pops the entries the persister has decided and calls them back; then gives the early
- * call to entries past their deadline. Only the ack thread runs this. */
-static void
-deliver(cn_committer_t *c)
+ * call to entries past their deadline. One thread at a time (the worker's loop). */
+void
+cn__committer_poll(cn_committer_t *c)
 {
-    uint64_t acked = atomic_load_explicit(&c->ring->acked_seq, memory_order_acquire);
     entry_t *done = NULL, **last = &done, *e;
-    uint64_t now;
+    uint64_t acked, now;
 
+    if (!c->ring)
+        return;
+    acked = atomic_load_explicit(&c->ring->acked_seq, memory_order_acquire);
     pthread_mutex_lock(&c->mu);
     while (c->head && c->head->seq <= acked) {
         e = c->head;
@@ -90,7 +91,7 @@ deliver(cn_committer_t *c)
     }
 
     /* Entries stay in the FIFO until decided; only their timeout flag changes here, and
-     * only this thread reads or writes it. The producers only append. */
+     * only the polling thread reads or writes it. The producers only append. */
     now = cn__clock_mono_ms();
     pthread_mutex_lock(&c->mu);
     e = c->head;
@@ -108,38 +109,27 @@ deliver(cn_committer_t *c)
     }
 }
 
-/* Milliseconds until the earliest commit deadline not yet passed. With none pending,
- * timeout_ms: a record pushed meanwhile has its deadline no earlier than that. */
-static int
-next_wait_ms(cn_committer_t *c)
+uint64_t
+cn__committer_next_deadline_ms(cn_committer_t *c)
 {
-    uint64_t now = cn__clock_mono_ms(), until = now + c->timeout_ms;
+    uint64_t until = UINT64_MAX;
     entry_t *e;
 
+    if (!c->ring)
+        return until;
     pthread_mutex_lock(&c->mu);
     for (e = c->head; e && e->timed_out; e = e->next)
         ;
     if (e)
         until = e->deadline_ms;
     pthread_mutex_unlock(&c->mu);
-    return until > now ? (int)(until - now) : 0;
+    return until;
 }
 
-static void *
-ack_main(void *arg)
+int
+cn__committer_ack_fd(const cn_committer_t *c)
 {
-    cn_committer_t *c = arg;
-
-    while (!atomic_load(&c->stop)) {
-        struct pollfd p = {c->ack_efd, POLLIN, 0};
-        uint64_t v;
-
-        if (poll(&p, 1, next_wait_ms(c)) > 0 && (p.revents & POLLIN) &&
-            read(c->ack_efd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-            cn_log_warn("reading the ack eventfd: %s", strerror(errno));
-        deliver(c);
-    }
-    return NULL;
+    return c->ring ? c->ack_efd : -1;
 }
 
 int
@@ -155,12 +145,6 @@ cn__committer_new_ring(cn_ring_t *ring, int persist_efd, int ack_efd, uint32_t t
     c->ack_efd = ack_efd;
     c->timeout_ms = timeout_ms;
     pthread_mutex_init(&c->mu, NULL);
-    if (pthread_create(&c->thread, NULL, ack_main, c)) {
-        pthread_mutex_destroy(&c->mu);
-        free(c);
-        return -EAGAIN;
-    }
-    c->thread_started = 1;
     *out = c;
     return 0;
 }
@@ -202,17 +186,21 @@ cn__committer_free(cn_committer_t *c, uint32_t wait_ms)
 
     if (!c)
         return;
-    if (c->thread_started) {
+    if (c->ring) {
+        /* Nobody polls any more: wait here for the last decisions, bounded. */
         deadline = cn__clock_mono_ms() + wait_ms;
-        while (atomic_load(&c->pending) && cn__clock_mono_ms() < deadline) {
-            struct timespec tick = {0, 5 * 1000000L};
-            nanosleep(&tick, NULL); /* the ack thread is delivering; bounded */
+        cn__committer_poll(c);
+        while (atomic_load(&c->pending)) {
+            uint64_t now = cn__clock_mono_ms();
+            struct pollfd p = {c->ack_efd, POLLIN, 0};
+            uint64_t v;
+            if (now >= deadline)
+                break;
+            if (poll(&p, 1, (int)(deadline - now)) > 0 && read(c->ack_efd, &v, sizeof(v)) < 0 &&
+                errno != EAGAIN)
+                cn_log_warn("reading the ack eventfd: %s", strerror(errno));
+            cn__committer_poll(c);
         }
-        uint64_t one = 1;
-        atomic_store(&c->stop, 1);
-        if (write(c->ack_efd, &one, sizeof(one)) < 0)
-            cn_log_warn("waking the ack thread: %s", strerror(errno));
-        pthread_join(c->thread, NULL);
         while (c->head) {
             entry_t *e = c->head;
             c->head = e->next;
@@ -249,10 +237,10 @@ int
 cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_done_cb done,
                      void *arg)
 {
-    uint8_t stackbuf[4096], *buf = stackbuf;
+    cn_ring_slot_t slot;
+    uint8_t *p;
     size_t need, len;
     entry_t *e;
-    uint64_t seq;
     int rc;
 
     if (!c->ring) {
@@ -262,28 +250,24 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
     need = cn__committer_record_size(item);
     if (need > cn__ring_max_payload(c->ring))
         return CN_ETOOBIG;
-    if (need > sizeof(stackbuf) && !(buf = malloc(need)))
+    if (!(e = calloc(1, sizeof(*e))))
         return -ENOMEM;
-    if (!(e = calloc(1, sizeof(*e)))) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    rc = item->appends
-             ? cn__persist_streams_encode(buf, need, item->key, item->keylen, item->rec,
-                                          item->events, item->events_len, item->appends,
-                                          item->appends_len, &len)
-             : cn__persist_record_encode(buf, need, item->key, item->keylen, item->rec,
-                                         item->events, item->events_len, &len);
-    if (rc)
-        goto out;
     e->done = done;
     e->arg = arg;
     e->deadline_ms = cn__clock_mono_ms() + c->timeout_ms;
     pthread_mutex_lock(&c->mu);
     e->failed_at_push = atomic_load_explicit(&c->ring->failed_count, memory_order_acquire);
-    rc = cn__ring_push(c->ring, buf[1], buf, len, &seq);
-    if (rc == 0) {
-        e->seq = seq;
+    /* The record is encoded straight into the ring and published there. */
+    if ((p = cn__ring_reserve(c->ring, need, &slot, &rc))) {
+        rc = item->appends
+                 ? cn__persist_streams_encode(p, need, item->key, item->keylen, item->rec,
+                                              item->events, item->events_len, item->appends,
+                                              item->appends_len, &len)
+                 : cn__persist_record_encode(p, need, item->key, item->keylen, item->rec,
+                                             item->events, item->events_len, &len);
+    }
+    if (p && rc == 0) {
+        e->seq = cn__ring_publish(c->ring, &slot, p[1], len);
         if (c->tail)
             c->tail->next = e;
         else
@@ -295,10 +279,7 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
     pthread_mutex_unlock(&c->mu);
     if (rc == 0)
         wake_persister(c);
-out:
     free(e);
-    if (buf != stackbuf)
-        free(buf);
     return rc;
 }
 

@@ -7,9 +7,10 @@
  *  - sync: writes the record to the store inside submit (one synced LMDB transaction)
  *    and calls back before returning. For --single-process and tests.
  *  - ring: hands the record to the persister through the worker's record ring and
- *    returns at once; the worker's ack thread calls back when the persister has written
- *    it to the WAL (fdatasync) and applied it to LMDB, or could not. No request thread
- *    ever waits for the disk.
+ *    returns at once; cn__committer_poll, run by the worker's event loop when the ack
+ *    eventfd fires or a commit deadline comes, calls back when the persister has written
+ *    it to the WAL (fdatasync) and applied it to LMDB, or could not. Nothing waits for
+ *    the disk.
  *
  * The callback runs done(status, final, arg): status 0 means durable and stored; a
  * negative status means not stored, except -ENODATA: the persister decided, but which
@@ -37,8 +38,9 @@ typedef void (*cn_commit_done_cb)(int status, int final, void *arg);
 int cn__committer_new_sync(cn_store_t *store, cn_committer_t **out);
 
 /* A committer that feeds ring (borrowed) and signals persist_efd after each record; the
- * persister signals ack_efd (read here, by a thread this starts) after acking. A record
- * not decided within timeout_ms gets its early (final 0) call. */
+ * persister signals ack_efd after acking (the caller's loop waits on it and calls
+ * cn__committer_poll). A record not decided within timeout_ms gets its early (final 0)
+ * call, from the first poll at or after its deadline. */
 int cn__committer_new_ring(cn_ring_t *ring, int persist_efd, int ack_efd, uint32_t timeout_ms,
                            cn_committer_t **out);
 
@@ -46,8 +48,21 @@ int cn__committer_new_ring(cn_ring_t *ring, int persist_efd, int ack_efd, uint32
  * announces it is going to sleep there; while it works it finds new records itself). */
 void cn__committer_set_idle_flag(cn_committer_t *c, _Atomic uint32_t *idle);
 
-/* Stops the ack thread (after waiting up to wait_ms for pending records to be decided:
- * those left get the final-2 call) and frees. Accepts NULL. */
+/* Calls back the records the persister has decided (final call) and those past their
+ * deadline (early call). Callbacks run on the calling thread; one caller at a time. The
+ * caller has read (emptied) the ack eventfd, or does not need to. */
+void cn__committer_poll(cn_committer_t *c);
+
+/* The ack eventfd to wait on (readable when records may have been decided), or -1 for
+ * the sync committer. */
+int cn__committer_ack_fd(const cn_committer_t *c);
+
+/* Monotonic ms of the earliest commit deadline not yet given its early call (poll then),
+ * or UINT64_MAX. */
+uint64_t cn__committer_next_deadline_ms(cn_committer_t *c);
+
+/* Waits up to wait_ms for pending records to be decided, polling the ack eventfd itself
+ * (the loop is gone), calls back those left with final 2, and frees. Accepts NULL. */
 void cn__committer_free(cn_committer_t *c, uint32_t wait_ms);
 
 /* Records submitted and not yet decided. */

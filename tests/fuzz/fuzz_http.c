@@ -2,10 +2,10 @@
  * fuzz_http - the HTTP adapter (http/mhd.c on libmicrohttpd) and the request builder
  * behind it (http/request.c), through the app's dispatch (app/app.c) and router.
  *
- * One server for the whole run, started like a worker's but with one thread. Each input
- * is the bytes a client sends on one connection: they go in through one end of a
- * socketpair handed to the server, the write side is shut, and the answer is read to
- * the end. Ordinary routes only (a durable route needs the shared region and the store);
+ * One server for the whole run, started like a worker's and run by the fuzzing thread
+ * itself, as a worker's event loop runs it. Each input is the bytes a client sends on one
+ * connection: they go in through one end of a socketpair handed to the server, the write
+ * side is shut, and the answer is read to the end. Ordinary routes only (a durable route needs the shared region and the store);
  * their handler reads every part of the request, parses the Idempotency-Key and computes
  * the fingerprint. "/defer..." routes complete their reply before the dispatch returns,
  * "/later..." ones from another thread afterwards (the suspend/resume path).
@@ -17,6 +17,7 @@
  */
 #include <errno.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -109,51 +110,73 @@ dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
     }
 }
 
-/* Sends len bytes on a new connection, shuts the write side and reads the whole answer.
- * Returns its length (at most cap is kept in out). */
+/* One turn of the server, as the worker's loop does it: wait (boundedly) until its fd
+ * is readable, its timeout comes or `other` has `events`, then run it. */
+static void
+turn(int other, short events)
+{
+    struct pollfd p[2] = {{cn__http_fd(srv), POLLIN, 0}, {other, events, 0}};
+    int timeout = cn__http_timeout_ms(srv);
+
+    if (timeout < 0 || timeout > 10)
+        timeout = 10;
+    (void)poll(p, other >= 0 ? 2 : 1, timeout);
+    cn__http_run(srv);
+}
+
+/* Sends len bytes on a new connection, shuts the write side and reads the whole answer,
+ * running the server in between. Returns the answer's length (at most cap is kept). */
 static size_t
 exchange(const uint8_t *data, size_t len, char *out, size_t cap)
 {
-    int sv[2];
+    int sv[2], shut = 0;
     size_t got = 0, off = 0;
 
-    FUZZ_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    FUZZ_CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) == 0);
     FUZZ_CHECK(cn__http_add_connection(srv, sv[1]) == 0);
-    while (off < len) {
-        ssize_t n = send(sv[0], data + off, len - off, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0)
-            break; /* the server closed early (a bad request): read what it said */
-        off += (size_t)n;
-    }
-    shutdown(sv[0], SHUT_WR);
-    for (;;) {
+    for (int i = 0; i < 100000; i++) {
         char buf[4096];
-        ssize_t n = read(sv[0], buf, sizeof(buf));
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
+        ssize_t n;
+
+        while (off < len) {
+            n = send(sv[0], data + off, len - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 && errno != EAGAIN)
+                off = len; /* the server closed early (a bad request): read what it said */
+            if (n <= 0)
+                break;
+            off += (size_t)n;
+        }
+        if (off >= len && !shut) {
+            shutdown(sv[0], SHUT_WR);
+            shut = 1;
+        }
+        n = read(sv[0], buf, sizeof(buf));
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR))
             break;
-        if (got < cap)
-            memcpy(out + got, buf, (size_t)n < cap - got ? (size_t)n : cap - got);
-        got += (size_t)n;
+        if (n > 0) {
+            if (got < cap)
+                memcpy(out + got, buf, (size_t)n < cap - got ? (size_t)n : cap - got);
+            got += (size_t)n;
+            continue;
+        }
+        turn(sv[0], (short)(POLLIN | (shut ? 0 : POLLOUT)));
     }
     close(sv[0]);
     return got;
 }
 
 /* The server finishes a request (its completion callback) around the time it closes the
- * connection; wait for that, boundedly. */
+ * connection; run it until that, boundedly. */
 static int
 settled(void)
 {
-    struct timespec pause = {0, 100000};
-
-    for (int i = 0; i < 50000; i++) {
+    for (int i = 0; i < 5000; i++) {
+        cn__http_run(srv);
         if (cn__http_active(srv) == 0)
             return 1;
-        nanosleep(&pause, NULL);
+        turn(-1, 0);
     }
     return 0;
 }
@@ -197,9 +220,9 @@ setup(void)
     FUZZ_CHECK(fd >= 0);
     FUZZ_CHECK(bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
     FUZZ_CHECK(listen(fd, 1) == 0);
-    /* One thread, no per-address limit (every socketpair has the same address) and no
-     * header deadline: each input is sent whole, and the run must be deterministic. */
-    opt = (cn_http_options_t){.threads = 1, .max_body = MAX_BODY, .max_connections = 64};
+    /* No per-address limit (every socketpair has the same address) and no header
+     * deadline: each input is sent whole, and the run must be deterministic. */
+    opt = (cn_http_options_t){.max_body = MAX_BODY, .max_connections = 64};
     FUZZ_CHECK(cn__http_start(fd, &opt, dispatch, NULL, &srv) == 0);
 
     /* The harness itself works: a plain request gets its 200. */

@@ -20,6 +20,23 @@ JOIN_TIMEOUT_S = 60.0
 
 
 
+def metric(srv, name):
+    """A sample from GET /metrics, as an int."""
+    status, headers, body = srv.get("/metrics")
+    if status != 200:
+        raise AssertionError("GET /metrics answered %d" % status)
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.split()[1]))
+    raise AssertionError("%s missing from /metrics" % name)
+
+
+def thread_counts(srv):
+    """{worker pid: number of threads} for the server's worker processes."""
+    return {c.pid: len(os.listdir("/proc/%d/task" % c.pid))
+            for c in h.live_children(srv.proc.pid) if c.comm.startswith("cn-worker-")}
+
+
 def inflight_waits(srv):
     """cnerium_inflight_waits_total from GET /metrics: durable requests that waited for a
     concurrent duplicate."""
@@ -180,6 +197,41 @@ class ConcurrentDuplicatesTest(h.ServerTestCase):
         owner.join(JOIN_TIMEOUT_S)
         self.assertEqual(owner_result[0][0], 201)
         self.assertEqual(srv.count("slow.run"), 1)
+
+    def test_parked_duplicates_hold_no_threads(self):
+        """Duplicates waiting for the key's holder are parked: their connections are
+        suspended and no thread waits for them (a worker's thread count does not grow
+        with them); /metrics counts them; the holder's end answers them all."""
+        srv = self.srv
+        key = "parked-" + uuid.uuid4().hex
+        body = b'{"p":1}'
+        before = thread_counts(srv)
+        self.assertEqual(len(before), 4, before)
+        results = [None] * 20
+
+        def send(i):
+            try:
+                results[i] = srv.post("/slow?ms=8000", body, key=key, timeout=JOIN_TIMEOUT_S)
+            except Exception as e:  # noqa: BLE001 - reported below
+                results[i] = e
+        first = threading.Thread(target=send, args=(0,), daemon=True)
+        first.start()
+        srv.wait_for_count("slow.run", 1)
+        rest = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(1, 20)]
+        for t in rest:
+            t.start()
+        # The holder runs for 8 s: long enough for 19 requests to park on a loaded machine.
+        h.wait_until(lambda: metric(srv, "cnerium_inflight_parked") == 19, 30.0, step=0.02,
+                     what="19 duplicates parked")
+        self.assertEqual(thread_counts(srv), before,
+                         "waiting duplicates must not take threads")
+        for t in [first] + rest:
+            t.join(JOIN_TIMEOUT_S)
+        self.check_results(results)
+        self.assertEqual({r[0] for r in results}, {201})
+        self.assertEqual(len({r[2] for r in results}), 1)
+        self.assertEqual(srv.count("slow.run"), 1)
+        self.assertEqual(metric(srv, "cnerium_inflight_parked"), 0)
 
 
 if __name__ == "__main__":

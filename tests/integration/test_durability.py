@@ -152,35 +152,6 @@ def server_side_read(port, client_port):
     return False
 
 
-def shm_futex_waiters(pid):
-    """Threads of pid asleep in FUTEX_WAIT on a word of the server's shared region (the
-    memfd "cnerium-shm"): durable requests waiting for a claim another request holds.
-    None when /proc/<pid>/task/*/syscall cannot be read."""
-    ranges = []
-    try:
-        with open("/proc/%d/maps" % pid) as f:
-            for line in f:
-                if "memfd:cnerium-shm" in line:
-                    lo, hi = line.split()[0].split("-")
-                    ranges.append((int(lo, 16), int(hi, 16)))
-        tids = os.listdir("/proc/%d/task" % pid)
-    except OSError:
-        return None
-    n, readable = 0, False
-    for tid in tids:
-        try:
-            with open("/proc/%d/task/%s/syscall" % (pid, tid)) as f:
-                fields = f.read().split()
-        except OSError:
-            continue
-        readable = True
-        # 202 is futex on x86-64 and 98 on arm64; op 0 is FUTEX_WAIT (not private).
-        if len(fields) >= 3 and fields[0] in ("202", "98") and int(fields[2], 16) == 0:
-            addr = int(fields[1], 16)
-            n += any(lo <= addr < hi for lo, hi in ranges)
-    return n if readable else None
-
-
 # -- HTTP --
 
 
@@ -268,6 +239,13 @@ def try_metrics(srv, timeout=3.0):
 
 def metrics(srv, timeout=15.0):
     return wait_until(lambda: try_metrics(srv), timeout, what="GET /metrics answering 200")
+
+
+def parked(srv):
+    """Durable requests parked right now behind a duplicate whose key is held
+    (cnerium_inflight_parked), or None when /metrics does not answer."""
+    m = try_metrics(srv, 1.0)
+    return None if m is None else mval(m, "cnerium_inflight_parked")
 
 
 def mval(m, name):
@@ -913,14 +891,10 @@ class WorkerCrashTest(DurabilityTestCase):
         cut = [s for s in load.snapshot() if s.error is not None]
 
         # Retries of cut keys sent while the persister is still stopped: the dead
-        # worker's claims must hold them until its records are decided. One at a time:
-        # a waiting request blocks its libmicrohttpd thread, and a connection that thread
-        # had accepted too would wait behind it.
-        survivors = [p for i, p in ws.items() if i != victim_i]
-
+        # worker's claims must hold them (parked) until its records are decided. One at a
+        # time, each seen parked before the next.
         def asleep():
-            counts = [shm_futex_waiters(p.pid) for p in survivors]
-            return None if None in counts else sum(counts)
+            return parked(srv)
 
         def send(item):
             s, conn, _, out = item
@@ -1053,13 +1027,11 @@ class StalledPersisterTest(DurabilityTestCase):
         conn = srv.connection(REQUEST_TIMEOUT_S)
         conn.connect()
         retry = Background(conn, key, body)
-        survivors = [p for p in workers(srv).values() if p.pid != victim.pid]
 
         def settled():
             if srv.count(OP) > executed:
                 return "ran"
-            n = sum(shm_futex_waiters(p.pid) or 0 for p in survivors)
-            return "waits" if n >= 1 else None
+            return "waits" if (parked(srv) or 0) >= 1 else None
         executed = 1
         how = wait_until(settled, 5.0, step=0.01, what="the retry to wait or to run")
         cont(pers)

@@ -497,7 +497,7 @@ test_process_flags(void)
     static const char *const short_commit[] = {"--commit-timeout-ms", "99", NULL};
 
     /* Defaults. */
-    CU_ASSERT_EQUAL(cfg.threads, 2);
+    CU_ASSERT_EQUAL(cfg.threads, 1);
     CU_ASSERT_EQUAL(cfg.single_process, 0);
     CU_ASSERT_EQUAL(cfg.inflight_mode, CN_INFLIGHT_WAIT);
     CU_ASSERT_EQUAL(cfg.inflight_slots, 65536u);

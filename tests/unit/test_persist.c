@@ -1278,25 +1278,6 @@ on_done(int status, int final, void *arg)
     }
 }
 
-/* Waits (bounded) until all n outcomes have their final call, or their early call. */
-static int
-wait_outcomes(outcome_t *o, unsigned n, int early)
-{
-    uint64_t end = unit_now_ms() + WAIT_BOUND_MS;
-
-    for (;;) {
-        unsigned done = 0;
-        for (unsigned i = 0; i < n; i++)
-            done += atomic_load(early ? &o[i].early : &o[i].finals) > 0;
-        if (done == n)
-            return 1;
-        if (unit_now_ms() > end)
-            return 0;
-        struct timespec ts = {0, 2 * 1000000L};
-        nanosleep(&ts, NULL);
-    }
-}
-
 typedef struct cenv {
     env_t e;
     int persist_efd, ack_efd;
@@ -1316,6 +1297,34 @@ cenv_new(cenv_t *ce, uint32_t timeout_ms)
         cn__committer_new_ring(ring(&ce->e, 0), ce->persist_efd, ce->ack_efd, timeout_ms, &ce->c),
         0);
     CU_ASSERT_PTR_NOT_NULL_FATAL(ce->c);
+}
+
+/* Waits (bounded) until all n outcomes have their final call, or their early call,
+ * doing what the worker's event loop does: sleep on the ack eventfd (or until the next
+ * commit deadline) and poll the committer. */
+static int
+wait_outcomes(cenv_t *ce, outcome_t *o, unsigned n, int early)
+{
+    uint64_t end = unit_now_ms() + WAIT_BOUND_MS;
+
+    for (;;) {
+        unsigned done = 0;
+        struct pollfd p = {ce->ack_efd, POLLIN, 0};
+        uint64_t v, now, next;
+        cn__committer_poll(ce->c);
+        for (unsigned i = 0; i < n; i++)
+            done += atomic_load(early ? &o[i].early : &o[i].finals) > 0;
+        if (done == n)
+            return 1;
+        now = unit_now_ms();
+        if (now > end)
+            return 0;
+        next = cn__committer_next_deadline_ms(ce->c);
+        if (next > end)
+            next = end;
+        if (poll(&p, 1, next > now ? (int)(next - now) : 0) > 0)
+            (void)!read(ce->ack_efd, &v, sizeof(v));
+    }
 }
 
 static void
@@ -1370,7 +1379,7 @@ test_committer(void)
     CU_ASSERT_EQUAL(drive(&ce.e), 0);
     CU_ASSERT_EQUAL(ce.e.wake, 1);
     wake_ack(&ce);
-    CU_ASSERT_TRUE(wait_outcomes(o, 5, 0));
+    CU_ASSERT_TRUE(wait_outcomes(&ce, o, 5, 0));
     for (unsigned i = 0; i < 5; i++) {
         CU_ASSERT_EQUAL(atomic_load(&o[i].finals), 1);
         CU_ASSERT_EQUAL(atomic_load(&o[i].status), 0);
@@ -1406,7 +1415,7 @@ test_committer_failure(void)
     CU_ASSERT_EQUAL(cn__persist_done(ce.e.p, -EIO, 0, &wake), -EIO);
     CU_ASSERT_EQUAL(wake, 1);
     wake_ack(&ce);
-    CU_ASSERT_TRUE(wait_outcomes(o, 3, 0));
+    CU_ASSERT_TRUE(wait_outcomes(&ce, o, 3, 0));
     for (unsigned i = 0; i < 3; i++) {
         CU_ASSERT_EQUAL(atomic_load(&o[i].finals), 1);
         CU_ASSERT_EQUAL(atomic_load(&o[i].status), -EIO);
@@ -1422,27 +1431,28 @@ test_committer_timeout(void)
 {
     cenv_t ce;
     outcome_t o[2];
-    struct timespec ts = {0, 120 * 1000000L};
 
     memset(o, 0, sizeof(o));
     cenv_new(&ce, 20);
     CU_ASSERT_EQUAL(submit(&ce, "ct", 0, 50, &o[0]), 0);
     CU_ASSERT_EQUAL(submit(&ce, "ct", 1, 50, &o[1]), 0);
-    CU_ASSERT_TRUE(wait_outcomes(o, 2, 1));
+    CU_ASSERT_TRUE(wait_outcomes(&ce, o, 2, 1));
     for (unsigned i = 0; i < 2; i++) {
         CU_ASSERT_EQUAL(atomic_load(&o[i].early_status), -ETIMEDOUT);
         CU_ASSERT_EQUAL(atomic_load(&o[i].finals), 0);
     }
     CU_ASSERT_EQUAL(cn__committer_pending(ce.c), 2);
-    /* The early call comes once, however long the record stays undecided (several
-     * passes of the ack thread, whose poll tick is 50 ms). */
-    nanosleep(&ts, NULL);
+    /* The early call comes once, however often the committer is polled while the
+     * record stays undecided. */
+    for (unsigned i = 0; i < 5; i++)
+        cn__committer_poll(ce.c);
+    CU_ASSERT_EQUAL(cn__committer_next_deadline_ms(ce.c), UINT64_MAX);
     CU_ASSERT_EQUAL(atomic_load(&o[0].early), 1);
     CU_ASSERT_EQUAL(atomic_load(&o[1].early), 1);
 
     CU_ASSERT_EQUAL(drive(&ce.e), 0);
     wake_ack(&ce);
-    CU_ASSERT_TRUE(wait_outcomes(o, 2, 0));
+    CU_ASSERT_TRUE(wait_outcomes(&ce, o, 2, 0));
     for (unsigned i = 0; i < 2; i++) {
         CU_ASSERT_EQUAL(atomic_load(&o[i].status), 0);
         CU_ASSERT_EQUAL(atomic_load(&o[i].final), 1);
@@ -1496,7 +1506,7 @@ test_committer_full(void)
     CU_ASSERT_EQUAL(cn__committer_pending(ce.c), accepted);
     CU_ASSERT_EQUAL(drive(&ce.e), 0);
     wake_ack(&ce);
-    CU_ASSERT_TRUE(wait_outcomes(o, accepted, 0));
+    CU_ASSERT_TRUE(wait_outcomes(&ce, o, accepted, 0));
     CU_ASSERT_EQUAL(atomic_load(&o[accepted].finals) + atomic_load(&o[accepted].early), 0);
     CU_ASSERT_EQUAL(cn__committer_pending(ce.c), 0);
     cenv_free(&ce);
