@@ -15,6 +15,7 @@
  * TLS slot); writers are serialized by LMDB itself, across processes too.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1050,6 +1051,16 @@ cn__store_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, si
         return rc;
     *deleted = count;
     return 0;
+}
+
+int
+cn__store_writeback(cn_store_t *s)
+{
+    int fd, rc;
+
+    if ((rc = mdb_env_get_fd(s->env, &fd)))
+        return lmdb_error(rc, "get fd");
+    return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) ? -errno : 0;
 }
 
 int
