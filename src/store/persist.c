@@ -17,6 +17,10 @@
 #include "support/log.h"
 
 #define RECOVERY_BATCH 1024
+/* Recovery starts the disk writing the store's pages after every this many WAL bytes it
+ * applied, so the sync that ends it (a checkpoint) waits for little more than the last
+ * of them instead of for the whole replay. */
+#define RECOVERY_WRITEBACK_BYTES ((size_t)4 << 20)
 #define SWEEP_BATCH 1000
 #define SWEEP_ROUNDS 8
 #define CHECKPOINT_INTERVAL_MS 30000
@@ -114,6 +118,7 @@ typedef struct recovery {
     size_t n, ncap;
     cn_store_meta_t meta; /* meta as it will be after the pending frames */
     uint64_t applied;
+    size_t unwritten; /* WAL bytes applied since the last cn__store_writeback */
     int rc;
 } recovery_t;
 
@@ -143,6 +148,13 @@ recovery_flush(recovery_t *r)
                          cn_strerror(p->items[i].status));
     }
     r->applied += r->n;
+    r->unwritten += r->len;
+    if (r->unwritten >= RECOVERY_WRITEBACK_BYTES) {
+        /* Only a head start for the checkpoint: a failure here shows there. */
+        if ((rc = cn__store_writeback(p->store)))
+            cn_log_debug("starting the store's writeback: %s", cn_strerror(rc));
+        r->unwritten = 0;
+    }
     r->n = 0;
     r->len = 0;
     p->meta = r->meta;

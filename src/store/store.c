@@ -15,6 +15,7 @@
  * TLS slot); writers are serialized by LMDB itself, across processes too.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,40 +251,184 @@ end_walk(MDB_txn *txn, MDB_cursor *cur, int rc, const char *what)
     return 0;
 }
 
-/* Writes one record (encoded bytes, decoded view rec) under key inside txn, replacing
- * any older record and its expiry entry. */
+/* ---- writing stored responses ----
+ *
+ * A write transaction collects its stored responses and writes them last, sorted by key
+ * (nothing else it does reads "responses" or "expiry", so the order of these writes
+ * against its events and stream appends does not matter). One cursor per database then
+ * finds each next key on the leaf page where the previous one went instead of descending
+ * from the root, a put that finds its key absent needs no lookup before it, and a key
+ * given several records in one transaction is written once, with the last of them. */
+
+/* One stored response to write: encoded bytes, or a record to encode in place. */
+typedef struct response_put {
+    const char *key;
+    size_t keylen;
+    const uint8_t *bytes; /* NULL: encode rec */
+    size_t len;
+    const cn_record_t *rec;
+    uint64_t expires;
+    size_t order; /* position in the transaction: the later record for a key wins */
+} response_put_t;
+
+/* A change of the expiry index: the entry be64(expires) || key added or removed. */
+typedef struct expiry_change {
+    uint64_t expires;
+    const char *key;
+    size_t keylen;
+    int add;
+} expiry_change_t;
+
+typedef struct response_writes {
+    response_put_t *puts;
+    size_t n, cap;
+} response_writes_t;
+
 static int
-put_one(cn_store_t *s, MDB_txn *txn, const char *key, size_t keylen, const cn_record_t *rec,
-        const uint8_t *bytes, size_t len)
+response_writes_add(response_writes_t *w, const char *key, size_t keylen, const uint8_t *bytes,
+                    size_t len, const cn_record_t *rec)
+{
+    if (w->n == w->cap) {
+        size_t cap = w->cap ? w->cap * 2 : 64;
+        response_put_t *np = realloc(w->puts, cap * sizeof(*np));
+
+        if (!np)
+            return -ENOMEM;
+        w->puts = np;
+        w->cap = cap;
+    }
+    if (!bytes)
+        len = cn__record_encoded_size(rec);
+    w->puts[w->n] = (response_put_t){key, keylen, bytes, len, rec, rec->expires_ms, w->n};
+    w->n++;
+    return 0;
+}
+
+/* LMDB's default key order (memcmp over the shorter length, then the shorter first). */
+static int
+key_cmp(const char *a, size_t alen, const char *b, size_t blen)
+{
+    int d = memcmp(a, b, alen < blen ? alen : blen);
+
+    return d ? d : (alen > blen) - (alen < blen);
+}
+
+static int
+response_put_cmp(const void *x, const void *y)
+{
+    const response_put_t *a = x, *b = y;
+    int d = key_cmp(a->key, a->keylen, b->key, b->keylen);
+
+    return d ? d : (a->order > b->order) - (a->order < b->order);
+}
+
+/* The order of the expiry index (be64(expires) || key); for the same entry a removal
+ * comes before an addition, as in the transaction (see write_responses). */
+static int
+expiry_change_cmp(const void *x, const void *y)
+{
+    const expiry_change_t *a = x, *b = y;
+    int d;
+
+    if (a->expires != b->expires)
+        return a->expires < b->expires ? -1 : 1;
+    if ((d = key_cmp(a->key, a->keylen, b->key, b->keylen)))
+        return d;
+    return a->add - b->add;
+}
+
+/* Applies the expiry index changes, sorted, through one cursor. */
+static int
+write_expiry(cn_store_t *s, MDB_txn *txn, expiry_change_t *ch, size_t n)
 {
     uint8_t ekey[8 + CN_STORE_KEY_MAX];
-    MDB_val k = {keylen, (void *)key}, v, ek, empty = {0, NULL};
-    cn_record_t old;
-    size_t written;
-    int rc;
+    MDB_cursor *cur;
+    MDB_val ek, v, empty = {0, NULL};
+    int rc = 0;
 
-    /* Replacing: drop the old record's expiry entry so the index stays exact. */
-    if (mdb_get(txn, s->responses, &k, &v) == 0 &&
-        cn__record_decode(v.mv_data, v.mv_size, &old) == 0) {
-        expiry_key(ekey, old.expires_ms, key, keylen);
-        ek = (MDB_val){8 + keylen, ekey};
-        rc = mdb_del(txn, s->expiry, &ek, NULL);
-        if (rc && rc != MDB_NOTFOUND)
-            return lmdb_error(rc, "del expiry");
+    qsort(ch, n, sizeof(*ch), expiry_change_cmp);
+    if ((rc = mdb_cursor_open(txn, s->expiry, &cur)))
+        return lmdb_error(rc, "cursor expiry");
+    for (size_t i = 0; i < n && !rc; i++) {
+        expiry_key(ekey, ch[i].expires, ch[i].key, ch[i].keylen);
+        ek = (MDB_val){8 + ch[i].keylen, ekey};
+        if (ch[i].add) {
+            if ((rc = mdb_cursor_put(cur, &ek, &empty, 0)))
+                rc = lmdb_error(rc, "put expiry");
+        } else if ((rc = mdb_cursor_get(cur, &ek, &v, MDB_SET)) == 0) {
+            if ((rc = mdb_cursor_del(cur, 0)))
+                rc = lmdb_error(rc, "del expiry");
+        } else {
+            rc = rc == MDB_NOTFOUND ? 0 : lmdb_error(rc, "get expiry");
+        }
     }
-    v = (MDB_val){bytes ? len : cn__record_encoded_size(rec), NULL};
-    /* MDB_RESERVE: write straight into the page instead of through a copy. */
-    if ((rc = mdb_put(txn, s->responses, &k, &v, MDB_RESERVE)))
-        return lmdb_error(rc, "put");
-    if (bytes)
-        memcpy(v.mv_data, bytes, len);
-    else if ((rc = cn__record_encode(rec, v.mv_data, v.mv_size, &written)))
-        return rc;
-    expiry_key(ekey, rec->expires_ms, key, keylen);
-    ek = (MDB_val){8 + keylen, ekey};
-    if ((rc = mdb_put(txn, s->expiry, &ek, &empty, 0)))
-        return lmdb_error(rc, "put expiry");
-    return 0;
+    mdb_cursor_close(cur);
+    return rc;
+}
+
+/* Writes the collected responses inside txn, each replacing any older record under its
+ * key and that record's expiry entry, exactly as writing them one by one in their order
+ * would: for each key only its last record is written, and the index loses the entry of
+ * the record found in the store and of every earlier record of the key in w (each would
+ * have been added, then removed by the next one), then gains the last record's entry.
+ * Sorts w->puts. */
+static int
+write_responses(cn_store_t *s, MDB_txn *txn, response_writes_t *w)
+{
+    expiry_change_t *ch;
+    MDB_cursor *cur = NULL;
+    size_t nch = 0, written;
+    int rc = 0;
+
+    if (!w->n)
+        return 0;
+    /* Each put adds one change; a put that replaces a record in the store, one more. */
+    if (!(ch = malloc(2 * w->n * sizeof(*ch))))
+        return -ENOMEM;
+    qsort(w->puts, w->n, sizeof(*w->puts), response_put_cmp);
+    if ((rc = mdb_cursor_open(txn, s->responses, &cur))) {
+        rc = lmdb_error(rc, "cursor responses");
+        goto out;
+    }
+    for (size_t i = 0; i < w->n; i++) {
+        const response_put_t *p = &w->puts[i], *next = i + 1 < w->n ? p + 1 : NULL;
+        MDB_val k = {p->keylen, (void *)p->key}, v = {p->len, NULL};
+        cn_record_t old;
+
+        if (next && !key_cmp(p->key, p->keylen, next->key, next->keylen)) {
+            ch[nch++] = (expiry_change_t){p->expires, p->key, p->keylen, 0};
+            continue; /* a later record of this transaction replaces it */
+        }
+        /* One descent (none on the same page) finds the key absent and reserves the
+         * space, or finds the record it replaces. MDB_RESERVE: the bytes are written
+         * straight into the page. */
+        rc = mdb_cursor_put(cur, &k, &v, MDB_NOOVERWRITE | MDB_RESERVE);
+        if (rc == MDB_KEYEXIST) {
+            /* An old record that does not decode leaves its index entry to the sweep,
+             * which checks the record before deleting it. */
+            if (cn__record_decode(v.mv_data, v.mv_size, &old) == 0)
+                ch[nch++] = (expiry_change_t){old.expires_ms, p->key, p->keylen, 0};
+            v = (MDB_val){p->len, NULL};
+            rc = mdb_cursor_put(cur, &k, &v, MDB_CURRENT | MDB_RESERVE);
+        }
+        if (rc) {
+            rc = lmdb_error(rc, "put");
+            goto out;
+        }
+        if (p->bytes)
+            memcpy(v.mv_data, p->bytes, p->len);
+        else if ((rc = cn__record_encode(p->rec, v.mv_data, v.mv_size, &written)))
+            goto out;
+        ch[nch++] = (expiry_change_t){p->expires, p->key, p->keylen, 1};
+    }
+    mdb_cursor_close(cur);
+    cur = NULL;
+    rc = write_expiry(s, txn, ch, nch);
+out:
+    if (cur)
+        mdb_cursor_close(cur);
+    free(ch);
+    return rc;
 }
 
 /* Reads the meta inside txn; absent gives all zeros. */
@@ -721,22 +866,28 @@ int
 cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, cn_store_meta_t *meta)
 {
     uint64_t now = cn__clock_wall_ms(), seq = meta->event_seq, pos = 0;
+    response_writes_t w = {0};
+    cn_record_t *recs = NULL;
     int have_pos = 0;
     MDB_txn *txn;
     int rc;
 
-    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+    /* The decoded views the response writes point at, one per item. */
+    if (n && !(recs = malloc(n * sizeof(*recs))))
+        return -ENOMEM;
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn))) {
+        free(recs);
         return lmdb_error(rc, "begin write");
+    }
     for (size_t i = 0; i < n; i++) {
         cn_store_raw_put_t *it = &items[i];
-        cn_record_t rec;
 
         if (it->key) {
             if (it->keylen > CN_STORE_KEY_MAX) {
                 it->status = CN_ETOOBIG;
                 continue;
             }
-            if ((it->status = cn__record_decode(it->bytes, it->len, &rec)))
+            if ((it->status = cn__record_decode(it->bytes, it->len, &recs[i])))
                 continue;
         }
         /* Expected versions first: a record that conflicts writes nothing at all. */
@@ -763,15 +914,21 @@ cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, cn_store_met
         if (it->appends &&
             (rc = put_appends(s, txn, it->appends, it->appends_len, now, &pos, &seq)))
             goto abort;
-        if (it->key && (rc = put_one(s, txn, it->key, it->keylen, &rec, it->bytes, it->len)))
+        if (it->key &&
+            (rc = response_writes_add(&w, it->key, it->keylen, it->bytes, it->len, &recs[i])))
             goto abort;
     }
+    if ((rc = write_responses(s, txn, &w)))
+        goto abort;
     {
         cn_store_meta_t next = *meta;
         next.event_seq = seq;
         if ((rc = put_meta(s, txn, &next)))
             goto abort;
-        if ((rc = mdb_txn_commit(txn)))
+        rc = mdb_txn_commit(txn);
+        free(w.puts);
+        free(recs);
+        if (rc)
             return lmdb_error(rc, "commit");
         *meta = next; /* only once it is stored */
     }
@@ -779,6 +936,8 @@ cn__store_apply(cn_store_t *s, cn_store_raw_put_t *items, size_t n, cn_store_met
 
 abort:
     mdb_txn_abort(txn);
+    free(w.puts);
+    free(recs);
     return rc;
 }
 
@@ -895,6 +1054,16 @@ cn__store_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, si
 }
 
 int
+cn__store_writeback(cn_store_t *s)
+{
+    int fd, rc;
+
+    if ((rc = mdb_env_get_fd(s->env, &fd)))
+        return lmdb_error(rc, "get fd");
+    return sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) ? -errno : 0;
+}
+
+int
 cn__store_sync(cn_store_t *s)
 {
     int rc = mdb_env_sync(s->env, 1);
@@ -905,6 +1074,7 @@ cn__store_sync(cn_store_t *s)
 int
 cn__store_put(cn_store_t *s, const cn_store_put_t *items, size_t n)
 {
+    response_writes_t w = {0};
     MDB_txn *txn;
     int rc;
 
@@ -919,7 +1089,7 @@ cn__store_put(cn_store_t *s, const cn_store_put_t *items, size_t n)
         }
         if (it->appends && (rc = check_appends(s, txn, it->appends, it->appends_len)))
             goto abort;
-        if ((rc = put_one(s, txn, it->key, it->keylen, it->rec, NULL, 0)))
+        if ((rc = response_writes_add(&w, it->key, it->keylen, NULL, 0, it->rec)))
             goto abort;
         if (it->events || it->appends) {
             cn_store_meta_t meta;
@@ -938,12 +1108,16 @@ cn__store_put(cn_store_t *s, const cn_store_put_t *items, size_t n)
                 goto abort;
         }
     }
+    if ((rc = write_responses(s, txn, &w)))
+        goto abort;
+    free(w.puts);
     if ((rc = mdb_txn_commit(txn)))
         return lmdb_error(rc, "commit");
     return 0;
 
 abort:
     mdb_txn_abort(txn);
+    free(w.puts);
     return rc;
 }
 

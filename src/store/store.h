@@ -58,6 +58,11 @@ int cn__store_open_flags(const char *dir, size_t map_size, int flags, cn_store_t
 /* Forces every committed transaction to disk. */
 int cn__store_sync(cn_store_t *store);
 
+/* Starts writing what committed transactions left in the page cache to disk, without
+ * waiting (sync_file_range): a later cn__store_sync then has that much less to wait for.
+ * Promises nothing about durability. Returns 0 or a negative error. */
+int cn__store_writeback(cn_store_t *store);
+
 /* Where the WAL stands in the store: written in the same transaction as the records it
  * applies, so the store and this position never disagree. */
 #define CN_STORE_META_WORKERS 64

@@ -29,15 +29,28 @@ static const uint8_t magic[4] = {'C', 'N', 'W', 'F'};
 
 /* Zeros are written in chunks of this size (segment creation and tail cuts). */
 #define ZERO_CHUNK ((size_t)1 << 20)
+/* Recovery reads segments this many bytes at a time (about an L2 cache). */
+#define READ_CHUNK ((size_t)256 << 10)
 /* "%016" PRIx64 ".wal" */
 #define SEGMENT_NAME_LEN 20
-/* Generous upper bound on segment_size; a segment is read into memory whole. */
+/* Generous upper bound on segment_size; one frame may take a whole segment in memory. */
 #define SEGMENT_SIZE_MAX ((uint64_t)1 << 40)
 
+/* Recovery reads whole segments of zeros (the unwritten end of the log, segments created
+ * ahead of use): it checks them 64 bytes at a time, which the compiler turns into vector
+ * loads, rather than a byte at a time. */
 static int
 all_zero(const uint8_t *p, size_t len)
 {
-    for (size_t i = 0; i < len; i++) {
+    size_t i = 0;
+
+    for (; i + 64 <= len; i += 64) {
+        uint64_t w[8];
+        memcpy(w, p + i, sizeof(w));
+        if (w[0] | w[1] | w[2] | w[3] | w[4] | w[5] | w[6] | w[7])
+            return 0;
+    }
+    for (; i < len; i++) {
         if (p[i])
             return 0;
     }
@@ -420,7 +433,8 @@ typedef struct recovery {
     cn_wal_frame_cb cb;
     void *arg;
     cn_wal_recovery_t *out;
-    uint8_t *buf; /* one whole segment */
+    uint8_t *buf; /* the window: bytes [base, base + have) of the segment being read */
+    size_t cap;   /* READ_CHUNK, or more for a frame that does not fit in that */
     uint64_t tail_window;
 } recovery_t;
 
@@ -439,61 +453,152 @@ report(cn_wal_recovery_t *out, int rc, const char *fmt, ...)
     return rc;
 }
 
-/* Reads the segment at start whole into buf; its file must be exactly segment_size
- * bytes. Reads in chunks when buf is smaller than a segment (chunk > 0): then the data is
- * only checked for being all zeros, and *zero says whether it was. */
-static int
-read_segment(recovery_t *r, uint64_t start, uint8_t *buf, size_t chunk, int *zero)
-{
+/* A segment file open for reading, and the part of it in the recovery's window. */
+typedef struct segment {
+    int fd;
+    uint64_t start;
+    size_t base, have;
     char path[PATH_MAX];
-    uint64_t off = 0, size = r->segment_size;
-    struct stat st;
-    int fd, rc = 0;
+} segment_t;
 
-    if ((rc = cn__wal_segment_path(path, sizeof(path), r->dir, start)))
+/* Opens the segment at start for reading; its file must be exactly segment_size bytes. */
+static int
+segment_open(recovery_t *r, uint64_t start, segment_t *seg)
+{
+    struct stat st;
+    int rc = 0;
+
+    seg->fd = -1;
+    seg->start = start;
+    seg->base = seg->have = 0;
+    if ((rc = cn__wal_segment_path(seg->path, sizeof(seg->path), r->dir, start)))
         return report(r->out, rc, "segment %016" PRIx64 ".wal: path too long", start);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+    if ((seg->fd = open(seg->path, O_RDONLY | O_CLOEXEC)) < 0) {
         rc = -errno;
-        return report(r->out, rc, "opening %s: %s", path, cn_strerror(rc));
+        return report(r->out, rc, "opening %s: %s", seg->path, cn_strerror(rc));
     }
-    if (fstat(fd, &st)) {
+    if (fstat(seg->fd, &st)) {
         rc = -errno;
-        report(r->out, rc, "stat %s: %s", path, cn_strerror(rc));
-        goto out;
-    }
-    if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size) {
+        report(r->out, rc, "stat %s: %s", seg->path, cn_strerror(rc));
+    } else if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != r->segment_size) {
         rc = report(r->out, CN_ECORRUPT,
-                    "segment %s is %" PRIu64 " bytes, not the segment size %" PRIu64, path,
-                    (uint64_t)st.st_size, size);
-        goto out;
+                    "segment %s is %" PRIu64 " bytes, not the segment size %" PRIu64,
+                    seg->path, (uint64_t)st.st_size, r->segment_size);
     }
-    if (zero)
-        *zero = 1;
-    while (off < size) {
-        size_t want = chunk ? (size - off < chunk ? (size_t)(size - off) : chunk)
-                            : (size_t)(size - off);
-        uint8_t *dst = chunk ? buf : buf + off;
-        ssize_t n = pread(fd, dst, want, (off_t)off);
+    if (rc) {
+        close(seg->fd);
+        seg->fd = -1;
+    }
+    return rc;
+}
+
+static void
+segment_close(segment_t *seg)
+{
+    if (seg->fd >= 0)
+        close(seg->fd);
+    seg->fd = -1;
+}
+
+/* Reads len bytes at off of the open segment into dst. */
+static int
+segment_pread(recovery_t *r, segment_t *seg, uint8_t *dst, size_t len, uint64_t off)
+{
+    while (len) {
+        ssize_t n = pread(seg->fd, dst, len, (off_t)off);
 
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
-            rc = -errno;
-            report(r->out, rc, "reading %s: %s", path, cn_strerror(rc));
-            goto out;
+            int rc = -errno;
+            return report(r->out, rc, "reading %s: %s", seg->path, cn_strerror(rc));
         }
-        if (n == 0) {
-            rc = report(r->out, CN_ECORRUPT, "segment %s shrank while being read", path);
-            goto out;
-        }
-        if (chunk && !all_zero(dst, (size_t)n)) {
+        if (n == 0)
+            return report(r->out, CN_ECORRUPT, "segment %s shrank while being read", seg->path);
+        dst += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+/* Makes bytes [from, to) of the segment (to <= segment_size) be in the window; they are
+ * then at r->buf + (from - seg->base). The window moves forward only, a READ_CHUNK at a
+ * time: frames are checked while their bytes are in the CPU cache, and the memory touched
+ * stays small however large the segment (a fresh buffer of a whole segment costs a page
+ * fault per page, which on some machines costs more than reading the log). */
+static int
+segment_window(recovery_t *r, segment_t *seg, size_t from, size_t to)
+{
+    size_t size = (size_t)r->segment_size, keep = 0, fill;
+    int rc;
+
+    if (from >= seg->base && to <= seg->base + seg->have)
+        return 0;
+    if (to - from > r->cap) {
+        size_t cap = (to - from + READ_CHUNK - 1) / READ_CHUNK * READ_CHUNK;
+        uint8_t *nb = realloc(r->buf, cap);
+
+        if (!nb)
+            return report(r->out, -ENOMEM, "no memory for a %zu-byte WAL frame", to - from);
+        r->buf = nb;
+        r->cap = cap;
+    }
+    if (from >= seg->base && from < seg->base + seg->have) {
+        keep = seg->base + seg->have - from;
+        memmove(r->buf, r->buf + (from - seg->base), keep);
+    }
+    seg->base = from;
+    seg->have = keep;
+    fill = size - from < r->cap ? size - from : r->cap;
+    if ((rc = segment_pread(r, seg, r->buf + keep, fill - keep, from + keep)))
+        return rc;
+    seg->have = fill;
+    return 0;
+}
+
+/* Makes the frame at off be in the window, as much of it as its header claims (at most
+ * the rest of the segment), and sets *avail to the bytes of the segment from off that are
+ * there: decoding it with them decides exactly as with the whole rest of the segment. */
+static int
+segment_frame(recovery_t *r, segment_t *seg, size_t off, size_t *avail)
+{
+    size_t size = (size_t)r->segment_size, to = off + CN_WAL_FRAME_HEADER;
+    uint32_t claimed;
+    int rc;
+
+    if ((rc = segment_window(r, seg, off, to)))
+        return rc;
+    claimed = cn__get_le32(r->buf + (off - seg->base) + 4);
+    if (claimed <= CN_WAL_PAYLOAD_MAX) {
+        to = size - off < cn__wal_frame_size(claimed) ? size : off + cn__wal_frame_size(claimed);
+        if ((rc = segment_window(r, seg, off, to)))
+            return rc;
+    }
+    *avail = seg->base + seg->have - off;
+    return 0;
+}
+
+/* Checks that the segment at start is all zeros, reading it through the window. */
+static int
+segment_zero(recovery_t *r, uint64_t start, int *zero)
+{
+    size_t size = (size_t)r->segment_size;
+    segment_t seg;
+    int rc;
+
+    if ((rc = segment_open(r, start, &seg)))
+        return rc;
+    *zero = 1;
+    for (size_t off = 0; off < size; off += seg.have) {
+        if ((rc = segment_window(r, &seg, off, off + 1)))
+            break;
+        if (!all_zero(r->buf, seg.have)) {
             *zero = 0;
             break;
         }
-        off += (uint64_t)n;
     }
-out:
-    close(fd);
+    segment_close(&seg);
     return rc;
 }
 
@@ -521,13 +626,8 @@ static int
 check_unwritten(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_t p,
                 int zeroed)
 {
-    uint8_t *chunk;
     int rc = 0, zero;
 
-    if (i + 1 == n)
-        return 0;
-    if (!(chunk = malloc(ZERO_CHUNK)))
-        return report(r->out, -ENOMEM, "no memory to read WAL segments");
     for (size_t j = i + 1; j < n && !rc; j++) {
         if (starts[j] != starts[j - 1] + r->segment_size) {
             rc = report(r->out, CN_ECORRUPT,
@@ -536,7 +636,7 @@ check_unwritten(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_
                         starts[j - 1] + r->segment_size, starts[j], starts[j - 1]);
             break;
         }
-        if ((rc = read_segment(r, starts[j], chunk, ZERO_CHUNK, &zero)))
+        if ((rc = segment_zero(r, starts[j], &zero)))
             break;
         if (!zero)
             rc = report(r->out, CN_ECORRUPT,
@@ -545,45 +645,89 @@ check_unwritten(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_
                         starts[i], zeroed ? "its frames stop" : "corrupt frame",
                         starts[i] + p, starts[j]);
     }
-    free(chunk);
     return rc;
 }
 
-/* The frames of the segment at starts[i] (in r->buf) stop at offset p: a zeroed header
- * or a frame that does not decode, and no SEAL. That is the end of the log unless a valid
- * frame follows, in this segment or a later one (damage in the middle). Non-zero bytes
- * from p on are a torn tail, cut so that the log past its end is all zeros again: stale
- * bytes could otherwise read as a frame once new frames are written over part of them. */
+/* Reads the segment from p (where its frames stop) to its end, once: sets *end to one past
+ * its last non-zero byte (p when there is none) and *later to the offset of the first
+ * valid frame after p that is not part of a torn last write (0: none; it stops there).
+ * Only the last write may be torn. A valid frame after the tear is part of that write
+ * (its pages reached the disk in any order) when its write started at or before the tear
+ * and it lies within tail_window bytes of it; any other valid frame means the bad bytes
+ * were synced, then damaged, and later writes followed. */
 static int
-finish_tail(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_t p)
+scan_tail(recovery_t *r, segment_t *seg, size_t p, size_t *end, size_t *later)
+{
+    size_t size = (size_t)r->segment_size, off = p, avail, consumed;
+    cn_wal_frame_t f;
+    int rc;
+
+    *end = p;
+    *later = 0;
+    /* off stays 8-byte aligned (frames, windows and the segment are), so the magic of a
+     * frame never straddles the end of the window. */
+    while (off < size) {
+        const uint8_t *w;
+        size_t chunk;
+
+        if ((rc = segment_window(r, seg, off, off + 1)))
+            return rc;
+        w = r->buf + (off - seg->base);
+        chunk = seg->base + seg->have - off;
+        if (all_zero(w, chunk)) {
+            off += chunk;
+            continue;
+        }
+        for (size_t k = chunk; k > 0; k--) {
+            if (w[k - 1]) {
+                *end = off + k;
+                break;
+            }
+        }
+        for (size_t q = off > p ? off : p + 8; q < off + chunk; q += 8) {
+            if (q + CN_WAL_FRAME_HEADER > size)
+                break;
+            if (memcmp(r->buf + (q - seg->base), magic, 4))
+                continue;
+            /* This may move the window on to q; what is left of the chunk stays in it. */
+            if ((rc = segment_frame(r, seg, q, &avail)))
+                return rc;
+            if (cn__wal_frame_decode(r->buf + (q - seg->base), avail, seg->start + q, &f,
+                                     &consumed))
+                continue;
+            if (f.batch_lsn <= seg->start + p && q - p < r->tail_window)
+                continue;
+            *later = q;
+            return 0;
+        }
+        off += chunk;
+    }
+    return 0;
+}
+
+/* The frames of the segment at starts[i] stop at offset p (zeroed: with a zeroed header;
+ * otherwise a frame that does not decode), and no SEAL. That is the end of the log unless
+ * a valid frame follows, in this segment or a later one (damage in the middle). Non-zero
+ * bytes from p on are a torn tail, cut so that the log past its end is all zeros again:
+ * stale bytes could otherwise read as a frame once new frames are written over part of
+ * them. */
+static int
+finish_tail(recovery_t *r, segment_t *seg, const uint64_t *starts, size_t i, size_t n,
+            size_t p, int zeroed)
 {
     uint64_t start = starts[i];
-    size_t size = (size_t)r->segment_size, end, consumed;
-    int zeroed = all_zero(r->buf + p, CN_WAL_FRAME_HEADER), rc;
-    cn_wal_frame_t f;
+    size_t end, q;
+    int rc;
 
-    /* Only the last write may be torn. A valid frame after the tear is part of that
-     * write (its pages reached the disk in any order) when its write started at or
-     * before the tear and it lies within tail_window bytes of it; any other valid frame
-     * means the bad bytes were synced, then damaged, and later writes followed. */
-    for (size_t q = (p + 8) & ~(size_t)7; q + CN_WAL_FRAME_HEADER <= size; q += 8) {
-        char path[PATH_MAX];
-
-        if (memcmp(r->buf + q, magic, 4))
-            continue;
-        if (cn__wal_frame_decode(r->buf + q, size - q, start + q, &f, &consumed))
-            continue;
-        if (f.batch_lsn <= start + p && q - p < r->tail_window)
-            continue;
-        if (cn__wal_segment_path(path, sizeof(path), r->dir, start))
-            snprintf(path, sizeof(path), "%016" PRIx64 ".wal", start);
+    if ((rc = scan_tail(r, seg, p, &end, &q)))
+        return rc;
+    if (q)
         return report(r->out, CN_ECORRUPT,
                       "WAL damaged in the middle: %s at offset %zu of segment %s (LSN "
                       "%" PRIu64 "), yet a valid frame of a later write follows at offset "
                       "%zu (LSN %" PRIu64 "); acknowledged records would be lost",
-                      zeroed ? "a zeroed header" : "a corrupt frame", p, path, start + p, q,
-                      start + q);
-    }
+                      zeroed ? "a zeroed header" : "a corrupt frame", p, seg->path, start + p,
+                      q, start + q);
     if ((rc = check_unwritten(r, starts, i, n, p, zeroed)))
         return rc;
     /* Nothing may be written below an LSN the store has already applied. */
@@ -594,8 +738,6 @@ finish_tail(recovery_t *r, const uint64_t *starts, size_t i, size_t n, size_t p)
                       start + p, r->from_lsn);
 
     r->out->end_lsn = start + p;
-    for (end = size; end > p && r->buf[end - 1] == 0; end--)
-        ;
     if (end == p)
         return 0; /* clean: zeros from the end of the log to the end of the segment */
     if ((rc = cut(r, start, p, end - p)))
@@ -617,43 +759,52 @@ static int
 replay_segment(recovery_t *r, const uint64_t *starts, size_t i, size_t n, int *sealed)
 {
     uint64_t start = starts[i];
-    size_t size = (size_t)r->segment_size, p = 0, consumed;
+    size_t size = (size_t)r->segment_size, p = 0, avail, consumed;
+    segment_t seg;
     cn_wal_frame_t f;
     int rc;
 
     *sealed = 0;
-    if ((rc = read_segment(r, start, r->buf, 0, NULL)))
+    if ((rc = segment_open(r, start, &seg)))
         return rc;
     for (;;) {
         /* p <= size - CN_WAL_FRAME_HEADER: every DATA frame ends before the SEAL space. */
-        if (cn__wal_frame_decode(r->buf + p, size - p, start + p, &f, &consumed))
+        if ((rc = segment_frame(r, &seg, p, &avail)))
+            goto out;
+        if (cn__wal_frame_decode(r->buf + (p - seg.base), avail, start + p, &f, &consumed))
             break;
         if (f.type == CN_WAL_SEAL) {
             *sealed = 1;
-            return 0;
+            goto out;
         }
-        if (consumed > size - CN_WAL_FRAME_HEADER - p)
-            return report(r->out, CN_ECORRUPT,
-                          "WAL frame at LSN %" PRIu64 " in segment %016" PRIx64
-                          ".wal runs into the space reserved for the SEAL",
-                          f.lsn, start);
+        if (consumed > size - CN_WAL_FRAME_HEADER - p) {
+            rc = report(r->out, CN_ECORRUPT,
+                        "WAL frame at LSN %" PRIu64 " in segment %016" PRIx64
+                        ".wal runs into the space reserved for the SEAL",
+                        f.lsn, start);
+            goto out;
+        }
         if (f.lsn >= r->from_lsn) {
             r->out->frames++;
             if (r->cb && (rc = r->cb(&f, r->arg))) {
                 r->out->end_lsn = f.lsn + consumed;
-                return rc;
+                goto out;
             }
         }
         p += consumed;
     }
-    return finish_tail(r, starts, i, n, p);
+    rc = finish_tail(r, &seg, starts, i, n, p,
+                     all_zero(r->buf + (p - seg.base), CN_WAL_FRAME_HEADER));
+out:
+    segment_close(&seg);
+    return rc;
 }
 
 int
 cn__wal_recover(const char *dir, uint64_t segment_size, uint64_t from_lsn,
                 uint64_t tail_window, cn_wal_frame_cb cb, void *arg, cn_wal_recovery_t *out)
 {
-    recovery_t r = {dir, segment_size, from_lsn, cb, arg, out, NULL, tail_window};
+    recovery_t r = {dir, segment_size, from_lsn, cb, arg, out, NULL, 0, tail_window};
     uint64_t *starts = NULL, first_max, rem;
     size_t n = 0, i;
     int rc, sealed = 0;
@@ -696,9 +847,9 @@ cn__wal_recover(const char *dir, uint64_t segment_size, uint64_t from_lsn,
                     first_max, from_lsn, starts[i]);
         goto done;
     }
-    if (!(r.buf = malloc((size_t)segment_size))) {
-        rc = report(out, -ENOMEM, "no memory for a %" PRIu64 "-byte WAL segment",
-                    segment_size);
+    r.cap = segment_size < READ_CHUNK ? (size_t)segment_size : READ_CHUNK;
+    if (!(r.buf = malloc(r.cap))) {
+        rc = report(out, -ENOMEM, "no memory to read the WAL");
         goto done;
     }
     for (size_t first = i; i < n; i++) {

@@ -415,6 +415,182 @@ test_overwrite_shorter_expiry(void)
     cn__store_close(s);
 }
 
+/* ---- cn__store_apply: several records per call, written sorted by key ---- */
+
+/* The encoded bytes of a record whose body is its expiry, malloc'd. */
+static uint8_t *
+encoded(uint64_t expires_ms, size_t *len)
+{
+    char body[32];
+    cn_record_t r;
+    uint8_t *buf;
+
+    snprintf(body, sizeof(body), "expires %llu", (unsigned long long)expires_ms);
+    r = make_record(201, expires_ms, body, strlen(body));
+    *len = cn__record_encoded_size(&r);
+    buf = malloc(*len);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    CU_ASSERT_EQUAL_FATAL(cn__record_encode(&r, buf, *len, len), 0);
+    return buf;
+}
+
+static cn_store_raw_put_t
+raw_item(const char *key, const uint8_t *bytes, size_t len)
+{
+    cn_store_raw_put_t it;
+
+    memset(&it, 0, sizeof(it));
+    it.key = key;
+    it.keylen = strlen(key);
+    it.bytes = bytes;
+    it.len = len;
+    it.status = 999;
+    return it;
+}
+
+/* Sweeps at now and expects `want` index entries to go. */
+static void
+expect_sweep(cn_store_t *s, uint64_t now, size_t want)
+{
+    size_t deleted = 999;
+
+    CU_ASSERT_EQUAL(cn__store_sweep(s, now, 1000, &deleted), 0);
+    CU_ASSERT_EQUAL(deleted, want);
+}
+
+/* Records for one key in one call, in key order or not, with a record of the key already
+ * stored: the last one is the key's record, and the expiry index holds its entry only
+ * (an entry left by the stored record or an earlier one of the call would be swept as a
+ * deletion of its own). A record that does not decode replaces nothing. */
+static void
+test_apply_later_record_wins(void)
+{
+    char dir[512];
+    cn_store_t *s = open_fresh(dir, sizeof(dir));
+    cn_record_t stored = make_record(201, 5000, "stored", 6);
+    size_t lz1, lx1, la1, lx2, lz2;
+    uint8_t *z1 = encoded(3000, &lz1), *x1 = encoded(1000, &lx1), *a1 = encoded(2000, &la1),
+            *x2 = encoded(4000, &lx2), *z2 = encoded(1500, &lz2), junk[80];
+    cn_store_raw_put_t items[7];
+    cn_store_meta_t meta;
+    cn_record_t want;
+    void *buf;
+
+    memset(junk, 0xA5, sizeof(junk));
+    items[0] = raw_item("o:z", z1, lz1);
+    items[1] = raw_item("o:x", x1, lx1);
+    items[2] = raw_item("o:a", a1, la1);
+    items[3] = raw_item("o:x", x2, lx2);
+    items[4] = raw_item("o:a", junk, sizeof(junk));
+    items[5] = raw_item("o:z", z2, lz2);
+    items[6] = raw_item("o:x", x2, lx2); /* the same record again */
+    CU_ASSERT_EQUAL_FATAL(put_one(s, "o:x", &stored), 0);
+    memset(&meta, 0, sizeof(meta));
+    CU_ASSERT_EQUAL_FATAL(cn__store_apply(s, items, 7, &meta), 0);
+    for (size_t i = 0; i < 7; i++)
+        CU_ASSERT_EQUAL(items[i].status, i == 4 ? CN_ECORRUPT : 0);
+    CU_ASSERT_EQUAL(count(s), 3);
+    CU_ASSERT_EQUAL_FATAL(cn__record_decode(x2, lx2, &want), 0);
+    expect_get(s, "o:x", 0, &want);
+    CU_ASSERT_EQUAL_FATAL(cn__record_decode(z2, lz2, &want), 0);
+    expect_get(s, "o:z", 0, &want);
+    CU_ASSERT_EQUAL_FATAL(cn__record_decode(a1, la1, &want), 0);
+    expect_get(s, "o:a", 0, &want);
+
+    expect_sweep(s, 1000, 0); /* no entry of x's first record */
+    expect_sweep(s, 1500, 1); /* z's last record */
+    expect_absent(s, "o:z", 0);
+    expect_sweep(s, 2000, 1); /* a */
+    expect_sweep(s, 3000, 0); /* no entry of z's first record */
+    expect_sweep(s, 4000, 1); /* x */
+    expect_sweep(s, 5000, 0); /* no entry of the record stored before */
+    CU_ASSERT_EQUAL(count(s), 0);
+    CU_ASSERT_EQUAL(cn__store_get(s, "o:x", 3, 0, &want, &buf), CN_ENOTFOUND);
+    cn__store_close(s);
+    free(z1);
+    free(x1);
+    free(a1);
+    free(x2);
+    free(z2);
+}
+
+#define EQ_ITEMS 240
+#define EQ_KEYS 37
+
+/* Everything observable about the store: each key's record (or its absence), then what
+ * sweeping at increasing times deletes. Sweeps, so it ends the store's useful life. */
+static void
+expect_same_store(cn_store_t *a, cn_store_t *b, char keys[][16])
+{
+    static const uint64_t times[] = {0, 1100, 1400, 2000, 2600, 3300, 4100, 5000, UINT64_MAX};
+    size_t da, db;
+
+    CU_ASSERT_EQUAL(count(a), count(b));
+    for (int k = 0; k < EQ_KEYS; k++) {
+        cn_record_t ra, rb;
+        void *ba = NULL, *bb = NULL;
+        int rca = cn__store_get(a, keys[k], strlen(keys[k]), 0, &ra, &ba);
+        int rcb = cn__store_get(b, keys[k], strlen(keys[k]), 0, &rb, &bb);
+
+        CU_ASSERT_EQUAL(rca, rcb);
+        if (rca == 0 && rcb == 0)
+            expect_same(&ra, &rb);
+        free(ba);
+        free(bb);
+    }
+    for (size_t i = 0; i < sizeof(times) / sizeof(times[0]); i++) {
+        da = 1001;
+        db = 1002;
+        CU_ASSERT_EQUAL(cn__store_sweep(a, times[i], 1000, &da), 0);
+        CU_ASSERT_EQUAL(cn__store_sweep(b, times[i], 1000, &db), 0);
+        CU_ASSERT_EQUAL(da, db);
+        CU_ASSERT_EQUAL(count(a), count(b));
+    }
+}
+
+/* One call with many records, keys repeated and out of order, some that do not decode,
+ * leaves the store exactly as applying them one call each, in their order, does; and
+ * applying the same records again (a replay after a crash) still does. */
+static void
+test_apply_batch_equals_one_by_one(void)
+{
+    char dir[512], keys[EQ_KEYS][16];
+    cn_store_t *a = open_fresh(dir, sizeof(dir)), *b = open_fresh(dir, sizeof(dir));
+    cn_store_raw_put_t items[EQ_ITEMS];
+    uint8_t *bytes[EQ_ITEMS], junk[90];
+    cn_store_meta_t ma, mb;
+    uint32_t x = 12345;
+
+    memset(junk, 0x3C, sizeof(junk));
+    for (int k = 0; k < EQ_KEYS; k++)
+        snprintf(keys[k], sizeof(keys[k]), "o:%c%d", 'a' + (k * 7) % 26, k % 5);
+    for (size_t i = 0; i < EQ_ITEMS; i++) {
+        size_t len;
+        x = x * 1103515245u + 12345u;
+        bytes[i] = encoded(1000 + (x >> 8) % 4000, &len);
+        items[i] = raw_item(keys[(x >> 4) % EQ_KEYS], bytes[i], len);
+        if (i % 17 == 5) {
+            items[i].bytes = junk; /* does not decode: skipped */
+            items[i].len = sizeof(junk);
+        }
+    }
+    memset(&ma, 0, sizeof(ma));
+    memset(&mb, 0, sizeof(mb));
+    for (int round = 0; round < 2; round++) {
+        CU_ASSERT_EQUAL_FATAL(cn__store_apply(a, items, EQ_ITEMS, &ma), 0);
+        for (size_t i = 0; i < EQ_ITEMS; i++) {
+            cn_store_raw_put_t one = items[i];
+            CU_ASSERT_EQUAL_FATAL(cn__store_apply(b, &one, 1, &mb), 0);
+            CU_ASSERT_EQUAL(items[i].status, one.status);
+        }
+    }
+    expect_same_store(a, b, keys);
+    for (size_t i = 0; i < EQ_ITEMS; i++)
+        free(bytes[i]);
+    cn__store_close(a);
+    cn__store_close(b);
+}
+
 static void
 test_close_null(void)
 {
@@ -470,6 +646,9 @@ main(void)
         {"sweep respects max", test_sweep_respects_max},
         {"overwrite replaces record and expiry", test_overwrite},
         {"overwrite with a shorter expiry", test_overwrite_shorter_expiry},
+        {"apply: the later record for a key wins, one expiry entry", test_apply_later_record_wins},
+        {"apply: one call equals one call per record, also replayed",
+         test_apply_batch_equals_one_by_one},
         {"failed open and close(NULL)", test_close_null},
         {NULL, NULL},
     };

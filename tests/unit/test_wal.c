@@ -14,10 +14,13 @@
  *     zeroed block (CN_ECORRUPT naming segment file and offset, nothing modified),
  *     unsealed, missing and wrongly sized segments, a missing segment that holds from_lsn,
  *     files that are not segments, an empty directory, a callback that stops the replay;
+ *   - recovery of segments larger than the size it reads at a time: frames straddling
+ *     its reads, a frame larger than one, stray bytes and later writes far past the end;
  *   - remove_below deleting exactly the segments that end at or below an LSN.
  *
  * Every test works in its own fresh directory under the suite's temp dir. Segments are
- * small (4096 bytes) so a handful of frames spans several of them.
+ * small (4096 bytes) so a handful of frames spans several of them, except in the tests of
+ * large segments (3 MiB).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -1537,6 +1540,174 @@ test_callback_stops(void)
     CU_ASSERT_EQUAL(seen.n, spec.n);
 }
 
+/* ---- segments larger than recovery's read size ---------------------------------- */
+
+/* Recovery reads a segment through a window much smaller than a production segment
+ * (32 MiB); the 4 KiB segments above fit in it whole. These segments do not: frames
+ * straddle the window's edges, one frame is larger than the window, and the bytes that
+ * decide a tail (a stray byte, a frame of a later write) lie far past the end of the log. */
+#define BIG_SEG ((uint64_t)3 << 20)
+
+/* A BIG_SEG segment image in memory, written to its file with big_flush. */
+typedef struct big {
+    uint8_t *img;
+    uint64_t start;
+    size_t at;
+    log_spec_t spec;
+} big_t;
+
+static void
+big_begin(big_t *b, uint64_t start)
+{
+    b->img = calloc(1, BIG_SEG);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(b->img);
+    b->start = start;
+    b->at = 0;
+}
+
+/* Appends n frames of len bytes (fill + i) as one write. Returns the write's offset. */
+static size_t
+big_write(big_t *b, size_t n, size_t len, uint8_t fill)
+{
+    size_t first = b->at;
+    uint8_t *payload = malloc(len ? len : 1);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(payload);
+    for (size_t i = 0; i < n; i++) {
+        memset(payload, fill + (int)i, len);
+        CU_ASSERT_FATAL(b->at + cn__wal_frame_size(len) <= BIG_SEG - HDR);
+        cn__wal_frame_encode_batch(b->img + b->at, b->start + b->at, b->start + first,
+                                   payload, len);
+        spec_add(&b->spec, b->start + b->at, payload, len);
+        b->at += cn__wal_frame_size(len);
+    }
+    free(payload);
+    return first;
+}
+
+static void
+big_flush(big_t *b, const char *dir, int seal)
+{
+    int fd;
+
+    if (seal)
+        cn__wal_frame_encode(b->img + b->at, b->start + b->at, CN_WAL_SEAL, NULL, 0);
+    fd = cn__wal_segment_open(dir, b->start, BIG_SEG);
+    CU_ASSERT_FATAL(fd >= 0);
+    CU_ASSERT_EQUAL_FATAL(pwrite(fd, b->img, BIG_SEG, 0), (ssize_t)BIG_SEG);
+    close(fd);
+}
+
+static int
+big_recover(const char *dir, uint64_t window, seen_t *seen, cn_wal_recovery_t *rep)
+{
+    memset(seen, 0, sizeof(*seen));
+    memset(rep, 0x5A, sizeof(*rep));
+    return cn__wal_recover(dir, BIG_SEG, 0, window, collect, seen, rep);
+}
+
+/* Writes a sealed segment and a second one of odd-sized frames, one of 700 KiB among
+ * them, the second ending 1.2 MiB in (sealed there when seal_second). */
+static void
+big_log(const char *dir, big_t *b, int seal_second)
+{
+    memset(b, 0, sizeof(*b));
+    big_begin(b, 0);
+    big_write(b, 50, 250, 1);
+    for (int i = 0; i < 12; i++)
+        big_write(b, 3, 1000 + 4099 * (size_t)i, (uint8_t)i);
+    big_write(b, 1, 700 << 10, 9);
+    big_write(b, 100, 3000, 2);
+    big_flush(b, dir, 1);
+    free(b->img);
+    big_begin(b, BIG_SEG);
+    big_write(b, 200, 6003, 3);
+    big_flush(b, dir, seal_second);
+    b->spec.end = BIG_SEG + b->at;
+}
+
+static void
+test_big_segments_clean(void)
+{
+    char dir[512];
+    big_t b;
+    seen_t seen;
+    cn_wal_recovery_t rep;
+
+    fresh_dir(dir, sizeof(dir));
+    big_log(dir, &b, 0);
+    CU_ASSERT_FATAL(b.spec.n <= MAX_FRAMES);
+    /* A segment created ahead of use, all zeros, follows. */
+    close(cn__wal_segment_open(dir, 2 * BIG_SEG, BIG_SEG));
+    CU_ASSERT_EQUAL(big_recover(dir, 0, &seen, &rep), 0);
+    expect_frames(&seen, &b.spec, 0, b.spec.n);
+    expect_clean(&rep, b.spec.end);
+    free(b.img);
+}
+
+static void
+test_big_segments_tails(void)
+{
+    char dir[512];
+    big_t b;
+    seen_t seen;
+    cn_wal_recovery_t rep;
+    size_t first, tear, n_before;
+    uint8_t one = 0x77;
+
+    /* A stray byte at the very end of the segment, 1.8 MiB past the end of the log: a
+     * torn tail reaching it, cut whole. */
+    fresh_dir(dir, sizeof(dir));
+    big_log(dir, &b, 0);
+    seg_io(dir, BIG_SEG, BIG_SEG - 1, &one, 1, 1);
+    CU_ASSERT_EQUAL(big_recover(dir, 0, &seen, &rep), 0);
+    expect_frames(&seen, &b.spec, 0, b.spec.n);
+    CU_ASSERT_EQUAL(rep.end_lsn, b.spec.end);
+    CU_ASSERT_EQUAL(rep.cut_lsn, b.spec.end);
+    CU_ASSERT_EQUAL(rep.cut_bytes, 2 * BIG_SEG - b.spec.end);
+    free(b.img);
+
+    /* A valid frame of a later write far past the end: damage in the middle. */
+    fresh_dir(dir, sizeof(dir));
+    big_log(dir, &b, 0);
+    b.at = BIG_SEG - HDR - 4096;
+    n_before = b.spec.n;
+    big_write(&b, 1, 100, 5);
+    big_flush(&b, dir, 0);
+    CU_ASSERT_EQUAL(big_recover(dir, 1 << 20, &seen, &rep), CN_ECORRUPT);
+    expect_frames(&seen, &b.spec, 0, n_before);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, "valid frame of a later write"));
+    free(b.img);
+
+    /* A tear early in a last write of 300 frames (1.8 MiB): the frames of the same write
+     * after it are a torn tail within a tail window that covers them, damage otherwise. */
+    fresh_dir(dir, sizeof(dir));
+    big_log(dir, &b, 1);
+    free(b.img);
+    big_begin(&b, 2 * BIG_SEG);
+    memset(&b.spec, 0, sizeof(b.spec));
+    big_write(&b, 10, 100, 1);
+    first = big_write(&b, 300, 6000, 8);
+    tear = first + 5 * cn__wal_frame_size(6000);
+    b.img[tear + 700] ^= 0x40;
+    big_flush(&b, dir, 0);
+    CU_ASSERT_EQUAL(big_recover(dir, 0, &seen, &rep), CN_ECORRUPT);
+    CU_ASSERT_EQUAL(big_recover(dir, b.at - tear, &seen, &rep), 0);
+    CU_ASSERT_EQUAL(rep.end_lsn, 2 * BIG_SEG + tear);
+    CU_ASSERT_EQUAL(rep.cut_lsn, 2 * BIG_SEG + tear);
+    CU_ASSERT_EQUAL(rep.cut_bytes, b.at - tear);
+    free(b.img);
+
+    /* An unsealed segment followed by one that holds a byte at its very end. */
+    fresh_dir(dir, sizeof(dir));
+    big_log(dir, &b, 0);
+    close(cn__wal_segment_open(dir, 2 * BIG_SEG, BIG_SEG));
+    seg_io(dir, 2 * BIG_SEG, BIG_SEG - 1, &one, 1, 1);
+    CU_ASSERT_EQUAL(big_recover(dir, 0, &seen, &rep), CN_ECORRUPT);
+    CU_ASSERT_PTR_NOT_NULL(strstr(rep.message, "does not end with a SEAL"));
+    free(b.img);
+}
+
 static void
 test_bad_arguments(void)
 {
@@ -1646,6 +1817,8 @@ main(void)
         {"from_lsn beyond the end of the log is CN_ECORRUPT", test_from_beyond_end},
         {"a frame into the SEAL space is CN_ECORRUPT", test_frame_into_seal_space},
         {"a callback returning non-zero stops the replay", test_callback_stops},
+        {"segments larger than the read size: a clean log", test_big_segments_clean},
+        {"segments larger than the read size: tails far past the end", test_big_segments_tails},
         {"bad arguments", test_bad_arguments},
         {"remove_below deletes segments ending at or below the LSN", test_remove_below},
         {NULL, NULL},
