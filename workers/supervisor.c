@@ -1,5 +1,9 @@
 /*
- * workers/supervisor.c - the supervisor: set-up, fork, restart, drain.
+ * workers/supervisor.c - the supervisor: cn_app_run, set-up, fork, restart, drain.
+ *
+ * cn_app_run (cnerium/app.h) is here: the app (app/app.c) only registers routes and
+ * dispatches requests; running it is the processes' business, so the calls go one way,
+ * from workers/ into the app.
  *
  * Order of start-up, each step failing with one clear line on stderr:
  *   data dir -> its lock (one server per data dir) -> the store opens -> shared region
@@ -28,9 +32,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "app/app_internal.h"
@@ -76,6 +83,70 @@ typedef struct supervisor {
     uint64_t crashes[CRASH_LIMIT + 1]; /* ring of recent death times */
     unsigned ncrashes;
 } supervisor_t;
+
+/* ---- the data dir and the ready line ---- */
+
+static int
+mkdir_p(const char *dir)
+{
+    char path[CN_CONFIG_PATH_MAX];
+    size_t n = strlen(dir);
+
+    if (n >= sizeof(path))
+        return -ENAMETOOLONG;
+    memcpy(path, dir, n + 1);
+    for (char *p = path + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(path, 0755) && errno != EEXIST)
+            return -errno;
+        *p = '/';
+    }
+    if (mkdir(path, 0755) && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+static int
+lock_data_dir(const char *dir, unsigned wait_ms)
+{
+    char path[CN_CONFIG_PATH_MAX + 16], pid[32];
+    uint64_t deadline = cn__clock_mono_ms() + wait_ms;
+    struct timespec tick = {0, 20 * 1000000L};
+    int fd, n;
+
+    snprintf(path, sizeof(path), "%s/LOCK", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    /* The lock is shared with the server's children (they inherit the descriptor), so a
+     * server killed with SIGKILL holds it until its last child is gone, which takes a few
+     * milliseconds (PR_SET_PDEATHSIG). flock has no timed wait: retry for a bounded time. */
+    while (flock(fd, LOCK_EX | LOCK_NB)) {
+        int err = errno == EWOULDBLOCK ? -EBUSY : -errno;
+        if (err != -EBUSY || cn__clock_mono_ms() >= deadline) {
+            close(fd);
+            return err;
+        }
+        nanosleep(&tick, NULL);
+    }
+    n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
+    if (ftruncate(fd, 0) == 0 && write(fd, pid, (size_t)n) != n)
+        cn_log_warn("could not write the pid to %s", path);
+    return fd;
+}
+
+static void
+print_listening(const cn_config_t *cfg, uint16_t port)
+{
+    printf(strchr(cfg->host, ':') ? "listening on http://[%s]:%u\n"
+                                  : "listening on http://%s:%u\n",
+           cfg->host, (unsigned)port);
+    fflush(stdout);
+}
+
+/* ---- processes ---- */
 
 static const char *
 child_name(const supervisor_t *s, unsigned id)
@@ -542,7 +613,7 @@ single_process_ready(void *arg)
     cn_log_info("%s (node %s) serving in a single process, %d threads, data dir %s",
                 c->app->cfg.name, c->app->cfg.node_id, c->app->cfg.threads,
                 c->app->cfg.data_dir);
-    cn__app_print_listening(&c->app->cfg, c->port);
+    print_listening(&c->app->cfg, c->port);
 }
 
 /* Opens and closes the store once, so a store that cannot be opened fails the start with
@@ -564,8 +635,8 @@ check_store(const cn_config_t *cfg)
     return 0;
 }
 
-int
-cn__supervisor_run(cn_app_t *app)
+static int
+run_server(cn_app_t *app)
 {
     const cn_config_t *cfg = &app->cfg;
     supervisor_t s;
@@ -583,12 +654,12 @@ cn__supervisor_run(cn_app_t *app)
     for (unsigned w = 0; w < CN_SHM_MAX_WORKERS; w++)
         app->ack_efd[w] = -1;
 
-    if ((rc = cn__app_mkdir_p(cfg->data_dir))) {
+    if ((rc = mkdir_p(cfg->data_dir))) {
         fprintf(stderr, "cnerium: cannot create data dir '%s': %s; pass a writable "
                         "--data-dir\n", cfg->data_dir, cn_strerror(rc));
         return 2;
     }
-    lock_fd = cn__app_lock_data_dir(cfg->data_dir, LOCK_WAIT_MS);
+    lock_fd = lock_data_dir(cfg->data_dir, LOCK_WAIT_MS);
     if (lock_fd < 0) {
         if (lock_fd == -EBUSY)
             fprintf(stderr, "cnerium: data dir '%s' is in use by another server (its LOCK "
@@ -669,7 +740,7 @@ cn__supervisor_run(cn_app_t *app)
             printf(strchr(cfg->realtime_host, ':') ? "realtime on ws://[%s]:%u%s\n"
                                                    : "realtime on ws://%s:%u%s\n",
                    cfg->realtime_host, (unsigned)ws_port, cfg->realtime_path);
-        cn__app_print_listening(cfg, port);
+        print_listening(cfg, port);
         rc = supervise(&s);
     }
     exit_code = rc;
@@ -706,4 +777,28 @@ out:
     if (exit_code == 0)
         cn_log_info("stopped");
     return exit_code;
+}
+
+/* ---- the public entry points (cnerium/app.h) ---- */
+
+int
+cn_app_run(cn_app_t *app)
+{
+    char err[512];
+
+    cn__log_set_level(app->cfg.log_level);
+    if (cn_config_validate(&app->cfg, err, sizeof(err))) {
+        fprintf(stderr, "cnerium: %s\n", err);
+        return 2;
+    }
+    return run_server(app);
+}
+
+void
+cn_app_stop(cn_app_t *app)
+{
+    /* From a worker process this stops the whole server: the supervisor drains all. */
+    pid_t server = app->server_pid;
+
+    kill(server > 0 ? server : getpid(), SIGTERM);
 }

@@ -1,27 +1,19 @@
 /*
- * app/app.c - the application: route registration, dispatch with outcome counters, and
- * the pieces of the server's life that are not a process's own (data-dir lock, the ready
- * line). cn_app_run hands over to the supervisor (workers/supervisor.c).
+ * app/app.c - the application: route registration and dispatch with outcome counters.
+ * It never calls into the processes that run it: cn_app_run is the supervisor's
+ * (workers/supervisor.c), and the workers call cn__app_dispatch and cn__app_deliver.
  *
  * Routes are registered before cn_app_run and only read afterwards, from every request
  * thread of every worker process (each has its own copy after fork).
  */
 #include <errno.h>
-#include <fcntl.h>
-#include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
-#include <sys/stat.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "app/app_internal.h"
 #include "cnerium/app.h"
 #include "cnerium/error.h"
-#include "http/listen.h"
 #include "http/problem.h"
 #include "http/request_internal.h"
 #include "http/router.h"
@@ -30,7 +22,6 @@
 #include "reliability/durable.h"
 #include "store/commit.h"
 #include "store/store.h"
-#include "support/clock.h"
 #include "support/log.h"
 #include "support/utf8.h"
 
@@ -268,88 +259,4 @@ cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
     reply->response = req->match.route->handler(req, req->match.route->ctx);
     if (req->events)
         submit_events(w, req);
-}
-
-/* ---- the server's life ---- */
-
-int
-cn__app_mkdir_p(const char *dir)
-{
-    char path[CN_CONFIG_PATH_MAX];
-    size_t n = strlen(dir);
-
-    if (n >= sizeof(path))
-        return -ENAMETOOLONG;
-    memcpy(path, dir, n + 1);
-    for (char *p = path + 1; *p; p++) {
-        if (*p != '/')
-            continue;
-        *p = '\0';
-        if (mkdir(path, 0755) && errno != EEXIST)
-            return -errno;
-        *p = '/';
-    }
-    if (mkdir(path, 0755) && errno != EEXIST)
-        return -errno;
-    return 0;
-}
-
-int
-cn__app_lock_data_dir(const char *dir, unsigned wait_ms)
-{
-    char path[CN_CONFIG_PATH_MAX + 16], pid[32];
-    uint64_t deadline = cn__clock_mono_ms() + wait_ms;
-    struct timespec tick = {0, 20 * 1000000L};
-    int fd, n;
-
-    snprintf(path, sizeof(path), "%s/LOCK", dir);
-    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return -errno;
-    /* The lock is shared with the server's children (they inherit the descriptor), so a
-     * server killed with SIGKILL holds it until its last child is gone, which takes a few
-     * milliseconds (PR_SET_PDEATHSIG). flock has no timed wait: retry for a bounded time. */
-    while (flock(fd, LOCK_EX | LOCK_NB)) {
-        int err = errno == EWOULDBLOCK ? -EBUSY : -errno;
-        if (err != -EBUSY || cn__clock_mono_ms() >= deadline) {
-            close(fd);
-            return err;
-        }
-        nanosleep(&tick, NULL);
-    }
-    n = snprintf(pid, sizeof(pid), "%d\n", (int)getpid());
-    if (ftruncate(fd, 0) == 0 && write(fd, pid, (size_t)n) != n)
-        cn_log_warn("could not write the pid to %s", path);
-    return fd;
-}
-
-void
-cn__app_print_listening(const cn_config_t *cfg, uint16_t port)
-{
-    printf(strchr(cfg->host, ':') ? "listening on http://[%s]:%u\n"
-                                  : "listening on http://%s:%u\n",
-           cfg->host, (unsigned)port);
-    fflush(stdout);
-}
-
-int
-cn_app_run(cn_app_t *app)
-{
-    char err[512];
-
-    cn__log_set_level(app->cfg.log_level);
-    if (cn_config_validate(&app->cfg, err, sizeof(err))) {
-        fprintf(stderr, "cnerium: %s\n", err);
-        return 2;
-    }
-    return cn__supervisor_run(app);
-}
-
-void
-cn_app_stop(cn_app_t *app)
-{
-    /* From a worker process this stops the whole server: the supervisor drains all. */
-    pid_t server = app->server_pid;
-
-    kill(server > 0 ? server : getpid(), SIGTERM);
 }

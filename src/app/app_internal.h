@@ -93,20 +93,10 @@ void cn__app_deliver(void *arg, void *handle, cn_durable_result_t *out);
 /* The GET /metrics handler (ctx is the app). */
 cn_response_t cn__metrics_handler(cn_request_t *req, void *ctx);
 
-/* Creates the data dir (and parents) if missing. Returns 0 or a negative errno. */
-int cn__app_mkdir_p(const char *dir);
-
-/* Takes the data dir's exclusive lock, waiting up to wait_ms for a previous server's
- * processes to let go of it. Returns the lock fd, -EBUSY, or a negative errno. */
-int cn__app_lock_data_dir(const char *dir, unsigned wait_ms);
-
 /* Serves as worker `id` until SIGTERM/SIGINT (which the caller has blocked), then drains.
  * on_ready runs once the worker accepts requests. Returns the process exit code. */
 int cn__worker_run(cn_app_t *app, unsigned id, int listen_fd,
                    void (*on_ready)(void *arg), void *ready_arg);
-
-/* The supervisor: forks the workers, restarts them, drains. Returns the exit code. */
-int cn__supervisor_run(cn_app_t *app);
 
 /* The persister process: recovery, then the group-commit loop until SIGTERM/SIGINT
  * (blocked by the caller), then a final drain of the rings. on_ready runs once recovery
@@ -117,8 +107,5 @@ int cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_ar
  * (blocked by the caller). Returns the process exit code. */
 int cn__broadcaster_run(cn_app_t *app, int listen_fd, void (*on_ready)(void *arg),
                         void *ready_arg);
-
-/* Prints the ready line ("listening on http://HOST:PORT") on stdout. */
-void cn__app_print_listening(const cn_config_t *cfg, uint16_t port);
 
 #endif
