@@ -40,7 +40,7 @@ ORDERS = os.environ.get("CNERIUM_ORDERS_BIN",
                         os.path.join(ROOT, "build-release", "examples", "cnerium_orders"))
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 3.0
 WORKERS = os.environ.get("CNERIUM_BENCH_WORKERS", "2")
-THREADS = os.environ.get("CNERIUM_BENCH_THREADS", "2")
+THREADS = os.environ.get("CNERIUM_BENCH_THREADS", "1")
 CMD_SECS = max(1, round(SECS / 3))  # wrk takes whole seconds; each command needs an order
 CONNS = 64
 API = "/api/v1/orders"

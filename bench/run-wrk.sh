@@ -13,7 +13,7 @@ conns=${2:-64}
 shift $(( $# > 2 ? 2 : $# ))
 worker_counts=("$@")
 [ ${#worker_counts[@]} -gt 0 ] || worker_counts=(1 "$(nproc)")
-threads=${CNERIUM_BENCH_THREADS:-2}
+threads=${CNERIUM_BENCH_THREADS:-1}
 dpkg -s wrk >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 CMAKE_BUILD_TYPE=Release scripts/build.sh build-release -DCNERIUM_BUILD_TESTS=OFF >/dev/null
 
