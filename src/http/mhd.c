@@ -588,7 +588,7 @@ static const char timeout_answer[] =
     "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
 
 /* Closes every connection whose request headers are overdue, and every one whose client
- * went away in the middle of a request body; returns how many. */
+ * has closed its side while no request of it is being handled; returns how many. */
 static unsigned
 reap(cn_http_server_t *srv, uint64_t now)
 {
@@ -598,17 +598,21 @@ reap(cn_http_server_t *srv, uint64_t now)
         char c;
         if (s->reaped)
             continue;
-        if (s->reading_body) {
-            /* In epoll mode 0.9.75 can miss a FIN that came with the last bytes it read,
-             * and then waits for the rest of the body until the connection timeout. A
-             * peek that finds the end of the stream (and nothing before it) means the
-             * body can never be completed: shutdown() makes MHD see it. */
+        if (!s->in_request || s->reading_body) {
+            /* In epoll mode 0.9.75 can miss a FIN that came with the last bytes it read
+             * (a request and the client's close in one segment), and then keeps the
+             * connection until its timeout, or waits for the rest of a body forever. A
+             * peek that finds the end of the stream (and nothing before it) means no
+             * request can come or complete: shutdown() makes MHD see it. A dispatched
+             * request is left alone: its answer is on its way. */
             if (recv(s->fd, &c, 1, MSG_PEEK | MSG_DONTWAIT) == 0) {
                 shutdown(s->fd, SHUT_RDWR);
                 s->reaped = 1;
                 n++;
+                continue;
             }
-            continue;
+            if (s->reading_body)
+                continue;
         }
         if (!srv->opt.header_timeout_ms || s->in_request ||
             now - s->waiting_since < srv->opt.header_timeout_ms)
@@ -647,9 +651,12 @@ cn__http_start(int listen_fd, const cn_http_options_t *opt, cn_http_dispatch_cb 
     atomic_init(&srv->has_runner, 0);
     pthread_mutex_init(&srv->conns_mu, NULL);
     srv->conns.next = srv->conns.prev = &srv->conns;
-    {
+    if (opt->reap_interval_ms) {
+        srv->reap_tick_ms = opt->reap_interval_ms;
+        srv->next_reap_ms = cn__clock_mono_ms() + srv->reap_tick_ms;
+    } else {
         /* A quarter of the header deadline between looks (a connection is closed at
-         * most 25% late), at most a second (clients gone mid-body). */
+         * most 25% late), at most a second (clients gone). */
         uint32_t tick = opt->header_timeout_ms ? opt->header_timeout_ms / 4 : 1000;
         srv->reap_tick_ms = tick < 10 ? 10 : tick > 1000 ? 1000 : tick;
         srv->next_reap_ms = cn__clock_mono_ms() + srv->reap_tick_ms;
@@ -728,7 +735,7 @@ cn__http_run(cn_http_server_t *srv)
         pthread_mutex_unlock(&srv->conns_mu);
         if (n)
             cn_log_debug("closed %u connections: request headers overdue (%u ms) or the "
-                         "client gone mid-body", n, (unsigned)srv->opt.header_timeout_ms);
+                         "client gone", n, (unsigned)srv->opt.header_timeout_ms);
     }
 }
 

@@ -46,6 +46,10 @@ typedef struct cn_http_options {
      * waiting for it (the accept, or the end of the previous response on a keep-alive
      * connection); otherwise the connection gets 408 and is closed. 0 = no deadline. */
     uint32_t header_timeout_ms;
+    /* Milliseconds between looks for overdue headers and for clients that closed their
+     * side of an idle connection (or mid-body). 0: a quarter of header_timeout_ms,
+     * between 10 and 1000. */
+    uint32_t reap_interval_ms;
 } cn_http_options_t;
 
 /* Serves on listen_fd (borrowed; the caller closes it after cn__http_stop). Returns 0

@@ -119,7 +119,7 @@ turn(int other, short events)
     int timeout = cn__http_timeout_ms(srv);
 
     if (timeout < 0 || timeout > 10)
-        timeout = 10;
+        timeout = 10; /* bounded: the server's own timeout is at most its reap tick */
     (void)poll(p, other >= 0 ? 2 : 1, timeout);
     cn__http_run(srv);
 }
@@ -221,8 +221,11 @@ setup(void)
     FUZZ_CHECK(bind(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0);
     FUZZ_CHECK(listen(fd, 1) == 0);
     /* No per-address limit (every socketpair has the same address) and no header
-     * deadline: each input is sent whole, and the run must be deterministic. */
-    opt = (cn_http_options_t){.max_body = MAX_BODY, .max_connections = 64};
+     * deadline: each input is sent whole, and the run must be deterministic. Each input
+     * ends with the client's close, which the server notices at its next look for
+     * vanished clients: look every millisecond. */
+    opt = (cn_http_options_t){.max_body = MAX_BODY, .max_connections = 64,
+                              .reap_interval_ms = 1};
     FUZZ_CHECK(cn__http_start(fd, &opt, dispatch, NULL, &srv) == 0);
 
     /* The harness itself works: a plain request gets its 200. */
