@@ -16,7 +16,9 @@
  * buffered writes and fsyncs to kernel worker threads, which costs a thread hop per
  * batch, and the persister has nothing else to do while a batch syncs (new records wait
  * in the rings either way), so the plain pair is cheaper. uring also falls back to it
- * where io_uring is not allowed (seccomp, old kernels). On SIGTERM the loop drains the
+ * where io_uring is not allowed (seccomp, old kernels). --wal-io direct and uring-direct
+ * run the same loops with batches the engine lays out for O_DIRECT (io->dsync): one
+ * RWF_DSYNC write (pwritev2, or one SQE) and no fdatasync. On SIGTERM the loop drains the
  * rings, checkpoints and exits 0.
  */
 #include <errno.h>
