@@ -146,13 +146,14 @@ def machine():
     return cores, kernel, cpu, disk
 
 
-def wal_io_modes(out):
+def wal_io_modes(out, rounds=3, secs=None, modes=("pwrite", "direct", "uring-direct")):
     """Fresh-key POSTs with pwrite + fdatasync (the default) against O_DIRECT batches in
     whole blocks with RWF_DSYNC (pwritev2, io_uring). One server per mode, all up at once,
     cnload runs alternating between them (order reversed every round), so each comparison
-    is paired in time on this shared disk. Medians of the rounds."""
-    modes = ("pwrite", "direct", "uring-direct")
-    wal_secs = min(SECS, 2.0)
+    is paired in time on this shared disk. Medians of the rounds. Alone, e.g.:
+      python3 -c 'import sys; sys.argv[1:] = ["2"]; sys.path.insert(0, "bench");
+                  import run; run.wal_io_modes(print, rounds=8, secs=1.5)'"""
+    wal_secs = secs or min(SECS, 2.0)
     srvs = {}
     try:
         for m in modes:
@@ -164,7 +165,7 @@ def wal_io_modes(out):
                     os.path.exists(seg) and os.path.getsize(seg) == 32 << 20):
                 time.sleep(0.05)
         walres = {}
-        for rnd in range(3):
+        for rnd in range(rounds):
             for c in (1, 16, 64, 256):
                 for m in (modes if rnd % 2 == 0 else modes[::-1]):
                     before = srvs[m].metrics()
@@ -176,22 +177,22 @@ def wal_io_modes(out):
             srv.stop()
     out("## WAL I/O modes (`--wal-io`), fresh-key POST, sync durability")
     out("")
-    out("One server per mode, all running; 3 rounds of %g s runs alternating between them; "
+    out("One server per mode, all running; %d rounds of %g s runs alternating between them; "
         "medians. `pwrite`: buffered write + fdatasync (the default); `direct`: O_DIRECT, each "
         "batch whole 4096-byte blocks from a fresh block, pwritev2 with RWF_DSYNC; "
         "`uring-direct`: the same write through io_uring. The ratio is the median of the "
-        "per-round ratios to `pwrite`." % wal_secs)
+        "per-round ratios to `%s`." % (rounds, wal_secs, modes[0]))
     out("")
-    out("| conns | mode | req/s | vs pwrite (paired) | p50 | p99 | records/sync |")
+    out("| conns | mode | req/s | vs %s (paired) | p50 | p99 | records/sync |" % modes[0])
     out("|---|---|---|---|---|---|---|")
     mid = lambda xs: sorted(xs)[len(xs) // 2]
     for c in (1, 16, 64, 256):
         for m in modes:
             rs = walres[(m, c)]
-            ratio = mid([a[0]["rps"] / b[0]["rps"] for a, b in zip(rs, walres[("pwrite", c)])
+            ratio = mid([a[0]["rps"] / b[0]["rps"] for a, b in zip(rs, walres[(modes[0], c)])
                          if b[0]["rps"]])
             out("| %d | %s | %.0f | %s | %s | %s | %.1f |" % (
-                c, m, mid([x[0]["rps"] for x in rs]), "" if m == "pwrite" else "%.2f" % ratio,
+                c, m, mid([x[0]["rps"] for x in rs]), "" if m == modes[0] else "%.2f" % ratio,
                 ms(mid([x[0]["latency_us"]["p50"] for x in rs])),
                 ms(mid([x[0]["latency_us"]["p99"] for x in rs])), mid([x[1] for x in rs])))
     out("")
