@@ -94,13 +94,15 @@ def tree_cpu(root):
     return total / hz
 
 
-def cnload(url, mode, conns=64, threads=2, extra=(), pid=None):
-    """One cnload run; with pid, also the server's CPU per request (us) in cpu_us."""
+def cnload(url, mode, conns=64, threads=2, extra=(), pid=None, secs=None):
+    """One cnload run (secs, default SECS); with pid, also the server's CPU per request
+    (us) in cpu_us."""
+    secs = secs or SECS
     before = tree_cpu(pid) if pid else 0
     cmd = [os.path.join(BENCH, "cnload"), "--mode", mode, "--connections", str(conns),
-           "--threads", str(threads if conns > 1 else 1), "--duration", str(SECS), "--json",
+           "--threads", str(threads if conns > 1 else 1), "--duration", str(secs), "--json",
            "--timeout", "30"] + list(extra) + [url]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=SECS + 120)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 120)
     line = [l for l in r.stdout.splitlines() if l.startswith("{")]
     if not line:
         raise SystemExit("bench: cnload failed: %s %s" % (r.stdout, r.stderr))
@@ -142,6 +144,58 @@ def machine():
     fs = subprocess.run(["df", "-T", ROOT], capture_output=True, text=True).stdout.splitlines()
     disk = " ".join(fs[1].split()[:2]) if len(fs) > 1 else "unknown"
     return cores, kernel, cpu, disk
+
+
+def wal_io_modes(out, rounds=3, secs=None, modes=("pwrite", "direct", "uring-direct")):
+    """Fresh-key POSTs with pwrite + fdatasync (the default) against O_DIRECT batches in
+    whole blocks with RWF_DSYNC (pwritev2, io_uring). One server per mode, all up at once,
+    cnload runs alternating between them (order reversed every round), so each comparison
+    is paired in time on this shared disk. Medians of the rounds. Alone, e.g.:
+      python3 -c 'import sys; sys.argv[1:] = ["2"]; sys.path.insert(0, "bench");
+                  import run; run.wal_io_modes(print, rounds=8, secs=1.5)'"""
+    wal_secs = secs or min(SECS, 2.0)
+    srvs = {}
+    try:
+        for m in modes:
+            srvs[m] = Server(["--wal-io", m], realtime=True)
+        for m in modes:  # the next segment is zero-filled right after the start
+            seg = os.path.join(srvs[m].dir, "data", "wal", "0000000002000000.wal")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not (
+                    os.path.exists(seg) and os.path.getsize(seg) == 32 << 20):
+                time.sleep(0.05)
+        walres = {}
+        for rnd in range(rounds):
+            for c in (1, 16, 64, 256):
+                for m in (modes if rnd % 2 == 0 else modes[::-1]):
+                    before = srvs[m].metrics()
+                    r = cnload(srvs[m].url, "fresh", conns=c, secs=wal_secs)
+                    syncs, per = persist_delta(before, srvs[m].metrics())
+                    walres.setdefault((m, c), []).append((r, per))
+    finally:
+        for srv in srvs.values():
+            srv.stop()
+    out("## WAL I/O modes (`--wal-io`), fresh-key POST, sync durability")
+    out("")
+    out("One server per mode, all running; %d rounds of %g s runs alternating between them; "
+        "medians. `pwrite`: buffered write + fdatasync (the default); `direct`: O_DIRECT, each "
+        "batch whole 4096-byte blocks from a fresh block, pwritev2 with RWF_DSYNC; "
+        "`uring-direct`: the same write through io_uring. The ratio is the median of the "
+        "per-round ratios to `%s`." % (rounds, wal_secs, modes[0]))
+    out("")
+    out("| conns | mode | req/s | vs %s (paired) | p50 | p99 | records/sync |" % modes[0])
+    out("|---|---|---|---|---|---|---|")
+    mid = lambda xs: sorted(xs)[len(xs) // 2]
+    for c in (1, 16, 64, 256):
+        for m in modes:
+            rs = walres[(m, c)]
+            ratio = mid([a[0]["rps"] / b[0]["rps"] for a, b in zip(rs, walres[(modes[0], c)])
+                         if b[0]["rps"]])
+            out("| %d | %s | %.0f | %s | %s | %s | %.1f |" % (
+                c, m, mid([x[0]["rps"] for x in rs]), "" if m == modes[0] else "%.2f" % ratio,
+                ms(mid([x[0]["latency_us"]["p50"] for x in rs])),
+                ms(mid([x[0]["latency_us"]["p99"] for x in rs])), mid([x[1] for x in rs])))
+    out("")
 
 
 def main():
@@ -269,6 +323,8 @@ def main():
         finally:
             srv.stop()
 
+    wal_io_modes(out)
+
     # Race check: correctness under simultaneous duplicates, as users would run it.
     srv = Server([])
     try:
@@ -312,7 +368,14 @@ def main():
     try:
         r = subprocess.run([os.path.join(BENCH, "wal_io"), wal_dir, "0.5"], capture_output=True,
                            text=True, timeout=300)
-        out("## WAL batch write + fdatasync (`wal_io`)")
+        out("## WAL batch write + sync (`wal_io`)")
+        out("")
+        out("One durable write per batch on a zero-written preallocated file: `pwrite` + "
+            "fdatasync and `uring` (write SQE linked to fdatasync) buffered; O_DIRECT in whole "
+            "4096-byte blocks with RWF_DSYNC through `pwritev2`, io_uring (`uring-d`), "
+            "io_uring with a registered file and buffer (`uring-df`) and that with two "
+            "batches in flight (`uring-df2`); `pwrite` on an appended file for reference. "
+            "The methods alternate in 50 ms slices.")
         out("")
         out("```")
         out(r.stdout.strip())

@@ -16,7 +16,9 @@
  * buffered writes and fsyncs to kernel worker threads, which costs a thread hop per
  * batch, and the persister has nothing else to do while a batch syncs (new records wait
  * in the rings either way), so the plain pair is cheaper. uring also falls back to it
- * where io_uring is not allowed (seccomp, old kernels). On SIGTERM the loop drains the
+ * where io_uring is not allowed (seccomp, old kernels). --wal-io direct and uring-direct
+ * run the same loops with batches the engine lays out for O_DIRECT (io->dsync): one
+ * RWF_DSYNC write (pwritev2, or one SQE) and no fdatasync. On SIGTERM the loop drains the
  * rings, checkpoints and exits 0.
  */
 #include <errno.h>
@@ -100,7 +102,9 @@ start_batch(loop_t *l)
     }
     l->t0_us = cn__clock_mono_us();
     if (l->u) {
-        if ((rc = cn__uring_write_sync(l->u, io.fd, io.buf, io.len, io.offset, TAG_BATCH)))
+        rc = io.dsync ? cn__uring_write_dsync(l->u, io.fd, io.buf, io.len, io.offset, TAG_BATCH)
+                      : cn__uring_write_sync(l->u, io.fd, io.buf, io.len, io.offset, TAG_BATCH);
+        if (rc)
             return rc;
         l->in_flight = 1;
         return 0;
@@ -219,7 +223,9 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
         .events_retain = cfg->events_retain,
         .events_retain_ms = (uint64_t)cfg->events_retain_s * 1000u,
         .broadcast_efd = app->broadcast_efd,
+        .wal_direct = cfg->wal_io == CN_WAL_IO_DIRECT || cfg->wal_io == CN_WAL_IO_URING_DIRECT,
     };
+    int uring = cfg->wal_io == CN_WAL_IO_URING || cfg->wal_io == CN_WAL_IO_URING_DIRECT;
     loop_t l = {.app = app, .sfd = -1};
     sigset_t stop;
     char err[1024];
@@ -249,13 +255,15 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
         cn__persist_close(l.p);
         return 1;
     }
-    if (cfg->wal_io != CN_WAL_IO_URING) {
-        cn_log_debug("the WAL is written with pwrite + fdatasync");
-    } else if ((rc = cn__uring_open(16, &l.u))) {
-        cn_log_warn("io_uring unavailable (%s): the WAL is written with pwrite + fdatasync",
-                    cn_strerror(rc));
+    if (uring && (rc = cn__uring_open(16, &l.u))) {
+        cn_log_warn("io_uring unavailable (%s): the WAL is written with %s", cn_strerror(rc),
+                    cn__persist_direct(l.p) ? "pwritev2 (O_DIRECT, RWF_DSYNC)"
+                                            : "pwrite + fdatasync");
         l.u = NULL;
     }
+    cn_log_debug("the WAL is written with %s%s", l.u ? "io_uring: " : "",
+                 cn__persist_direct(l.p) ? "O_DIRECT writes with RWF_DSYNC"
+                                         : "buffered writes + fdatasync");
     atomic_store(&app->shm.hdr->persist.pid, (int32_t)getpid());
     if (on_ready)
         on_ready(ready_arg);

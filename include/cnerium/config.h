@@ -24,7 +24,8 @@
  *   --events-retain N     CNERIUM_EVENTS_RETAIN     events kept for ?since= resume (100000)
  *   --events-retain-s S   CNERIUM_EVENTS_RETAIN_S   and for at most S seconds (86400)
  *   --durability M        CNERIUM_DURABILITY        sync | async (sync)
- *   --wal-io M            CNERIUM_WAL_IO            pwrite | uring: how WAL batches are written
+ *   --wal-io M            CNERIUM_WAL_IO            pwrite | uring | direct | uring-direct:
+ *                                                   how WAL batches are written (pwrite)
  *   --node-id ID          CNERIUM_NODE_ID           node identity (<name>-node)
  *   --name NAME           CNERIUM_NAME              service name
  *   --key-ttl SECONDS     CNERIUM_KEY_TTL           stored response lifetime (86400)
@@ -70,6 +71,11 @@ typedef enum cn_inflight_mode {
 typedef enum cn_wal_io {
     CN_WAL_IO_PWRITE = 0, /* pwrite + fdatasync from the persister's thread */
     CN_WAL_IO_URING = 1,  /* one write SQE linked to an fdatasync SQE, through io_uring */
+    /* O_DIRECT, each batch in whole 4096-byte blocks written with RWF_DSYNC (no
+     * fdatasync): pwritev2, or one write SQE through io_uring. Where the file system
+     * refuses O_DIRECT they fall back to pwrite and uring. */
+    CN_WAL_IO_DIRECT = 2,
+    CN_WAL_IO_URING_DIRECT = 3,
 } cn_wal_io_t;
 
 typedef struct cn_config {

@@ -70,7 +70,7 @@ static const opt_t options[] = {
      1000000000000ull, "N", "events kept for ?since= resume (0: no limit)"},
     {"events-retain-s", "CNERIUM_EVENTS_RETAIN_S", OPT_U32, F(events_retain_s), 0,
      10u * 365 * 86400, "SECONDS", "and for at most this long (0: no limit)"},
-    {"wal-io", "CNERIUM_WAL_IO", OPT_WALIO, F(wal_io), 0, 0, "pwrite|uring",
+    {"wal-io", "CNERIUM_WAL_IO", OPT_WALIO, F(wal_io), 0, 0, "pwrite|uring|direct|uring-direct",
      "how the persister writes WAL batches"},
     {"durability", "CNERIUM_DURABILITY", OPT_DURABILITY, F(durability), 0, 0, "sync|async",
      "when a durable response may be sent"},
@@ -279,9 +279,14 @@ apply(cn_config_t *cfg, const opt_t *o, const char *value, const char *source, c
             cfg->wal_io = CN_WAL_IO_PWRITE;
         else if (!strcmp(value, "uring"))
             cfg->wal_io = CN_WAL_IO_URING;
+        else if (!strcmp(value, "direct"))
+            cfg->wal_io = CN_WAL_IO_DIRECT;
+        else if (!strcmp(value, "uring-direct"))
+            cfg->wal_io = CN_WAL_IO_URING_DIRECT;
         else
-            return fail(err, errlen, "%s: '%s' is not a WAL I/O mode (pwrite or uring)", source,
-                        value);
+            return fail(err, errlen,
+                        "%s: '%s' is not a WAL I/O mode (pwrite, uring, direct or uring-direct)",
+                        source, value);
         return 0;
     case OPT_INFLIGHT:
         if (!strcmp(value, "wait"))

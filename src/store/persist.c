@@ -1,11 +1,20 @@
 /*
  * store/persist.c - the persister's engine (see persist.h).
+ *
+ * Direct mode (cfg.wal_direct): the segment being written is open with O_DIRECT and each
+ * batch is written as whole CN_WAL_BLOCKs starting at a fresh block, its last block
+ * filled with a PAD frame, so a write never touches a block that holds an acknowledged
+ * frame (a block write is not atomic against power loss). next_lsn is then always a block
+ * boundary, the last block of each segment is kept for its SEAL, and the batch buffer is
+ * block-aligned.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "cnerium/error.h"
@@ -53,6 +62,7 @@ struct cn_persister {
     cn_store_meta_t meta; /* as the store has it after the last apply */
     uint64_t epoch;
     int seg_fd;
+    int direct; /* seg_fd is open with O_DIRECT: see the top of this file */
     uint64_t seg_start, next_lsn;
     uint64_t cursor[CN_SHM_MAX_WORKERS];
     unsigned first_ring; /* gather starts here, rotating, so no ring starves */
@@ -278,6 +288,42 @@ prealloc_next(cn_persister_t *p)
         p->prealloc_running = 1;
 }
 
+/* Opens the segment at start again with O_DIRECT (fd: the segment open without it).
+ * Returns the new fd, -EINVAL when the file system refuses direct I/O with 4096-byte
+ * alignment, or another negative errno. */
+static int
+reopen_direct(cn_persister_t *p, int fd, uint64_t start)
+{
+    char path[1100];
+    void *probe;
+    ssize_t n;
+    int dfd, rc;
+
+    if ((rc = cn__wal_segment_path(path, sizeof(path), p->wal_dir, start)))
+        return rc;
+    /* Segment creation and recovery read it through the page cache: drop those (clean)
+     * pages, or every direct write would invalidate them first. */
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    if ((dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC)) < 0)
+        return -errno;
+    /* Some file systems take the flag but not the I/O, or want larger alignment: one
+     * aligned block read finds out before a batch depends on it. */
+    if (posix_memalign(&probe, CN_WAL_BLOCK, CN_WAL_BLOCK)) {
+        close(dfd);
+        return -ENOMEM;
+    }
+    do {
+        n = pread(dfd, probe, CN_WAL_BLOCK, 0);
+    } while (n < 0 && errno == EINTR);
+    rc = n == (ssize_t)CN_WAL_BLOCK ? 0 : n < 0 ? -errno : -EIO;
+    free(probe);
+    if (rc) {
+        close(dfd);
+        return rc;
+    }
+    return dfd;
+}
+
 static int
 open_segment(cn_persister_t *p, uint64_t lsn)
 {
@@ -289,6 +335,22 @@ open_segment(cn_persister_t *p, uint64_t lsn)
 
     if (fd < 0)
         return fd;
+    if (p->direct) {
+        int dfd = reopen_direct(p, fd, start);
+
+        if (dfd == -EINVAL) {
+            cn_log_warn("the WAL directory '%s' does not take O_DIRECT writes: the WAL is "
+                        "written with buffered writes + fdatasync",
+                        p->wal_dir);
+            p->direct = 0;
+        } else if (dfd < 0) {
+            close(fd);
+            return dfd;
+        } else {
+            close(fd);
+            fd = dfd;
+        }
+    }
     if (p->seg_fd >= 0)
         close(p->seg_fd);
     p->seg_fd = fd;
@@ -298,13 +360,95 @@ open_segment(cn_persister_t *p, uint64_t lsn)
     return 0;
 }
 
-/* Bytes the current segment still takes for frames (its SEAL reserved). */
+/* Bytes the current segment still takes for frames (its SEAL reserved: its last block
+ * in direct mode). */
 static uint64_t
 segment_room(const cn_persister_t *p)
 {
-    uint64_t end = p->seg_start + p->cfg.segment_size - CN_WAL_FRAME_HEADER;
+    uint64_t end = p->seg_start + p->cfg.segment_size -
+                   (p->direct ? CN_WAL_BLOCK : CN_WAL_FRAME_HEADER);
 
     return p->next_lsn < end ? end - p->next_lsn : 0;
+}
+
+/* Bytes a batch of len bytes of frames takes in the WAL: len, or in direct mode up to the
+ * next block boundary (a PAD frame fills the rest; a gap too small for its header takes
+ * one block more). */
+static size_t
+padded_len(const cn_persister_t *p, size_t len)
+{
+    size_t end = (len + CN_WAL_BLOCK - 1) / CN_WAL_BLOCK * CN_WAL_BLOCK;
+
+    if (!p->direct)
+        return len;
+    if (end > len && end - len < CN_WAL_FRAME_HEADER)
+        end += CN_WAL_BLOCK;
+    return end;
+}
+
+/* Direct mode: writes the size bytes of frames at next_lsn, durably, as whole blocks from
+ * the one holding next_lsn: zeros after them, and before them (when next_lsn is not a
+ * block boundary, only ever at a start over a log written without direct mode) the bytes
+ * the disk already has there, read back and written unchanged. Returns 0 or a negative
+ * errno. */
+static int
+write_blocks(cn_persister_t *p, const uint8_t *frames, size_t size)
+{
+    uint64_t off = p->next_lsn - p->seg_start, first = off - off % CN_WAL_BLOCK;
+    size_t head = (size_t)(off - first);
+    size_t len = (head + size + CN_WAL_BLOCK - 1) / CN_WAL_BLOCK * CN_WAL_BLOCK;
+    cn_persist_io_t io = {p->seg_fd, NULL, len, first, 1};
+    uint8_t *buf;
+    int rc = 0;
+
+    if (posix_memalign((void **)&buf, CN_WAL_BLOCK, len))
+        return -ENOMEM;
+    memset(buf, 0, len);
+    if (head) {
+        ssize_t n;
+
+        do {
+            n = pread(p->seg_fd, buf, CN_WAL_BLOCK, (off_t)first);
+        } while (n < 0 && errno == EINTR);
+        rc = n == (ssize_t)CN_WAL_BLOCK ? 0 : n < 0 ? -errno : -EIO;
+        memset(buf + head, 0, CN_WAL_BLOCK - head);
+    }
+    memcpy(buf + head, frames, size);
+    io.buf = buf;
+    if (!rc)
+        rc = cn__persist_write_sync(&io);
+    free(buf);
+    return rc;
+}
+
+static int roll(cn_persister_t *p);
+
+/* Direct mode over a log that ends off a block boundary (written without direct mode, or
+ * by an older version): a PAD frame up to the next boundary, or the SEAL when the segment
+ * has no room for it, so that the first batch starts at a fresh block. Returns 0 or a
+ * negative errno. */
+static int
+align_start(cn_persister_t *p)
+{
+    size_t gap = CN_WAL_BLOCK - (size_t)((p->next_lsn - p->seg_start) % CN_WAL_BLOCK);
+    uint8_t *pad;
+    int rc;
+
+    if (gap == CN_WAL_BLOCK)
+        return 0;
+    if (gap < CN_WAL_FRAME_HEADER)
+        gap += CN_WAL_BLOCK;
+    if (gap > segment_room(p))
+        return roll(p);
+    if (!(pad = malloc(gap)))
+        return -ENOMEM;
+    cn__wal_frame_encode_pad(pad, p->next_lsn, p->next_lsn, gap);
+    rc = write_blocks(p, pad, gap);
+    free(pad);
+    if (rc)
+        return rc;
+    p->next_lsn += gap;
+    return 0;
 }
 
 int
@@ -327,6 +471,13 @@ cn__persist_open(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t *
     snprintf(p->wal_dir, sizeof(p->wal_dir), "%s/wal", cfg->data_dir);
     snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
     p->cfg.data_dir = p->data_dir;
+    p->direct = cfg->wal_direct;
+    if (p->direct && (cfg->segment_size % CN_WAL_BLOCK || cfg->segment_size < 4 * CN_WAL_BLOCK)) {
+        cn_log_warn("WAL segments of %llu bytes are not whole blocks: the WAL is written "
+                    "with buffered writes + fdatasync",
+                    (unsigned long long)cfg->segment_size);
+        p->direct = 0;
+    }
 
     if ((rc = cn__store_open_flags(lmdb_dir, cfg->map_size, CN_STORE_NOSYNC, &p->store))) {
         snprintf(err, errlen, "cannot open the store in '%s': %s", lmdb_dir, cn_strerror(rc));
@@ -354,9 +505,10 @@ cn__persist_open(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t *
 
     r.p = p;
     r.meta = p->meta;
-    /* One batch is one write: after a crash its pages may be on disk in any order. */
+    /* One batch is one write: after a crash its pages may be on disk in any order. A
+     * direct-mode write runs up to two blocks past its batch (its PAD). */
     rc = cn__wal_recover(p->wal_dir, cfg->segment_size, p->meta.applied_lsn,
-                         cfg->batch_max_bytes, recovery_frame, &r, &rep);
+                         cfg->batch_max_bytes + 2 * CN_WAL_BLOCK, recovery_frame, &r, &rep);
     if (rc == 0)
         rc = recovery_flush(&r);
     free(r.buf);
@@ -387,6 +539,11 @@ cn__persist_open(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t *
     }
     if ((rc = open_segment(p, rep.end_lsn))) {
         snprintf(err, errlen, "cannot open a WAL segment in '%s': %s", p->wal_dir,
+                 cn_strerror(rc));
+        goto fail;
+    }
+    if (p->direct && (rc = align_start(p))) {
+        snprintf(err, errlen, "cannot write to the WAL in '%s': %s", p->wal_dir,
                  cn_strerror(rc));
         goto fail;
     }
@@ -431,8 +588,12 @@ batch_reserve(batch_t *b, size_t more)
         uint8_t *nb;
         while (cap < b->len + more)
             cap *= 2;
-        if (!(nb = realloc(b->buf, cap)))
+        /* Block-aligned, so that direct mode writes it as it is. */
+        if (posix_memalign((void **)&nb, CN_WAL_BLOCK, cap))
             return -ENOMEM;
+        if (b->len)
+            memcpy(nb, b->buf, b->len);
+        free(b->buf);
         b->buf = nb;
         b->cap = cap;
     }
@@ -456,14 +617,19 @@ roll(cn_persister_t *p)
     int rc;
 
     cn__wal_frame_encode(seal, p->next_lsn, CN_WAL_SEAL, NULL, 0);
-    ssize_t n = pwrite(p->seg_fd, seal, sizeof(seal), (off_t)(p->next_lsn - p->seg_start));
+    if (p->direct) {
+        if ((rc = write_blocks(p, seal, sizeof(seal))))
+            return rc;
+    } else {
+        ssize_t n = pwrite(p->seg_fd, seal, sizeof(seal), (off_t)(p->next_lsn - p->seg_start));
 
-    if (n < 0)
-        return -errno;
-    if (n != (ssize_t)sizeof(seal))
-        return -EIO;
-    if (fdatasync(p->seg_fd))
-        return -errno;
+        if (n < 0)
+            return -errno;
+        if (n != (ssize_t)sizeof(seal))
+            return -EIO;
+        if (fdatasync(p->seg_fd))
+            return -errno;
+    }
     if ((rc = open_segment(p, next)))
         return rc;
     p->need_roll = 0;
@@ -494,6 +660,10 @@ cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
     uint64_t room = segment_room(p), whole = p->cfg.segment_size - 2 * CN_WAL_FRAME_HEADER;
     int full = 0;
 
+    /* Direct mode: a record alone, padded (at most a block and a header more), must fit a
+     * fresh segment's room. */
+    if (p->direct)
+        whole = p->cfg.segment_size - 2 * CN_WAL_BLOCK - CN_WAL_FRAME_HEADER;
     if (b->active)
         return -EBUSY;
     b->len = 0;
@@ -525,12 +695,13 @@ cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
                 fsize = cn__wal_frame_size(CN_PERSIST_WAL_HEADER + (size_t)rec.len);
                 if (fsize > whole) {
                     fail_record(p, w, &rec);
-                } else if (b->len + fsize > room) {
+                } else if (padded_len(p, b->len + fsize) > room) {
                     p->need_roll = 1;
                     full = 1;
                     break;
                 } else if (b->len && (b->len + fsize > p->cfg.batch_max_bytes ||
-                                      b->len > CN_WAL_BATCH_SPAN_MAX)) {
+                                      b->len + (p->direct ? fsize : 0) >
+                                          CN_WAL_BATCH_SPAN_MAX)) {
                     full = 1;
                     break;
                 } else {
@@ -570,12 +741,26 @@ cn__persist_gather(cn_persister_t *p, cn_persist_io_t *io)
     }
     if (!b->touched)
         return 0;
+    if (p->direct && b->len) {
+        /* The batch ends on a block boundary: a PAD frame, part of its write, fills the
+         * rest of its last block. */
+        size_t end = padded_len(p, b->len);
+        int rc;
+
+        if (end > b->len) {
+            if ((rc = batch_reserve(b, end - b->len)))
+                return rc;
+            cn__wal_frame_encode_pad(b->buf + b->len, p->next_lsn + b->len, p->next_lsn,
+                                     end - b->len);
+            b->len = end;
+        }
+    }
     b->active = 1;
     b->lsn_start = p->next_lsn;
     b->lsn_end = p->next_lsn + b->len;
     if (!b->len)
         return 0;
-    *io = (cn_persist_io_t){p->seg_fd, b->buf, b->len, p->next_lsn - p->seg_start};
+    *io = (cn_persist_io_t){p->seg_fd, b->buf, b->len, p->next_lsn - p->seg_start, p->direct};
     return 1;
 }
 
@@ -604,7 +789,7 @@ static int
 unwrite_batch(cn_persister_t *p)
 {
     batch_t *b = &p->b;
-    cn_persist_io_t io = {p->seg_fd, b->buf, b->len, b->lsn_start - p->seg_start};
+    cn_persist_io_t io = {p->seg_fd, b->buf, b->len, b->lsn_start - p->seg_start, p->direct};
 
     if (!b->len)
         return 0;
@@ -749,12 +934,35 @@ cn__persist_maintain(cn_persister_t *p)
 }
 
 int
+cn__persist_direct(const cn_persister_t *p)
+{
+    return p->direct;
+}
+
+int
 cn__persist_write_sync(const cn_persist_io_t *io)
 {
     const uint8_t *p = io->buf;
     size_t left = io->len;
     uint64_t off = io->offset;
 
+    while (left && io->dsync) {
+        struct iovec iov = {(void *)p, left};
+        ssize_t n = pwritev2(io->fd, &iov, 1, (off_t)off, RWF_DSYNC);
+
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EIO;
+        p += n;
+        off += (uint64_t)n;
+        left -= (size_t)n;
+    }
+    if (io->dsync)
+        return 0; /* each write returned once its bytes were durable */
     while (left) {
         ssize_t n = pwrite(io->fd, p, left, (off_t)off);
         if (n < 0) {

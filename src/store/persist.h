@@ -30,16 +30,23 @@ typedef struct cn_persist_config {
     uint64_t events_retain;    /* keep at most this many events (0: no limit) */
     uint64_t events_retain_ms; /* and none older than this (0: no limit) */
     int broadcast_efd;         /* written after events were committed; -1: none */
+    /* 1: write the WAL with O_DIRECT, each batch in whole blocks with RWF_DSYNC (no
+     * fdatasync); falls back to buffered writes + fdatasync where the file system refuses
+     * O_DIRECT (cn__persist_direct tells). Recovery reads logs written either way. */
+    int wal_direct;
 } cn_persist_config_t;
 
 typedef struct cn_persister cn_persister_t;
 
-/* What one batch writes: len bytes at offset of fd. */
+/* What one batch writes: len bytes at offset of fd. With dsync, fd is open with O_DIRECT
+ * and buf, len and offset are multiples of CN_WAL_BLOCK: the write is made durable by
+ * RWF_DSYNC, without an fdatasync. */
 typedef struct cn_persist_io {
     int fd;
     const void *buf;
     size_t len;
     uint64_t offset;
+    int dsync;
 } cn_persist_io_t;
 
 /* Opens the store (unsynced commits), replays the WAL after the store's applied LSN,
@@ -70,8 +77,12 @@ int cn__persist_done(cn_persister_t *p, int io_result, uint64_t sync_us, uint64_
  * when due, expiry sweep when due. Returns 0 or an error that stops the process. */
 int cn__persist_maintain(cn_persister_t *p);
 
-/* Writes a batch with plain pwrite + fdatasync (used when io_uring is unavailable and
- * by tests). Returns 0 or a negative errno. */
+/* 1 when the WAL is written in direct mode (cfg.wal_direct and the file system took it),
+ * so gathered batches come with io->dsync. */
+int cn__persist_direct(const cn_persister_t *p);
+
+/* Writes a batch with plain pwrite + fdatasync, or pwritev2 with RWF_DSYNC when io->dsync
+ * (used when io_uring is unavailable and by tests). Returns 0 or a negative errno. */
 int cn__persist_write_sync(const cn_persist_io_t *io);
 
 #endif

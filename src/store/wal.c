@@ -82,7 +82,8 @@ frame_encode(uint8_t *out, uint64_t lsn, uint32_t back, uint8_t type, const void
     size_t size = cn__wal_frame_size(len);
 
     CN_ASSERT(len <= CN_WAL_PAYLOAD_MAX);
-    CN_ASSERT(type == CN_WAL_DATA || (type == CN_WAL_SEAL && len == 0 && back == 0));
+    CN_ASSERT(type == CN_WAL_DATA || type == CN_WAL_PAD ||
+              (type == CN_WAL_SEAL && len == 0 && back == 0));
     CN_ASSERT(back < (1u << 24));
     memcpy(out, magic, 4);
     cn__put_le32(out + 4, (uint32_t)len);
@@ -114,6 +115,17 @@ cn__wal_frame_encode_batch(uint8_t *out, uint64_t lsn, uint64_t batch_lsn, const
     frame_encode(out, lsn, (uint32_t)((lsn - batch_lsn) / 8), CN_WAL_DATA, payload, len);
 }
 
+void
+cn__wal_frame_encode_pad(uint8_t *out, uint64_t lsn, uint64_t batch_lsn, size_t size)
+{
+    CN_ASSERT(size >= CN_WAL_FRAME_HEADER && size % 8 == 0);
+    CN_ASSERT(batch_lsn <= lsn && (lsn - batch_lsn) % 8 == 0 &&
+              lsn - batch_lsn <= CN_WAL_BATCH_SPAN_MAX);
+    memset(out + CN_WAL_FRAME_HEADER, 0, size - CN_WAL_FRAME_HEADER);
+    frame_encode(out, lsn, (uint32_t)((lsn - batch_lsn) / 8), CN_WAL_PAD,
+                 out + CN_WAL_FRAME_HEADER, size - CN_WAL_FRAME_HEADER);
+}
+
 int
 cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
                      cn_wal_frame_t *f, size_t *consumed)
@@ -133,7 +145,8 @@ cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
     back = (uint32_t)buf[21] | (uint32_t)buf[22] << 8 | (uint32_t)buf[23] << 16;
     if (len > CN_WAL_PAYLOAD_MAX || cn__get_le64(buf + 8) != expect_lsn)
         return CN_ECORRUPT;
-    if ((type != CN_WAL_DATA && type != CN_WAL_SEAL) || (type == CN_WAL_SEAL && (len || back)) ||
+    if ((type != CN_WAL_DATA && type != CN_WAL_SEAL && type != CN_WAL_PAD) ||
+        (type == CN_WAL_SEAL && (len || back)) ||
         (uint64_t)back * 8 > expect_lsn)
         return CN_ECORRUPT;
     /* len <= CN_WAL_PAYLOAD_MAX, so the size cannot wrap. */
@@ -142,8 +155,10 @@ cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
         return CN_ECORRUPT;
     if (cn__get_le32(buf + 16) != frame_crc(buf, len))
         return CN_ECORRUPT;
-    /* Padding is outside the CRC; it must still be exactly zero. */
+    /* Padding is outside the CRC; it must still be exactly zero. A PAD carries nothing. */
     if (!all_zero(buf + CN_WAL_FRAME_HEADER + len, size - CN_WAL_FRAME_HEADER - len))
+        return CN_ECORRUPT;
+    if (type == CN_WAL_PAD && !all_zero(buf + CN_WAL_FRAME_HEADER, len))
         return CN_ECORRUPT;
 
     f->lsn = expect_lsn;
@@ -784,7 +799,7 @@ replay_segment(recovery_t *r, const uint64_t *starts, size_t i, size_t n, int *s
                         f.lsn, start);
             goto out;
         }
-        if (f.lsn >= r->from_lsn) {
+        if (f.type == CN_WAL_DATA && f.lsn >= r->from_lsn) {
             r->out->frames++;
             if (r->cb && (rc = r->cb(&f, r->arg))) {
                 r->out->end_lsn = f.lsn + consumed;

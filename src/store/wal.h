@@ -12,7 +12,7 @@
  *   4   4  payload length
  *   8   8  LSN of this frame (its own position: stale or misplaced bytes never match)
  *   16  4  CRC-32C of the frame header with this field zeroed, then the payload
- *   20  1  type: CN_WAL_DATA or CN_WAL_SEAL
+ *   20  1  type: CN_WAL_DATA, CN_WAL_SEAL or CN_WAL_PAD
  *   21  3  batch offset: (LSN - LSN of the first frame of its write) / 8, 24 bits; 0 for
  *          a frame written alone and for every SEAL
  *   24  .. payload, then zero padding to a multiple of 8
@@ -22,6 +22,11 @@
  * tear must then belong to that same write (its batch starts at or before the tear).
  * A valid frame of a later write after a bad frame means the bad frame was synced and
  * then damaged: corruption, not a torn tail.
+ *
+ * A PAD frame (payload all zeros, covered by the CRC like any payload) fills the rest of
+ * the last block of a write that must end on a block boundary (O_DIRECT writes: each
+ * batch starts at a fresh CN_WAL_BLOCK, so no write ever touches a block holding frames
+ * of an earlier write). It carries its write's batch offset and is skipped by replay.
  *
  * A segment ends with a SEAL frame (no payload) when the writer moves on to the next
  * one; the last CN_WAL_FRAME_HEADER bytes of every segment are reserved for it. After
@@ -38,6 +43,9 @@
 #define CN_WAL_FRAME_HEADER 24
 #define CN_WAL_DATA 1
 #define CN_WAL_SEAL 2
+#define CN_WAL_PAD 3
+/* The block that O_DIRECT writes are aligned to (offsets, lengths, buffers). */
+#define CN_WAL_BLOCK 4096u
 #define CN_WAL_PAYLOAD_MAX (64u * 1024 * 1024)
 /* A frame sits at most this many bytes after the start of its write. */
 #define CN_WAL_BATCH_SPAN_MAX ((((uint64_t)1 << 24) - 1) * 8)
@@ -56,6 +64,10 @@ void cn__wal_frame_encode(uint8_t *out, uint64_t lsn, uint8_t type, const void *
 void cn__wal_frame_encode_batch(uint8_t *out, uint64_t lsn, uint64_t batch_lsn,
                                 const void *payload, size_t len);
 
+/* Writes a PAD frame of size bytes (at least CN_WAL_FRAME_HEADER, a multiple of 8) at lsn
+ * into out, as part of the write starting at batch_lsn (same rules as above). */
+void cn__wal_frame_encode_pad(uint8_t *out, uint64_t lsn, uint64_t batch_lsn, size_t size);
+
 typedef struct cn_wal_frame {
     uint64_t lsn;
     uint64_t batch_lsn; /* where the write that carried this frame started */
@@ -67,8 +79,9 @@ typedef struct cn_wal_frame {
 /* Decodes the frame at the start of buf (avail bytes) that must sit at expect_lsn.
  * Returns 0 with *f and *consumed (its frame size); CN_ENOTFOUND when the header is all
  * zeros (the end of the written log); CN_ECORRUPT for anything else that is not a valid
- * frame at expect_lsn (bad magic, CRC, LSN, type, non-zero padding bytes, a batch offset
- * reaching below LSN 0, a SEAL with a payload or a batch offset, a length over CN_WAL_PAYLOAD_MAX, or truncated by avail, including
+ * frame at expect_lsn (bad magic, CRC, LSN, type, non-zero padding bytes or PAD payload,
+ * a batch offset reaching below LSN 0, a SEAL with a payload or a batch offset, a length
+ * over CN_WAL_PAYLOAD_MAX, or truncated by avail, including
  * avail < CN_WAL_FRAME_HEADER). *f and *consumed are written only on success. */
 int cn__wal_frame_decode(const uint8_t *buf, size_t avail, uint64_t expect_lsn,
                          cn_wal_frame_t *f, size_t *consumed);
@@ -102,7 +115,7 @@ typedef struct cn_wal_recovery {
 } cn_wal_recovery_t;
 
 /* Replays the log: calls cb(frame, arg) for every DATA frame with lsn >= from_lsn, in
- * order, across all segments in dir (segments wholly below from_lsn are skipped; frames
+ * order (PAD frames are validated and skipped), across all segments in dir (segments wholly below from_lsn are skipped; frames
  * below from_lsn in the first segment read are validated but not passed). f->payload is
  * valid only during the call. cb may be NULL (validate and count only). dir must exist.
  * Files not named like segments (temp files included) are ignored.

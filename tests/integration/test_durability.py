@@ -822,6 +822,21 @@ class UringRecoveryTest(RecoveryTest):
         return super().start_srv("--wal-io", "uring", *extra, data_dir=data_dir)
 
 
+class DirectRecoveryTest(RecoveryTest):
+    """The same with O_DIRECT batches in whole blocks, RWF_DSYNC (--wal-io direct); the
+    restarts after a crash use the default --wal-io over that log."""
+
+    def start_srv(self, *extra, data_dir=None):
+        return super().start_srv("--wal-io", "direct", *extra, data_dir=data_dir)
+
+
+class UringDirectRecoveryTest(RecoveryTest):
+    """The same through io_uring (--wal-io uring-direct)."""
+
+    def start_srv(self, *extra, data_dir=None):
+        return super().start_srv("--wal-io", "uring-direct", *extra, data_dir=data_dir)
+
+
 # -- 5. async --
 
 

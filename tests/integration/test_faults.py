@@ -9,15 +9,17 @@ Covered here (each test names what it proves):
   - damaged data: one flipped byte in the middle of the WAL with acknowledged frames of
     later writes after it, a deleted wal/ directory, a deleted segment that holds the
     applied position: the server refuses to start with exit code 2 and the persister's
-    message (segment file and offset for the flip), without "died while starting" and
-    without respawning the persister; a fresh data dir starts;
+    message (segment file and offset for the flip; also over a --wal-io direct log),
+    without "died while starting" and without respawning the persister; a fresh data dir
+    starts;
   - disk full: the data dir on a small tmpfs in a private mount namespace (unshare -m,
     root only; skipped otherwise), filled up while durable POSTs arrive: they get 503
     naming ENOSPC; space is freed, the server is SIGKILLed and restarted: no 503'd key was
     applied (a retry executes the handler exactly once, a second retry replays), every
     acknowledged response replays byte for byte;
   - EIO on the WAL: tests/shim/walfault.c (LD_PRELOAD) fails the persister's fdatasync on
-    wal/ files: those requests get 503 naming the I/O error, the persister restarts, and
+    wal/ files (with --wal-io direct: its O_DIRECT pwritev2): those requests get 503
+    naming the I/O error, the persister restarts, and
     after a SIGKILL and a restart nothing acknowledged is lost and nothing 503'd was
     applied;
   - SIGSTOP/SIGCONT and SIGKILL of the persister, a worker and the broadcaster under load:
@@ -57,16 +59,18 @@ STOP_S = 1.0                       # how long a SIGSTOP lasts
 
 
 def wal_frames(path):
-    """[(offset, payload length)] of the DATA frames at the start of a WAL segment."""
+    """[(offset, payload length)] of the DATA frames at the start of a WAL segment (the
+    PAD frames that end --wal-io direct batches skipped)."""
     out = []
     with open(path, "rb") as f:
         data = f.read()
     off = 0
     while off + 24 <= len(data) and data[off:off + 4] == b"CNWF":
         length = struct.unpack_from("<I", data, off + 4)[0]
-        if data[off + 20] != 1:
+        if data[off + 20] not in (1, 3):
             break
-        out.append((off, length))
+        if data[off + 20] == 1:
+            out.append((off, length))
         off += 24 + ((length + 7) & ~7)
     return out
 
@@ -153,8 +157,8 @@ class RecordLimitTest(FaultTestCase):
 
 
 class DamagedDataTest(FaultTestCase):
-    def acknowledged_then_killed(self, n):
-        srv = self.start_plain()
+    def acknowledged_then_killed(self, n, *extra):
+        srv = self.start_plain(*extra)
         sent = self.post_keys(srv, "dmg", n)
         for key, _, resp in sent:
             self.assertEqual(resp[0], 201, key)
@@ -162,7 +166,15 @@ class DamagedDataTest(FaultTestCase):
         return srv.data_dir, sent
 
     def test_flipped_byte_mid_wal_exits_2_naming_segment_and_offset(self):
-        data_dir, sent = self.acknowledged_then_killed(60)
+        self.check_flipped_byte()
+
+    def test_flipped_byte_mid_direct_wal_exits_2(self):
+        # Batches in whole blocks with PADs; refused the same way, then restarted with the
+        # default --wal-io over that log.
+        self.check_flipped_byte("--wal-io", "direct")
+
+    def check_flipped_byte(self, *extra):
+        data_dir, sent = self.acknowledged_then_killed(60, *extra)
         seg = os.path.join(data_dir, "wal", SEGMENT)
         frames = wal_frames(seg)
         self.assertGreaterEqual(len(frames), 60, "one frame per acknowledged POST")
@@ -376,12 +388,19 @@ class DiskFullTest(FaultTestCase):
 
 class WalEioTest(FaultTestCase):
     def test_wal_fdatasync_eio_503_is_never_applied(self):
+        self.check_eio("fdatasync", "--wal-io", "pwrite")
+
+    def test_wal_direct_write_eio_503_is_never_applied(self):
+        # --wal-io direct: no fdatasync; the O_DIRECT pwritev2 (RWF_DSYNC) itself fails.
+        self.check_eio("pwritev2", "--wal-io", "direct")
+
+    def check_eio(self, call, *extra):
         shim = h.binary("CNERIUM_WALFAULT_SHIM")
         asan = os.environ.get("ASAN_OPTIONS", "")
-        env = {"LD_PRELOAD": shim, "CN_FAULT_CALLS": "fdatasync", "CN_FAULT_AFTER": "25",
+        env = {"LD_PRELOAD": shim, "CN_FAULT_CALLS": call, "CN_FAULT_AFTER": "25",
                "CN_FAULT_COUNT": "1",
                "ASAN_OPTIONS": (asan + ":" if asan else "") + "verify_asan_link_order=0"}
-        srv = self.start_plain(env=env)
+        srv = self.start_plain(*extra, env=env)
         acked, refused = [], []
         for i in range(120):
             key = "eio-%d" % i
@@ -397,7 +416,7 @@ class WalEioTest(FaultTestCase):
             if len(refused) >= 2 and len(acked) >= 40:
                 break
         err = srv.stderr_text()
-        self.assertGreaterEqual(err.count("walfault: fdatasync"), 2, err[-3000:])
+        self.assertGreaterEqual(err.count("walfault: %s " % call), 2, err[-3000:])
         self.assertGreaterEqual(len(refused), 2)
         self.assertIn("erased from the WAL", err)
         self.crash(srv)

@@ -2,11 +2,12 @@
  * tests/shim/walfault.c - a test-only LD_PRELOAD shim that makes WAL writes fail.
  *
  * Built only with the tests (never installed, never linked into the library). Loaded into
- * a server with LD_PRELOAD, it wraps pwrite() and fdatasync(): a call on a file whose path
- * contains CN_FAULT_PATH (default "/wal/") is counted, and once CN_FAULT_AFTER such calls
- * went through, the next CN_FAULT_COUNT (default 1) fail with CN_FAULT_ERRNO (default EIO)
- * without doing anything. CN_FAULT_CALLS picks the calls ("fdatasync", "pwrite", or both
- * separated by a comma; default "fdatasync"). Without CN_FAULT_AFTER the shim does nothing.
+ * a server with LD_PRELOAD, it wraps pwrite(), pwritev2() and fdatasync(): a call on a file
+ * whose path contains CN_FAULT_PATH (default "/wal/") is counted, and once CN_FAULT_AFTER
+ * such calls went through, the next CN_FAULT_COUNT (default 1) fail with CN_FAULT_ERRNO
+ * (default EIO) without doing anything. CN_FAULT_CALLS picks the calls ("fdatasync",
+ * "pwrite", "pwritev2" -- the persister's O_DIRECT writes with RWF_DSYNC -- or several
+ * separated by commas; default "fdatasync"). Without CN_FAULT_AFTER the shim does nothing.
  *
  * Counters are per process and start at 0 in each process (a forked child inherits the
  * parent's count, which is 0 in a server's supervisor: only the persister writes the WAL),
@@ -24,10 +25,24 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static atomic_long matched;
 static atomic_long failed;
+
+/* 1 when the comma-separated list names what exactly ("pwrite" is not "pwritev2"). */
+static int
+listed(const char *list, const char *what)
+{
+    size_t n = strlen(what);
+
+    for (const char *p = list; (p = strstr(p, what)); p += n) {
+        if ((p == list || p[-1] == ',') && (p[n] == '\0' || p[n] == ','))
+            return 1;
+    }
+    return 0;
+}
 
 /* 1 when the call named what is configured to fail now (and counts it). */
 static int
@@ -43,7 +58,7 @@ should_fail(int fd, const char *what)
         return 0;
     if (!calls)
         calls = "fdatasync";
-    if (!strstr(calls, what))
+    if (!listed(calls, what))
         return 0;
     snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
     n = readlink(link, path, sizeof(path) - 1);
@@ -98,3 +113,21 @@ pwrite(int fd, const void *buf, size_t len, off_t off)
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t len, off_t off) __attribute__((alias("pwrite")));
+
+ssize_t
+pwritev2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+{
+    static ssize_t (*real)(int, const struct iovec *, int, off_t, int);
+
+    if (!real)
+        real = (ssize_t(*)(int, const struct iovec *, int, off_t, int))dlsym(RTLD_NEXT,
+                                                                              "pwritev2");
+    if (should_fail(fd, "pwritev2")) {
+        errno = fault_errno();
+        return -1;
+    }
+    return real(fd, iov, iovcnt, off, flags);
+}
+
+ssize_t pwritev64v2(int fd, const struct iovec *iov, int iovcnt, off_t off, int flags)
+    __attribute__((alias("pwritev2")));

@@ -271,6 +271,31 @@ test_log_levels(void)
 }
 
 static void
+test_wal_io_modes(void)
+{
+    static const struct {
+        const char *name;
+        cn_wal_io_t mode;
+    } v[] = {{"pwrite", CN_WAL_IO_PWRITE},
+             {"uring", CN_WAL_IO_URING},
+             {"direct", CN_WAL_IO_DIRECT},
+             {"uring-direct", CN_WAL_IO_URING_DIRECT}};
+    static const char *const bad[] = {"--wal-io", "odirect", NULL};
+
+    CU_ASSERT_EQUAL(cn_config_development().wal_io, CN_WAL_IO_PWRITE);
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        cn_config_t cfg = cn_config_development();
+        char err[256];
+        const char *args[] = {"--wal-io", v[i].name, NULL};
+
+        cfg.wal_io = (cn_wal_io_t)-1;
+        CU_ASSERT_EQUAL(parse(&cfg, err, sizeof(err), args), 0);
+        CU_ASSERT_EQUAL(cfg.wal_io, v[i].mode);
+    }
+    expect_bad_args(bad);
+}
+
+static void
 test_no_args(void)
 {
     cn_config_t cfg = cn_config_development(), ref = cn_config_development();
@@ -551,6 +576,7 @@ main(void)
         {"--port N and --port=N", test_port_both_forms},
         {"every flag, both forms", test_every_flag},
         {"log levels", test_log_levels},
+        {"WAL I/O modes", test_wal_io_modes},
         {"argv[0] is not a flag", test_no_args},
         {"--help returns 1 and applies nothing", test_help},
         {"bad flags are CN_ECONFIG with a message", test_bad_args},

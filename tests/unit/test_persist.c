@@ -20,6 +20,10 @@
  *     fails with CN_ECORRUPT;
  *   - a record that fits only the next segment, waiting for the next gather;
  *   - a ring record that ends 8 bytes before the end of its ring's array;
+ *   - direct mode (cfg.wal_direct: O_DIRECT, RWF_DSYNC): batches in whole blocks from a
+ *     fresh block with a PAD, skipped by recovery; a torn write after an acknowledged
+ *     batch leaves its blocks intact; a failed write erased; O_DIRECT refused (a wrapped
+ *     open()) falls back to buffered writes; a log written both ways recovers;
  *   - the ring committer driven from the test thread: callbacks after the ack, the commit
  *     timeout's early call, failures, and cn__committer_free with undecided records.
  *
@@ -33,6 +37,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1512,6 +1517,358 @@ test_committer_full(void)
     cenv_free(&ce);
 }
 
+/* ---- direct mode: O_DIRECT, whole blocks from a fresh block, RWF_DSYNC ---------------- */
+
+/* open() is wrapped for this suite (-Wl,--wrap=open in tests/unit/CMakeLists.txt): with
+ * refuse_direct set it refuses O_DIRECT with EINVAL, as tmpfs on older kernels and some
+ * other file systems do, so the fallback runs the engine's real code path. */
+static int refuse_direct;
+
+int __real_open(const char *path, int flags, ...);
+int __wrap_open(const char *path, int flags, ...);
+
+int
+__wrap_open(const char *path, int flags, ...)
+{
+    mode_t mode = 0;
+
+    if ((flags & O_CREAT) || (flags & O_TMPFILE) == O_TMPFILE) {
+        va_list ap;
+
+        va_start(ap, flags);
+        mode = (mode_t)va_arg(ap, unsigned);
+        va_end(ap);
+    }
+    if (refuse_direct && (flags & O_DIRECT)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return __real_open(path, flags, mode);
+}
+
+/* 1 when the suite's temp dir takes O_DIRECT; the direct tests say so and pass when not
+ * (their subject cannot exist there; the fallback test still runs). */
+static int
+direct_here(const char *test)
+{
+    char path[512];
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/direct-probe", tmpdir);
+    fd = open(path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        fprintf(stderr, "%s: skipped, %s does not take O_DIRECT (%s)\n", test, tmpdir,
+                strerror(errno));
+        return 0;
+    }
+    close(fd);
+    unlink(path);
+    return 1;
+}
+
+typedef struct layout {
+    uint64_t data, pads, writes; /* DATA frames, PAD frames, writes (SEALs included) */
+} layout_t;
+
+/* Walks the frames of every segment and checks the direct layout: each write (frames
+ * sharing a batch LSN) starts on a block boundary and ends on one, PADs last in their
+ * write; the frames of each segment stop on a block boundary. */
+static void
+check_direct_layout(env_t *e, layout_t *out)
+{
+    uint64_t starts[64];
+    size_t nseg = list_segments(e->wal, starts, 64);
+
+    memset(out, 0, sizeof(*out));
+    CU_ASSERT_FATAL(nseg <= 64);
+    for (size_t i = 0; i < nseg; i++) {
+        size_t size, off = 0, consumed;
+        uint8_t *seg = read_segment(e, starts[i], &size);
+        uint64_t batch = UINT64_MAX, write_end = 0;
+        cn_wal_frame_t f;
+
+        while (off < size && cn__wal_frame_decode(seg + off, size - off, starts[i] + off, &f,
+                                                  &consumed) == 0) {
+            if (f.batch_lsn != batch) {
+                CU_ASSERT_EQUAL(f.lsn % CN_WAL_BLOCK, 0);
+                CU_ASSERT_EQUAL(f.batch_lsn, f.lsn);
+                CU_ASSERT_EQUAL(write_end % CN_WAL_BLOCK, 0); /* the previous one's end */
+                out->writes++;
+                batch = f.batch_lsn;
+            }
+            if (f.type == CN_WAL_SEAL)
+                break;
+            if (f.type == CN_WAL_PAD)
+                out->pads++;
+            else
+                out->data++;
+            CU_ASSERT_NOT_EQUAL(batch, UINT64_MAX);
+            off += consumed;
+            write_end = starts[i] + off;
+        }
+        CU_ASSERT_EQUAL(off % CN_WAL_BLOCK, 0);
+        free(seg);
+    }
+}
+
+/* Direct mode end to end: every batch is whole blocks from a fresh block (buffer, offset
+ * and length aligned), the PADs are skipped by recovery (every record replayed once, no
+ * torn tail reported), segments roll with their SEAL in their last block, and a batch
+ * synced but never applied is recovered. */
+static void
+test_direct_layout(void)
+{
+    env_t e;
+    cn_persist_io_t io;
+    cn_store_t *s;
+    layout_t l;
+    uint64_t wake = 0;
+    unsigned i = 0, batches = 0;
+
+    if (!direct_here("direct layout"))
+        return;
+    env_new(&e, BIG_BATCH, SEGMENT);
+    e.cfg.wal_direct = 1;
+    env_open(&e);
+    CU_ASSERT_TRUE_FATAL(cn__persist_direct(e.p));
+    /* Batches of 1 to 12 records until the log is in its fourth segment. */
+    while (atomic_load(&stats(&e)->applied_lsn) < 3 * SEGMENT && batches < 1000) {
+        unsigned k = 1 + batches % 12;
+
+        push_range(&e, "dl", 0, i, i + k);
+        i += k;
+        CU_ASSERT_EQUAL_FATAL(cn__persist_gather(e.p, &io), 1);
+        CU_ASSERT_TRUE(io.dsync);
+        CU_ASSERT_EQUAL(io.offset % CN_WAL_BLOCK, 0);
+        CU_ASSERT_EQUAL(io.len % CN_WAL_BLOCK, 0);
+        CU_ASSERT_EQUAL((uintptr_t)io.buf % CN_WAL_BLOCK, 0);
+        CU_ASSERT_TRUE(io.offset + io.len <= SEGMENT - CN_WAL_BLOCK);
+        CU_ASSERT_EQUAL_FATAL(cn__persist_write_sync(&io), 0);
+        CU_ASSERT_EQUAL_FATAL(cn__persist_done(e.p, 0, 1, &wake), 0);
+        CU_ASSERT_EQUAL(atomic_load(&stats(&e)->applied_lsn) % CN_WAL_BLOCK, 0);
+        CU_ASSERT_EQUAL_FATAL(cn__persist_maintain(e.p), 0);
+        batches++;
+    }
+    CU_ASSERT_EQUAL_FATAL(drive(&e), 0);
+    CU_ASSERT_TRUE(atomic_load(&stats(&e)->applied_lsn) >= 3 * SEGMENT);
+    check_direct_layout(&e, &l);
+    CU_ASSERT_EQUAL(l.data, i);
+    CU_ASSERT_TRUE(l.pads > 0);
+    CU_ASSERT_TRUE(l.writes >= batches);
+    CU_ASSERT_EQUAL(wal_frames(&e), i); /* PADs validated and skipped, nothing cut */
+
+    /* Synced, never applied: recovery replays exactly these records. */
+    push_range(&e, "dl", 1, 0, 7);
+    crash_after_sync(&e, &io);
+    CU_ASSERT_TRUE(io.dsync);
+    for (int k = 0; k < 2; k++) {
+        env_open(&e);
+        CU_ASSERT_EQUAL(atomic_load(&stats(&e)->recovered_records), k ? 0 : 7);
+        env_close(&e);
+    }
+    s = store_open(&e);
+    CU_ASSERT_EQUAL(store_count(s), i + 7);
+    CU_ASSERT_EQUAL(count_present(s, "dl", 0, 0, i), i);
+    CU_ASSERT_EQUAL(count_present(s, "dl", 1, 0, 7), 7);
+    cn__store_close(s);
+    env_free(&e);
+}
+
+/* The write after an acknowledged batch never covers its blocks, so a tear of that write
+ * (here: its first block garbage, its later blocks on disk) is cut as a torn tail while
+ * every acknowledged record survives. With the next batch packed behind the last frame,
+ * the garbage would land on the acknowledged batch's last block. */
+static void
+test_direct_acked_blocks_untouched(void)
+{
+    env_t e;
+    cn_persist_io_t io;
+    cn_store_t *s;
+    uint8_t *before, *after, *junk;
+    size_t size, size2;
+    uint64_t a_end;
+    char path[1024];
+    int fd;
+
+    if (!direct_here("direct acked blocks"))
+        return;
+    env_new(&e, BIG_BATCH, SEGMENT);
+    e.cfg.wal_direct = 1;
+    env_open(&e);
+    push_range(&e, "ab", 0, 0, 3);
+    CU_ASSERT_EQUAL_FATAL(drive(&e), 0);
+    a_end = atomic_load(&stats(&e)->applied_lsn);
+    CU_ASSERT_EQUAL(a_end % CN_WAL_BLOCK, 0);
+    CU_ASSERT_TRUE_FATAL(a_end > 0);
+    before = read_segment(&e, 0, &size);
+
+    push_range(&e, "ab", 0, 3, 40);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_gather(e.p, &io), 1);
+    CU_ASSERT_EQUAL(io.offset, a_end);
+    CU_ASSERT_TRUE_FATAL(io.len >= 2 * CN_WAL_BLOCK);
+    /* The crash: the write's later blocks reached the disk, its first one is garbage. */
+    CU_ASSERT_EQUAL_FATAL(cn__wal_segment_path(path, sizeof(path), e.wal, 0), 0);
+    fd = open(path, O_RDWR | O_CLOEXEC);
+    CU_ASSERT_TRUE_FATAL(fd >= 0);
+    CU_ASSERT_EQUAL(pwrite(fd, (const uint8_t *)io.buf + CN_WAL_BLOCK, io.len - CN_WAL_BLOCK,
+                           (off_t)(io.offset + CN_WAL_BLOCK)),
+                    (ssize_t)(io.len - CN_WAL_BLOCK));
+    junk = malloc(CN_WAL_BLOCK);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(junk);
+    for (size_t k = 0; k < CN_WAL_BLOCK; k++)
+        junk[k] = (uint8_t)(k * 131 + 7);
+    CU_ASSERT_EQUAL(pwrite(fd, junk, CN_WAL_BLOCK, (off_t)io.offset), (ssize_t)CN_WAL_BLOCK);
+    CU_ASSERT_EQUAL(fdatasync(fd), 0);
+    close(fd);
+    free(junk);
+    env_close(&e);
+
+    after = read_segment(&e, 0, &size2);
+    CU_ASSERT_EQUAL_FATAL(size2, size);
+    CU_ASSERT_EQUAL(memcmp(before, after, (size_t)a_end), 0);
+    free(after);
+    free(before);
+
+    env_open(&e);
+    CU_ASSERT_EQUAL(atomic_load(&stats(&e)->recovered_records), 0);
+    env_close(&e);
+    s = store_open(&e);
+    CU_ASSERT_EQUAL(store_count(s), 3);
+    CU_ASSERT_EQUAL(count_present(s, "ab", 0, 0, 3), 3);
+    cn__store_close(s);
+
+    /* The torn records are still in the ring (never acked): written again, once. */
+    env_open(&e);
+    CU_ASSERT_EQUAL(drive(&e), 0);
+    CU_ASSERT_EQUAL(atomic_load(&ring(&e, 0)->acked_seq), 40);
+    CU_ASSERT_EQUAL(wal_frames(&e), 40);
+    env_close(&e);
+    s = store_open(&e);
+    CU_ASSERT_EQUAL(store_count(s), 40);
+    CU_ASSERT_EQUAL(count_present(s, "ab", 0, 0, 40), 40);
+    cn__store_close(s);
+    env_free(&e);
+}
+
+/* A failed direct write: the batch's blocks are zeros again (written the direct way), its
+ * records failed, and the next batch goes to the same fresh block. */
+static void
+test_direct_io_error_erases(void)
+{
+    env_t e;
+    cn_persist_io_t io;
+    cn_store_t *s;
+    uint64_t wake = 0, a_end, off, len;
+    uint8_t *seg;
+    size_t size;
+
+    if (!direct_here("direct io error"))
+        return;
+    env_new(&e, BIG_BATCH, SEGMENT);
+    e.cfg.wal_direct = 1;
+    env_open(&e);
+    push_range(&e, "de", 0, 0, 3);
+    CU_ASSERT_EQUAL_FATAL(drive(&e), 0);
+    a_end = atomic_load(&stats(&e)->applied_lsn);
+    push_range(&e, "de", 0, 3, 9);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_gather(e.p, &io), 1);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_write_sync(&io), 0); /* on disk, then "it failed" */
+    off = io.offset;
+    len = io.len;
+    CU_ASSERT_EQUAL(cn__persist_done(e.p, -EIO, 0, &wake), -EIO);
+    CU_ASSERT_EQUAL(atomic_load(&ring(&e, 0)->failed_count), 6);
+    env_close(&e);
+    seg = read_segment(&e, 0, &size);
+    for (uint64_t k = off; k < off + len; k++) {
+        if (seg[k]) {
+            CU_FAIL("the failed batch's blocks are not zeros again");
+            break;
+        }
+    }
+    free(seg);
+
+    env_open(&e);
+    CU_ASSERT_EQUAL(atomic_load(&stats(&e)->recovered_records), 0);
+    push_range(&e, "de", 1, 0, 2);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_gather(e.p, &io), 1);
+    CU_ASSERT_EQUAL(io.offset, a_end);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_write_sync(&io), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_done(e.p, 0, 1, &wake), 0);
+    CU_ASSERT_EQUAL(wal_frames(&e), 5);
+    env_close(&e);
+    s = store_open(&e);
+    CU_ASSERT_EQUAL(store_count(s), 5);
+    CU_ASSERT_EQUAL(count_present(s, "de", 0, 3, 9), 0);
+    cn__store_close(s);
+    env_free(&e);
+}
+
+/* O_DIRECT refused: the engine falls back to buffered writes + fdatasync (io.dsync 0, no
+ * PADs) and works. The same log then goes on in direct mode (its end is not a block
+ * boundary: a PAD first) and then buffered again: recovery reads both layouts, every
+ * record once. */
+static void
+test_direct_fallback_and_mixed_log(void)
+{
+    env_t e;
+    cn_persist_io_t io;
+    cn_store_t *s;
+    uint64_t wake = 0, end;
+    int direct = direct_here("direct fallback (second half)");
+
+    env_new(&e, BIG_BATCH, SEGMENT);
+    e.cfg.wal_direct = 1;
+    refuse_direct = 1;
+    env_open(&e);
+    CU_ASSERT_FALSE(cn__persist_direct(e.p));
+    push_range(&e, "fb", 0, 0, 5);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_gather(e.p, &io), 1);
+    CU_ASSERT_FALSE(io.dsync);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_write_sync(&io), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__persist_done(e.p, 0, 1, &wake), 0);
+    push_range(&e, "fb", 0, 5, 10);
+    CU_ASSERT_EQUAL_FATAL(drive(&e), 0);
+    CU_ASSERT_FALSE(cn__persist_direct(e.p));
+    end = atomic_load(&stats(&e)->applied_lsn);
+    CU_ASSERT_NOT_EQUAL(end % CN_WAL_BLOCK, 0); /* so the next part needs its PAD */
+    CU_ASSERT_EQUAL(wal_frames(&e), 10);
+    env_close(&e);
+    refuse_direct = 0;
+
+    if (direct) {
+        env_open(&e);
+        CU_ASSERT_TRUE(cn__persist_direct(e.p));
+        push_range(&e, "fb", 0, 10, 20);
+        CU_ASSERT_EQUAL_FATAL(cn__persist_gather(e.p, &io), 1);
+        CU_ASSERT_TRUE(io.dsync);
+        CU_ASSERT_EQUAL(io.offset % CN_WAL_BLOCK, 0);
+        CU_ASSERT_TRUE(io.offset > end && io.offset - end < 2 * CN_WAL_BLOCK);
+        CU_ASSERT_EQUAL_FATAL(cn__persist_write_sync(&io), 0);
+        CU_ASSERT_EQUAL_FATAL(cn__persist_done(e.p, 0, 1, &wake), 0);
+        env_close(&e);
+    } else {
+        push_range(&e, "fb", 0, 10, 20);
+        env_open(&e);
+        CU_ASSERT_EQUAL(drive(&e), 0);
+        env_close(&e);
+    }
+    e.cfg.wal_direct = 0;
+    env_open(&e);
+    push_range(&e, "fb", 1, 0, 10);
+    CU_ASSERT_EQUAL_FATAL(drive(&e), 0);
+    CU_ASSERT_EQUAL(wal_frames(&e), 30);
+    env_close(&e);
+    env_open(&e);
+    CU_ASSERT_EQUAL(atomic_load(&stats(&e)->recovered_records), 0);
+    env_close(&e);
+    s = store_open(&e);
+    CU_ASSERT_EQUAL(store_count(s), 30);
+    CU_ASSERT_EQUAL(count_present(s, "fb", 0, 0, 20), 20);
+    CU_ASSERT_EQUAL(count_present(s, "fb", 1, 0, 10), 10);
+    cn__store_close(s);
+    env_free(&e);
+}
+
 int
 main(void)
 {
@@ -1533,6 +1890,14 @@ main(void)
         {"a record over a segment is failed", test_record_over_segment},
         {"a record that needs the next segment is gathered", test_record_needs_next_segment},
         {"a ring record ending 8 bytes before the ring's end", test_ring_rest_of_eight},
+        {"direct: whole blocks from a fresh block; PADs skipped by recovery",
+         test_direct_layout},
+        {"direct: a torn next write leaves acknowledged blocks intact",
+         test_direct_acked_blocks_untouched},
+        {"direct: a failed write is erased, the next goes to its block",
+         test_direct_io_error_erases},
+        {"direct: O_DIRECT refused falls back; a log in both layouts recovers",
+         test_direct_fallback_and_mixed_log},
         {"ring committer: callbacks after the persister's ack", test_committer},
         {"ring committer: a failed write is -EIO", test_committer_failure},
         {"ring committer: timeout's early call, then the final", test_committer_timeout},
