@@ -42,6 +42,40 @@ def server_pids(root):
     return pids
 
 
+def ctx_switches(pids):
+    """Context switches (voluntary + involuntary) summed over every thread of pids, and
+    the number of threads."""
+    total = threads = 0
+    for pid in pids:
+        try:
+            tids = os.listdir("/proc/%d/task" % pid)
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                    for line in f:
+                        if line.startswith(("voluntary_ctxt_switches",
+                                            "nonvoluntary_ctxt_switches")):
+                            total += int(line.split()[1])
+                threads += 1
+            except (OSError, ValueError):
+                continue
+    return total, threads
+
+
+def switches_per_request(srv):
+    """{mode: (context switches per request, req/s)} for plain, replay and fresh runs."""
+    out = {}
+    pids = server_pids(srv.proc.pid)
+    for mode in ("plain", "replay", "fresh"):
+        before, _ = ctx_switches(pids)
+        res = run.cnload(srv.url, mode)
+        after, threads = ctx_switches(pids)
+        out[mode] = ((after - before) / max(res["requests"], 1), res["rps"], threads)
+    return out
+
+
 def report(data, *args):
     r = subprocess.run(["perf", "report", "-i", data, "--stdio", "-g", "none"] + list(args),
                        capture_output=True, text=True, timeout=300)
@@ -90,6 +124,7 @@ def main():
         by_dso = report(data, "--no-children", "--sort", "dso")
         self_syms = report(data, "--no-children", "--sort", "dso,sym")
         incl = report(data, "--children", "--sort", "sym")
+        switches = switches_per_request(srv)
     finally:
         srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,6 +139,14 @@ def main():
                                       cores, cpu, kernel, disk, run.WORKERS, run.THREADS,
                                       res["requests"], res["rps"], res.get("cpu_us", 0),
                                       len(pids)))
+    print("")
+    threads = switches["plain"][2]
+    print("Context switches per request, summed over the server's %d threads (%d processes), "
+          "`cnload` 64 connections, %g s each: plain GET /health %.2f (%.0f req/s), replay "
+          "%.2f (%.0f req/s), fresh-key POST %.2f (%.0f req/s). A wakeup that serves one "
+          "request costs one switch; fewer than one per request means several requests per "
+          "wakeup." % ((threads, len(pids), SECS) + switches["plain"][:2] +
+                       switches["replay"][:2] + switches["fresh"][:2]))
     print("")
     table("by thread name", [split(r, 2) for r in by_comm[:8]], ["share", "thread"])
     table("by library", [split(r, 2) for r in by_dso[:8]], ["share", "library"])
