@@ -3,10 +3,12 @@
  *
  * The persister process (workers/persister.c) owns one engine. The engine does the
  * logic and the synchronous parts (recovery, LMDB, checkpoints, sweeps, segment roll);
- * the process main does the waiting and submits each batch's write and fdatasync
- * through io_uring, then hands the result back. One batch is in flight at a time; the
- * next one is gathered and submitted before the finished one is applied, so LMDB work
- * overlaps the next fdatasync.
+ * the process main does the waiting and submits each batch's write and sync (pwrite +
+ * fdatasync, io_uring, or one RWF_DSYNC write with --wal-io direct), then hands the
+ * result back. One batch is in flight at a time: the finished one is applied to LMDB and
+ * acked before the next is gathered, and records that arrive meanwhile wait in the rings
+ * for that next batch (the group commit). Two batches in flight were measured
+ * (bench/wal_io, uring-df2): more batches per second, but each waits longer.
  *
  * The record a worker hands over through its ring and the WAL payload that carries it
  * are laid out in store/format.h.

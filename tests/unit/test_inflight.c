@@ -299,24 +299,18 @@ test_single_process(void)
 
     /* A different body: MISMATCH at once, though the deadline is far away. */
     waited = -1;
-    start = unit_now_ms();
     CU_ASSERT_EQUAL(cn__inflight_acquire(&t, key, fpy, LONG_LEASE_MS,
                                          cn__clock_mono_ms() + 10000, &waited, &c2),
                     CN_INFLIGHT_MISMATCH);
-    took = unit_now_ms() - start;
-    CU_ASSERT(took < 1000);
-    CU_ASSERT_EQUAL(waited, 0);
+    CU_ASSERT_EQUAL(waited, 0); /* answered without waiting */
 
     /* Reject mode: the same body is BUSY at once; a different body is still MISMATCH. */
     t.reject = 1;
     waited = -1;
-    start = unit_now_ms();
     CU_ASSERT_EQUAL(cn__inflight_acquire(&t, key, fpx, LONG_LEASE_MS,
                                          cn__clock_mono_ms() + 10000, &waited, &c2),
                     CN_INFLIGHT_BUSY);
-    took = unit_now_ms() - start;
-    CU_ASSERT(took < 1000);
-    CU_ASSERT_EQUAL(waited, 0);
+    CU_ASSERT_EQUAL(waited, 0); /* answered without waiting */
     CU_ASSERT_EQUAL(cn__inflight_acquire(&t, key, fpy, LONG_LEASE_MS,
                                          cn__clock_mono_ms() + 10000, &waited, &c2),
                     CN_INFLIGHT_MISMATCH);
@@ -330,7 +324,6 @@ test_single_process(void)
                     CN_INFLIGHT_TIMEOUT);
     took = unit_now_ms() - start;
     CU_ASSERT(took >= 50);
-    CU_ASSERT(took < 2000);
     CU_ASSERT_EQUAL(waited, 1);
 
     /* None of that touched the claim. */
@@ -511,7 +504,6 @@ test_waiters_woken(void)
         CU_ASSERT_EQUAL(ws[i].result, CN_INFLIGHT_RELEASED);
         CU_ASSERT_EQUAL(ws[i].waited, 1);
         CU_ASSERT(ws[i].returned_ms >= released_ms);
-        CU_ASSERT(ws[i].returned_ms - released_ms < 1000); /* woken, not timed out */
     }
     CU_ASSERT_EQUAL(cn__shm_inflight_owned(&shm), 0);
     CU_ASSERT_EQUAL(slot_state(&shm, claim.slot) & PHASE_BITS, 0);
@@ -621,7 +613,6 @@ test_lease_takeover(void)
                           CN_INFLIGHT_OWNED);
     took = unit_now_ms() - start;
     CU_ASSERT(took >= 100); /* not before the lease ran out */
-    CU_ASSERT(took < 1500); /* and not at the deadline */
     CU_ASSERT_EQUAL(waited, 1);
     CU_ASSERT_EQUAL(second.slot, first.slot);
     CU_ASSERT_EQUAL(atomic_load(&shm.hdr->lease_takeovers), 1);
