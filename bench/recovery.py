@@ -37,6 +37,30 @@ def one():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def profile():
+    """One more run with perf sampling the timed recovery alone (wal_recover enables it
+    through perf's control fifo): the top self symbols, or None without perf."""
+    if not shutil.which("perf"):
+        return None
+    import profile as prof  # bench/profile.py: report(), split()
+    tmp = tempfile.mkdtemp(prefix="cnerium-bench-recovery-")
+    try:
+        ctl, ack, data = (os.path.join(tmp, n) for n in ("ctl", "ack", "perf.data"))
+        os.mkfifo(ctl)
+        os.mkfifo(ack)
+        env = dict(os.environ, CNERIUM_PERF_CTL="%s,%s" % (ctl, ack))
+        r = subprocess.run(["perf", "record", "-q", "-D", "-1", "--control",
+                            "fifo:%s,%s" % (ctl, ack), "-F", "1999", "-o", data,
+                            os.path.join(run.BENCH, "wal_recover"), os.path.join(tmp, "r"),
+                            str(RECORDS)], capture_output=True, text=True, timeout=600, env=env)
+        if r.returncode != 0:
+            return None
+        return [prof.split(l, 3) for l in prof.report(data, "--no-children", "--sort",
+                                                        "dso,sym")[:8]]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def main():
     cores, kernel, cpu, disk = run.machine()
     runs = sorted((one() for _ in range(3)), key=lambda x: x["records_per_s"])
@@ -57,6 +81,16 @@ def main():
     print("| reading and checking the log alone (frames/s) | %.0f | |"
           % mid["scan_only_frames_per_s"])
     print("")
+    top = profile()
+    if top:
+        print("Where a recovery's time goes (`perf record` of the timed part alone, one more "
+              "run; self time, top 8):")
+        print("")
+        print("| self | library | symbol |")
+        print("|---|---|---|")
+        for share, dso, sym in top:
+            print("| %s | %s | %s |" % (share, dso, sym))
+        print("")
 
 
 if __name__ == "__main__":

@@ -13,11 +13,13 @@
  * be empty; it is left for the caller to remove. Bounded: at most 5,000,000 records.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "bench.h"
 
@@ -57,6 +59,30 @@ open_engine(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t **p)
     if (rc)
         fprintf(stderr, "wal_recover: opening the persister: %d %s\n", rc, err);
     return rc;
+}
+
+/* With CNERIUM_PERF_CTL=ctl-fifo,ack-fifo (perf record -D -1 --control
+ * fifo:ctl-fifo,ack-fifo), perf samples the timed recovery alone, not the log's building. */
+static void
+perf_ctl(const char *cmd)
+{
+    const char *env = getenv("CNERIUM_PERF_CTL");
+    char ctl[512], ack[8];
+    const char *comma;
+    int fd;
+
+    if (!env || !(comma = strchr(env, ',')) || (size_t)(comma - env) >= sizeof(ctl))
+        return;
+    memcpy(ctl, env, (size_t)(comma - env));
+    ctl[comma - env] = '\0';
+    if ((fd = open(ctl, O_WRONLY | O_CLOEXEC)) < 0)
+        return;
+    (void)!write(fd, cmd, strlen(cmd));
+    close(fd);
+    if ((fd = open(comma + 1, O_RDONLY | O_CLOEXEC)) < 0)
+        return;
+    (void)!read(fd, ack, sizeof(ack));
+    close(fd);
 }
 
 int
@@ -167,10 +193,12 @@ main(int argc, char **argv)
         perror("wal_recover: setting the applied store aside");
         return 1;
     }
+    perf_ctl("enable\n");
     t0 = bench_now_us();
     if (open_engine(&shm, &cfg, &p))
         return 1;
     t1 = bench_now_us();
+    perf_ctl("disable\n");
     recovered = atomic_load(&shm.hdr->persist.recovered_records);
     cn__persist_close(p);
     cn__shm_destroy(&shm);
