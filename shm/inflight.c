@@ -118,12 +118,16 @@ publish(cn_inflight_t *t, cn_shm_slot_t *sl, uint32_t mine, const uint8_t *key,
         const uint8_t *fp, uint32_t lease_ms, uint64_t now)
 {
     uint32_t cur = mine, owned = (mine & ~(PHASE_MASK | WAITERS)) | PH_OWNED;
+    int32_t pid;
 
     store_words(sl->key, key, CN_SHM_KEY_LEN / 8);
     store_words(sl->fingerprint, fp, CN_SHM_FP_LEN / 8);
     atomic_store_explicit(&sl->started_ms, now, memory_order_relaxed);
     atomic_store_explicit(&sl->lease_until_ms, now + lease_ms, memory_order_relaxed);
-    atomic_store_explicit(&sl->owner_pid, (uint32_t)getpid(), memory_order_relaxed);
+    /* The worker's pid as it announced it (no getpid() system call per claim). */
+    pid = atomic_load_explicit(&t->shm->workers[t->worker].pid, memory_order_relaxed);
+    atomic_store_explicit(&sl->owner_pid, (uint32_t)(pid > 0 ? pid : getpid()),
+                          memory_order_relaxed);
     /* Only a waiter can change the word meanwhile, and only by adding WAITERS. */
     while (!atomic_compare_exchange_weak_explicit(&sl->state, &cur, owned | (cur & WAITERS),
                                                   memory_order_release, memory_order_relaxed))
