@@ -2,14 +2,18 @@
  * bench/wal_recover.c - how fast the persister replays its WAL into LMDB at start: the
  * recovery a restart after a crash runs, measured on a whole log.
  *
- *   wal_recover DIR [records] [body-bytes]     (default 200000 records of 100 bytes)
+ *   wal_recover DIR [records] [body-bytes] [seq|uuid]
+ *                                  (default 200000 records of 100 bytes, seq keys)
  *
  * Builds a log the way the server does (records pushed into a worker ring, gathered,
  * written, synced and applied by the persister engine), then sets the applied store
  * aside, so the next engine open finds an empty store and replays every record of the
  * log. Prints one JSON object: records replayed, seconds of that open, records/s, the
- * rate of reading and checking the log alone (frames/s, no apply), and the WAL's bytes. Stored responses are fresh-key orders of the example's shape (key
- * "cnerium:response:orders.create:<key>", status 201, JSON body). DIR must not exist or
+ * rate of reading and checking the log alone (frames/s, no apply), and the WAL's bytes.
+ * Stored responses are fresh-key orders of the example's shape (key
+ * "cnerium:response:orders.create:<key>", status 201, JSON body). Keys are "bench-<n>"
+ * (seq: consecutive records land on a few neighbouring B-tree pages) or random UUIDs
+ * (uuid, as most clients make them: every record lands on a page of its own). DIR must not exist or
  * be empty; it is left for the caller to remove. Bounded: at most 5,000,000 records.
  */
 #include <errno.h>
@@ -63,6 +67,17 @@ open_engine(cn_shm_t *shm, const cn_persist_config_t *cfg, cn_persister_t **p)
 
 /* With CNERIUM_PERF_CTL=ctl-fifo,ack-fifo (perf record -D -1 --control
  * fifo:ctl-fifo,ack-fifo), perf samples the timed recovery alone, not the log's building. */
+/* A 64-bit mix (splitmix64's finalizer): the random keys, reproducibly. */
+static uint64_t
+mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
 static void
 perf_ctl(const char *cmd)
 {
@@ -97,10 +112,13 @@ main(int argc, char **argv)
     cn_record_t rec;
     cn_shm_t shm;
     uint64_t t0, t1, recovered, wal_bytes, scan_frames = 0, scan_us = 0;
-    int rc;
+    const char *shape = argc > 4 ? argv[4] : "seq";
+    int rc, random_keys = strcmp(shape, "uuid") == 0;
 
-    if (argc < 2 || n == 0 || n > MAX_RECORDS || blen > 16384) {
-        fprintf(stderr, "usage: wal_recover DIR [records (1-%u)] [body-bytes (0-16384)]\n",
+    if (argc < 2 || n == 0 || n > MAX_RECORDS || blen > 16384 ||
+        (!random_keys && strcmp(shape, "seq") != 0)) {
+        fprintf(stderr, "usage: wal_recover DIR [records (1-%u)] [body-bytes (0-16384)] "
+                        "[seq|uuid]\n",
                 MAX_RECORDS);
         return 2;
     }
@@ -139,8 +157,17 @@ main(int argc, char **argv)
     rec.body = body;
     rec.body_len = (uint32_t)blen;
     for (unsigned long i = 0; i < n; i++) {
-        size_t klen = (size_t)snprintf(key, sizeof(key),
-                                       "cnerium:response:orders.create:bench-%lu", i);
+        uint64_t h = mix64(i), h2 = mix64(i ^ 0x5bd1e995u);
+        int kn = random_keys
+                     ? snprintf(key, sizeof(key),
+                                "cnerium:response:orders.create:%08llx-%04llx-4%03llx-%04llx-%012llx",
+                                (unsigned long long)(h >> 32),
+                                (unsigned long long)(h >> 16 & 0xffff),
+                                (unsigned long long)(h & 0xfff),
+                                (unsigned long long)(0x8000 | (h2 >> 48 & 0x3fff)),
+                                (unsigned long long)(h2 & 0xffffffffffffull))
+                     : snprintf(key, sizeof(key), "cnerium:response:orders.create:bench-%lu", i);
+        size_t klen = (size_t)kn;
         size_t len = 0;
         uint64_t seq;
 

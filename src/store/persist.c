@@ -25,7 +25,7 @@
 #include "support/clock.h"
 #include "support/log.h"
 
-#define RECOVERY_BATCH 1024
+#define RECOVERY_BATCH 4096
 /* Recovery starts the disk writing the store's pages after every this many WAL bytes it
  * applied, so the sync that ends it (a checkpoint) waits for little more than the last
  * of them instead of for the whole replay. */
