@@ -144,7 +144,7 @@ static struct {
     double timeout;
     const char *path, *plain_path, *body, *operation, *url;
     char prefix[128];
-    int json, metrics;
+    int json, metrics, uuid_keys;
     struct sockaddr_storage addr;
     socklen_t addrlen;
     char host[300]; /* Host header */
@@ -363,10 +363,32 @@ format_get(conn_t *c, const char *path)
     return 0;
 }
 
+/* splitmix64's finalizer: --uuid-keys derives a random-looking key from (thread, n), so
+ * retry and storm modes name the same key again. */
+static uint64_t
+mix64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdull;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ull;
+    return x ^ (x >> 33);
+}
+
 static void
 key_name(char *dst, size_t cap, int tid, uint64_t k)
 {
-    snprintf(dst, cap, "%s-%d-%" PRIu64, opt.prefix, tid, k);
+    uint64_t h, h2;
+
+    if (!opt.uuid_keys) {
+        snprintf(dst, cap, "%s-%d-%" PRIu64, opt.prefix, tid, k);
+        return;
+    }
+    h = mix64(((uint64_t)tid << 48) ^ k);
+    h2 = mix64(h ^ 0x9e3779b97f4a7c15ull);
+    snprintf(dst, cap, "%s-%08" PRIx64 "-%04" PRIx64 "-4%03" PRIx64 "-%04" PRIx64 "-%012" PRIx64,
+             opt.prefix, h >> 32, (h >> 16) & 0xffff, h & 0xfff, 0x8000 | ((h2 >> 48) & 0x3fff),
+             h2 & 0xffffffffffffull);
 }
 
 static void
@@ -891,6 +913,8 @@ usage(void)
             "  --storm K          storm mode: concurrent copies per key (default 4)\n"
             "  --mix P            mixed mode: percent plain GETs (default 50)\n"
             "  --key-prefix S     Idempotency-Key prefix (default from time and pid)\n"
+            "  --uuid-keys        keys end in a random UUID (as most clients make them),\n"
+            "                     not a counter: each lands on a B-tree page of its own\n"
             "  --timeout S        per-request timeout (default 10)\n"
             "  --metrics          read GET /metrics before and after; print outcome deltas\n"
             "  --operation NAME   operation for --metrics (default orders.create)\n"
@@ -967,6 +991,9 @@ main(int argc, char **argv)
             takes = 0;
         } else if (!strcmp(a, "--metrics")) {
             opt.metrics = 1;
+            takes = 0;
+        } else if (!strcmp(a, "--uuid-keys")) {
+            opt.uuid_keys = 1;
             takes = 0;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage();

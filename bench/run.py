@@ -310,6 +310,12 @@ def main():
                 syncs, per = persist_delta(before, srv.metrics())
                 out(row("POST /orders fresh key, %d conn" % c, r, p) +
                     " %d | %.1f |" % (syncs, per))
+            # Keys from a counter land on neighbouring B-tree pages; random UUIDs, as most
+            # clients make them, dirty a page each.
+            before = srv.metrics()
+            r = cnload(srv.url, "fresh", extra=["--uuid-keys"])
+            syncs, per = persist_delta(before, srv.metrics())
+            out(row("POST /orders fresh UUID key, 64 conn", r, p) + " %d | %.1f |" % (syncs, per))
             if mode == "sync":
                 for name, m, extra in (("retry x3 (each key sent 3 times)", "retry", ["--retries", "3"]),
                                        ("storm x8 (8 concurrent copies per key)", "storm", ["--storm", "8"]),
