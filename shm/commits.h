@@ -33,33 +33,52 @@ cn__shm_commit_publish(cn_shm_commits_t *c, uint64_t first, uint64_t last, uint6
     atomic_store_explicit(&c->next, n + 1, memory_order_release);
 }
 
-/* The commit time of event seq into *ns. Returns 0, or -1 when it is not among the last
- * CN_SHM_COMMITS batches (older, not committed yet, or overwritten while being read). */
+/* Reads entry i (counted from the first ever written) into first/last/ns. Returns 0, or
+ * -1 when the writer was changing it. */
 static inline int
-cn__shm_commit_lookup(const cn_shm_commits_t *c, uint64_t seq, uint64_t *ns)
+cn__shm_commit_read(cn_shm_commits_t *c, uint64_t i, uint64_t *first, uint64_t *last,
+                    uint64_t *ns)
 {
-    cn_shm_commits_t *w = (cn_shm_commits_t *)c; /* atomic loads of a const object */
-    uint64_t n = atomic_load_explicit(&w->next, memory_order_acquire);
+    cn_shm_commit_t *e = &c->entry[i % CN_SHM_COMMITS];
+    uint64_t v = atomic_load_explicit(&e->ver, memory_order_acquire);
 
-    /* Newest first: the broadcaster asks right after the wake-up. */
-    for (uint64_t i = 0; i < CN_SHM_COMMITS && i < n; i++) {
-        cn_shm_commit_t *e = &w->entry[(n - 1 - i) % CN_SHM_COMMITS];
-        uint64_t v1 = atomic_load_explicit(&e->ver, memory_order_acquire);
-        uint64_t first = atomic_load_explicit(&e->first, memory_order_relaxed);
-        uint64_t last = atomic_load_explicit(&e->last, memory_order_relaxed);
-        uint64_t t = atomic_load_explicit(&e->ns, memory_order_relaxed);
+    *first = atomic_load_explicit(&e->first, memory_order_relaxed);
+    *last = atomic_load_explicit(&e->last, memory_order_relaxed);
+    *ns = atomic_load_explicit(&e->ns, memory_order_relaxed);
+    atomic_thread_fence(memory_order_acquire); /* the fields before the second ver */
+    return (v & 1) || v != atomic_load_explicit(&e->ver, memory_order_relaxed) ? -1 : 0;
+}
 
-        atomic_thread_fence(memory_order_acquire); /* the fields before the second ver */
-        if ((v1 & 1) || v1 != atomic_load_explicit(&e->ver, memory_order_relaxed))
-            continue;
-        if (first <= seq && seq <= last) {
-            *ns = t;
-            return 0;
-        }
-        if (last < seq && v1)
-            return -1; /* the newer batches are past; older ones cannot hold it */
+/* The commit time of event seq into *ns. Returns 0, or -1 when it is not among the last
+ * CN_SHM_COMMITS - 1 batches (older, not committed yet, or overwritten while being read).
+ * Batches are in seq order, so a binary search over the entries; the oldest slot is left
+ * out, it is the one the writer fills next. */
+static inline int
+cn__shm_commit_lookup(const cn_shm_commits_t *cc, uint64_t seq, uint64_t *ns)
+{
+    cn_shm_commits_t *c = (cn_shm_commits_t *)cc; /* atomic loads of a const object */
+    uint64_t n = atomic_load_explicit(&c->next, memory_order_acquire);
+    uint64_t lo = n >= CN_SHM_COMMITS ? n - (CN_SHM_COMMITS - 1) : 0, hi = n;
+    uint64_t first, last, t;
+
+    /* The first entry in [lo, hi) whose last seq is >= seq. */
+    while (lo < hi) {
+        uint64_t mid = lo + (hi - lo) / 2;
+        if (cn__shm_commit_read(c, mid, &first, &last, &t))
+            return -1;
+        if (last < seq)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
-    return -1;
+    if (lo == n || cn__shm_commit_read(c, lo, &first, &last, &t) || first > seq ||
+        last < seq)
+        return -1;
+    /* Still in the window: the writer did not lap the entry while we searched. */
+    if (atomic_load_explicit(&c->next, memory_order_acquire) - lo >= CN_SHM_COMMITS)
+        return -1;
+    *ns = t;
+    return 0;
 }
 
 #endif

@@ -114,12 +114,12 @@ typedef struct cn_shm_events {
     uint64_t reserved[4];
 } cn_shm_events_t;
 
-/* When events became durable: the persister's last CN_SHM_COMMITS batches of events, each
+/* When events became durable: the persister's last CN_SHM_COMMITS - 1 batches of events, each
  * (first seq, last seq, CLOCK_MONOTONIC ns of the commit), written before it wakes the
  * broadcaster, which looks the commit time of an event up by seq (shm/commits.h). One
  * writer; each entry is a sequence lock (`ver` odd while it is written), so a reader
  * never takes a torn entry. */
-#define CN_SHM_COMMITS 64
+#define CN_SHM_COMMITS 1024 /* about a second of batches at full load */
 typedef struct cn_shm_commit {
     _Atomic uint64_t ver;
     _Atomic uint64_t first, last;
