@@ -8,11 +8,12 @@ Covered: 48 clients read as events arrive while 4 clients with a tiny receive bu
 read nothing: the broadcaster's writes to those fill their sockets and stop part-way
 through frames (the events are 20 KB each, far more than the buffers hold), and it
 must carry on from the exact byte later (each stalled client is owed more than the
-kernel's largest send buffer, tcp_wmem's maximum, so the server really holds frames back). Meanwhile POSTs of fresh keys go in from a few
-threads. Then the stalled clients read. Every client must have received, as whole
-unfragmented text frames of well-formed UTF-8 JSON, every event exactly once, gapless
-and in seq order, with its payload; the next event after them is a fresh sentinel
-(so nothing extra came in between); and the delivery histogram counted every delivery.
+kernel's largest send buffer, tcp_wmem's maximum, so the server really holds frames
+back). Meanwhile POSTs of fresh keys go in from a few threads. Then the stalled clients
+read. Every client must have received, as whole unfragmented text frames of well-formed
+UTF-8 JSON, every event exactly once, gapless and in seq order, with its payload; the
+next event after them is a fresh sentinel (so nothing extra came in between); and the
+delivery histogram counted every delivery.
 
 Every wait is a bounded poll of a condition; no assertion depends on how long anything
 took.

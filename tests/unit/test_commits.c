@@ -4,8 +4,9 @@
  * looks a seq up.
  *
  *   - an empty ring knows no seq;
- *   - both ends of each of the last CN_SHM_COMMITS - 1 batches is found with its batch's time, one
- *     batch older is not, nor a seq past the last batch; wrap-around many times;
+ *   - both ends of each of the last CN_SHM_COMMITS - 1 batches are found with their
+ *     batch's time, one batch older is not, nor a seq past the last batch; wrap-around
+ *     a few times;
  *   - one-event batches and big batches mixed;
  *   - a writer process publishing 2,000,000 batches into a shared mapping while this
  *     process looks seqs up: every answer is the time of the batch that holds the seq
