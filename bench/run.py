@@ -77,6 +77,54 @@ class Server:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+DELIVERY = "cnerium_ws_delivery_seconds"
+
+
+def delivery_quantiles(before, after, qs=(0.5, 0.99)):
+    """Quantiles (seconds) of the broadcaster's commit -> socket write latency between two
+    scrapes, from the deltas of cnerium_ws_delivery_seconds' cumulative buckets (upper
+    bound of the bucket holding the quantile; linear inside it). (count, [q...]) or None."""
+    pat = re.compile(r'^%s_bucket\{le="([^"]+)"\}$' % DELIVERY)
+    buckets = []
+    for name, value in after.items():
+        m = pat.match(name)
+        if m:
+            le = float("inf") if m.group(1) == "+Inf" else float(m.group(1))
+            buckets.append((le, value - before.get(name, 0.0)))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    total = buckets[-1][1]
+    res = []
+    for q in qs:
+        want, lo, prev = q * total, 0.0, 0.0
+        for le, cum in buckets:
+            if cum >= want:
+                if le == float("inf"):
+                    res.append(lo)
+                else:
+                    part = (want - prev) / (cum - prev) if cum > prev else 1.0
+                    res.append(lo + (le - lo) * part)
+                break
+            lo, prev = le, cum
+    return int(total), res
+
+
+def fanout(srv, clients, secs, posters, rate):
+    """One ws_fanout run against srv: its summary line and the broadcaster's commit ->
+    write p50/p99 over the run."""
+    before = srv.metrics()
+    r = subprocess.run([os.path.join(BENCH, "ws_fanout"), str(srv.port), str(srv.ws_port),
+                        str(clients), str(secs), str(posters), str(rate)],
+                       capture_output=True, text=True, timeout=120)
+    line = r.stdout.strip() or r.stderr.strip()
+    d = delivery_quantiles(before, srv.metrics())
+    if d:
+        line += "; commit->write p50 %.2f ms, p99 %.2f ms (%d deliveries)" % (
+            d[1][0] * 1e3, d[1][1] * 1e3, d[0])
+    return line
+
+
 def tree_cpu(root):
     """utime + stime (seconds) of process root and its children, all threads counted."""
     total = 0
@@ -352,19 +400,19 @@ def main():
     # Realtime fan-out: latency at a fixed posting rate, then the most it delivers.
     out("## Realtime fan-out (`ws_fanout`)")
     out("")
-    out("Latency from a POST's response to its event at every client, at 200 POSTs/s; then "
-        "16 connections posting as fast as they can (events delivered per second over all "
-        "clients; with many clients the broadcaster falls behind and latency is the backlog).")
+    out("Latency from a POST's response to its event at every client, at 50 and 200 POSTs/s; "
+        "then 16 connections posting as fast as they can (events delivered per second over "
+        "all clients; with many clients the broadcaster falls behind and latency is the "
+        "backlog). `commit->write` is the broadcaster's own figure over the run, from "
+        "`%s` (bucket deltas between scrapes before and after): from the "
+        "persister's commit to the socket write of the frame, per client." % DELIVERY)
     out("")
-    for rate in ("200", "0"):
+    for rate in ("50", "200", "0"):
         for n in (10, 100, 1000):
             srv = Server([], realtime=True)
             try:
-                r = subprocess.run([os.path.join(BENCH, "ws_fanout"), str(srv.port),
-                                    str(srv.ws_port), str(n), str(min(SECS, 3.0)), "16", rate],
-                                   capture_output=True, text=True, timeout=120)
                 out("- " + ("%s POSTs/s: " % rate if rate != "0" else "unlimited: ") +
-                    (r.stdout.strip() or r.stderr.strip()))
+                    fanout(srv, n, min(SECS, 3.0), 16, rate))
             finally:
                 srv.stop()
     out("")

@@ -26,7 +26,7 @@
 #include <stdint.h>
 
 #define CN_SHM_MAGIC UINT64_C(0x314d48534e52454e) /* "NERNSHM1" read as little endian */
-#define CN_SHM_LAYOUT_VERSION 5u
+#define CN_SHM_LAYOUT_VERSION 6u
 #define CN_SHM_MAX_WORKERS 64 /* owner ids fit the state word's 8 bits with room */
 #define CN_SHM_MAX_OPS 256
 #define CN_SHM_KEY_LEN 32 /* SHA-256 of the store key: the slot's identity */
@@ -114,6 +114,35 @@ typedef struct cn_shm_events {
     uint64_t reserved[4];
 } cn_shm_events_t;
 
+/* When events became durable: the persister's last CN_SHM_COMMITS - 1 batches of events, each
+ * (first seq, last seq, CLOCK_MONOTONIC ns of the commit), written before it wakes the
+ * broadcaster, which looks the commit time of an event up by seq (shm/commits.h). One
+ * writer; each entry is a sequence lock (`ver` odd while it is written), so a reader
+ * never takes a torn entry. */
+#define CN_SHM_COMMITS 1024 /* about a second of batches at full load */
+typedef struct cn_shm_commit {
+    _Atomic uint64_t ver;
+    _Atomic uint64_t first, last;
+    _Atomic uint64_t ns;
+} cn_shm_commit_t;
+
+typedef struct cn_shm_commits {
+    alignas(64) _Atomic uint64_t next; /* entries written so far; the next goes at next % N */
+    cn_shm_commit_t entry[CN_SHM_COMMITS];
+} cn_shm_commits_t;
+
+/* The broadcaster's commit -> socket write latency of each event frame to each client,
+ * in microseconds. The last bucket is +Inf. */
+#define CN_SHM_DELIVERY_BUCKETS 19
+#define CN_SHM_DELIVERY_BOUNDS_US                                                              \
+    {50, 100, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000, 7500, 10000, 15000, 20000,     \
+     50000, 100000, 1000000}
+
+typedef struct cn_shm_delivery {
+    alignas(64) _Atomic uint64_t ns_sum;
+    _Atomic uint64_t buckets[CN_SHM_DELIVERY_BUCKETS];
+} cn_shm_delivery_t;
+
 typedef struct cn_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -136,6 +165,8 @@ typedef struct cn_shm_header {
     _Atomic uint64_t lease_takeovers;
     cn_shm_persist_t persist;
     cn_shm_events_t events;
+    cn_shm_commits_t commits;    /* persister */
+    cn_shm_delivery_t delivery;  /* broadcaster */
     /* 1 while the persister is about to sleep or sleeps on its eventfd: a worker that
      * pushed a record writes the eventfd only then (see workers/persister.c). */
     alignas(64) _Atomic uint32_t persister_idle;
@@ -147,6 +178,8 @@ _Static_assert(sizeof(cn_shm_worker_t) == 64, "one cache line per worker");
 _Static_assert(sizeof(cn_shm_header_t) % 64 == 0, "the header fills whole cache lines");
 _Static_assert(sizeof(cn_shm_persist_t) % 64 == 0, "persister figures fill whole lines");
 _Static_assert(sizeof(cn_shm_events_t) % 64 == 0, "event figures fill whole lines");
+_Static_assert(sizeof(cn_shm_commits_t) % 64 == 0, "commit times fill whole lines");
+_Static_assert(sizeof(cn_shm_delivery_t) % 64 == 0, "delivery figures fill whole lines");
 _Static_assert(ATOMIC_INT_LOCK_FREE == 2 && ATOMIC_LLONG_LOCK_FREE == 2,
                "shared atomics must be lock-free to work across processes");
 _Static_assert(CN_SHM_MAX_WORKERS <= 255, "owner ids are 8 bits in the state word");

@@ -193,6 +193,18 @@ put_events(text_t *t, const cn_shm_events_t *e)
         (unsigned long long)atomic_load(&e->restarts));
 }
 
+static void
+put_delivery(text_t *t, const cn_shm_delivery_t *d)
+{
+    static const uint64_t bounds[] = CN_SHM_DELIVERY_BOUNDS_US;
+
+    put_histogram(t, "cnerium_ws_delivery_seconds",
+                  "Latency from an event's commit by the persister to the socket write of its "
+                  "frame, per client delivery.",
+                  d->buckets, bounds, CN_SHM_DELIVERY_BUCKETS, 1e-6,
+                  (double)atomic_load(&d->ns_sum) / 1e9);
+}
+
 cn_response_t
 cn__metrics_handler(cn_request_t *req, void *ctx)
 {
@@ -255,6 +267,7 @@ cn__metrics_handler(cn_request_t *req, void *ctx)
     if (shm->hdr->ring_capacity) {
         put_persist(&t, &shm->hdr->persist);
         put_events(&t, &shm->hdr->events);
+        put_delivery(&t, &shm->hdr->delivery);
     }
     if (t.failed) {
         free(t.buf);

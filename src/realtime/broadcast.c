@@ -50,7 +50,9 @@
 #include "realtime/message.h"
 #include "realtime/query.h"
 #include "realtime/token.h"
+#include "shm/commits.h"
 #include "store/store.h"
+#include "support/clock.h"
 #include "support/log.h"
 
 #define ROOMS_MAX 16
@@ -86,6 +88,7 @@ typedef struct frame {
     uint8_t *data; /* the frame: at least LWS_PRE bytes after buf */
     size_t len;
     size_t bytes; /* what it takes in memory, for the byte cap */
+    uint64_t commit_ns; /* when the persister committed it (CLOCK_MONOTONIC); 0: unknown */
 } frame_t;
 
 typedef struct client {
@@ -145,6 +148,11 @@ typedef struct bcast {
     client_t **slots; /* clients with a slot, by slot - 1; NULL: free */
     uint32_t nslots;
     uint64_t cmd_gen;
+    /* commit -> socket write latency, counted here and added to the shared histogram
+     * once per callback */
+    uint64_t dl_buckets[CN_SHM_DELIVERY_BUCKETS];
+    uint64_t dl_ns_sum;
+    int dl_any;
 } bcast_t;
 
 static bcast_t *B; /* the one broadcaster of this process (lws callbacks have no arg) */
@@ -178,6 +186,44 @@ ws_header(uint8_t *end, size_t len)
     for (int i = 0; i < 8; i++)
         end[-1 - i] = (uint8_t)(len >> (8 * i));
     return 10;
+}
+
+/* ---- delivery latency ---- */
+
+static const uint64_t delivery_bounds_us[] = CN_SHM_DELIVERY_BOUNDS_US;
+
+/* Frame f (committed at f->commit_ns, 0: unknown) was written to a client at now. */
+static void
+delivered(bcast_t *b, uint64_t commit_ns, uint64_t now)
+{
+    uint64_t ns = now > commit_ns ? now - commit_ns : 0;
+    int i = 0;
+
+    if (!commit_ns)
+        return;
+    while (i < CN_SHM_DELIVERY_BUCKETS - 1 && ns > delivery_bounds_us[i] * 1000u)
+        i++;
+    b->dl_buckets[i]++;
+    b->dl_ns_sum += ns;
+    b->dl_any = 1;
+}
+
+/* Adds what was counted to the shared histogram (the broadcaster is its one writer). */
+static void
+delivered_flush(bcast_t *b)
+{
+    cn_shm_delivery_t *d = &b->cfg->shm->hdr->delivery;
+
+    if (!b->dl_any)
+        return;
+    for (int i = 0; i < CN_SHM_DELIVERY_BUCKETS; i++) {
+        if (b->dl_buckets[i])
+            atomic_fetch_add_explicit(&d->buckets[i], b->dl_buckets[i], memory_order_relaxed);
+        b->dl_buckets[i] = 0;
+    }
+    atomic_fetch_add_explicit(&d->ns_sum, b->dl_ns_sum, memory_order_relaxed);
+    b->dl_ns_sum = 0;
+    b->dl_any = 0;
 }
 
 /* ---- the cache ---- */
@@ -243,6 +289,8 @@ frame_build(frame_t *f, uint64_t seq, const uint8_t *p, size_t len)
     f->data -= ws_header(f->data, f->len);
     f->len += (size_t)(f->buf + LWS_PRE + WS_HEADER_MAX - f->data);
     f->bytes = (size_t)(f->data - f->buf) + f->len + (f->room ? ev.room_len + 1 : 0);
+    if (cn__shm_commit_lookup(&B->cfg->shm->hdr->commits, seq, &f->commit_ns))
+        f->commit_ns = 0; /* committed too long ago (or before this server started) */
     return 0;
 }
 
@@ -620,9 +668,10 @@ static int
 client_write(bcast_t *b, struct lws *wsi, client_t *c)
 {
     static uint8_t out[LWS_PRE + BATCH_BYTES];
+    static uint64_t sent_ns[BATCH_BYTES / 16]; /* commit times of the batched frames */
     size_t pos = LWS_PRE;
-    uint64_t committed = b->loaded;
-    unsigned frames = 0;
+    uint64_t committed = b->loaded, alone_ns = 0;
+    unsigned frames = 0, nsent = 0;
     int alone = 0; /* a frame was written on its own: no other write in this callback */
 
     if (token_expired(c))
@@ -666,7 +715,8 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
         pos += c->out->len;
         cmd_out_pop(c);
     }
-    for (int skipped = 0; !alone && c->next <= committed && skipped < SKIP_PER_CALLBACK;) {
+    for (int skipped = 0; !alone && c->next <= committed && skipped < SKIP_PER_CALLBACK &&
+                          nsent < sizeof(sent_ns) / sizeof(sent_ns[0]);) {
         frame_t tmp = {0};
         int pruned;
         const frame_t *f = frame_get(b, c->next, &tmp, &pruned);
@@ -691,6 +741,7 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
                 /* A frame bigger than the batch, read back from the store: it has its
                  * own headroom; write it alone. */
                 int w = lws_write(wsi, f->data, f->len, LWS_WRITE_RAW);
+                alone_ns = f->commit_ns;
                 frame_free(&tmp);
                 if (w < 0)
                     return -1;
@@ -699,6 +750,7 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
             } else if (pos == LWS_PRE) {
                 if (lws_write(wsi, f->data, f->len, LWS_WRITE_RAW) < 0)
                     return -1;
+                alone_ns = f->commit_ns;
                 c->next++;
                 frames++;
             } else {
@@ -708,14 +760,21 @@ client_write(bcast_t *b, struct lws *wsi, client_t *c)
         }
         memcpy(out + pos, f->data, f->len);
         pos += f->len;
+        sent_ns[nsent++] = f->commit_ns;
         frame_free(&tmp);
         c->next++;
         frames++;
     }
     if (pos > LWS_PRE && lws_write(wsi, out + LWS_PRE, pos - LWS_PRE, LWS_WRITE_RAW) < 0)
         return -1;
-    if (frames)
+    if (frames) {
+        uint64_t now = cn__clock_mono_ns();
+        for (unsigned i = 0; i < nsent; i++)
+            delivered(b, sent_ns[i], now);
+        delivered(b, alone_ns, now);
+        delivered_flush(b);
         atomic_fetch_add_explicit(&b->stats->frames_sent, frames, memory_order_relaxed);
+    }
     if (c->next <= committed || c->nctl || c->reset_pending || c->out)
         lws_callback_on_writable(wsi);
     return 0;

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "cnerium/error.h"
+#include "shm/commits.h"
 #include "store/persist.h"
 #include "store/store.h"
 #include "store/wal.h"
@@ -220,12 +221,14 @@ recovery_frame(const cn_wal_frame_t *f, void *arg)
     return 0;
 }
 
-/* Tells the broadcaster that events up to seq are durable. */
+/* Tells the broadcaster that events up to seq are durable, and since when (for its
+ * commit -> delivery latency). */
 static void
 publish_events(cn_persister_t *p, uint64_t added, uint64_t seq)
 {
     uint64_t one = 1;
 
+    cn__shm_commit_publish(&p->shm->hdr->commits, seq - added + 1, seq, cn__clock_mono_ns());
     atomic_fetch_add(&p->shm->hdr->events.committed_total, added);
     atomic_store_explicit(&p->shm->hdr->events.committed_seq, seq, memory_order_release);
     if (p->cfg.broadcast_efd >= 0 && write(p->cfg.broadcast_efd, &one, sizeof(one)) < 0 &&

@@ -15,4 +15,7 @@ uint64_t cn__clock_mono_ms(void);
 /* Monotonic microseconds (for latency figures). */
 uint64_t cn__clock_mono_us(void);
 
+/* Monotonic nanoseconds (system-wide: comparable between processes). */
+uint64_t cn__clock_mono_ns(void);
+
 #endif

@@ -462,6 +462,7 @@ class ExampleRealtimeTest(RealtimeCase):
         s0 = metric(srv, "cnerium_events_last_seq")
         committed0 = metric(srv, "cnerium_events_committed_total")
         frames0 = metric(srv, "cnerium_ws_frames_sent_total")
+        delivered0 = metric(srv, "cnerium_ws_delivery_seconds_count")
         self.assertEqual(s0, 3)
         clients = []
         for i in range(10):
@@ -487,6 +488,13 @@ class ExampleRealtimeTest(RealtimeCase):
         # The broadcaster counts a frame just after writing it: poll.
         wait_until(lambda: metric(srv, "cnerium_ws_frames_sent_total") >= frames0 + 10 * 51,
                    10.0, what="cnerium_ws_frames_sent_total up by 10 x 51")
+        # Every delivery of a fresh event has its commit -> write latency observed, once.
+        wait_until(lambda: metric(srv, "cnerium_ws_delivery_seconds_count") >=
+                   delivered0 + 10 * 51, 10.0,
+                   what="cnerium_ws_delivery_seconds_count up by 10 x 51")
+        m = metrics(srv)
+        self.assertEqual(int(m["cnerium_ws_delivery_seconds_count"]), delivered0 + 10 * 51)
+        self.assertGreater(m["cnerium_ws_delivery_seconds_sum"], 0)
         # A late client resuming from s0 sees the same history.
         late = self.connect(port, "/ws?since=%d" % s0)
         got = events_until(late, s0 + 51)
