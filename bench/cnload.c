@@ -388,7 +388,7 @@ key_name(char *dst, size_t cap, int tid, uint64_t k)
     h2 = mix64(h ^ 0x9e3779b97f4a7c15ull);
     snprintf(dst, cap, "%s-%08" PRIx64 "-%04" PRIx64 "-4%03" PRIx64 "-%04" PRIx64 "-%012" PRIx64,
              opt.prefix, h >> 32, (h >> 16) & 0xffff, h & 0xfff, 0x8000 | ((h2 >> 48) & 0x3fff),
-             h2 & 0xffffffffffffull);
+             h2 & UINT64_C(0xffffffffffff));
 }
 
 static void
