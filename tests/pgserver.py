@@ -27,7 +27,8 @@ import tempfile
 import time
 
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0  # fast shutdown, then SIGKILL
+KILL_TIMEOUT_S = 10.0
 START_ATTEMPTS = 5  # another process may take the probed port before postgres binds it
 
 
@@ -210,6 +211,10 @@ def stop(state_dir):
                     os.kill(p, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
+            # Gone before their files are removed (SIGKILL cannot be ignored: a short wait).
+            deadline = time.monotonic() + KILL_TIMEOUT_S
+            while any(pid_alive(p) for p in [pid] + backends) and time.monotonic() < deadline:
+                time.sleep(0.05)
     if tmp and os.path.basename(tmp).startswith("cnerium-pg-"):
         shutil.rmtree(tmp, ignore_errors=True)
     for name in ("url", "pid", "tmpdir"):
