@@ -7,6 +7,7 @@ PACKAGES=(
     build-essential cmake pkg-config
     libmicrohttpd-dev liblmdb-dev libcjson-dev liburing-dev libwebsockets-dev
     libcunit1-dev libssl-dev libcurl4-openssl-dev
+    libpq-dev postgresql
     clang libclang-rt-14-dev
     python3 curl
 )

@@ -1,0 +1,485 @@
+/*
+ * store/pg.c - the PostgreSQL store's connection and schema (the only file that includes
+ * libpq-fe.h).
+ *
+ * Any process may open connections once it runs (after fork: a libpq connection is never
+ * shared between processes). One connection is used by one thread at a time.
+ *
+ * Migrations: an ordered array of steps, step i taking the schema from version i - 1 to
+ * i. Each step runs in its own transaction that first takes a transaction-scoped
+ * advisory lock, then reads the version from cnerium_schema, applies the next step and
+ * records it; the lock is released by the commit. Hosts starting at once queue on the
+ * lock, and whoever comes second reads the version the first committed, so each step runs
+ * once and every host ends at the same version. DDL is transactional in PostgreSQL: a
+ * step that fails leaves nothing behind.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "cnerium/error.h"
+#include "store/pg.h"
+#include "support/log.h"
+
+struct cn_pg {
+    PGconn *conn;
+};
+
+/* Every migrating transaction takes this lock first ("cneriumM" as a big-endian int64);
+ * advisory locks are per database, so hosts sharing another database do not wait. */
+#define MIGRATE_LOCK_SQL "SELECT pg_advisory_xact_lock(7164775599263018317)"
+
+#define SCHEMA_TABLE_SQL                                                                   \
+    "CREATE TABLE IF NOT EXISTS cnerium_schema ("                                          \
+    " version integer PRIMARY KEY,"                                                        \
+    " applied_at timestamptz NOT NULL DEFAULT now())"
+
+/* ---- schema version 1: the LMDB databases of store/store.h, as tables ----
+ *
+ * Byte columns hold exactly what LMDB holds (store/format.h), so the codec, its tests and
+ * fuzz targets serve both stores; only integers a query filters or orders on are columns
+ * of their own. */
+static const char schema_v1[] =
+    /* LMDB "responses" (store key -> CNRR record) and "expiry" (be64(expires) || key):
+     * the index on expires_ms is the expiry index, so the sweep walks expired rows in
+     * order without reading live ones. The key is bytea: it carries the client's
+     * Idempotency-Key bytes as they came. */
+    "CREATE TABLE cnerium_responses ("
+    " store_key bytea PRIMARY KEY,"
+    " record bytea NOT NULL,"
+    " expires_ms bigint NOT NULL);"
+    "CREATE INDEX cnerium_responses_expiry ON cnerium_responses (expires_ms);"
+
+    /* Not in LMDB: on one host the in-flight claim lives in the shared-memory table
+     * (shm/inflight.h). Hosts share this one: the owning host and a lease deadline, past
+     * which another host may take the claim over (its host died). The shared-memory
+     * table stays each host's first filter. */
+    "CREATE TABLE cnerium_claims ("
+    " store_key bytea PRIMARY KEY,"
+    " fingerprint bytea NOT NULL,"
+    " owner text NOT NULL,"
+    " lease_until_ms bigint NOT NULL);"
+
+    /* LMDB "events" (be64(seq) -> stored event): event is the stored event encoding
+     * (its creation time included); created_ms repeats that time so retention by age is
+     * a range delete without decoding. */
+    "CREATE TABLE cnerium_events ("
+    " position bigint PRIMARY KEY,"
+    " created_ms bigint NOT NULL,"
+    " event bytea NOT NULL);"
+
+    /* LMDB "meta"'s last event seq, and the last key of "log": the last position given
+     * to an event and to a stream log entry. A commit takes this one row's lock
+     * (SELECT ... FOR UPDATE) and numbers its events and log entries from it, so
+     * positions are gapless and in commit order across hosts (a sequence is neither:
+     * numbers taken by a transaction that rolls back are lost). */
+    "CREATE TABLE cnerium_event_head ("
+    " id boolean PRIMARY KEY DEFAULT true CHECK (id),"
+    " event_position bigint NOT NULL,"
+    " log_position bigint NOT NULL);"
+    "INSERT INTO cnerium_event_head (id, event_position, log_position) VALUES (true, 0, 0);"
+
+    /* LMDB "log" (be64(position) -> stream event): the global log of every stream. */
+    "CREATE TABLE cnerium_stream_log ("
+    " position bigint PRIMARY KEY,"
+    " entry bytea NOT NULL);"
+
+    /* LMDB "stream_index" (stream || version -> position) and "streams" (stream -> last
+     * version and position): one table serves both, the last version of a stream being
+     * the primary key's last entry for it. Stream ids are printable ASCII. */
+    "CREATE TABLE cnerium_streams ("
+    " stream text NOT NULL,"
+    " version bigint NOT NULL,"
+    " position bigint NOT NULL,"
+    " PRIMARY KEY (stream, version));"
+
+    /* LMDB "meta"'s events epoch: written once, here, so every host serving the database
+     * gives its WebSocket clients the same epoch, and a new database a new one. A random
+     * non-zero 64-bit number in decimal, as the LMDB store makes it. */
+    "CREATE TABLE cnerium_meta ("
+    " key text PRIMARY KEY,"
+    " value text NOT NULL);"
+    "INSERT INTO cnerium_meta (key, value)"
+    " SELECT 'events-epoch',"
+    "  (CASE WHEN r = 0 THEN 1 WHEN r < 0 THEN r + 18446744073709551616 ELSE r END)::text"
+    " FROM (SELECT ('x' || substr(md5(gen_random_uuid()::text), 1, 16))::bit(64)::bigint"
+    "   ::numeric AS r) AS g;";
+
+static const cn_pg_step_t steps[] = {
+    {1, schema_v1},
+};
+
+_Static_assert(sizeof(steps) / sizeof(steps[0]) == CN_PG_SCHEMA_VERSION,
+               "one migration step per schema version");
+
+static void
+seterr(char *err, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (!err || !errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+}
+
+/* Turns libpq's multi-line messages into one line: whitespace runs become one space,
+ * none at either end. */
+static void
+one_line(char *s)
+{
+    char *w = s;
+    int space = 0;
+
+    for (const char *r = s; *r; r++) {
+        if (*r == '\n' || *r == '\t' || *r == '\r' || *r == ' ') {
+            space = w != s;
+            continue;
+        }
+        if (space)
+            *w++ = ' ';
+        space = 0;
+        *w++ = *r;
+    }
+    *w = '\0';
+}
+
+/* Replaces every occurrence of the len bytes at pw in msg with stars (three, or len when
+ * shorter: msg never grows). */
+static void
+mask(char *msg, const char *pw, size_t len)
+{
+    size_t stars = len < 3 ? len : 3;
+    char *p = msg, *hit;
+
+    if (!len)
+        return;
+    while ((hit = memmem(p, strlen(p), pw, len))) {
+        memset(hit, '*', stars);
+        memmove(hit + stars, hit + len, strlen(hit + len) + 1);
+        p = hit + stars;
+    }
+}
+
+static int
+hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Masks the password span [pw, pw + len) of a URL in msg, as written and percent-decoded
+ * (libpq quotes the URL in its parse errors, and decoded values elsewhere). */
+static void
+mask_both(char *msg, const char *pw, size_t len)
+{
+    char dec[256];
+    size_t n = 0;
+
+    mask(msg, pw, len);
+    if (len >= sizeof(dec))
+        return;
+    for (size_t i = 0; i < len; i++) {
+        int hi, lo;
+
+        if (pw[i] == '%' && i + 2 < len && (hi = hexval(pw[i + 1])) >= 0 &&
+            (lo = hexval(pw[i + 2])) >= 0) {
+            dec[n++] = (char)(hi << 4 | lo);
+            i += 2;
+        } else {
+            dec[n++] = pw[i];
+        }
+    }
+    mask(msg, dec, n);
+}
+
+/* Masks, in msg, the password url carries: in its user info (user:password@) or as a
+ * password= query parameter. */
+static void
+mask_password(char *msg, const char *url)
+{
+    const char *auth = strstr(url, "://"), *end, *at, *colon, *q;
+
+    if (!auth)
+        return;
+    auth += 3;
+    end = auth + strcspn(auth, "/?#");
+    at = NULL;
+    for (const char *p = auth; p < end; p++) {
+        if (*p == '@')
+            at = p;
+    }
+    if (at && (colon = memchr(auth, ':', (size_t)(at - auth))))
+        mask_both(msg, colon + 1, (size_t)(at - colon - 1));
+    if (*end != '?')
+        return;
+    for (q = end + 1; *q;) {
+        size_t plen = strcspn(q, "&#");
+
+        if (plen > 9 && !strncmp(q, "password=", 9))
+            mask_both(msg, q + 9, plen - 9);
+        q += plen;
+        if (*q != '&')
+            break;
+        q++;
+    }
+}
+
+/* Copies libpq's message for a failed result (or, when it has none, the connection's)
+ * into err as one line, after prefix. */
+static void
+pg_error(cn_pg_t *pg, const PGresult *res, const char *what, char *err, size_t errlen)
+{
+    const char *m = res ? PQresultErrorMessage(res) : "";
+
+    if (!m || !*m)
+        m = PQerrorMessage(pg->conn);
+    seterr(err, errlen, "%s: %s", what, m && *m ? m : "unknown error");
+    if (err && errlen)
+        one_line(err);
+}
+
+/* libpq prints notices (CREATE ... IF NOT EXISTS "already exists, skipping") on stderr
+ * by default; they are not errors, so only debug logging shows them. */
+static void
+on_notice(void *arg, const char *message)
+{
+    (void)arg;
+    cn_log_debug("postgresql: %s", message);
+}
+
+static int
+check_url(const char *url, char *err, size_t errlen)
+{
+    static const char accepted[] =
+        "accepted schemes are postgresql:// and postgres:// (postgresql://user@host:port/db)";
+    const char *sep;
+    size_t n;
+
+    if (!url || !*url) {
+        seterr(err, errlen, "store URL is empty: %s", accepted);
+        return CN_ECONFIG;
+    }
+    if (!strncmp(url, "postgresql://", 13) || !strncmp(url, "postgres://", 11))
+        return 0;
+    /* Name the scheme, never the rest: it may carry a password. */
+    sep = strstr(url, "://");
+    n = sep ? (size_t)(sep - url) : 0;
+    if (n && n <= 32 && strspn(url, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                    "0123456789+-.") == n)
+        seterr(err, errlen, "store URL scheme \"%.*s\" is not supported: %s", (int)n, url,
+               accepted);
+    else
+        seterr(err, errlen, "store URL is not a URL of a supported scheme: %s", accepted);
+    return CN_ECONFIG;
+}
+
+int
+cn__pg_open(const char *url, cn_pg_t **out, char *err, size_t errlen)
+{
+    /* Defaults first, the URL last: what the URL says wins (libpq processes the keywords
+     * in order, the last value of a keyword is kept). The timeout bounds a connect to a
+     * host that drops packets. */
+    const char *const keys[] = {"connect_timeout", "application_name", "dbname", NULL};
+    const char *values[] = {"10", "cnerium", url, NULL};
+    cn_pg_t *pg;
+    int rc;
+
+    if (err && errlen)
+        err[0] = '\0';
+    if ((rc = check_url(url, err, errlen)))
+        return rc;
+    if (!(pg = calloc(1, sizeof(*pg)))) {
+        seterr(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    pg->conn = PQconnectdbParams(keys, values, 1);
+    if (!pg->conn) {
+        seterr(err, errlen, "postgresql: out of memory");
+        free(pg);
+        return -ENOMEM;
+    }
+    if (PQstatus(pg->conn) != CONNECTION_OK) {
+        pg_error(pg, NULL, "postgresql connection failed", err, errlen);
+        if (err && errlen)
+            mask_password(err, url);
+        cn__pg_close(pg);
+        return CN_ESTORE;
+    }
+    PQsetNoticeProcessor(pg->conn, on_notice, NULL);
+    *out = pg;
+    return 0;
+}
+
+void
+cn__pg_close(cn_pg_t *pg)
+{
+    if (!pg)
+        return;
+    if (pg->conn)
+        PQfinish(pg->conn);
+    free(pg);
+}
+
+int
+cn__pg_exec(cn_pg_t *pg, const char *sql, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(pg->conn, sql);
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        pg_error(pg, res, "postgresql", err, errlen);
+        PQclear(res);
+        return CN_ESTORE;
+    }
+    PQclear(res);
+    return 0;
+}
+
+int
+cn__pg_query_int64(cn_pg_t *pg, const char *sql, int64_t *out, char *err, size_t errlen)
+{
+    PGresult *res = PQexec(pg->conn, sql);
+    const char *text;
+    char *end;
+    long long v;
+
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        pg_error(pg, res, "postgresql", err, errlen);
+        PQclear(res);
+        return CN_ESTORE;
+    }
+    if (PQntuples(res) != 1 || PQnfields(res) != 1 || PQgetisnull(res, 0, 0)) {
+        seterr(err, errlen, "postgresql: expected one integer, got %d row(s) of %d column(s)",
+               PQntuples(res), PQnfields(res));
+        PQclear(res);
+        return CN_ESTORE;
+    }
+    text = PQgetvalue(res, 0, 0);
+    errno = 0;
+    v = strtoll(text, &end, 10);
+    if (errno || end == text || *end) {
+        seterr(err, errlen, "postgresql: expected an integer, got \"%.40s\"", text);
+        PQclear(res);
+        return CN_ESTORE;
+    }
+    PQclear(res);
+    *out = v;
+    return 0;
+}
+
+int
+cn__pg_schema_version(cn_pg_t *pg, int *version)
+{
+    char err[512];
+    int64_t exists, v;
+    int rc;
+
+    if ((rc = cn__pg_query_int64(pg, "SELECT (to_regclass('cnerium_schema') IS NOT NULL)::int",
+                                 &exists, err, sizeof(err))))
+        goto fail;
+    v = 0;
+    if (exists && (rc = cn__pg_query_int64(pg, "SELECT coalesce(max(version), 0) FROM "
+                                               "cnerium_schema",
+                                           &v, err, sizeof(err))))
+        goto fail;
+    *version = (int)v;
+    return 0;
+
+fail:
+    cn_log_error("schema version: %s", err);
+    return rc;
+}
+
+/* Ends the transaction after a failure; its own result does not matter (a failed
+ * transaction rolls back, and a lost connection has none left). */
+static void
+rollback(cn_pg_t *pg)
+{
+    PGresult *res = PQexec(pg->conn, "ROLLBACK");
+
+    PQclear(res);
+}
+
+int
+cn__pg_migrate_steps(cn_pg_t *pg, const cn_pg_step_t *list, size_t n, unsigned *applied,
+                     char *err, size_t errlen)
+{
+    unsigned count = 0;
+    char sql[96];
+    int rc;
+
+    if (err && errlen)
+        err[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        CN_ASSERT(list[i].version == (int)i + 1);
+    for (;;) {
+        int64_t v;
+
+        if ((rc = cn__pg_exec(pg, "BEGIN", err, errlen)))
+            return rc;
+        /* The lock before anything else: the version read below is then the one the
+         * previous holder committed (each statement of a READ COMMITTED transaction sees
+         * what was committed when it started). */
+        if ((rc = cn__pg_exec(pg, MIGRATE_LOCK_SQL, err, errlen)) ||
+            (rc = cn__pg_exec(pg, SCHEMA_TABLE_SQL, err, errlen)) ||
+            (rc = cn__pg_query_int64(pg, "SELECT coalesce(max(version), 0) FROM cnerium_schema",
+                                     &v, err, errlen)))
+            goto fail;
+        if (v > (int64_t)n) {
+            seterr(err, errlen,
+                   "the database's schema is at version %lld, newer than this Cnerium's %zu: "
+                   "run a Cnerium release that knows it",
+                   (long long)v, n);
+            rc = CN_EVERSION;
+            goto fail;
+        }
+        if (v == (int64_t)n) {
+            /* Up to date; the commit keeps cnerium_schema if this call created it. */
+            if ((rc = cn__pg_exec(pg, "COMMIT", err, errlen)))
+                return rc;
+            break;
+        }
+        if ((rc = cn__pg_exec(pg, list[v].sql, err, errlen))) {
+            char inner[400];
+
+            snprintf(inner, sizeof(inner), "%s", err ? err : "");
+            seterr(err, errlen, "schema step %d: %s", list[v].version, inner);
+            goto fail;
+        }
+        snprintf(sql, sizeof(sql), "INSERT INTO cnerium_schema (version) VALUES (%d)",
+                 list[v].version);
+        if ((rc = cn__pg_exec(pg, sql, err, errlen)))
+            goto fail;
+        if ((rc = cn__pg_exec(pg, "COMMIT", err, errlen)))
+            return rc;
+        count++;
+    }
+    if (applied)
+        *applied = count;
+    return 0;
+
+fail:
+    rollback(pg);
+    return rc;
+}
+
+int
+cn__pg_migrate(cn_pg_t *pg, char *err, size_t errlen)
+{
+    return cn__pg_migrate_steps(pg, steps, sizeof(steps) / sizeof(steps[0]), NULL, err,
+                                errlen);
+}
