@@ -10,9 +10,12 @@
  * turn reads what woke it, polls the committer (acked records answer their requests),
  * takes parked duplicates back to their decision, then runs libmicrohttpd, which sends
  * those answers in the same turn and reads, dispatches and answers whatever else is
- * ready. --threads N runs N loops, each with its own server on the same socket; the
- * first loop answers for all of them (another loop's connection is resumed through its
- * server's own eventfd).
+ * ready. --threads N runs N loops, each with its own server on the same socket. Every
+ * loop watches the wake eventfd, exclusively (EPOLLEXCLUSIVE: the kernel wakes one loop
+ * that is waiting, never one busy in a handler), and whichever loop wakes answers for all
+ * of them: another loop's connection is resumed through its server's own eventfd. So a
+ * slow handler holds only the connections of its own loop, never the acks or the parked
+ * duplicates of the others.
  *
  * Runs in a forked worker process, or in the calling process with --single-process. The
  * caller has blocked SIGTERM and SIGINT in every thread; the worker's main thread takes
@@ -129,12 +132,27 @@ sooner(int timeout, uint64_t deadline_ms, uint64_t now)
     return timeout < 0 || (int)ms < timeout ? (int)ms : timeout;
 }
 
+/* Answers the requests whose commits were decided. Any loop may call it; one polls at a
+ * time (the committer's timeout bookkeeping has one poller), and a loop that finds another
+ * polling leaves the poll to it rather than wait: the holder polls again before it leaves,
+ * so an ack that woke the caller is never left behind. */
+static void
+poll_committer(cn_worker_t *w)
+{
+    atomic_store(&w->poll_wanted, 1);
+    while (atomic_load(&w->poll_wanted) && pthread_mutex_trylock(&w->poll_mu) == 0) {
+        atomic_store(&w->poll_wanted, 0);
+        cn__committer_poll(w->committer);
+        pthread_mutex_unlock(&w->poll_mu);
+    }
+}
+
 static void *
 loop_main(void *arg)
 {
     cn_loop_t *l = arg;
     cn_worker_t *w = l->w;
-    int first = l == &w->loops[0], quiesced = 0;
+    int quiesced = 0;
 
     for (;;) {
         struct epoll_event ev[8];
@@ -148,34 +166,32 @@ loop_main(void *arg)
         }
         if (cmd & CMD_STOP)
             break;
+        now = cn__clock_mono_ms();
         timeout = cn__http_timeout_ms(l->http);
-        if (first) {
-            now = cn__clock_mono_ms();
-            timeout = sooner(timeout, cn__committer_next_deadline_ms(w->committer), now);
-            timeout = sooner(timeout, cn__durable_next_wake_ms(&w->durable), now);
-        }
+        timeout = sooner(timeout, cn__committer_next_deadline_ms(w->committer), now);
+        timeout = sooner(timeout, cn__durable_next_wake_ms(&w->durable), now);
         n = epoll_wait(l->epfd, ev, 8, timeout);
         for (int i = 0; i < n; i++) {
             uint64_t v;
             if (ev[i].data.fd == cn__http_fd(l->http))
                 continue;
-            if (read(ev[i].data.fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+            /* The wake eventfd may have been read by another loop since: EAGAIN. */
+            if (read(ev[i].data.fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+                woken |= ev[i].data.fd == w->wake_fd;
+            else if (errno != EAGAIN)
                 cn_log_warn("worker %u: reading an eventfd: %s", w->id, strerror(errno));
-            woken |= ev[i].data.fd == w->wake_fd;
         }
-        if (first) {
-            cn__committer_poll(w->committer);
-            cn__durable_wake(&w->durable, cn__clock_mono_ms(), woken);
-        }
+        poll_committer(w);
+        cn__durable_wake(&w->durable, cn__clock_mono_ms(), woken);
         cn__http_run(l->http);
     }
     return NULL;
 }
 
 static int
-watch(int epfd, int fd)
+watch(int epfd, int fd, uint32_t flags)
 {
-    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    struct epoll_event ev = {.events = EPOLLIN | flags, .data.fd = fd};
 
     return epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) ? -errno : 0;
 }
@@ -196,8 +212,8 @@ start_loop(cn_worker_t *w, unsigned i, int listen_fd, const cn_http_options_t *o
         return -errno;
     /* ctl_fd also wakes the loop for replies completed by another loop (acks). */
     cn__http_set_wake_fd(l->http, l->ctl_fd);
-    if ((rc = watch(l->epfd, cn__http_fd(l->http))) || (rc = watch(l->epfd, l->ctl_fd)) ||
-        (i == 0 && (rc = watch(l->epfd, w->wake_fd))))
+    if ((rc = watch(l->epfd, cn__http_fd(l->http), 0)) || (rc = watch(l->epfd, l->ctl_fd, 0)) ||
+        (rc = watch(l->epfd, w->wake_fd, EPOLLEXCLUSIVE)))
         return rc;
     if ((rc = pthread_create(&l->thread, NULL, loop_main, l)))
         return -rc;
@@ -285,6 +301,7 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
     int rc, sig, exit_code = 1, own_wake_fd = 0;
 
     memset(&w, 0, sizeof(w));
+    w.poll_mu = (pthread_mutex_t)PTHREAD_MUTEX_INITIALIZER;
     w.app = app;
     w.id = id;
     /* With a persister (multi-process mode) it alone writes LMDB and sweeps. */

@@ -74,6 +74,8 @@ typedef struct cn_worker {
     cn_loop_t *loops;
     unsigned nloops;
     atomic_uint command; /* CMD_* for the loops */
+    pthread_mutex_t poll_mu; /* one loop at a time polls the committer */
+    atomic_int poll_wanted;  /* a loop that found poll_mu taken asks its holder to poll again */
 
     int sweep; /* this worker runs the expiry sweep (worker 0) */
     pthread_t sweeper;

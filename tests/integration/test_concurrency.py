@@ -68,7 +68,7 @@ class ConcurrentDuplicatesTest(h.ServerTestCase):
         bodies = {r[2] for r in results}
         self.assertEqual(len(bodies), 1, "every duplicate gets the one stored body: %r"
                          % bodies)
-        self.assertEqual(parse_json(results[0][2]), {"n": 1})
+        self.assertEqual(parse_json(results[0][2])["n"], 1)
         replayed = [header(r[1], "Idempotent-Replayed") for r in results]
         self.assertEqual(replayed.count(None), 1, replayed)
         self.assertEqual(replayed.count("true"), 15, replayed)

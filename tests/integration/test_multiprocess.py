@@ -904,6 +904,44 @@ class InflightModesTest(MultiProcessTestCase):
         self.assertEqual(srv.count("slow.run"), 1)
 
 
+class LoopsTest(MultiProcessTestCase):
+    def test_a_slow_handler_holds_only_its_own_loop(self):
+        """One worker with two event loops. While a slow handler runs on one loop, a
+        fresh durable POST is served by the other, and its commit is acknowledged by that
+        loop: acks are not tied to one loop. Which loop accepts a connection is up to the
+        kernel, so the roles are swapped once: slow A holds loop X while fresh P1 goes
+        through Y; slow B, sent while A runs, can only land on Y, and once A is done fresh
+        P2 goes through X while B runs. One of X and Y is the worker's first loop, which
+        once answered every ack of the worker.
+
+        Nothing polls the server while both loops are held: no loop would be free to
+        answer (B's start is seen in its answer instead: another thread than A's).
+        "While A runs" is checked against the time A was sent plus its sleep: an answer
+        that had to wait for A's handler comes after that, however fast the machine;
+        an answer the other loop gives comes long before it, however slow."""
+        srv = self.start_mp("--workers", "1", "--threads", "2")
+        run = uuid.uuid4().hex[:8]
+        sent_a = time.monotonic()
+        slow_a = Background(srv, "/slow?ms=3000", b'{"slow":"a"}', "loops-a-" + run)
+        srv.wait_for_count("slow.run", 1)
+        p1 = srv.post("/orders", b'{"item":"p1"}', key="loops-p1-" + run)
+        self.assertEqual(p1[0], 201, p1[2])
+        self.assertLess(time.monotonic() - sent_a, 3.0, "P1 was answered while A still ran")
+        sent_b = time.monotonic()
+        slow_b = Background(srv, "/slow?ms=5000", b'{"slow":"b"}', "loops-b-" + run)
+        a = slow_a.join()
+        self.assertEqual(a[0], 201, a)
+        p2 = srv.post("/orders", b'{"item":"p2"}', key="loops-p2-" + run)
+        self.assertEqual(p2[0], 201, p2[2])
+        self.assertLess(time.monotonic() - sent_b, 5.0, "P2 was answered while B still ran")
+        b = slow_b.join()
+        self.assertEqual(b[0], 201, b)
+        self.assertNotEqual(parse_json(a[2])["thread"], parse_json(b[2])["thread"],
+                            "A and B ran on the two loops")
+        self.assertEqual(srv.count("orders.create"), 2)
+        self.assertReplayOf(p1, srv.post("/orders", b'{"item":"p1"}', key="loops-p1-" + run))
+
+
 class SingleProcessTest(MultiProcessTestCase):
     def test_single_process(self):
         srv = self.start_server(h.contract_server(), "--single-process", "--threads", "4")
