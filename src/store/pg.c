@@ -1,6 +1,6 @@
 /*
- * store/pg.c - the PostgreSQL store's connection and schema (the only file that includes
- * libpq-fe.h).
+ * store/pg.c - the PostgreSQL store: connection, schema, claims, commits and
+ * notifications (the only file that includes libpq-fe.h).
  *
  * Any process may open connections once it runs (after fork: a libpq connection is never
  * shared between processes). One connection is used by one thread at a time.
@@ -14,6 +14,7 @@
  * step that fails leaves nothing behind.
  */
 #include <errno.h>
+#include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,8 @@
 
 #include "cnerium/error.h"
 #include "store/pg.h"
+#include "support/bytes.h"
+#include "support/clock.h"
 #include "support/log.h"
 
 struct cn_pg {
@@ -482,4 +485,328 @@ cn__pg_migrate(cn_pg_t *pg, char *err, size_t errlen)
 {
     return cn__pg_migrate_steps(pg, steps, sizeof(steps) / sizeof(steps[0]), NULL, err,
                                 errlen);
+}
+
+/* ---- claims, stored responses and commits ----
+ *
+ * Parameters go as text (integers) or binary (bytea); results come back binary, so a
+ * record is its bytes and an integer eight big-endian bytes. */
+
+/* A statement with n parameters; NULL with err set unless its status is want. */
+static PGresult *
+run(cn_pg_t *pg, const char *sql, int n, const char *const *values, const int *lengths,
+    const int *formats, ExecStatusType want, char *err, size_t errlen)
+{
+    PGresult *res = PQexecParams(pg->conn, sql, n, NULL, values, lengths, formats, 1);
+
+    if (!res || PQresultStatus(res) != want) {
+        pg_error(pg, res, "postgresql", err, errlen);
+        PQclear(res);
+        return NULL;
+    }
+    return res;
+}
+
+static int64_t
+int8_at(const PGresult *res, int row, int col)
+{
+    CN_ASSERT(PQgetlength(res, row, col) == 8);
+    return (int64_t)cn__get_be64((const uint8_t *)PQgetvalue(res, row, col));
+}
+
+/* Reads skey's live response (expires after now) into out (STORED). Returns 1 when there
+ * is one, 0 when not, CN_ESTORE or -ENOMEM. */
+static int
+stored_response(cn_pg_t *pg, const void *skey, size_t skeylen, const char *now,
+                cn_pg_claim_t *out, char *err, size_t errlen)
+{
+    const char *v[] = {skey, now};
+    const int len[] = {(int)skeylen, 0}, fmt[] = {1, 0};
+    PGresult *res = run(pg,
+                        "SELECT record FROM cnerium_responses"
+                        " WHERE store_key = $1 AND expires_ms > $2::bigint",
+                        2, v, len, fmt, PGRES_TUPLES_OK, err, errlen);
+    size_t n;
+
+    if (!res)
+        return CN_ESTORE;
+    if (PQntuples(res) == 0) {
+        PQclear(res);
+        return 0;
+    }
+    n = (size_t)PQgetlength(res, 0, 0);
+    if (!(out->record = malloc(n ? n : 1))) {
+        PQclear(res);
+        seterr(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    memcpy(out->record, PQgetvalue(res, 0, 0), n);
+    out->record_len = n;
+    out->state = CN_PG_CLAIM_STORED;
+    PQclear(res);
+    return 1;
+}
+
+/* Deletes owner's claim on skey, notifying the waiters. Returns 1 when it was owner's, 0
+ * when not, or CN_ESTORE. */
+static int
+delete_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, char *err,
+             size_t errlen)
+{
+    const char *v[] = {skey, owner};
+    const int len[] = {(int)skeylen, 0}, fmt[] = {1, 0};
+    PGresult *res = run(pg,
+                        "WITH gone AS (DELETE FROM cnerium_claims"
+                        " WHERE store_key = $1 AND owner = $2 RETURNING store_key)"
+                        " SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex'))"
+                        " FROM gone",
+                        2, v, len, fmt, PGRES_TUPLES_OK, err, errlen);
+    int n;
+
+    if (!res)
+        return CN_ESTORE;
+    n = PQntuples(res);
+    PQclear(res);
+    return n > 0;
+}
+
+int
+cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, size_t fplen,
+             const char *owner, int64_t now_ms, uint32_t lease_ms, cn_pg_claim_t *out,
+             char *err, size_t errlen)
+{
+    char now[24], until[24];
+    const char *ins[] = {skey, fp, owner, until, now};
+    const int ins_len[] = {(int)skeylen, (int)fplen, 0, 0, 0}, ins_fmt[] = {1, 1, 0, 0, 0};
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (err && errlen)
+        err[0] = '\0';
+    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
+    snprintf(until, sizeof(until), "%lld", (long long)(now_ms + (int64_t)lease_ms));
+    /* Each pass ends unless the holder's claim vanished between two statements (it
+     * committed or released): then the next pass finds the response or claims. */
+    for (int pass = 0; pass < 8; pass++) {
+        PGresult *res;
+
+        if ((rc = stored_response(pg, skey, skeylen, now, out, err, errlen)))
+            return rc < 0 ? rc : 0;
+        /* Claim, or take over a claim whose lease has ended: xmax is 0 on an inserted
+         * row and the updating transaction on an updated one. */
+        res = run(pg,
+                  "INSERT INTO cnerium_claims AS c"
+                  " (store_key, fingerprint, owner, lease_until_ms)"
+                  " VALUES ($1, $2, $3, $4::bigint) ON CONFLICT (store_key) DO UPDATE"
+                  " SET fingerprint = EXCLUDED.fingerprint, owner = EXCLUDED.owner,"
+                  " lease_until_ms = EXCLUDED.lease_until_ms"
+                  " WHERE c.lease_until_ms <= $5::bigint RETURNING (c.xmax = 0)",
+                  5, ins, ins_len, ins_fmt, PGRES_TUPLES_OK, err, errlen);
+        if (!res)
+            return CN_ESTORE;
+        if (PQntuples(res) == 1) {
+            out->state = *PQgetvalue(res, 0, 0) ? CN_PG_CLAIM_OWNED : CN_PG_CLAIM_TAKEN_OVER;
+            PQclear(res);
+            /* Look again: a holder that committed between the first look and the claim
+             * left its response, and this statement sees it. */
+            if ((rc = stored_response(pg, skey, skeylen, now, out, err, errlen)) == 0)
+                return 0;
+            if (rc < 0)
+                return rc;
+            if ((rc = delete_claim(pg, skey, skeylen, owner, err, errlen)) < 0) {
+                free(out->record);
+                memset(out, 0, sizeof(*out));
+                return rc;
+            }
+            return 0;
+        }
+        PQclear(res);
+        {
+            const char *v[] = {skey, fp};
+            const int len[] = {(int)skeylen, (int)fplen}, fmt[] = {1, 1};
+
+            res = run(pg,
+                      "SELECT CASE WHEN fingerprint = $2 THEN 1::int8 ELSE 0::int8 END,"
+                      " lease_until_ms FROM cnerium_claims"
+                      " WHERE store_key = $1",
+                      2, v, len, fmt, PGRES_TUPLES_OK, err, errlen);
+        }
+        if (!res)
+            return CN_ESTORE;
+        if (PQntuples(res) == 1) {
+            out->state = CN_PG_CLAIM_HELD;
+            out->same_fingerprint = int8_at(res, 0, 0) != 0;
+            out->lease_until_ms = int8_at(res, 0, 1);
+            PQclear(res);
+            return 0;
+        }
+        PQclear(res);
+    }
+    seterr(err, errlen, "postgresql: the claim on a key kept changing hands; try again");
+    return CN_ESTORE;
+}
+
+int
+cn__pg_release(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, char *err,
+               size_t errlen)
+{
+    int rc;
+
+    if (err && errlen)
+        err[0] = '\0';
+    rc = delete_claim(pg, skey, skeylen, owner, err, errlen);
+    return rc < 0 ? rc : rc ? 0 : CN_ELOST;
+}
+
+int
+cn__pg_commit(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner,
+              const void *record, size_t record_len, int64_t expires_ms,
+              const cn_pg_event_t *events, size_t nevents, int64_t *last_position,
+              char *err, size_t errlen)
+{
+    char expires[24], pos[24], created[24];
+    PGresult *res;
+    int64_t head = 0;
+    int rc;
+
+    if (err && errlen)
+        err[0] = '\0';
+    if ((rc = cn__pg_exec(pg, "BEGIN", err, errlen)))
+        return rc;
+    /* The claim first: a taken-over claim ends the transaction before anything is
+     * written. Its row stays locked to the commit, so no other host takes it over in
+     * between. */
+    if ((rc = delete_claim(pg, skey, skeylen, owner, err, errlen)) <= 0) {
+        rollback(pg);
+        if (rc == 0)
+            seterr(err, errlen, "the claim on the key was taken over: nothing stored");
+        return rc < 0 ? rc : CN_ELOST;
+    }
+    if (nevents) {
+        res = run(pg, "SELECT event_position FROM cnerium_event_head WHERE id FOR UPDATE", 0,
+                  NULL, NULL, NULL, PGRES_TUPLES_OK, err, errlen);
+        if (!res || PQntuples(res) != 1) {
+            if (res)
+                seterr(err, errlen, "postgresql: the event head row is missing");
+            PQclear(res);
+            rc = CN_ESTORE;
+            goto fail;
+        }
+        head = int8_at(res, 0, 0);
+        PQclear(res);
+        for (size_t i = 0; i < nevents; i++) {
+            const char *v[] = {pos, created, events[i].data};
+            const int len[] = {0, 0, (int)events[i].len}, fmt[] = {0, 0, 1};
+
+            snprintf(pos, sizeof(pos), "%lld", (long long)(head + 1 + (int64_t)i));
+            snprintf(created, sizeof(created), "%lld", (long long)events[i].created_ms);
+            if (!(res = run(pg,
+                            "INSERT INTO cnerium_events (position, created_ms, event)"
+                            " VALUES ($1::bigint, $2::bigint, $3)",
+                            3, v, len, fmt, PGRES_COMMAND_OK, err, errlen))) {
+                rc = CN_ESTORE;
+                goto fail;
+            }
+            PQclear(res);
+        }
+        head += (int64_t)nevents;
+        snprintf(pos, sizeof(pos), "%lld", (long long)head);
+        {
+            const char *v[] = {pos};
+
+            if (!(res = run(pg,
+                            "WITH h AS (UPDATE cnerium_event_head SET event_position ="
+                            " $1::bigint WHERE id RETURNING event_position)"
+                            " SELECT pg_notify('" CN_PG_EVENTS_CHANNEL "',"
+                            " event_position::text) FROM h",
+                            1, v, NULL, NULL, PGRES_TUPLES_OK, err, errlen))) {
+                rc = CN_ESTORE;
+                goto fail;
+            }
+            PQclear(res);
+        }
+    }
+    snprintf(expires, sizeof(expires), "%lld", (long long)expires_ms);
+    {
+        const char *v[] = {skey, record, expires};
+        const int len[] = {(int)skeylen, (int)record_len, 0}, fmt[] = {1, 1, 0};
+
+        if (!(res = run(pg,
+                        "INSERT INTO cnerium_responses (store_key, record, expires_ms)"
+                        " VALUES ($1, $2, $3::bigint) ON CONFLICT (store_key) DO UPDATE"
+                        " SET record = EXCLUDED.record, expires_ms = EXCLUDED.expires_ms",
+                        3, v, len, fmt, PGRES_COMMAND_OK, err, errlen))) {
+            rc = CN_ESTORE;
+            goto fail;
+        }
+        PQclear(res);
+    }
+    /* A COMMIT that fails on a lost connection leaves the outcome unknown: the caller
+     * answers "retry", and the retry replays the response or, once the lease ends,
+     * takes the key over. */
+    if ((rc = cn__pg_exec(pg, "COMMIT", err, errlen)))
+        return rc;
+    if (last_position)
+        *last_position = head;
+    return 0;
+
+fail:
+    rollback(pg);
+    return rc;
+}
+
+int
+cn__pg_listen(cn_pg_t *pg, const char *channel, char *err, size_t errlen)
+{
+    char *ident = PQescapeIdentifier(pg->conn, channel, strlen(channel));
+    char sql[128];
+    int rc;
+
+    if (!ident) {
+        pg_error(pg, NULL, "postgresql", err, errlen);
+        return CN_ESTORE;
+    }
+    if ((size_t)snprintf(sql, sizeof(sql), "LISTEN %s", ident) >= sizeof(sql)) {
+        PQfreemem(ident);
+        seterr(err, errlen, "channel name too long");
+        return CN_ESTORE;
+    }
+    PQfreemem(ident);
+    rc = cn__pg_exec(pg, sql, err, errlen);
+    return rc;
+}
+
+int
+cn__pg_wait_notify(cn_pg_t *pg, int timeout_ms, char *payload, size_t cap, char *err,
+                   size_t errlen)
+{
+    uint64_t deadline = cn__clock_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
+
+    for (;;) {
+        struct pollfd p = {PQsocket(pg->conn), POLLIN, 0};
+        PGnotify *n;
+        uint64_t now;
+
+        if (!PQconsumeInput(pg->conn)) {
+            pg_error(pg, NULL, "postgresql", err, errlen);
+            return CN_ESTORE;
+        }
+        if ((n = PQnotifies(pg->conn))) {
+            if (payload && cap)
+                snprintf(payload, cap, "%s", n->extra ? n->extra : "");
+            PQfreemem(n);
+            return 0;
+        }
+        now = cn__clock_mono_ms();
+        if (now >= deadline)
+            return -ETIMEDOUT;
+        if (p.fd < 0) {
+            seterr(err, errlen, "postgresql: the connection has no socket");
+            return CN_ESTORE;
+        }
+        if (poll(&p, 1, (int)(deadline - now)) < 0 && errno != EINTR) {
+            seterr(err, errlen, "poll: %s", strerror(errno));
+            return CN_ESTORE;
+        }
+    }
 }

@@ -1,6 +1,6 @@
 /*
- * store/pg.h - the PostgreSQL store's connection and schema (wraps libpq; no PG* type
- * leaves store/pg.c).
+ * store/pg.h - the PostgreSQL store: connection, schema, claims, commits and
+ * notifications (wraps libpq; no PG* type leaves store/pg.c).
  *
  * Several Cnerium hosts share one database; LMDB stays the single-host default. The
  * schema mirrors the LMDB databases of store/store.h and stores the same encoded bytes
@@ -42,6 +42,79 @@ int cn__pg_migrate(cn_pg_t *pg, char *err, size_t errlen);
 /* The schema's version: 0 for a database without one. Returns 0 and *version, or
  * CN_ESTORE (logged). */
 int cn__pg_schema_version(cn_pg_t *pg, int *version);
+
+/* ---- claims, stored responses, commits: one contract across hosts ----
+ *
+ * A key is claimed in cnerium_claims (owner, lease deadline) before its handler runs and
+ * stays claimed until the commit that stores its response deletes the claim in the same
+ * transaction, or until a release. owner names one claim, not one host: callers make it
+ * unique per claim ("<host>/<pid>/<counter>"), so a host that claims a key again after
+ * losing it never commits on the strength of the old claim. Times are wall-clock
+ * milliseconds (every host's clock; a lease is a span, so keep hosts in NTP sync and
+ * leases well above their skew). The caller passes now_ms, which keeps these functions
+ * free of clocks and lets the tests move time. */
+
+typedef enum cn_pg_claim_state {
+    CN_PG_CLAIM_OWNED = 0,   /* the caller holds the key: run, then commit or release */
+    CN_PG_CLAIM_TAKEN_OVER,  /* owned, after the previous holder's lease had ended */
+    CN_PG_CLAIM_HELD,        /* another claim's lease runs: wait for it, or answer 409 */
+    CN_PG_CLAIM_STORED,      /* a live response is stored: replay it */
+} cn_pg_claim_state_t;
+
+typedef struct cn_pg_claim {
+    cn_pg_claim_state_t state;
+    int same_fingerprint;   /* HELD: the holder's request has the caller's fingerprint */
+    int64_t lease_until_ms; /* HELD: when the holder's lease ends */
+    uint8_t *record;        /* STORED: the stored record (malloc'd: free it) */
+    size_t record_len;
+} cn_pg_claim_t;
+
+/* Looks skey up and claims it for lease_ms when no live response is stored and no live
+ * claim holds it. An expired claim is taken over (its holder's lease ended: the holder
+ * died, or runs past it and will fail to commit); an expired response counts as absent.
+ * After claiming, the responses are read again, so a commit that raced the claim is
+ * replayed, never run twice. Returns 0 and *out, or CN_ESTORE (err set). */
+int cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, size_t fplen,
+                 const char *owner, int64_t now_ms, uint32_t lease_ms, cn_pg_claim_t *out,
+                 char *err, size_t errlen);
+
+/* Ends owner's claim on skey without storing anything (the handler's response is not
+ * kept) and notifies CN_PG_DONE_CHANNEL. Returns 0, CN_ELOST when owner no longer held
+ * it (taken over), or CN_ESTORE. */
+int cn__pg_release(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner,
+                   char *err, size_t errlen);
+
+/* One realtime event of a commit: its stored encoding and creation time. */
+typedef struct cn_pg_event {
+    const void *data;
+    size_t len;
+    int64_t created_ms;
+} cn_pg_event_t;
+
+/* Stores owner's response for skey and its events in one transaction, acknowledged once
+ * PostgreSQL has committed it: the claim must still be owner's (it is deleted), the
+ * events take the next positions of the one global log (gapless and in commit order
+ * across hosts: the head row is locked for the rest of the transaction), the record
+ * replaces an expired one, and CN_PG_DONE_CHANNEL (payload: the key in hex) and, with
+ * events, CN_PG_EVENTS_CHANNEL (payload: the last position) are notified at commit.
+ * *last_position (may be NULL) gets the last event's position (0 without events).
+ * Returns 0; CN_ELOST when the claim was taken over (nothing stored); CN_ESTORE. */
+int cn__pg_commit(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner,
+                  const void *record, size_t record_len, int64_t expires_ms,
+                  const cn_pg_event_t *events, size_t nevents, int64_t *last_position,
+                  char *err, size_t errlen);
+
+#define CN_PG_DONE_CHANNEL "cnerium_done"
+#define CN_PG_EVENTS_CHANNEL "cnerium_events"
+
+/* LISTENs on channel on this connection. Returns 0 or CN_ESTORE. */
+int cn__pg_listen(cn_pg_t *pg, const char *channel, char *err, size_t errlen);
+
+/* Waits up to timeout_ms for a notification on a channel this connection listens on.
+ * Returns 0 with its payload in payload (cap bytes, truncated, NUL-terminated; may be
+ * NULL), -ETIMEDOUT, or CN_ESTORE when the connection failed. */
+int cn__pg_wait_notify(cn_pg_t *pg, int timeout_ms, char *payload, size_t cap, char *err,
+                       size_t errlen);
 
 /* ---- for cn__pg_migrate and the tests ---- */
 

@@ -8,7 +8,11 @@
  * migrating again changes nothing; hosts migrating at once (threads on connections of
  * their own) all succeed and each step runs once; steps apply in order, once each, a
  * failing step leaves nothing behind, a newer schema is refused; URLs of other schemes
- * and a closed port fail with a message, never a password.
+ * and a closed port fail with a message, never a password. Claims: owned, held (same
+ * or other fingerprint), stored (the record byte for byte), expired records and claims,
+ * takeover after the lease with the late commit storing nothing and numbering nothing,
+ * binary keys, hosts committing at once getting gapless event positions, and the
+ * notifications a commit and a release send (none for a refused commit).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -420,6 +424,282 @@ test_postgres_scheme(void)
     cn__pg_close(NULL);
 }
 
+/* ---- claims, stored responses, commits ---- */
+
+/* A migrated empty database, opened. */
+static cn_pg_t *
+migrated_db(char *url, size_t cap)
+{
+    char err[512];
+    cn_pg_t *pg;
+
+    fresh_db(url, cap);
+    pg = open_url(url);
+    CU_ASSERT_EQUAL_FATAL(cn__pg_migrate(pg, err, sizeof(err)), 0);
+    return pg;
+}
+
+static cn_pg_claim_t
+claim(cn_pg_t *pg, const char *key, const char *fp, const char *owner, int64_t now,
+      uint32_t lease)
+{
+    char err[512];
+    cn_pg_claim_t c;
+    int rc = cn__pg_claim(pg, key, strlen(key), fp, strlen(fp), owner, now, lease, &c, err,
+                          sizeof(err));
+
+    if (rc)
+        fprintf(stderr, "cn__pg_claim: %s\n", err);
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    return c;
+}
+
+static int
+commit(cn_pg_t *pg, const char *key, const char *owner, const char *record, int64_t expires,
+       const cn_pg_event_t *ev, size_t nev, int64_t *last)
+{
+    char err[512];
+    int rc = cn__pg_commit(pg, key, strlen(key), owner, record, strlen(record), expires, ev,
+                           nev, last, err, sizeof(err));
+
+    if (rc && rc != CN_ELOST)
+        fprintf(stderr, "cn__pg_commit: %s\n", err);
+    return rc;
+}
+
+#define NOW 1700000000000LL
+
+/* One key through its life: claimed; a duplicate (same or another fingerprint) finds it
+ * held until the lease; the owner commits; everyone after gets the stored record, byte
+ * for byte, until it expires; then the key is free again. */
+static void
+test_claim_commit_replay(void)
+{
+    char url[600], err[512];
+    cn_pg_t *pg = migrated_db(url, sizeof(url));
+    static const char rec[] = "CNRR\x01 the stored response";
+    cn_pg_claim_t c;
+
+    c = claim(pg, "k1", "fpA", "h1/1", NOW, 5000);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
+    c = claim(pg, "k1", "fpA", "h2/1", NOW + 10, 5000);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_HELD);
+    CU_ASSERT_TRUE(c.same_fingerprint);
+    CU_ASSERT_EQUAL(c.lease_until_ms, NOW + 5000);
+    c = claim(pg, "k1", "fpB", "h2/2", NOW + 20, 5000);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_HELD);
+    CU_ASSERT_FALSE(c.same_fingerprint);
+
+    CU_ASSERT_EQUAL(commit(pg, "k1", "h1/1", rec, NOW + 60000, NULL, 0, NULL), 0);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims"), 0);
+    c = claim(pg, "k1", "fpA", "h2/3", NOW + 30, 5000);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_STORED);
+    CU_ASSERT_EQUAL(c.record_len, sizeof(rec) - 1);
+    CU_ASSERT_TRUE(c.record && !memcmp(c.record, rec, sizeof(rec) - 1));
+    free(c.record);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims"), 0);
+
+    /* Past its expiry the record counts as absent: the key is claimed again, and the
+     * next commit replaces the old record. */
+    c = claim(pg, "k1", "fpC", "h3/1", NOW + 60000, 5000);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
+    CU_ASSERT_EQUAL(commit(pg, "k1", "h3/1", "second", NOW + 120000, NULL, 0, NULL), 0);
+    c = claim(pg, "k1", "fpC", "h3/2", NOW + 60001, 5000);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_STORED);
+    CU_ASSERT_TRUE(c.record_len == 6 && !memcmp(c.record, "second", 6));
+    free(c.record);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_responses"), 1);
+
+    /* Release: nothing stored, the key is free; releasing twice is CN_ELOST. */
+    c = claim(pg, "k2", "fp", "h1/2", NOW, 5000);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
+    CU_ASSERT_EQUAL(cn__pg_release(pg, "k2", 2, "h1/2", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(cn__pg_release(pg, "k2", 2, "h1/2", err, sizeof(err)), CN_ELOST);
+    c = claim(pg, "k2", "fp", "h2/4", NOW + 1, 5000);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
+    cn__pg_close(pg);
+}
+
+/* A holder whose lease ended is taken over; its late commit stores nothing (CN_ELOST)
+ * and the new owner's commit is the one that counts. Keys are bytes: one with a NUL and
+ * high bytes is its own key. */
+static void
+test_lease_takeover(void)
+{
+    char url[600], err[512];
+    cn_pg_t *pg = migrated_db(url, sizeof(url));
+    static const char bin[] = {'k', 0, (char)0xff, 'x'};
+    cn_pg_claim_t c;
+
+    c = claim(pg, "k", "fp", "dead/1", NOW, 300);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
+    c = claim(pg, "k", "fp", "h2/1", NOW + 299, 300);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_HELD);
+    c = claim(pg, "k", "fp", "h2/2", NOW + 300, 300);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_TAKEN_OVER);
+    CU_ASSERT_EQUAL(commit(pg, "k", "dead/1", "late", NOW + 60000, NULL, 0, NULL), CN_ELOST);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_responses"), 0);
+    CU_ASSERT_EQUAL(cn__pg_release(pg, "k", 1, "dead/1", err, sizeof(err)), CN_ELOST);
+    CU_ASSERT_EQUAL(commit(pg, "k", "h2/2", "won", NOW + 60000, NULL, 0, NULL), 0);
+    c = claim(pg, "k", "fp", "h3/1", NOW + 400, 300);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_STORED);
+    CU_ASSERT_TRUE(c.record_len == 3 && !memcmp(c.record, "won", 3));
+    free(c.record);
+
+    CU_ASSERT_EQUAL(cn__pg_claim(pg, bin, sizeof(bin), "fp", 2, "h4/1", NOW, 300, &c, err,
+                                 sizeof(err)),
+                    0);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
+    CU_ASSERT_EQUAL(cn__pg_claim(pg, bin, 2, "fp", 2, "h4/2", NOW, 300, &c, err, sizeof(err)),
+                    0);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED); /* "k\0" is another key */
+    cn__pg_close(pg);
+}
+
+/* Hosts committing at once (threads, a connection each): every event gets a position,
+ * positions are 1..N with no gap and no repeat, the head row says N. */
+#define COMMITTERS 4
+#define COMMITS 40
+
+typedef struct {
+    const char *url;
+    int id, failures;
+} committer_arg_t;
+
+static void *
+committer_main(void *p)
+{
+    committer_arg_t *a = p;
+    char err[512], key[32], owner[32];
+    cn_pg_t *pg = NULL;
+
+    if (cn__pg_open(a->url, &pg, err, sizeof(err))) {
+        a->failures = COMMITS;
+        return NULL;
+    }
+    for (int i = 0; i < COMMITS; i++) {
+        cn_pg_event_t ev[3] = {{"e0", 2, NOW}, {"e1", 2, NOW}, {"e2", 2, NOW}};
+        cn_pg_claim_t c;
+        int64_t last = 0;
+
+        snprintf(key, sizeof(key), "c%d-%d", a->id, i);
+        snprintf(owner, sizeof(owner), "h%d/%d", a->id, i);
+        if (cn__pg_claim(pg, key, strlen(key), "fp", 2, owner, NOW, 5000, &c, err,
+                         sizeof(err)) ||
+            c.state != CN_PG_CLAIM_OWNED ||
+            cn__pg_commit(pg, key, strlen(key), owner, "r", 1, NOW + 60000, ev,
+                          (size_t)(i % 3 + 1), &last, err, sizeof(err)) ||
+            last < i % 3 + 1)
+            a->failures++;
+    }
+    cn__pg_close(pg);
+    return NULL;
+}
+
+static void
+test_event_positions_gapless(void)
+{
+    char url[600];
+    cn_pg_t *pg = migrated_db(url, sizeof(url));
+    pthread_t t[COMMITTERS];
+    committer_arg_t a[COMMITTERS];
+    int64_t n = 0;
+
+    for (int i = 0; i < COMMITTERS; i++) {
+        a[i] = (committer_arg_t){.url = url, .id = i};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, committer_main, &a[i]), 0);
+    }
+    for (int i = 0; i < COMMITTERS; i++) {
+        pthread_join(t[i], NULL);
+        CU_ASSERT_EQUAL(a[i].failures, 0);
+    }
+    for (int i = 0; i < COMMITS; i++)
+        n += i % 3 + 1;
+    n *= COMMITTERS;
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_events"), n);
+    CU_ASSERT_EQUAL(query(pg, "SELECT min(position) FROM cnerium_events"), 1);
+    CU_ASSERT_EQUAL(query(pg, "SELECT max(position) FROM cnerium_events"), n);
+    CU_ASSERT_EQUAL(query(pg, "SELECT event_position FROM cnerium_event_head"), n);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_responses"), COMMITTERS * COMMITS);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims"), 0);
+    cn__pg_close(pg);
+}
+
+/* A commit's events come back in order from the head, and a lost claim's events are not
+ * numbered: the next commit's positions follow the last stored one. */
+static void
+test_events_of_a_lost_claim_take_no_position(void)
+{
+    char url[600];
+    cn_pg_t *pg = migrated_db(url, sizeof(url));
+    cn_pg_event_t ev[2] = {{"first", 5, NOW}, {"second", 6, NOW + 1}};
+    cn_pg_claim_t c;
+    int64_t last = -1;
+
+    c = claim(pg, "a", "fp", "h1/1", NOW, 100);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
+    c = claim(pg, "a", "fp", "h2/1", NOW + 100, 100);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_TAKEN_OVER);
+    CU_ASSERT_EQUAL(commit(pg, "a", "h1/1", "x", NOW + 60000, ev, 2, &last), CN_ELOST);
+    CU_ASSERT_EQUAL(last, -1);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_events"), 0);
+    CU_ASSERT_EQUAL(commit(pg, "a", "h2/1", "x", NOW + 60000, ev, 2, &last), 0);
+    CU_ASSERT_EQUAL(last, 2);
+    CU_ASSERT_EQUAL(query(pg, "SELECT created_ms - 1700000000000 FROM cnerium_events"
+                              " WHERE position = 2 AND event = 'second'::bytea"),
+                    1);
+    cn__pg_close(pg);
+}
+
+/* A waiting host hears the commit (CN_PG_DONE_CHANNEL, the key in hex) and the new events
+ * (CN_PG_EVENTS_CHANNEL, the last position); a rolled-back commit says nothing. */
+static void
+test_notifications(void)
+{
+    char url[600], err[512], payload[128];
+    cn_pg_t *pg = migrated_db(url, sizeof(url)), *waiter = open_url(url);
+    cn_pg_event_t ev = {"e", 1, NOW};
+    cn_pg_claim_t c;
+
+    CU_ASSERT_EQUAL_FATAL(cn__pg_listen(waiter, CN_PG_DONE_CHANNEL, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__pg_listen(waiter, CN_PG_EVENTS_CHANNEL, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 0, payload, sizeof(payload), err, sizeof(err)),
+                    -ETIMEDOUT);
+
+    c = claim(pg, "AB", "fp", "h1/1", NOW, 100);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
+    c = claim(pg, "AB", "fp", "h2/1", NOW + 100, 100);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_TAKEN_OVER);
+    CU_ASSERT_EQUAL(commit(pg, "AB", "h1/1", "x", NOW + 60000, &ev, 1, NULL), CN_ELOST);
+    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 0, payload, sizeof(payload), err, sizeof(err)),
+                    -ETIMEDOUT);
+
+    /* Both notifications of one commit, in either order. */
+    CU_ASSERT_EQUAL(commit(pg, "AB", "h2/1", "x", NOW + 60000, &ev, 1, NULL), 0);
+    {
+        int heard_done = 0, heard_events = 0;
+
+        for (int i = 0; i < 2; i++) {
+            CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 10000, payload, sizeof(payload), err,
+                                               sizeof(err)),
+                            0);
+            heard_done += !strcmp(payload, "4142");
+            heard_events += !strcmp(payload, "1");
+        }
+        CU_ASSERT_EQUAL(heard_done, 1);
+        CU_ASSERT_EQUAL(heard_events, 1);
+    }
+
+    c = claim(pg, "CD", "fp", "h1/2", NOW, 100);
+    CU_ASSERT_EQUAL(cn__pg_release(pg, "CD", 2, "h1/2", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 10000, payload, sizeof(payload), err,
+                                       sizeof(err)),
+                    0);
+    CU_ASSERT_STRING_EQUAL(payload, "4344");
+    cn__pg_close(waiter);
+    cn__pg_close(pg);
+}
+
 /* ---- suite ---- */
 
 static int
@@ -457,6 +737,11 @@ main(void)
         {"unknown schemes", test_unknown_scheme},
         {"closed port and libpq errors", test_closed_port},
         {"postgres:// scheme", test_postgres_scheme},
+        {"claim, commit, replay, expiry, release", test_claim_commit_replay},
+        {"lease takeover; the late commit stores nothing", test_lease_takeover},
+        {"hosts committing at once: gapless positions", test_event_positions_gapless},
+        {"a lost claim's events take no position", test_events_of_a_lost_claim_take_no_position},
+        {"notifications at commit and release", test_notifications},
         {NULL, NULL},
     };
     char err[512];
