@@ -3,6 +3,7 @@
  * treats its input as untrusted: every length is checked before use.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "cnerium/error.h"
@@ -356,6 +357,45 @@ size_t
 cn__log_entry_size(const cn_log_view_t *e)
 {
     return CN_LOG_HEADER + e->stream_len + e->type_len + e->data_len;
+}
+
+/* Writes a string as JSON: stream ids and types are printable ASCII, where only '"'
+ * and '\\' need escaping (2 + 2 * n bytes at most). Returns the new position. */
+static uint8_t *
+put_ascii_json(uint8_t *o, const char *s, size_t n)
+{
+    *o++ = '"';
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '"' || s[i] == '\\')
+            *o++ = '\\';
+        *o++ = (uint8_t)s[i];
+    }
+    *o++ = '"';
+    return o;
+}
+
+size_t
+cn__append_event_payload_cap(const cn_append_view_t *a)
+{
+    return 96 + 2 * a->type_len + a->data_len + 2 * a->stream_len;
+}
+
+size_t
+cn__append_event_payload(const cn_append_view_t *a, uint64_t version, uint64_t position,
+                         uint8_t *out)
+{
+    uint8_t *o = out;
+
+    memcpy(o, "{\"action\":{", 11);
+    o = put_ascii_json(o + 11, a->type, a->type_len);
+    *o++ = ':';
+    memcpy(o, a->data, a->data_len);
+    o += a->data_len;
+    memcpy(o, "},\"stream\":", 11);
+    o = put_ascii_json(o + 11, a->stream, a->stream_len);
+    o += snprintf((char *)o, 64, ",\"version\":%llu,\"position\":%llu}",
+                  (unsigned long long)version, (unsigned long long)position);
+    return (size_t)(o - out);
 }
 
 void

@@ -183,6 +183,14 @@ long cn__appends_begin(const uint8_t *p, size_t len, const uint8_t **cursor);
  * version valid. Returns 0 or CN_ECORRUPT. */
 int cn__appends_next(const uint8_t **cursor, const uint8_t *end, cn_append_view_t *a);
 
+/* The payload of the realtime event a published append becomes, merged into the client
+ * frame's top level: {"action":{"<type>":<data>},"stream":"<id>","version":V,
+ * "position":P}. _cap is the most bytes it takes; cn__append_event_payload writes it
+ * to out and returns its length. */
+size_t cn__append_event_payload_cap(const cn_append_view_t *a);
+size_t cn__append_event_payload(const cn_append_view_t *a, uint64_t version, uint64_t position,
+                                uint8_t *out);
+
 /* A stream event as stored in the global log. */
 typedef struct cn_log_view {
     uint64_t created_ms, version;

@@ -23,7 +23,10 @@
 #include <libpq-fe.h>
 
 #include "cnerium/error.h"
+#include "cnerium/stream.h"
+#include "store/format.h"
 #include "store/pg.h"
+#include "stream/stream.h"
 #include "support/bytes.h"
 #include "support/clock.h"
 #include "support/log.h"
@@ -658,33 +661,323 @@ cn__pg_release(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner,
     return rc < 0 ? rc : rc ? 0 : CN_ELOST;
 }
 
-int
-cn__pg_commit(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner,
-              const void *record, size_t record_len, int64_t expires_ms,
-              const cn_pg_event_t *events, size_t nevents, int64_t *last_position,
-              char *err, size_t errlen)
+/* Statement parameters: integers as text, bytes binary. The values point into the
+ * struct: build it in place, never copy it. */
+typedef struct params {
+    const char *v[6];
+    int len[6], fmt[6], n;
+    char num[6][24];
+} params_t;
+
+static void
+p_bytes(params_t *p, const void *b, size_t len)
 {
-    char expires[24], pos[24], created[24];
+    CN_ASSERT(p->n < 6 && len <= INT32_MAX);
+    p->v[p->n] = b;
+    p->len[p->n] = (int)len;
+    p->fmt[p->n++] = 1;
+}
+
+static void
+p_int(params_t *p, int64_t x)
+{
+    CN_ASSERT(p->n < 6);
+    snprintf(p->num[p->n], sizeof(p->num[0]), "%lld", (long long)x);
+    p->v[p->n] = p->num[p->n];
+    p->len[p->n] = 0;
+    p->fmt[p->n++] = 0;
+}
+
+static int
+exec_p(cn_pg_t *pg, const char *sql, const params_t *p, char *err, size_t errlen)
+{
+    PGresult *res = run(pg, sql, p->n, p->v, p->len, p->fmt, PGRES_COMMAND_OK, err, errlen);
+
+    PQclear(res);
+    return res ? 0 : CN_ESTORE;
+}
+
+/* The last version of stream (0 for none), or a negative error. */
+static int
+stream_version(cn_pg_t *pg, const char *stream, size_t len, int64_t *version, char *err,
+               size_t errlen)
+{
+    params_t p = {0};
     PGresult *res;
-    int64_t head = 0;
+
+    p_bytes(&p, stream, len);
+    res = run(pg, "SELECT coalesce(max(version), 0)::int8 FROM cnerium_streams WHERE stream = $1",
+              p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen);
+    if (!res)
+        return CN_ESTORE;
+    *version = int8_at(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
+/* A stream a list of appends touches, and its version after them so far. */
+typedef struct touched {
+    const char *id;
+    size_t len;
+    int64_t version;
+} touched_t;
+
+/* cn__store_apply's check_appends against the database: the whole list decodes and every
+ * expected version holds, counting the list's own earlier appends. Returns 0,
+ * CN_ECORRUPT, CN_ECONFLICT, or a store error. */
+static int
+check_appends(cn_pg_t *pg, const uint8_t *list, size_t len, char *err, size_t errlen)
+{
+    touched_t t[CN_STREAM_APPENDS_MAX];
+    const uint8_t *cur, *end = list + len;
+    long count = cn__appends_begin(list, len, &cur);
+    size_t nt = 0;
     int rc;
+
+    if (count < 1 || count > CN_STREAM_APPENDS_MAX)
+        return CN_ECORRUPT;
+    for (long i = 0; i < count; i++) {
+        cn_append_view_t a;
+        size_t j;
+
+        if (cn__appends_next(&cur, end, &a))
+            return CN_ECORRUPT;
+        for (j = 0; j < nt; j++) {
+            if (t[j].len == a.stream_len && !memcmp(t[j].id, a.stream, a.stream_len))
+                break;
+        }
+        if (j == nt) {
+            t[nt] = (touched_t){a.stream, a.stream_len, 0};
+            if ((rc = stream_version(pg, a.stream, a.stream_len, &t[nt].version, err, errlen)))
+                return rc;
+            nt++;
+        }
+        if (!cn__stream_expected_holds(a.expected, (uint64_t)t[j].version))
+            return CN_ECONFLICT;
+        t[j].version++;
+    }
+    return cur == end ? 0 : CN_ECORRUPT;
+}
+
+/* 0 when the encoded event list decodes whole, else CN_ECORRUPT. */
+static int
+check_events(const uint8_t *list, size_t len)
+{
+    const uint8_t *cur, *end = list + len;
+    long count = cn__events_begin(list, len, &cur);
+    cn_event_view_t ev;
+
+    if (count < 0)
+        return CN_ECORRUPT;
+    for (long i = 0; i < count; i++) {
+        if (cn__events_next(&cur, end, &ev))
+            return CN_ECORRUPT;
+    }
+    return cur == end ? 0 : CN_ECORRUPT;
+}
+
+/* Stores ev (its created_ms set) at position ++*pos. */
+static int
+put_event(cn_pg_t *pg, const cn_event_view_t *ev, int64_t *pos, char *err, size_t errlen)
+{
+    size_t size = cn__event_stored_size(ev);
+    uint8_t stack[2048], *buf = size <= sizeof(stack) ? stack : malloc(size);
+    params_t p = {0};
+    int rc;
+
+    if (!buf)
+        return -ENOMEM;
+    cn__event_stored_encode(ev, buf);
+    p_int(&p, ++*pos);
+    p_int(&p, (int64_t)ev->created_ms);
+    p_bytes(&p, buf, size);
+    rc = exec_p(pg,
+                "INSERT INTO cnerium_events (position, created_ms, event)"
+                " VALUES ($1::int8, $2::int8, $3)",
+                &p, err, errlen);
+    if (buf != stack)
+        free(buf);
+    return rc;
+}
+
+static int
+put_events(cn_pg_t *pg, const uint8_t *list, size_t len, int64_t now, int64_t *pos,
+           char *err, size_t errlen)
+{
+    const uint8_t *cur, *end = list + len;
+    long count = cn__events_begin(list, len, &cur);
+    int rc;
+
+    for (long i = 0; i < count; i++) {
+        cn_event_view_t ev;
+
+        cn__events_next(&cur, end, &ev); /* checked by check_events */
+        ev.created_ms = (uint64_t)now;
+        ev.merged = 0;
+        if ((rc = put_event(pg, &ev, pos, err, errlen)))
+            return rc;
+    }
+    return 0;
+}
+
+/* Writes a list check_appends accepted: each append becomes the next version of its
+ * stream and the next position of the stream log (after *log_pos), and its published
+ * copies the next events (after *ev_pos). */
+static int
+put_appends(cn_pg_t *pg, const uint8_t *list, size_t len, int64_t now, int64_t *log_pos,
+            int64_t *ev_pos, char *err, size_t errlen)
+{
+    const uint8_t *cur, *end = list + len;
+    long count = cn__appends_begin(list, len, &cur);
+    int rc;
+
+    for (long i = 0; i < count; i++) {
+        cn_append_view_t a;
+        cn_log_view_t e;
+        int64_t version;
+        uint8_t *entry;
+        size_t size;
+        params_t p = {0};
+
+        cn__appends_next(&cur, end, &a);
+        if ((rc = stream_version(pg, a.stream, a.stream_len, &version, err, errlen)))
+            return rc;
+        version++;
+        ++*log_pos;
+        e = (cn_log_view_t){(uint64_t)now, (uint64_t)version, a.stream, a.stream_len, a.type,
+                            a.type_len, a.data, a.data_len};
+        size = cn__log_entry_size(&e);
+        if (!(entry = malloc(size)))
+            return -ENOMEM;
+        cn__log_entry_encode(&e, entry);
+        p_int(&p, *log_pos);
+        p_bytes(&p, entry, size);
+        rc = exec_p(pg, "INSERT INTO cnerium_stream_log (position, entry) VALUES ($1::int8, $2)",
+                    &p, err, errlen);
+        free(entry);
+        if (rc)
+            return rc;
+        p = (params_t){0};
+        p_bytes(&p, a.stream, a.stream_len);
+        p_int(&p, version);
+        p_int(&p, *log_pos);
+        if ((rc = exec_p(pg,
+                         "INSERT INTO cnerium_streams (stream, version, position)"
+                         " VALUES ($1, $2::int8, $3::int8)",
+                         &p, err, errlen)))
+            return rc;
+        for (unsigned r = 0; r < a.nrooms; r++) {
+            size_t cap = cn__append_event_payload_cap(&a);
+            uint8_t *buf = malloc(cap);
+            cn_event_view_t ev;
+
+            if (!buf)
+                return -ENOMEM;
+            ev = (cn_event_view_t){.type = "event", .type_len = 5, .room = a.rooms[r],
+                                   .room_len = a.room_lens[r], .payload = (const char *)buf,
+                                   .payload_len = cn__append_event_payload(
+                                       &a, (uint64_t)version, (uint64_t)*log_pos, buf),
+                                   .created_ms = (uint64_t)now, .merged = 1};
+            rc = put_event(pg, &ev, ev_pos, err, errlen);
+            free(buf);
+            if (rc)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+/* Decides one record (status) and, when it is to be stored, writes it. Returns 0 or the
+ * error that fails the whole transaction. */
+static int
+apply_one(cn_pg_t *pg, cn_pg_put_t *item, int64_t now, int64_t *ev_pos, int64_t *log_pos,
+          char *err, size_t errlen)
+{
+    cn_store_raw_put_t *it = &item->put;
+    cn_record_t rec;
+    int rc;
+
+    it->status = 0;
+    if (it->key) {
+        if (it->keylen > CN_STORE_KEY_MAX) {
+            it->status = CN_ETOOBIG;
+            return 0;
+        }
+        if ((it->status = cn__record_decode(it->bytes, it->len, &rec)))
+            return 0;
+    }
+    if (it->events && (it->status = check_events(it->events, it->events_len)))
+        return 0;
+    /* Expected versions, then the claim, before anything is written: a refused record
+     * writes nothing at all. */
+    if (it->appends && (rc = check_appends(pg, it->appends, it->appends_len, err, errlen))) {
+        if (rc != CN_ECORRUPT && rc != CN_ECONFLICT)
+            return rc;
+        it->status = rc;
+        return 0;
+    }
+    if (it->key && item->owner) {
+        params_t p = {0};
+        PGresult *res;
+
+        p_bytes(&p, it->key, it->keylen);
+        p_bytes(&p, item->owner, strlen(item->owner));
+        /* The claim row stays locked to the commit: nobody takes it over meanwhile. */
+        if (!(res = run(pg,
+                        "SELECT 1 FROM cnerium_claims WHERE store_key = $1 AND owner = $2"
+                        " FOR UPDATE",
+                        p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen)))
+            return CN_ESTORE;
+        if (PQntuples(res) == 0)
+            it->status = CN_ELOST;
+        PQclear(res);
+        if (it->status)
+            return 0;
+        if ((rc = delete_claim(pg, it->key, it->keylen, item->owner, err, errlen)) < 0)
+            return rc;
+    }
+    if (it->events && (rc = put_events(pg, it->events, it->events_len, now, ev_pos, err, errlen)))
+        return rc;
+    if (it->appends &&
+        (rc = put_appends(pg, it->appends, it->appends_len, now, log_pos, ev_pos, err, errlen)))
+        return rc;
+    if (it->key) {
+        params_t p = {0};
+
+        p_bytes(&p, it->key, it->keylen);
+        p_bytes(&p, it->bytes, it->len);
+        p_int(&p, rec.expires_ms > INT64_MAX ? INT64_MAX : (int64_t)rec.expires_ms);
+        if ((rc = exec_p(pg,
+                         "INSERT INTO cnerium_responses (store_key, record, expires_ms)"
+                         " VALUES ($1, $2, $3::int8) ON CONFLICT (store_key) DO UPDATE"
+                         " SET record = EXCLUDED.record, expires_ms = EXCLUDED.expires_ms",
+                         &p, err, errlen)))
+            return rc;
+    }
+    return 0;
+}
+
+int
+cn__pg_apply(cn_pg_t *pg, cn_pg_put_t *items, size_t n, int64_t now_ms, int64_t *event_head,
+             char *err, size_t errlen)
+{
+    int64_t ev_pos = 0, log_pos = 0, ev_start = 0, log_start = 0;
+    int head = 0, rc;
 
     if (err && errlen)
         err[0] = '\0';
+    for (size_t i = 0; i < n; i++)
+        head |= items[i].put.events || items[i].put.appends;
     if ((rc = cn__pg_exec(pg, "BEGIN", err, errlen)))
         return rc;
-    /* The claim first: a taken-over claim ends the transaction before anything is
-     * written. Its row stays locked to the commit, so no other host takes it over in
-     * between. */
-    if ((rc = delete_claim(pg, skey, skeylen, owner, err, errlen)) <= 0) {
-        rollback(pg);
-        if (rc == 0)
-            seterr(err, errlen, "the claim on the key was taken over: nothing stored");
-        return rc < 0 ? rc : CN_ELOST;
-    }
-    if (nevents) {
-        res = run(pg, "SELECT event_position FROM cnerium_event_head WHERE id FOR UPDATE", 0,
-                  NULL, NULL, NULL, PGRES_TUPLES_OK, err, errlen);
+    if (head) {
+        /* One committer with events at a time, across hosts: positions are gapless and
+         * in commit order, and stream versions read below cannot move before the
+         * commit. */
+        PGresult *res = run(pg,
+                            "SELECT event_position, log_position FROM cnerium_event_head"
+                            " WHERE id FOR UPDATE",
+                            0, NULL, NULL, NULL, PGRES_TUPLES_OK, err, errlen);
         if (!res || PQntuples(res) != 1) {
             if (res)
                 seterr(err, errlen, "postgresql: the event head row is missing");
@@ -692,62 +985,36 @@ cn__pg_commit(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner,
             rc = CN_ESTORE;
             goto fail;
         }
-        head = int8_at(res, 0, 0);
+        ev_pos = ev_start = int8_at(res, 0, 0);
+        log_pos = log_start = int8_at(res, 0, 1);
         PQclear(res);
-        for (size_t i = 0; i < nevents; i++) {
-            const char *v[] = {pos, created, events[i].data};
-            const int len[] = {0, 0, (int)events[i].len}, fmt[] = {0, 0, 1};
-
-            snprintf(pos, sizeof(pos), "%lld", (long long)(head + 1 + (int64_t)i));
-            snprintf(created, sizeof(created), "%lld", (long long)events[i].created_ms);
-            if (!(res = run(pg,
-                            "INSERT INTO cnerium_events (position, created_ms, event)"
-                            " VALUES ($1::bigint, $2::bigint, $3)",
-                            3, v, len, fmt, PGRES_COMMAND_OK, err, errlen))) {
-                rc = CN_ESTORE;
-                goto fail;
-            }
-            PQclear(res);
-        }
-        head += (int64_t)nevents;
-        snprintf(pos, sizeof(pos), "%lld", (long long)head);
-        {
-            const char *v[] = {pos};
-
-            if (!(res = run(pg,
-                            "WITH h AS (UPDATE cnerium_event_head SET event_position ="
-                            " $1::bigint WHERE id RETURNING event_position)"
-                            " SELECT pg_notify('" CN_PG_EVENTS_CHANNEL "',"
-                            " event_position::text) FROM h",
-                            1, v, NULL, NULL, PGRES_TUPLES_OK, err, errlen))) {
-                rc = CN_ESTORE;
-                goto fail;
-            }
-            PQclear(res);
-        }
     }
-    snprintf(expires, sizeof(expires), "%lld", (long long)expires_ms);
-    {
-        const char *v[] = {skey, record, expires};
-        const int len[] = {(int)skeylen, (int)record_len, 0}, fmt[] = {1, 1, 0};
+    for (size_t i = 0; i < n; i++) {
+        if ((rc = apply_one(pg, &items[i], now_ms, &ev_pos, &log_pos, err, errlen)))
+            goto fail;
+    }
+    if (ev_pos != ev_start || log_pos != log_start) {
+        params_t p = {0};
+        PGresult *res;
 
+        p_int(&p, ev_pos);
+        p_int(&p, log_pos);
+        p_int(&p, ev_pos != ev_start);
         if (!(res = run(pg,
-                        "INSERT INTO cnerium_responses (store_key, record, expires_ms)"
-                        " VALUES ($1, $2, $3::bigint) ON CONFLICT (store_key) DO UPDATE"
-                        " SET record = EXCLUDED.record, expires_ms = EXCLUDED.expires_ms",
-                        3, v, len, fmt, PGRES_COMMAND_OK, err, errlen))) {
+                        "WITH h AS (UPDATE cnerium_event_head SET event_position = $1::int8,"
+                        " log_position = $2::int8 WHERE id RETURNING event_position)"
+                        " SELECT pg_notify('" CN_PG_EVENTS_CHANNEL "', event_position::text)"
+                        " FROM h WHERE $3::int8 = 1",
+                        p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen))) {
             rc = CN_ESTORE;
             goto fail;
         }
         PQclear(res);
     }
-    /* A COMMIT that fails on a lost connection leaves the outcome unknown: the caller
-     * answers "retry", and the retry replays the response or, once the lease ends,
-     * takes the key over. */
     if ((rc = cn__pg_exec(pg, "COMMIT", err, errlen)))
         return rc;
-    if (last_position)
-        *last_position = head;
+    if (event_head)
+        *event_head = head ? ev_pos : -1;
     return 0;
 
 fail:

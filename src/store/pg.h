@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "store/store.h"
+
 typedef struct cn_pg cn_pg_t;
 
 /* The schema version this build creates and expects. */
@@ -84,25 +86,32 @@ int cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, 
 int cn__pg_release(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner,
                    char *err, size_t errlen);
 
-/* One realtime event of a commit: its stored encoding and creation time. */
-typedef struct cn_pg_event {
-    const void *data;
-    size_t len;
-    int64_t created_ms;
-} cn_pg_event_t;
+/* One record of a batch: what cn__store_apply takes (put.status is its outcome), and
+ * the claim it commits. */
+typedef struct cn_pg_put {
+    cn_store_raw_put_t put;
+    const char *owner; /* the claim on put.key this record ends; NULL: none to check */
+} cn_pg_put_t;
 
-/* Stores owner's response for skey and its events in one transaction, acknowledged once
- * PostgreSQL has committed it: the claim must still be owner's (it is deleted), the
- * events take the next positions of the one global log (gapless and in commit order
- * across hosts: the head row is locked for the rest of the transaction), the record
- * replaces an expired one, and CN_PG_DONE_CHANNEL (payload: the key in hex) and, with
- * events, CN_PG_EVENTS_CHANNEL (payload: the last position) are notified at commit.
- * *last_position (may be NULL) gets the last event's position (0 without events).
- * Returns 0; CN_ELOST when the claim was taken over (nothing stored); CN_ESTORE. */
-int cn__pg_commit(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner,
-                  const void *record, size_t record_len, int64_t expires_ms,
-                  const cn_pg_event_t *events, size_t nevents, int64_t *last_position,
-                  char *err, size_t errlen);
+/* Stores a batch in one transaction, acknowledged once PostgreSQL has committed it, with
+ * cn__store_apply's decisions per record plus the claim: a record whose claim is no
+ * longer owner's (taken over) is skipped whole with status CN_ELOST; one whose appends'
+ * expected versions do not hold (against the database and the records before it) with
+ * CN_ECONFLICT; one that does not decode with CN_ECORRUPT, a key too long with
+ * CN_ETOOBIG. The others: the claim is deleted, the events and the appends' published
+ * events take the next positions of the one global event log and the appends the next
+ * positions of the stream log and versions of their streams (gapless and in commit
+ * order across hosts: the head row stays locked to the commit), events are stamped
+ * now_ms, the record replaces an expired one. At commit CN_PG_DONE_CHANNEL is notified
+ * per ended claim (payload: the key in hex) and CN_PG_EVENTS_CHANNEL once when events
+ * were added (payload: the last position). *event_head (may be NULL) gets the last event
+ * position after the batch, or -1 for a batch without events or appends (the head is
+ * then neither locked nor read). Returns 0 (statuses set); CN_ESTORE, -ENOMEM when the
+ * transaction failed (nothing stored; a failed COMMIT on a lost connection leaves the
+ * outcome unknown: answer "retry", and the retry replays or, after the lease, takes
+ * the key over). */
+int cn__pg_apply(cn_pg_t *pg, cn_pg_put_t *items, size_t n, int64_t now_ms,
+                 int64_t *event_head, char *err, size_t errlen);
 
 #define CN_PG_DONE_CHANNEL "cnerium_done"
 #define CN_PG_EVENTS_CHANNEL "cnerium_events"

@@ -622,50 +622,24 @@ check_appends(cn_store_t *s, MDB_txn *txn, const uint8_t *list, size_t len)
     return cur == end ? 0 : CN_ECORRUPT;
 }
 
-/* Writes a string as JSON (the caller reserved 2 + 2 * n bytes: printable ASCII only
- * needs escaping of '"' and '\\'). Returns the new position. */
-static uint8_t *
-put_ascii_json(uint8_t *o, const char *s, size_t n)
-{
-    *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '"' || s[i] == '\\')
-            *o++ = '\\';
-        *o++ = (uint8_t)s[i];
-    }
-    *o++ = '"';
-    return o;
-}
-
-/* Stores the realtime event of a published append in room (seq after *seq):
- * {"action":{"<type>":<data>},"stream":"<id>","version":V,"position":P} merged into the
- * client frame's top level (store/format.h). */
+/* Stores the realtime event of a published append in room (seq after *seq)
+ * (cn__append_event_payload). */
 static int
 publish_append(cn_store_t *s, MDB_txn *txn, const cn_append_view_t *a, unsigned room,
                uint64_t version, uint64_t position, uint64_t now, uint64_t *seq)
 {
-    size_t cap = 96 + 2 * a->type_len + a->data_len + 2 * a->stream_len;
-    uint8_t stack[2048], *buf = cap <= sizeof(stack) ? stack : malloc(cap), *o, kb[8];
+    size_t cap = cn__append_event_payload_cap(a);
+    uint8_t stack[2048], *buf = cap <= sizeof(stack) ? stack : malloc(cap), kb[8];
     cn_event_view_t ev = {0};
     MDB_val k = {8, kb}, v;
-    int rc, n;
+    int rc;
 
     if (!buf)
         return -ENOMEM;
-    o = buf;
-    memcpy(o, "{\"action\":{", 11);
-    o = put_ascii_json(o + 11, a->type, a->type_len);
-    *o++ = ':';
-    memcpy(o, a->data, a->data_len);
-    o += a->data_len;
-    memcpy(o, "},\"stream\":", 11);
-    o = put_ascii_json(o + 11, a->stream, a->stream_len);
-    n = snprintf((char *)o, 64, ",\"version\":%llu,\"position\":%llu}",
-                 (unsigned long long)version, (unsigned long long)position);
-    o += n;
     ev = (cn_event_view_t){.type = "event", .type_len = 5, .room = a->rooms[room],
                            .room_len = a->room_lens[room], .payload = (const char *)buf,
-                           .payload_len = (size_t)(o - buf), .created_ms = now, .merged = 1};
+                           .payload_len = cn__append_event_payload(a, version, position, buf),
+                           .created_ms = now, .merged = 1};
     cn__put_be64(kb, ++*seq);
     v = (MDB_val){cn__event_stored_size(&ev), NULL};
     if ((rc = mdb_put(txn, s->events, &k, &v, MDB_RESERVE | MDB_APPEND)))

@@ -12,7 +12,10 @@
  * or other fingerprint), stored (the record byte for byte), expired records and claims,
  * takeover after the lease with the late commit storing nothing and numbering nothing,
  * binary keys, hosts committing at once getting gapless event positions, and the
- * notifications a commit and a release send (none for a refused commit).
+ * notifications a commit and a release send (none for a refused commit). Batches:
+ * each record decided on its own (conflicts within the batch and with the database,
+ * records that do not decode, keys too long, lost claims; refused records write
+ * nothing), and hosts appending to one stream at once getting gapless versions.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -25,7 +28,12 @@
 #include <unistd.h>
 
 #include "cnerium/error.h"
+#include "cnerium/stream.h"
+#include "http/request_internal.h"
+#include "realtime/event.h"
+#include "store/format.h"
 #include "store/pg.h"
+#include "stream/stream.h"
 #include "unit.h"
 
 static char server_url[512]; /* postgresql://postgres@127.0.0.1:<port>/postgres */
@@ -454,20 +462,67 @@ claim(cn_pg_t *pg, const char *key, const char *fp, const char *owner, int64_t n
     return c;
 }
 
-static int
-commit(cn_pg_t *pg, const char *key, const char *owner, const char *record, int64_t expires,
-       const cn_pg_event_t *ev, size_t nev, int64_t *last)
-{
-    char err[512];
-    int rc = cn__pg_commit(pg, key, strlen(key), owner, record, strlen(record), expires, ev,
-                           nev, last, err, sizeof(err));
+#define NOW 1700000000000LL
 
-    if (rc && rc != CN_ELOST)
-        fprintf(stderr, "cn__pg_commit: %s\n", err);
-    return rc;
+/* An encoded stored response with body and expiry (malloc'd). */
+static uint8_t *
+record_of(const char *body, int64_t expires, size_t *len)
+{
+    cn_record_t r = {.status = 201, .created_ms = (uint64_t)NOW, .expires_ms = (uint64_t)expires,
+                     .body = body, .body_len = (uint32_t)strlen(body)};
+    size_t need = cn__record_encoded_size(&r);
+    uint8_t *buf = malloc(need);
+
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf);
+    CU_ASSERT_EQUAL_FATAL(cn__record_encode(&r, buf, need, len), 0);
+    return buf;
 }
 
-#define NOW 1700000000000LL
+/* An encoded list of n events "e0".."e<n-1>" (malloc'd; NULL for n == 0). */
+static uint8_t *
+events_of(int n, size_t *len)
+{
+    cn_event_t ev[8];
+    char types[8][4];
+    uint8_t *buf;
+    size_t need;
+
+    CU_ASSERT_FATAL(n <= 8);
+    *len = 0;
+    if (!n)
+        return NULL;
+    for (int i = 0; i < n; i++) {
+        snprintf(types[i], sizeof(types[i]), "e%d", i);
+        ev[i] = (cn_event_t){types[i], NULL, (char *)"1", 1, i + 1 < n ? &ev[i + 1] : NULL};
+    }
+    need = cn__events_encoded_size(ev);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf = malloc(need));
+    CU_ASSERT_EQUAL_FATAL(cn__events_encode(ev, buf, need, len), 0);
+    return buf;
+}
+
+/* Commits a response with body (expiring at expires) and nev events for owner's claim
+ * on key, alone in its batch, at NOW. Returns the transaction's error, else the
+ * record's status. */
+static int
+commit(cn_pg_t *pg, const char *key, const char *owner, const char *body, int64_t expires,
+       int nev, int64_t *head)
+{
+    char err[512];
+    size_t reclen, evlen;
+    uint8_t *rec = record_of(body, expires, &reclen), *ev = events_of(nev, &evlen);
+    cn_pg_put_t it = {{.key = key, .keylen = strlen(key), .bytes = rec, .len = reclen,
+                       .events = ev, .events_len = evlen},
+                      owner};
+    int rc = cn__pg_apply(pg, &it, 1, NOW, head, err, sizeof(err));
+
+    if (rc)
+        fprintf(stderr, "cn__pg_apply: %s\n", err);
+    free(rec);
+    free(ev);
+    return rc ? rc : it.put.status;
+}
+
 
 /* One key through its life: claimed; a duplicate (same or another fingerprint) finds it
  * held until the lease; the owner commits; everyone after gets the stored record, byte
@@ -477,7 +532,8 @@ test_claim_commit_replay(void)
 {
     char url[600], err[512];
     cn_pg_t *pg = migrated_db(url, sizeof(url));
-    static const char rec[] = "CNRR\x01 the stored response";
+    size_t reclen;
+    uint8_t *rec = record_of("the stored response", NOW + 60000, &reclen);
     cn_pg_claim_t c;
 
     c = claim(pg, "k1", "fpA", "h1/1", NOW, 5000);
@@ -490,23 +546,26 @@ test_claim_commit_replay(void)
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_HELD);
     CU_ASSERT_FALSE(c.same_fingerprint);
 
-    CU_ASSERT_EQUAL(commit(pg, "k1", "h1/1", rec, NOW + 60000, NULL, 0, NULL), 0);
+    CU_ASSERT_EQUAL(commit(pg, "k1", "h1/1", "the stored response", NOW + 60000, 0, NULL), 0);
     CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims"), 0);
     c = claim(pg, "k1", "fpA", "h2/3", NOW + 30, 5000);
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_STORED);
-    CU_ASSERT_EQUAL(c.record_len, sizeof(rec) - 1);
-    CU_ASSERT_TRUE(c.record && !memcmp(c.record, rec, sizeof(rec) - 1));
+    CU_ASSERT_EQUAL(c.record_len, reclen);
+    CU_ASSERT_TRUE(c.record && !memcmp(c.record, rec, reclen));
     free(c.record);
+    free(rec);
     CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims"), 0);
 
     /* Past its expiry the record counts as absent: the key is claimed again, and the
      * next commit replaces the old record. */
     c = claim(pg, "k1", "fpC", "h3/1", NOW + 60000, 5000);
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
-    CU_ASSERT_EQUAL(commit(pg, "k1", "h3/1", "second", NOW + 120000, NULL, 0, NULL), 0);
+    CU_ASSERT_EQUAL(commit(pg, "k1", "h3/1", "second", NOW + 120000, 0, NULL), 0);
     c = claim(pg, "k1", "fpC", "h3/2", NOW + 60001, 5000);
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_STORED);
-    CU_ASSERT_TRUE(c.record_len == 6 && !memcmp(c.record, "second", 6));
+    rec = record_of("second", NOW + 120000, &reclen);
+    CU_ASSERT_TRUE(c.record_len == reclen && !memcmp(c.record, rec, reclen));
+    free(rec);
     free(c.record);
     CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_responses"), 1);
 
@@ -537,13 +596,19 @@ test_lease_takeover(void)
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_HELD);
     c = claim(pg, "k", "fp", "h2/2", NOW + 300, 300);
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_TAKEN_OVER);
-    CU_ASSERT_EQUAL(commit(pg, "k", "dead/1", "late", NOW + 60000, NULL, 0, NULL), CN_ELOST);
+    CU_ASSERT_EQUAL(commit(pg, "k", "dead/1", "late", NOW + 60000, 0, NULL), CN_ELOST);
     CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_responses"), 0);
     CU_ASSERT_EQUAL(cn__pg_release(pg, "k", 1, "dead/1", err, sizeof(err)), CN_ELOST);
-    CU_ASSERT_EQUAL(commit(pg, "k", "h2/2", "won", NOW + 60000, NULL, 0, NULL), 0);
+    CU_ASSERT_EQUAL(commit(pg, "k", "h2/2", "won", NOW + 60000, 0, NULL), 0);
     c = claim(pg, "k", "fp", "h3/1", NOW + 400, 300);
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_STORED);
-    CU_ASSERT_TRUE(c.record_len == 3 && !memcmp(c.record, "won", 3));
+    {
+        size_t reclen;
+        uint8_t *rec = record_of("won", NOW + 60000, &reclen);
+
+        CU_ASSERT_TRUE(c.record_len == reclen && !memcmp(c.record, rec, reclen));
+        free(rec);
+    }
     free(c.record);
 
     CU_ASSERT_EQUAL(cn__pg_claim(pg, bin, sizeof(bin), "fp", 2, "h4/1", NOW, 300, &c, err,
@@ -578,7 +643,6 @@ committer_main(void *p)
         return NULL;
     }
     for (int i = 0; i < COMMITS; i++) {
-        cn_pg_event_t ev[3] = {{"e0", 2, NOW}, {"e1", 2, NOW}, {"e2", 2, NOW}};
         cn_pg_claim_t c;
         int64_t last = 0;
 
@@ -587,9 +651,7 @@ committer_main(void *p)
         if (cn__pg_claim(pg, key, strlen(key), "fp", 2, owner, NOW, 5000, &c, err,
                          sizeof(err)) ||
             c.state != CN_PG_CLAIM_OWNED ||
-            cn__pg_commit(pg, key, strlen(key), owner, "r", 1, NOW + 60000, ev,
-                          (size_t)(i % 3 + 1), &last, err, sizeof(err)) ||
-            last < i % 3 + 1)
+            commit(pg, key, owner, "r", NOW + 60000, i % 3 + 1, &last) || last < i % 3 + 1)
             a->failures++;
     }
     cn__pg_close(pg);
@@ -632,7 +694,6 @@ test_events_of_a_lost_claim_take_no_position(void)
 {
     char url[600];
     cn_pg_t *pg = migrated_db(url, sizeof(url));
-    cn_pg_event_t ev[2] = {{"first", 5, NOW}, {"second", 6, NOW + 1}};
     cn_pg_claim_t c;
     int64_t last = -1;
 
@@ -640,14 +701,14 @@ test_events_of_a_lost_claim_take_no_position(void)
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
     c = claim(pg, "a", "fp", "h2/1", NOW + 100, 100);
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_TAKEN_OVER);
-    CU_ASSERT_EQUAL(commit(pg, "a", "h1/1", "x", NOW + 60000, ev, 2, &last), CN_ELOST);
-    CU_ASSERT_EQUAL(last, -1);
+    CU_ASSERT_EQUAL(commit(pg, "a", "h1/1", "x", NOW + 60000, 2, &last), CN_ELOST);
+    CU_ASSERT_EQUAL(last, 0); /* the head was read: no event of the batch was stored */
     CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_events"), 0);
-    CU_ASSERT_EQUAL(commit(pg, "a", "h2/1", "x", NOW + 60000, ev, 2, &last), 0);
+    CU_ASSERT_EQUAL(commit(pg, "a", "h2/1", "x", NOW + 60000, 2, &last), 0);
     CU_ASSERT_EQUAL(last, 2);
-    CU_ASSERT_EQUAL(query(pg, "SELECT created_ms - 1700000000000 FROM cnerium_events"
-                              " WHERE position = 2 AND event = 'second'::bytea"),
-                    1);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_events WHERE created_ms = "
+                              "1700000000000 AND position IN (1, 2)"),
+                    2);
     cn__pg_close(pg);
 }
 
@@ -658,7 +719,6 @@ test_notifications(void)
 {
     char url[600], err[512], payload[128];
     cn_pg_t *pg = migrated_db(url, sizeof(url)), *waiter = open_url(url);
-    cn_pg_event_t ev = {"e", 1, NOW};
     cn_pg_claim_t c;
 
     CU_ASSERT_EQUAL_FATAL(cn__pg_listen(waiter, CN_PG_DONE_CHANNEL, err, sizeof(err)), 0);
@@ -670,12 +730,12 @@ test_notifications(void)
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_OWNED);
     c = claim(pg, "AB", "fp", "h2/1", NOW + 100, 100);
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_TAKEN_OVER);
-    CU_ASSERT_EQUAL(commit(pg, "AB", "h1/1", "x", NOW + 60000, &ev, 1, NULL), CN_ELOST);
+    CU_ASSERT_EQUAL(commit(pg, "AB", "h1/1", "x", NOW + 60000, 1, NULL), CN_ELOST);
     CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 0, payload, sizeof(payload), err, sizeof(err)),
                     -ETIMEDOUT);
 
     /* Both notifications of one commit, in either order. */
-    CU_ASSERT_EQUAL(commit(pg, "AB", "h2/1", "x", NOW + 60000, &ev, 1, NULL), 0);
+    CU_ASSERT_EQUAL(commit(pg, "AB", "h2/1", "x", NOW + 60000, 1, NULL), 0);
     {
         int heard_done = 0, heard_events = 0;
 
@@ -697,6 +757,212 @@ test_notifications(void)
                     0);
     CU_ASSERT_STRING_EQUAL(payload, "4344");
     cn__pg_close(waiter);
+    cn__pg_close(pg);
+}
+
+/* An encoded list with one append to stream (published to room when not NULL). */
+static uint8_t *
+append_of(const char *stream, int64_t expected, const char *type, const char *room,
+          size_t *len)
+{
+    cn_request_t req;
+    const char *rooms[] = {room};
+    uint8_t *buf;
+    size_t need;
+
+    memset(&req, 0, sizeof(req));
+    req.is_durable = 1;
+    req.stream_event_max = 64 * 1024;
+    CU_ASSERT_EQUAL_FATAL(room ? cn_stream_append_publish(&req, stream, expected, type,
+                                                          cJSON_Parse("{\"n\":1}"), rooms, 1)
+                               : cn_stream_append(&req, stream, expected, type,
+                                                  cJSON_Parse("{\"n\":1}")),
+                          0);
+    need = cn__appends_encoded_size(req.appends);
+    CU_ASSERT_PTR_NOT_NULL_FATAL(buf = malloc(need));
+    CU_ASSERT_EQUAL_FATAL(cn__appends_encode(req.appends, buf, need, len), 0);
+    cn__appends_free(req.appends);
+    return buf;
+}
+
+/* One batch deciding each record on its own, as cn__store_apply does, plus claims: a
+ * conflict with an earlier record of the batch, a conflict with the database in a later
+ * batch, a record that does not decode, a key too long, events without a response, a
+ * claim that is gone. Refused records write nothing (their claims stay); stream versions,
+ * log positions and event positions (published copies included) are gapless. */
+static void
+test_apply_decides_each_record(void)
+{
+    char url[600], err[512], longkey[CN_STORE_KEY_MAX + 2];
+    cn_pg_t *pg = migrated_db(url, sizeof(url));
+    size_t reclen, l1, l2, l3, lev;
+    uint8_t *rec = record_of("{}", NOW + 60000, &reclen);
+    uint8_t *placed = append_of("order-1", CN_STREAM_NO_STREAM, "Placed", "orders", &l1);
+    uint8_t *again = append_of("order-1", 0, "Placed", NULL, &l2);
+    uint8_t *shipped = append_of("order-1", 1, "Shipped", "orders", &l3);
+    uint8_t *ev = events_of(2, &lev);
+    static const uint8_t junk[] = "not a record";
+    int64_t head = 0;
+
+    memset(longkey, 'k', sizeof(longkey) - 1);
+    longkey[sizeof(longkey) - 1] = '\0';
+    for (int i = 1; i <= 5; i++) {
+        char key[8], owner[8];
+
+        snprintf(key, sizeof(key), "s%d", i);
+        snprintf(owner, sizeof(owner), "o%d", i);
+        CU_ASSERT_EQUAL(claim(pg, key, "fp", owner, NOW, 5000).state, CN_PG_CLAIM_OWNED);
+    }
+    {
+        cn_pg_put_t b[] = {
+            {{.key = "s1", .keylen = 2, .bytes = rec, .len = reclen, .appends = placed,
+              .appends_len = l1},
+             "o1"},
+            {{.key = "s2", .keylen = 2, .bytes = rec, .len = reclen, .appends = again,
+              .appends_len = l2},
+             "o2"},
+            {{.key = "s3", .keylen = 2, .bytes = rec, .len = reclen, .appends = shipped,
+              .appends_len = l3},
+             "o3"},
+            {{.key = "s4", .keylen = 2, .bytes = junk, .len = sizeof(junk)}, "o4"},
+            {{.key = longkey, .keylen = strlen(longkey), .bytes = rec, .len = reclen}, NULL},
+            {{.events = ev, .events_len = lev}, NULL},
+            {{.key = "s6", .keylen = 2, .bytes = rec, .len = reclen}, "o6"},
+            {{.key = "s5", .keylen = 2, .bytes = rec, .len = reclen, .events = ev,
+              .events_len = lev},
+             "o5"},
+        };
+        int rc = cn__pg_apply(pg, b, sizeof(b) / sizeof(b[0]), NOW, &head, err, sizeof(err));
+
+        if (rc)
+            fprintf(stderr, "cn__pg_apply: %s\n", err);
+        CU_ASSERT_EQUAL_FATAL(rc, 0);
+        CU_ASSERT_EQUAL(b[0].put.status, 0);
+        CU_ASSERT_EQUAL(b[1].put.status, CN_ECONFLICT);
+        CU_ASSERT_EQUAL(b[2].put.status, 0);
+        CU_ASSERT_EQUAL(b[3].put.status, CN_ECORRUPT);
+        CU_ASSERT_EQUAL(b[4].put.status, CN_ETOOBIG);
+        CU_ASSERT_EQUAL(b[5].put.status, 0);
+        CU_ASSERT_EQUAL(b[6].put.status, CN_ELOST);
+        CU_ASSERT_EQUAL(b[7].put.status, 0);
+    }
+    /* Published copies of s1 and s3, two events alone, two of s5: positions 1..6. */
+    CU_ASSERT_EQUAL(head, 6);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_events"), 6);
+    CU_ASSERT_EQUAL(query(pg, "SELECT max(position) FROM cnerium_events"), 6);
+    CU_ASSERT_EQUAL(query(pg, "SELECT event_position FROM cnerium_event_head"), 6);
+    CU_ASSERT_EQUAL(query(pg, "SELECT log_position FROM cnerium_event_head"), 2);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_streams WHERE stream = 'order-1'"
+                              " AND version = position AND version IN (1, 2)"),
+                    2);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_stream_log"), 2);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_responses"), 3); /* s1 s3 s5 */
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims"), 2);    /* s2 s4 */
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims WHERE owner IN ('o2', 'o4')"),
+                    2);
+    {
+        /* The log entry at position 2 is order-1's version 2, "Shipped"; the published
+         * event of it says so. */
+        char sql[] = "SELECT position FROM cnerium_events WHERE position = 2"
+                     " AND position(convert_to('\"version\":2,\"position\":2', 'UTF8')"
+                     " IN event) > 0";
+        CU_ASSERT_EQUAL(query(pg, sql), 2);
+    }
+
+    /* Against the database: expected version 2 holds, 1 no longer does. */
+    CU_ASSERT_EQUAL(claim(pg, "s7", "fp", "o7", NOW, 5000).state, CN_PG_CLAIM_OWNED);
+    CU_ASSERT_EQUAL(claim(pg, "s8", "fp", "o8", NOW, 5000).state, CN_PG_CLAIM_OWNED);
+    free(placed);
+    free(again);
+    free(shipped);
+    placed = append_of("order-1", 2, "Cancelled", NULL, &l1);
+    again = append_of("order-1", 1, "Cancelled", NULL, &l2);
+    {
+        cn_pg_put_t b[] = {
+            {{.key = "s8", .keylen = 2, .bytes = rec, .len = reclen, .appends = again,
+              .appends_len = l2},
+             "o8"},
+            {{.key = "s7", .keylen = 2, .bytes = rec, .len = reclen, .appends = placed,
+              .appends_len = l1},
+             "o7"},
+        };
+        CU_ASSERT_EQUAL_FATAL(cn__pg_apply(pg, b, 2, NOW, &head, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(b[0].put.status, CN_ECONFLICT);
+        CU_ASSERT_EQUAL(b[1].put.status, 0);
+    }
+    CU_ASSERT_EQUAL(head, 6); /* no room: no event */
+    CU_ASSERT_EQUAL(query(pg, "SELECT max(version) FROM cnerium_streams"), 3);
+    CU_ASSERT_EQUAL(query(pg, "SELECT log_position FROM cnerium_event_head"), 3);
+
+    /* A batch with neither events nor appends does not touch the head. */
+    CU_ASSERT_EQUAL(claim(pg, "s9", "fp", "o9", NOW, 5000).state, CN_PG_CLAIM_OWNED);
+    CU_ASSERT_EQUAL(commit(pg, "s9", "o9", "{}", NOW + 60000, 0, &head), 0);
+    CU_ASSERT_EQUAL(head, -1);
+    free(placed);
+    free(again);
+    free(rec);
+    free(ev);
+    cn__pg_close(pg);
+}
+
+/* Hosts appending to one stream at once (threads, a connection each, any version):
+ * every append lands, versions 1..N and log positions 1..N without a gap. */
+#define APPENDERS 3
+#define APPENDS 30
+
+static void *
+appender_main(void *p)
+{
+    committer_arg_t *a = p;
+    char err[512], key[32];
+    cn_pg_t *pg = NULL;
+    size_t reclen, len;
+    uint8_t *rec = record_of("{}", NOW + 60000, &reclen);
+    uint8_t *list = append_of("shared", CN_STREAM_ANY, "Happened", NULL, &len);
+
+    if (cn__pg_open(a->url, &pg, err, sizeof(err)))
+        a->failures = APPENDS;
+    for (int i = 0; pg && i < APPENDS; i++) {
+        cn_pg_put_t it = {{.key = key, .bytes = rec, .len = reclen, .appends = list,
+                           .appends_len = len},
+                          NULL};
+
+        snprintf(key, sizeof(key), "a%d-%d", a->id, i);
+        it.put.keylen = strlen(key);
+        if (cn__pg_apply(pg, &it, 1, NOW, NULL, err, sizeof(err)) || it.put.status) {
+            fprintf(stderr, "appender %d: %s (status %d)\n", a->id, err, it.put.status);
+            a->failures++;
+        }
+    }
+    cn__pg_close(pg);
+    free(rec);
+    free(list);
+    return NULL;
+}
+
+static void
+test_appends_at_once_are_gapless(void)
+{
+    char url[600];
+    cn_pg_t *pg = migrated_db(url, sizeof(url));
+    pthread_t t[APPENDERS];
+    committer_arg_t a[APPENDERS];
+
+    for (int i = 0; i < APPENDERS; i++) {
+        a[i] = (committer_arg_t){.url = url, .id = i};
+        CU_ASSERT_EQUAL_FATAL(pthread_create(&t[i], NULL, appender_main, &a[i]), 0);
+    }
+    for (int i = 0; i < APPENDERS; i++) {
+        pthread_join(t[i], NULL);
+        CU_ASSERT_EQUAL(a[i].failures, 0);
+    }
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_streams WHERE stream = 'shared'"),
+                    APPENDERS * APPENDS);
+    CU_ASSERT_EQUAL(query(pg, "SELECT max(version) FROM cnerium_streams"), APPENDERS * APPENDS);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_streams WHERE version = position"),
+                    APPENDERS * APPENDS);
+    CU_ASSERT_EQUAL(query(pg, "SELECT log_position FROM cnerium_event_head"),
+                    APPENDERS * APPENDS);
     cn__pg_close(pg);
 }
 
@@ -742,6 +1008,8 @@ main(void)
         {"hosts committing at once: gapless positions", test_event_positions_gapless},
         {"a lost claim's events take no position", test_events_of_a_lost_claim_take_no_position},
         {"notifications at commit and release", test_notifications},
+        {"a batch decides each record", test_apply_decides_each_record},
+        {"hosts appending to one stream at once", test_appends_at_once_are_gapless},
         {NULL, NULL},
     };
     char err[512];
