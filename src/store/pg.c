@@ -33,6 +33,8 @@
 
 struct cn_pg {
     PGconn *conn;
+    int claim_stage;     /* a claim in flight: the next result it waits for (0: none) */
+    PGresult *claim_res; /* its first statement's result, until the second's is in */
 };
 
 /* Every migrating transaction takes this lock first ("cneriumM" as a big-endian int64);
@@ -517,150 +519,6 @@ int8_at(const PGresult *res, int row, int col)
     return (int64_t)cn__get_be64((const uint8_t *)PQgetvalue(res, row, col));
 }
 
-/* Reads skey's live response (expires after now) into out (STORED). Returns 1 when there
- * is one, 0 when not, CN_ESTORE or -ENOMEM. */
-static int
-stored_response(cn_pg_t *pg, const void *skey, size_t skeylen, const char *now,
-                cn_pg_claim_t *out, char *err, size_t errlen)
-{
-    const char *v[] = {skey, now};
-    const int len[] = {(int)skeylen, 0}, fmt[] = {1, 0};
-    PGresult *res = run(pg,
-                        "SELECT record FROM cnerium_responses"
-                        " WHERE store_key = $1 AND expires_ms > $2::bigint",
-                        2, v, len, fmt, PGRES_TUPLES_OK, err, errlen);
-    size_t n;
-
-    if (!res)
-        return CN_ESTORE;
-    if (PQntuples(res) == 0) {
-        PQclear(res);
-        return 0;
-    }
-    n = (size_t)PQgetlength(res, 0, 0);
-    if (!(out->record = malloc(n ? n : 1))) {
-        PQclear(res);
-        seterr(err, errlen, "out of memory");
-        return -ENOMEM;
-    }
-    memcpy(out->record, PQgetvalue(res, 0, 0), n);
-    out->record_len = n;
-    out->state = CN_PG_CLAIM_STORED;
-    PQclear(res);
-    return 1;
-}
-
-/* Deletes owner's claim on skey, notifying the waiters. Returns 1 when it was owner's, 0
- * when not, or CN_ESTORE. */
-static int
-delete_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, char *err,
-             size_t errlen)
-{
-    const char *v[] = {skey, owner};
-    const int len[] = {(int)skeylen, 0}, fmt[] = {1, 0};
-    PGresult *res = run(pg,
-                        "WITH gone AS (DELETE FROM cnerium_claims"
-                        " WHERE store_key = $1 AND owner = $2 RETURNING store_key)"
-                        " SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex'))"
-                        " FROM gone",
-                        2, v, len, fmt, PGRES_TUPLES_OK, err, errlen);
-    int n;
-
-    if (!res)
-        return CN_ESTORE;
-    n = PQntuples(res);
-    PQclear(res);
-    return n > 0;
-}
-
-int
-cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, size_t fplen,
-             const char *owner, int64_t now_ms, uint32_t lease_ms, cn_pg_claim_t *out,
-             char *err, size_t errlen)
-{
-    char now[24], until[24];
-    const char *ins[] = {skey, fp, owner, until, now};
-    const int ins_len[] = {(int)skeylen, (int)fplen, 0, 0, 0}, ins_fmt[] = {1, 1, 0, 0, 0};
-    int rc;
-
-    memset(out, 0, sizeof(*out));
-    if (err && errlen)
-        err[0] = '\0';
-    snprintf(now, sizeof(now), "%lld", (long long)now_ms);
-    snprintf(until, sizeof(until), "%lld", (long long)(now_ms + (int64_t)lease_ms));
-    /* Each pass ends unless the holder's claim vanished between two statements (it
-     * committed or released): then the next pass finds the response or claims. */
-    for (int pass = 0; pass < 8; pass++) {
-        PGresult *res;
-
-        if ((rc = stored_response(pg, skey, skeylen, now, out, err, errlen)))
-            return rc < 0 ? rc : 0;
-        /* Claim, or take over a claim whose lease has ended: xmax is 0 on an inserted
-         * row and the updating transaction on an updated one. */
-        res = run(pg,
-                  "INSERT INTO cnerium_claims AS c"
-                  " (store_key, fingerprint, owner, lease_until_ms)"
-                  " VALUES ($1, $2, $3, $4::bigint) ON CONFLICT (store_key) DO UPDATE"
-                  " SET fingerprint = EXCLUDED.fingerprint, owner = EXCLUDED.owner,"
-                  " lease_until_ms = EXCLUDED.lease_until_ms"
-                  " WHERE c.lease_until_ms <= $5::bigint RETURNING (c.xmax = 0)",
-                  5, ins, ins_len, ins_fmt, PGRES_TUPLES_OK, err, errlen);
-        if (!res)
-            return CN_ESTORE;
-        if (PQntuples(res) == 1) {
-            out->state = *PQgetvalue(res, 0, 0) ? CN_PG_CLAIM_OWNED : CN_PG_CLAIM_TAKEN_OVER;
-            PQclear(res);
-            /* Look again: a holder that committed between the first look and the claim
-             * left its response, and this statement sees it. */
-            if ((rc = stored_response(pg, skey, skeylen, now, out, err, errlen)) == 0)
-                return 0;
-            if (rc < 0)
-                return rc;
-            if ((rc = delete_claim(pg, skey, skeylen, owner, err, errlen)) < 0) {
-                free(out->record);
-                memset(out, 0, sizeof(*out));
-                return rc;
-            }
-            return 0;
-        }
-        PQclear(res);
-        {
-            const char *v[] = {skey, fp};
-            const int len[] = {(int)skeylen, (int)fplen}, fmt[] = {1, 1};
-
-            res = run(pg,
-                      "SELECT CASE WHEN fingerprint = $2 THEN 1::int8 ELSE 0::int8 END,"
-                      " lease_until_ms FROM cnerium_claims"
-                      " WHERE store_key = $1",
-                      2, v, len, fmt, PGRES_TUPLES_OK, err, errlen);
-        }
-        if (!res)
-            return CN_ESTORE;
-        if (PQntuples(res) == 1) {
-            out->state = CN_PG_CLAIM_HELD;
-            out->same_fingerprint = int8_at(res, 0, 0) != 0;
-            out->lease_until_ms = int8_at(res, 0, 1);
-            PQclear(res);
-            return 0;
-        }
-        PQclear(res);
-    }
-    seterr(err, errlen, "postgresql: the claim on a key kept changing hands; try again");
-    return CN_ESTORE;
-}
-
-int
-cn__pg_release(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, char *err,
-               size_t errlen)
-{
-    int rc;
-
-    if (err && errlen)
-        err[0] = '\0';
-    rc = delete_claim(pg, skey, skeylen, owner, err, errlen);
-    return rc < 0 ? rc : rc ? 0 : CN_ELOST;
-}
-
 /* Statement parameters: integers as text, bytes binary. The values point into the
  * struct: build it in place, never copy it. */
 typedef struct params {
@@ -695,6 +553,284 @@ exec_p(cn_pg_t *pg, const char *sql, const params_t *p, char *err, size_t errlen
 
     PQclear(res);
     return res ? 0 : CN_ESTORE;
+}
+
+/* Deletes owner's claim on skey, notifying the waiters. Returns 1 when it was owner's, 0
+ * when not, or CN_ESTORE. */
+static int
+delete_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, char *err,
+             size_t errlen)
+{
+    const char *v[] = {skey, owner};
+    const int len[] = {(int)skeylen, 0}, fmt[] = {1, 0};
+    PGresult *res = run(pg,
+                        "WITH gone AS (DELETE FROM cnerium_claims"
+                        " WHERE store_key = $1 AND owner = $2 RETURNING store_key)"
+                        " SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex'))"
+                        " FROM gone",
+                        2, v, len, fmt, PGRES_TUPLES_OK, err, errlen);
+    int n;
+
+    if (!res)
+        return CN_ESTORE;
+    n = PQntuples(res);
+    PQclear(res);
+    return n > 0;
+}
+
+/* The claim, as two statements sent in one pipeline (one round trip, one implicit
+ * transaction, each statement its own snapshot):
+ *
+ * 1. Unless a live response is stored, insert the claim; on a conflict always "update",
+ *    to the caller's values when the holder's lease has ended and to the holder's own
+ *    otherwise, so the statement always returns the claim as it now stands: the
+ *    caller's (fresh, xmax = 0, or taken over) or the holder's (fingerprint, lease). An
+ *    update that keeps the values costs a row version, and it makes the answer complete
+ *    even when the holder committed after this statement's snapshot was taken.
+ * 2. Look again: a holder that committed between the first look and the claim left its
+ *    response, which this statement sees; then the caller's claim is undone at once
+ *    (and its waiters told), so nobody runs the key twice. */
+#define CLAIM_SQL                                                                          \
+    "WITH s AS (SELECT 1 FROM cnerium_responses"                                           \
+    " WHERE store_key = $1 AND expires_ms > $5::int8)"                                      \
+    " INSERT INTO cnerium_claims AS c (store_key, fingerprint, owner, lease_until_ms)"      \
+    " SELECT $1, $2, $3, $4::int8 WHERE NOT EXISTS (SELECT 1 FROM s)"                      \
+    " ON CONFLICT (store_key) DO UPDATE SET"                                               \
+    " fingerprint = CASE WHEN c.lease_until_ms <= $5::int8 THEN EXCLUDED.fingerprint"      \
+    " ELSE c.fingerprint END,"                                                             \
+    " owner = CASE WHEN c.lease_until_ms <= $5::int8 THEN EXCLUDED.owner ELSE c.owner END,"\
+    " lease_until_ms = CASE WHEN c.lease_until_ms <= $5::int8"                            \
+    " THEN EXCLUDED.lease_until_ms ELSE c.lease_until_ms END"                              \
+    " RETURNING (c.owner = $3)::int4, (c.xmax = 0)::int4,"                                 \
+    " (c.fingerprint = $2)::int4, c.lease_until_ms"
+#define LOOK_AGAIN_SQL                                                                     \
+    "WITH r AS (SELECT record FROM cnerium_responses"                                      \
+    " WHERE store_key = $1 AND expires_ms > $3::int8),"                                    \
+    " d AS (DELETE FROM cnerium_claims WHERE store_key = $1 AND owner = $2"                \
+    " AND EXISTS (SELECT 1 FROM r) RETURNING store_key),"                                  \
+    " n AS (SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex')) FROM d)"  \
+    " SELECT record, (SELECT count(*) FROM n) FROM r"
+
+static int
+int4_at(const PGresult *res, int row, int col)
+{
+    CN_ASSERT(PQgetlength(res, row, col) == 4);
+    const uint8_t *p = (const uint8_t *)PQgetvalue(res, row, col);
+
+    return (int)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
+}
+
+/* Leaves pipeline mode and drops what is left of the pipeline (after an error). */
+static void
+claim_abort(cn_pg_t *pg)
+{
+    PGresult *res;
+
+    for (int i = 0; i < 16 && PQpipelineStatus(pg->conn) != PQ_PIPELINE_OFF; i++) {
+        while ((res = PQgetResult(pg->conn)))
+            PQclear(res);
+        PQexitPipelineMode(pg->conn);
+    }
+    PQclear(pg->claim_res);
+    pg->claim_res = NULL;
+    pg->claim_stage = 0;
+    PQsetnonblocking(pg->conn, 0);
+}
+
+int
+cn__pg_claim_send(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, size_t fplen,
+                  const char *owner, int64_t now_ms, uint32_t lease_ms, char *err,
+                  size_t errlen)
+{
+    params_t c = {0}, l = {0};
+
+    if (err && errlen)
+        err[0] = '\0';
+    CN_ASSERT(!pg->claim_stage);
+    p_bytes(&c, skey, skeylen);
+    p_bytes(&c, fp, fplen);
+    p_bytes(&c, owner, strlen(owner));
+    p_int(&c, now_ms + (int64_t)lease_ms);
+    p_int(&c, now_ms);
+    p_bytes(&l, skey, skeylen);
+    p_bytes(&l, owner, strlen(owner));
+    p_int(&l, now_ms);
+    if (PQsetnonblocking(pg->conn, 1) || !PQenterPipelineMode(pg->conn) ||
+        !PQsendQueryParams(pg->conn, CLAIM_SQL, c.n, NULL, c.v, c.len, c.fmt, 1) ||
+        !PQsendQueryParams(pg->conn, LOOK_AGAIN_SQL, l.n, NULL, l.v, l.len, l.fmt, 1) ||
+        !PQpipelineSync(pg->conn) || PQflush(pg->conn) < 0) {
+        pg_error(pg, NULL, "postgresql", err, errlen);
+        claim_abort(pg);
+        return CN_ESTORE;
+    }
+    pg->claim_stage = 1;
+    return 0;
+}
+
+int
+cn__pg_claim_want_write(cn_pg_t *pg)
+{
+    return pg->claim_stage && PQflush(pg->conn) == 1;
+}
+
+/* The next result of the pipeline, or NULL when it needs more input (*more) or ended a
+ * statement (a NULL result: *more is 0). */
+static PGresult *
+next_result(cn_pg_t *pg, int *more)
+{
+    *more = PQisBusy(pg->conn);
+    return *more ? NULL : PQgetResult(pg->conn);
+}
+
+int
+cn__pg_claim_recv(cn_pg_t *pg, cn_pg_claim_t *out, char *err, size_t errlen)
+{
+    PGresult *res;
+    int more;
+
+    if (err && errlen)
+        err[0] = '\0';
+    CN_ASSERT(pg->claim_stage);
+    if (PQflush(pg->conn) < 0 || !PQconsumeInput(pg->conn)) {
+        pg_error(pg, NULL, "postgresql", err, errlen);
+        claim_abort(pg);
+        return CN_ESTORE;
+    }
+    /* Stages: 1 the claim's result, 2 its end, 3 the look again's result, 4 its end, 5
+     * the sync. */
+    while (pg->claim_stage <= 5) {
+        res = next_result(pg, &more);
+        if (more)
+            return -EAGAIN;
+        switch (pg->claim_stage) {
+        case 1:
+        case 3:
+            if (!res || PQresultStatus(res) != PGRES_TUPLES_OK ||
+                PQnfields(res) != (pg->claim_stage == 1 ? 4 : 2)) {
+                pg_error(pg, res, "postgresql", err, errlen);
+                PQclear(res);
+                claim_abort(pg);
+                return CN_ESTORE;
+            }
+            if (pg->claim_stage == 1) {
+                pg->claim_res = res;
+            } else {
+                /* Decide: a response seen by the look again wins; then the claim as it
+                 * stands; no row at all: the first look saw a response that has gone
+                 * since (expired, swept): the caller asks again. */
+                memset(out, 0, sizeof(*out));
+                if (PQntuples(res) == 1) {
+                    size_t n = (size_t)PQgetlength(res, 0, 0);
+
+                    if (!(out->record = malloc(n ? n : 1))) {
+                        PQclear(res);
+                        seterr(err, errlen, "out of memory");
+                        claim_abort(pg);
+                        return -ENOMEM;
+                    }
+                    memcpy(out->record, PQgetvalue(res, 0, 0), n);
+                    out->record_len = n;
+                    out->state = CN_PG_CLAIM_STORED;
+                } else if (PQntuples(pg->claim_res) == 1) {
+                    const PGresult *c = pg->claim_res;
+
+                    if (int4_at(c, 0, 0))
+                        out->state = int4_at(c, 0, 1) ? CN_PG_CLAIM_OWNED
+                                                      : CN_PG_CLAIM_TAKEN_OVER;
+                    else
+                        out->state = CN_PG_CLAIM_HELD;
+                    out->same_fingerprint = int4_at(c, 0, 2);
+                    out->lease_until_ms = int8_at(c, 0, 3);
+                } else {
+                    out->state = CN_PG_CLAIM_AGAIN;
+                }
+                PQclear(res);
+            }
+            break;
+        case 2:
+        case 4:
+            if (res) { /* one result per statement: anything more is a protocol error */
+                PQclear(res);
+                seterr(err, errlen, "postgresql: unexpected extra result");
+                free(out->record);
+                memset(out, 0, sizeof(*out));
+                claim_abort(pg);
+                return CN_ESTORE;
+            }
+            break;
+        case 5:
+            if (!res || PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
+                pg_error(pg, res, "postgresql", err, errlen);
+                PQclear(res);
+                free(out->record);
+                memset(out, 0, sizeof(*out));
+                claim_abort(pg);
+                return CN_ESTORE;
+            }
+            PQclear(res);
+            break;
+        }
+        pg->claim_stage++;
+    }
+    PQclear(pg->claim_res);
+    pg->claim_res = NULL;
+    pg->claim_stage = 0;
+    if (!PQexitPipelineMode(pg->conn) || PQsetnonblocking(pg->conn, 0)) {
+        pg_error(pg, NULL, "postgresql: leaving pipeline mode", err, errlen);
+        free(out->record);
+        memset(out, 0, sizeof(*out));
+        claim_abort(pg);
+        return CN_ESTORE;
+    }
+    return 0;
+}
+
+int
+cn__pg_fd(const cn_pg_t *pg)
+{
+    return PQsocket(pg->conn);
+}
+
+int
+cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, size_t fplen,
+             const char *owner, int64_t now_ms, uint32_t lease_ms, cn_pg_claim_t *out,
+             char *err, size_t errlen)
+{
+    for (int pass = 0; pass < 8; pass++) {
+        int rc = cn__pg_claim_send(pg, skey, skeylen, fp, fplen, owner, now_ms, lease_ms, err,
+                                   errlen);
+
+        if (rc)
+            return rc;
+        while ((rc = cn__pg_claim_recv(pg, out, err, errlen)) == -EAGAIN) {
+            struct pollfd p = {cn__pg_fd(pg),
+                               (short)(POLLIN | (cn__pg_claim_want_write(pg) ? POLLOUT : 0)),
+                               0};
+
+            /* Bounded: 10 s without a byte from the server ends it. */
+            if (poll(&p, 1, 10000) == 0) {
+                seterr(err, errlen, "postgresql: no answer to a claim within 10 s");
+                claim_abort(pg);
+                return CN_ESTORE;
+            }
+        }
+        if (rc || out->state != CN_PG_CLAIM_AGAIN)
+            return rc;
+    }
+    seterr(err, errlen, "postgresql: the claim on a key kept changing; try again");
+    return CN_ESTORE;
+}
+
+int
+cn__pg_release(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, char *err,
+               size_t errlen)
+{
+    int rc;
+
+    if (err && errlen)
+        err[0] = '\0';
+    rc = delete_claim(pg, skey, skeylen, owner, err, errlen);
+    return rc < 0 ? rc : rc ? 0 : CN_ELOST;
 }
 
 /* The last version of stream (0 for none), or a negative error. */

@@ -61,6 +61,7 @@ typedef enum cn_pg_claim_state {
     CN_PG_CLAIM_TAKEN_OVER,  /* owned, after the previous holder's lease had ended */
     CN_PG_CLAIM_HELD,        /* another claim's lease runs: wait for it, or answer 409 */
     CN_PG_CLAIM_STORED,      /* a live response is stored: replay it */
+    CN_PG_CLAIM_AGAIN,       /* the response first seen has gone since: ask again */
 } cn_pg_claim_state_t;
 
 typedef struct cn_pg_claim {
@@ -72,10 +73,23 @@ typedef struct cn_pg_claim {
 } cn_pg_claim_t;
 
 /* Looks skey up and claims it for lease_ms when no live response is stored and no live
- * claim holds it. An expired claim is taken over (its holder's lease ended: the holder
- * died, or runs past it and will fail to commit); an expired response counts as absent.
- * After claiming, the responses are read again, so a commit that raced the claim is
- * replayed, never run twice. Returns 0 and *out, or CN_ESTORE (err set). */
+ * claim holds it, in one round trip. An expired claim is taken over (its holder's lease
+ * ended: the holder died, or runs past it and will fail to commit); an expired response
+ * counts as absent. The responses are read again after the claim, so a commit that
+ * raced it is replayed (and the claim undone), never run twice.
+ *
+ * Non-blocking, for an event loop: cn__pg_claim_send sends it (0, or CN_ESTORE);
+ * then, whenever cn__pg_fd is readable (or writable, while cn__pg_claim_want_write),
+ * cn__pg_claim_recv returns -EAGAIN until the answer is in, then 0 and *out (or
+ * CN_ESTORE, -ENOMEM). One claim at a time per connection, and nothing else on it
+ * meanwhile. cn__pg_claim does all of it, blocking (bounded), asking again on
+ * CN_PG_CLAIM_AGAIN. err as for cn__pg_open. */
+int cn__pg_claim_send(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp,
+                      size_t fplen, const char *owner, int64_t now_ms, uint32_t lease_ms,
+                      char *err, size_t errlen);
+int cn__pg_claim_want_write(cn_pg_t *pg);
+int cn__pg_claim_recv(cn_pg_t *pg, cn_pg_claim_t *out, char *err, size_t errlen);
+int cn__pg_fd(const cn_pg_t *pg);
 int cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, size_t fplen,
                  const char *owner, int64_t now_ms, uint32_t lease_ms, cn_pg_claim_t *out,
                  char *err, size_t errlen);

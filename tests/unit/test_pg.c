@@ -15,10 +15,13 @@
  * notifications a commit and a release send (none for a refused commit). Batches:
  * each record decided on its own (conflicts within the batch and with the database,
  * records that do not decode, keys too long, lost claims; refused records write
- * nothing), and hosts appending to one stream at once getting gapless versions.
+ * nothing), and hosts appending to one stream at once getting gapless versions. A
+ * claim racing another host's commit of the same key (held in an open transaction)
+ * waits through the non-blocking API, then replays instead of running the key again.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -483,7 +486,7 @@ static uint8_t *
 events_of(int n, size_t *len)
 {
     cn_event_t ev[8];
-    char types[8][4];
+    char types[8][12];
     uint8_t *buf;
     size_t need;
 
@@ -966,6 +969,63 @@ test_appends_at_once_are_gapless(void)
     cn__pg_close(pg);
 }
 
+/* The race the look again is for: host B claims a key while host A's commit of it is
+ * in flight. B's claim statement waits for A's row (A deletes the claim in its commit);
+ * when A commits, the claim row is gone and B's insert succeeds, but B's second look
+ * sees A's response: B undoes its claim and replays. Driven through the non-blocking
+ * API: B's claim is answered -EAGAIN while it waits. */
+static void
+test_claim_racing_a_commit_replays(void)
+{
+    char url[600], err[512];
+    cn_pg_t *a = migrated_db(url, sizeof(url)), *b = open_url(url);
+    cn_pg_claim_t c;
+    int rc, waiting = 0;
+
+    CU_ASSERT_EQUAL(claim(a, "k", "fp", "a/1", NOW, 60000).state, CN_PG_CLAIM_OWNED);
+    CU_ASSERT_EQUAL_FATAL(cn__pg_exec(a, "BEGIN", err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__pg_exec(a, "DELETE FROM cnerium_claims WHERE store_key = 'k'",
+                                      err, sizeof(err)),
+                          0);
+    CU_ASSERT_EQUAL_FATAL(cn__pg_exec(a,
+                                      "INSERT INTO cnerium_responses VALUES"
+                                      " ('k', 'the record', 1800000000000)",
+                                      err, sizeof(err)),
+                          0);
+
+    CU_ASSERT_EQUAL_FATAL(cn__pg_claim_send(b, "k", 1, "fp", 2, "b/1", NOW + 1, 60000, err,
+                                            sizeof(err)),
+                          0);
+    /* B waits on A's lock (bounded look, no sleeping on time alone). */
+    for (int i = 0; i < 1000 && !waiting; i++) {
+        struct pollfd p = {cn__pg_fd(b), POLLIN, 0};
+
+        CU_ASSERT_EQUAL_FATAL(cn__pg_claim_recv(b, &c, err, sizeof(err)), -EAGAIN);
+        waiting = query(admin, "SELECT count(*) FROM pg_stat_activity"
+                               " WHERE wait_event_type = 'Lock'") > 0;
+        if (!waiting)
+            poll(&p, 1, 10);
+    }
+    CU_ASSERT_TRUE_FATAL(waiting);
+    CU_ASSERT_EQUAL_FATAL(cn__pg_exec(a, "COMMIT", err, sizeof(err)), 0);
+    for (int i = 0; i < 1000; i++) {
+        struct pollfd p = {cn__pg_fd(b), POLLIN, 0};
+
+        if ((rc = cn__pg_claim_recv(b, &c, err, sizeof(err))) != -EAGAIN)
+            break;
+        poll(&p, 1, 100);
+    }
+    CU_ASSERT_EQUAL_FATAL(rc, 0);
+    CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_STORED);
+    CU_ASSERT_TRUE(c.record_len == 10 && !memcmp(c.record, "the record", 10));
+    free(c.record);
+    CU_ASSERT_EQUAL(query(a, "SELECT count(*) FROM cnerium_claims"), 0);
+    /* The connection is usable again for anything else. */
+    CU_ASSERT_EQUAL(query(b, "SELECT 41 + 1"), 42);
+    cn__pg_close(b);
+    cn__pg_close(a);
+}
+
 /* ---- suite ---- */
 
 static int
@@ -1009,6 +1069,7 @@ main(void)
         {"a lost claim's events take no position", test_events_of_a_lost_claim_take_no_position},
         {"notifications at commit and release", test_notifications},
         {"a batch decides each record", test_apply_decides_each_record},
+        {"a claim racing a commit replays it", test_claim_racing_a_commit_replays},
         {"hosts appending to one stream at once", test_appends_at_once_are_gapless},
         {NULL, NULL},
     };
