@@ -1158,6 +1158,262 @@ fail:
     return rc;
 }
 
+/* ---- reading and housekeeping ---- */
+
+int
+cn__pg_sweep(cn_pg_t *pg, int64_t now_ms, size_t max, int64_t claim_grace_ms,
+             size_t *deleted, char *err, size_t errlen)
+{
+    params_t p = {0};
+    PGresult *res;
+
+    if (err && errlen)
+        err[0] = '\0';
+    *deleted = 0;
+    p_int(&p, now_ms);
+    p_int(&p, (int64_t)(max > INT32_MAX ? INT32_MAX : max));
+    p_int(&p, now_ms - claim_grace_ms);
+    /* The expiry index gives the oldest first; one statement, one transaction. */
+    if (!(res = run(pg,
+                    "WITH r AS (DELETE FROM cnerium_responses WHERE store_key IN"
+                    " (SELECT store_key FROM cnerium_responses WHERE expires_ms <= $1::int8"
+                    " ORDER BY expires_ms LIMIT $2::int8) RETURNING 1),"
+                    " c AS (DELETE FROM cnerium_claims WHERE store_key IN"
+                    " (SELECT store_key FROM cnerium_claims WHERE lease_until_ms < $3::int8"
+                    " LIMIT $2::int8) RETURNING 1)"
+                    " SELECT (SELECT count(*) FROM r)::int8, (SELECT count(*) FROM c)::int8",
+                    p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen)))
+        return CN_ESTORE;
+    *deleted = (size_t)int8_at(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
+/* Runs a read with parameters p and hands each row to row(res, i, arg); non-zero from
+ * row stops (returned when negative). */
+static int
+each_row(cn_pg_t *pg, const char *sql, const params_t *p,
+         int (*row)(const PGresult *res, int i, void *arg), void *arg, char *err,
+         size_t errlen)
+{
+    PGresult *res = run(pg, sql, p->n, p->v, p->len, p->fmt, PGRES_TUPLES_OK, err, errlen);
+    int rc = 0;
+
+    if (!res)
+        return CN_ESTORE;
+    for (int i = 0; i < PQntuples(res) && !rc; i++)
+        rc = row(res, i, arg);
+    PQclear(res);
+    return rc < 0 ? rc : 0;
+}
+
+typedef struct {
+    int (*cb)(uint64_t seq, const uint8_t *p, size_t len, void *arg);
+    void *arg;
+} events_read_t;
+
+static int
+event_row(const PGresult *res, int i, void *arg)
+{
+    events_read_t *r = arg;
+
+    return r->cb((uint64_t)int8_at(res, i, 0), (const uint8_t *)PQgetvalue(res, i, 1),
+                 (size_t)PQgetlength(res, i, 1), r->arg)
+               ? 1
+               : 0;
+}
+
+int
+cn__pg_events_read(cn_pg_t *pg, uint64_t from, size_t max,
+                   int (*cb)(uint64_t seq, const uint8_t *p, size_t len, void *arg), void *arg,
+                   char *err, size_t errlen)
+{
+    events_read_t r = {cb, arg};
+    params_t p = {0};
+
+    p_int(&p, from > INT64_MAX ? INT64_MAX : (int64_t)from);
+    p_int(&p, (int64_t)(max > INT32_MAX ? INT32_MAX : max));
+    return each_row(pg,
+                    "SELECT position, event FROM cnerium_events WHERE position >= $1::int8"
+                    " ORDER BY position LIMIT $2::int8",
+                    &p, event_row, &r, err, errlen);
+}
+
+/* One row of int8 columns into out[ncols]. */
+static int
+query_int8s(cn_pg_t *pg, const char *sql, int64_t *out, int ncols, char *err, size_t errlen)
+{
+    PGresult *res = run(pg, sql, 0, NULL, NULL, NULL, PGRES_TUPLES_OK, err, errlen);
+
+    if (!res)
+        return CN_ESTORE;
+    if (PQntuples(res) != 1 || PQnfields(res) != ncols) {
+        PQclear(res);
+        seterr(err, errlen, "postgresql: expected one row of %d integers", ncols);
+        return CN_ESTORE;
+    }
+    for (int i = 0; i < ncols; i++)
+        out[i] = int8_at(res, 0, i);
+    PQclear(res);
+    return 0;
+}
+
+int
+cn__pg_events_bounds(cn_pg_t *pg, uint64_t *oldest, uint64_t *newest, char *err, size_t errlen)
+{
+    int64_t v[2];
+    int rc = query_int8s(pg,
+                         "SELECT coalesce(min(position), 0)::int8, coalesce(max(position), 0)::int8"
+                         " FROM cnerium_events",
+                         v, 2, err, errlen);
+
+    if (rc)
+        return rc;
+    *oldest = (uint64_t)v[0];
+    *newest = (uint64_t)v[1];
+    return 0;
+}
+
+int
+cn__pg_events_prune(cn_pg_t *pg, uint64_t keep, uint64_t min_created_ms, size_t max,
+                    size_t *deleted, char *err, size_t errlen)
+{
+    params_t p = {0};
+    PGresult *res;
+
+    *deleted = 0;
+    p_int(&p, (int64_t)(keep > INT64_MAX ? INT64_MAX : keep));
+    p_int(&p, (int64_t)(min_created_ms > INT64_MAX ? INT64_MAX : min_created_ms));
+    p_int(&p, (int64_t)(max > INT32_MAX ? INT32_MAX : max));
+    /* From the oldest on, while more than keep remain or the event is older than the
+     * age limit: the max oldest (o), the first of them to keep (f), the ones before it.
+     * Positions are never reused: the head row keeps the last one. */
+    if (!(res = run(pg,
+                    "WITH n AS (SELECT count(*) AS total FROM cnerium_events),"
+                    " o AS (SELECT position, created_ms,"
+                    " row_number() OVER (ORDER BY position) AS rn FROM cnerium_events"
+                    " ORDER BY position LIMIT $3::int8),"
+                    " f AS (SELECT min(rn) AS stop FROM o, n WHERE NOT"
+                    " (($1::int8 > 0 AND n.total - o.rn + 1 > $1::int8) OR"
+                    " ($2::int8 > 0 AND o.created_ms < $2::int8))),"
+                    " d AS (DELETE FROM cnerium_events WHERE position IN"
+                    " (SELECT position FROM o, f WHERE f.stop IS NULL OR o.rn < f.stop)"
+                    " RETURNING 1)"
+                    " SELECT count(*)::int8 FROM d",
+                    p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen)))
+        return CN_ESTORE;
+    *deleted = (size_t)int8_at(res, 0, 0);
+    PQclear(res);
+    return 0;
+}
+
+int
+cn__pg_events_epoch(cn_pg_t *pg, uint64_t *epoch, char *err, size_t errlen)
+{
+    PGresult *res = run(pg, "SELECT value FROM cnerium_meta WHERE key = 'events-epoch'", 0,
+                        NULL, NULL, NULL, PGRES_TUPLES_OK, err, errlen);
+    char text[24];
+    unsigned long long v;
+    char *end;
+
+    if (!res)
+        return CN_ESTORE;
+    if (PQntuples(res) != 1 || PQgetlength(res, 0, 0) < 1 ||
+        PQgetlength(res, 0, 0) >= (int)sizeof(text)) {
+        PQclear(res);
+        seterr(err, errlen, "postgresql: the events epoch is missing");
+        return CN_ECORRUPT;
+    }
+    memcpy(text, PQgetvalue(res, 0, 0), (size_t)PQgetlength(res, 0, 0));
+    text[PQgetlength(res, 0, 0)] = '\0';
+    PQclear(res);
+    errno = 0;
+    v = strtoull(text, &end, 10);
+    if (errno || *end || !v) {
+        seterr(err, errlen, "postgresql: the events epoch is not a number");
+        return CN_ECORRUPT;
+    }
+    *epoch = v;
+    return 0;
+}
+
+int
+cn__pg_stream_version(cn_pg_t *pg, const char *stream, size_t len, uint64_t *version,
+                      char *err, size_t errlen)
+{
+    int64_t v;
+    int rc = stream_version(pg, stream, len, &v, err, errlen);
+
+    if (!rc)
+        *version = (uint64_t)v;
+    return rc;
+}
+
+typedef struct {
+    cn_log_read_cb cb;
+    void *arg;
+} log_read_t;
+
+static int
+log_row(const PGresult *res, int i, void *arg)
+{
+    log_read_t *r = arg;
+    cn_log_view_t e;
+
+    if (cn__log_entry_decode((const uint8_t *)PQgetvalue(res, i, 1),
+                             (size_t)PQgetlength(res, i, 1), &e))
+        return CN_ECORRUPT;
+    return r->cb((uint64_t)int8_at(res, i, 0), &e, r->arg) ? 1 : 0;
+}
+
+int
+cn__pg_stream_read(cn_pg_t *pg, const char *stream, size_t len, uint64_t from, int backward,
+                   size_t max, cn_log_read_cb cb, void *arg, char *err, size_t errlen)
+{
+    log_read_t r = {cb, arg};
+    params_t p = {0};
+
+    p_bytes(&p, stream, len);
+    p_int(&p, from > INT64_MAX ? INT64_MAX : (int64_t)from);
+    p_int(&p, (int64_t)(max > INT32_MAX ? INT32_MAX : max));
+    return each_row(pg,
+                    backward ? "SELECT l.position, l.entry FROM cnerium_streams s JOIN"
+                               " cnerium_stream_log l ON l.position = s.position"
+                               " WHERE s.stream = $1 AND s.version <= $2::int8"
+                               " ORDER BY s.version DESC LIMIT $3::int8"
+                             : "SELECT l.position, l.entry FROM cnerium_streams s JOIN"
+                               " cnerium_stream_log l ON l.position = s.position"
+                               " WHERE s.stream = $1 AND s.version >= $2::int8"
+                               " ORDER BY s.version LIMIT $3::int8",
+                    &p, log_row, &r, err, errlen);
+}
+
+int
+cn__pg_log_read(cn_pg_t *pg, uint64_t from, size_t max, cn_log_read_cb cb, void *arg,
+                char *err, size_t errlen)
+{
+    log_read_t r = {cb, arg};
+    params_t p = {0};
+
+    p_int(&p, from > INT64_MAX ? INT64_MAX : (int64_t)from);
+    p_int(&p, (int64_t)(max > INT32_MAX ? INT32_MAX : max));
+    return each_row(pg,
+                    "SELECT position, entry FROM cnerium_stream_log WHERE position >= $1::int8"
+                    " ORDER BY position LIMIT $2::int8",
+                    &p, log_row, &r, err, errlen);
+}
+
+int
+cn__pg_log_head(cn_pg_t *pg, uint64_t *position, char *err, size_t errlen)
+{
+    int64_t v;
+    int rc = query_int8s(pg, "SELECT log_position FROM cnerium_event_head", &v, 1, err, errlen);
+
+    if (!rc)
+        *position = (uint64_t)v;
+    return rc;
+}
+
 int
 cn__pg_listen(cn_pg_t *pg, const char *channel, char *err, size_t errlen)
 {

@@ -127,6 +127,36 @@ typedef struct cn_pg_put {
 int cn__pg_apply(cn_pg_t *pg, cn_pg_put_t *items, size_t n, int64_t now_ms,
                  int64_t *event_head, char *err, size_t errlen);
 
+/* ---- reading and housekeeping: store/store.h's functions of the same names ---- */
+
+/* Deletes responses with expires_ms <= now_ms and claims whose lease ended before
+ * now_ms - claim_grace_ms (a claim left by a host that died and whose key nobody used
+ * since; the grace keeps a claim whose holder runs past its lease and still commits),
+ * at most max of each in one transaction. *deleted counts the responses (fewer than max:
+ * none left). */
+int cn__pg_sweep(cn_pg_t *pg, int64_t now_ms, size_t max, int64_t claim_grace_ms,
+                 size_t *deleted, char *err, size_t errlen);
+
+int cn__pg_events_read(cn_pg_t *pg, uint64_t from, size_t max,
+                       int (*cb)(uint64_t seq, const uint8_t *p, size_t len, void *arg),
+                       void *arg, char *err, size_t errlen);
+int cn__pg_events_bounds(cn_pg_t *pg, uint64_t *oldest, uint64_t *newest, char *err,
+                         size_t errlen);
+int cn__pg_events_prune(cn_pg_t *pg, uint64_t keep, uint64_t min_created_ms, size_t max,
+                        size_t *deleted, char *err, size_t errlen);
+/* The database's epoch, made once by the schema: the same on every host. */
+int cn__pg_events_epoch(cn_pg_t *pg, uint64_t *epoch, char *err, size_t errlen);
+
+int cn__pg_stream_version(cn_pg_t *pg, const char *stream, size_t len, uint64_t *version,
+                          char *err, size_t errlen);
+/* CN_ECORRUPT for a log entry that does not decode. */
+int cn__pg_stream_read(cn_pg_t *pg, const char *stream, size_t len, uint64_t from,
+                       int backward, size_t max, cn_log_read_cb cb, void *arg, char *err,
+                       size_t errlen);
+int cn__pg_log_read(cn_pg_t *pg, uint64_t from, size_t max, cn_log_read_cb cb, void *arg,
+                    char *err, size_t errlen);
+int cn__pg_log_head(cn_pg_t *pg, uint64_t *position, char *err, size_t errlen);
+
 #define CN_PG_DONE_CHANNEL "cnerium_done"
 #define CN_PG_EVENTS_CHANNEL "cnerium_events"
 

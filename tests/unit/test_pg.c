@@ -18,6 +18,8 @@
  * nothing), and hosts appending to one stream at once getting gapless versions. A
  * claim racing another host's commit of the same key (held in an open transaction)
  * waits through the non-blocking API, then replays instead of running the key again.
+ * Reads: events, bounds, streams both ways, the log and its head, one epoch for every
+ * connection; the sweep and event pruning, bounded per call.
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -1026,6 +1028,176 @@ test_claim_racing_a_commit_replays(void)
     cn__pg_close(a);
 }
 
+/* Reading back: events by position (in their stored encoding), their bounds, streams
+ * forward and backward, the global log, its head, the epoch (the same for every host). */
+typedef struct {
+    uint64_t pos[32];
+    uint64_t version[32];
+    char type[32][16];
+    int n;
+} seen_t;
+
+static int
+seen_event(uint64_t seq, const uint8_t *p, size_t len, void *arg)
+{
+    seen_t *s = arg;
+    cn_event_view_t ev;
+
+    CU_ASSERT_EQUAL(cn__event_stored_decode(p, len, &ev), 0);
+    CU_ASSERT_EQUAL(ev.created_ms, (uint64_t)NOW);
+    if (s->n < 32)
+        s->pos[s->n++] = seq;
+    return 0;
+}
+
+static int
+seen_log(uint64_t position, const cn_log_view_t *e, void *arg)
+{
+    seen_t *s = arg;
+
+    if (s->n < 32) {
+        s->pos[s->n] = position;
+        s->version[s->n] = e->version;
+        snprintf(s->type[s->n], sizeof(s->type[0]), "%.*s", (int)e->type_len, e->type);
+        s->n++;
+    }
+    return 0;
+}
+
+static void
+apply_append(cn_pg_t *pg, const char *key, const char *stream, const char *type,
+             const char *room, int64_t now)
+{
+    char err[512];
+    size_t reclen, len;
+    uint8_t *rec = record_of("{}", NOW + 60000, &reclen);
+    uint8_t *list = append_of(stream, CN_STREAM_ANY, type, room, &len);
+    cn_pg_put_t it = {{.key = key, .keylen = strlen(key), .bytes = rec, .len = reclen,
+                       .appends = list, .appends_len = len},
+                      NULL};
+
+    CU_ASSERT_EQUAL_FATAL(cn__pg_apply(pg, &it, 1, now, NULL, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(it.put.status, 0);
+    free(rec);
+    free(list);
+}
+
+static void
+test_reads(void)
+{
+    char url[600], err[512];
+    cn_pg_t *pg = migrated_db(url, sizeof(url)), *other = open_url(url);
+    uint64_t oldest, newest, v, e1, e2;
+    seen_t s;
+
+    apply_append(pg, "r1", "order-1", "Placed", "orders", NOW);
+    apply_append(pg, "r2", "order-2", "Placed", "orders", NOW);
+    apply_append(pg, "r3", "order-1", "Paid", NULL, NOW);
+    apply_append(pg, "r4", "order-1", "Shipped", "orders", NOW);
+
+    memset(&s, 0, sizeof(s));
+    CU_ASSERT_EQUAL(cn__pg_events_read(pg, 1, 100, seen_event, &s, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(s.n, 3);
+    CU_ASSERT_TRUE(s.pos[0] == 1 && s.pos[1] == 2 && s.pos[2] == 3);
+    memset(&s, 0, sizeof(s));
+    CU_ASSERT_EQUAL(cn__pg_events_read(pg, 2, 1, seen_event, &s, err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(s.n == 1 && s.pos[0] == 2);
+    CU_ASSERT_EQUAL(cn__pg_events_bounds(pg, &oldest, &newest, err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(oldest == 1 && newest == 3);
+
+    CU_ASSERT_EQUAL(cn__pg_stream_version(pg, "order-1", 7, &v, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(v, 3);
+    CU_ASSERT_EQUAL(cn__pg_stream_version(pg, "order-9", 7, &v, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(v, 0);
+    memset(&s, 0, sizeof(s));
+    CU_ASSERT_EQUAL(cn__pg_stream_read(pg, "order-1", 7, 1, 0, 10, seen_log, &s, err,
+                                       sizeof(err)),
+                    0);
+    CU_ASSERT_EQUAL_FATAL(s.n, 3);
+    CU_ASSERT_TRUE(s.version[0] == 1 && s.version[1] == 2 && s.version[2] == 3);
+    CU_ASSERT_TRUE(s.pos[0] == 1 && s.pos[1] == 3 && s.pos[2] == 4);
+    CU_ASSERT_STRING_EQUAL(s.type[2], "Shipped");
+    memset(&s, 0, sizeof(s));
+    CU_ASSERT_EQUAL(cn__pg_stream_read(pg, "order-1", 7, 3, 1, 2, seen_log, &s, err,
+                                       sizeof(err)),
+                    0);
+    CU_ASSERT_TRUE(s.n == 2 && s.version[0] == 3 && s.version[1] == 2);
+    memset(&s, 0, sizeof(s));
+    CU_ASSERT_EQUAL(cn__pg_log_read(pg, 2, 2, seen_log, &s, err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(s.n == 2 && s.pos[0] == 2 && s.pos[1] == 3);
+    CU_ASSERT_STRING_EQUAL(s.type[0], "Placed");
+    CU_ASSERT_EQUAL(cn__pg_log_head(pg, &v, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(v, 4);
+
+    CU_ASSERT_EQUAL(cn__pg_events_epoch(pg, &e1, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(cn__pg_events_epoch(other, &e2, err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(e1 != 0 && e1 == e2);
+    cn__pg_close(other);
+    cn__pg_close(pg);
+}
+
+/* The sweep takes expired responses oldest first, at most max per call, and claims
+ * only past their grace; pruning keeps the newest events by count or age, from the
+ * oldest on, at most max per call. */
+static void
+test_sweep_and_prune(void)
+{
+    char url[600], err[512];
+    cn_pg_t *pg = migrated_db(url, sizeof(url));
+    uint64_t oldest, newest;
+    size_t n;
+
+    for (int i = 0; i < 5; i++) {
+        char key[8], owner[8], body[8];
+
+        snprintf(key, sizeof(key), "w%d", i);
+        snprintf(owner, sizeof(owner), "o%d", i);
+        snprintf(body, sizeof(body), "%d", i);
+        CU_ASSERT_EQUAL(claim(pg, key, "fp", owner, NOW, 5000).state, CN_PG_CLAIM_OWNED);
+        CU_ASSERT_EQUAL(commit(pg, key, owner, body, NOW + i * 10, 0, NULL), 0);
+    }
+    CU_ASSERT_EQUAL(claim(pg, "old", "fp", "dead/1", NOW - 36000000, 1000).state,
+                    CN_PG_CLAIM_OWNED);
+    CU_ASSERT_EQUAL(claim(pg, "recent", "fp", "slow/1", NOW - 2000, 1000).state,
+                    CN_PG_CLAIM_OWNED);
+    CU_ASSERT_EQUAL(cn__pg_sweep(pg, NOW + 25, 2, 3600000, &n, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(n, 2);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims"), 1);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_claims WHERE owner = 'slow/1'"), 1);
+    CU_ASSERT_EQUAL(cn__pg_sweep(pg, NOW + 25, 2, 3600000, &n, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(n, 1);
+    CU_ASSERT_EQUAL(cn__pg_sweep(pg, NOW + 25, 2, 3600000, &n, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(query(pg, "SELECT count(*) FROM cnerium_responses"), 2);
+    CU_ASSERT_EQUAL(query(pg, "SELECT min(expires_ms) - 1700000000000 FROM cnerium_responses"),
+                    30);
+
+    /* Events 1..3 at NOW, 4..6 at NOW + 1000. */
+    for (int i = 0; i < 6; i++) {
+        char key[8];
+
+        snprintf(key, sizeof(key), "p%d", i);
+        apply_append(pg, key, "s", "Happened", "room", i < 3 ? NOW : NOW + 1000);
+    }
+    CU_ASSERT_EQUAL(cn__pg_events_prune(pg, 4, 0, 100, &n, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(n, 2);
+    CU_ASSERT_EQUAL(cn__pg_events_bounds(pg, &oldest, &newest, err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(oldest == 3 && newest == 6);
+    CU_ASSERT_EQUAL(cn__pg_events_prune(pg, 0, NOW + 500, 100, &n, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(n, 1);
+    CU_ASSERT_EQUAL(cn__pg_events_prune(pg, 0, 0, 100, &n, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(n, 0);
+    CU_ASSERT_EQUAL(cn__pg_events_prune(pg, 1, 0, 1, &n, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(n, 1);
+    CU_ASSERT_EQUAL(cn__pg_events_bounds(pg, &oldest, &newest, err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(oldest == 5 && newest == 6);
+    /* Positions are never reused: the next event is 7. */
+    apply_append(pg, "p9", "s", "Happened", "room", NOW + 2000);
+    CU_ASSERT_EQUAL(cn__pg_events_bounds(pg, &oldest, &newest, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL(newest, 7);
+    cn__pg_close(pg);
+}
+
 /* ---- suite ---- */
 
 static int
@@ -1070,6 +1242,8 @@ main(void)
         {"notifications at commit and release", test_notifications},
         {"a batch decides each record", test_apply_decides_each_record},
         {"a claim racing a commit replays it", test_claim_racing_a_commit_replays},
+        {"reading events, streams, the log, the epoch", test_reads},
+        {"sweep and prune in bounded batches", test_sweep_and_prune},
         {"hosts appending to one stream at once", test_appends_at_once_are_gapless},
         {NULL, NULL},
     };
