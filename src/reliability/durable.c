@@ -162,7 +162,7 @@ typedef struct commit_wait {
 } commit_wait_t;
 
 static int park(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, const char *skey,
-                size_t skeylen, uint64_t retry_at_ms, int waited);
+                size_t skeylen, uint64_t retry_at_ms, uint64_t gen, int waited);
 
 /* The handler asked to run again on fresh state when an expectation fails
  * (cn_stream_retry_on_conflict) and has runs left: the request is parked, due at once,
@@ -186,7 +186,8 @@ rerun(commit_wait_t *w)
     req->events_failed = 0;
     req->inflight_deadline = 0;
     req->reruns++;
-    if ((rc = park(w->d, w->rerun_route, req, w->skey, w->skeylen, 0, w->waited)))
+    if ((rc = park(w->d, w->rerun_route, req, w->skey, w->skeylen, 0,
+                   atomic_load(&w->d->wake_gen), w->waited)))
         req->reruns--;
     return rc;
 }
@@ -557,6 +558,7 @@ typedef struct parked {
     struct parked *next;
     admitted_t a;
     uint64_t retry_at_ms; /* monotonic: decide again then at the latest */
+    uint64_t gen;         /* d->wake_gen when it was last decided: a wake since makes it due */
     int waited;
 } parked_t;
 
@@ -787,7 +789,7 @@ parked_sub(cn_durable_t *d)
 
 static int
 park(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, const char *skey,
-     size_t skeylen, uint64_t retry_at_ms, int waited)
+     size_t skeylen, uint64_t retry_at_ms, uint64_t gen, int waited)
 {
     parked_t *p;
 
@@ -816,6 +818,7 @@ park(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, const char *sk
     if (!req->inflight_deadline)
         req->inflight_deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
     p->retry_at_ms = retry_at_ms;
+    p->gen = gen;
     p->waited = waited;
     pthread_mutex_lock(&d->park_mu);
     p->next = d->parked;
@@ -829,16 +832,19 @@ cn__durable_handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
                    cn_durable_result_t *out)
 {
     admitted_t a;
-    uint64_t retry_at;
+    uint64_t retry_at, gen;
 
     memset(out, 0, sizeof(*out));
     out->op_index = route->op_index;
     if (admit(d, route, req, &a, out))
         return;
     req->inflight_deadline = cn__clock_mono_ms() + d->cfg->inflight_wait_ms;
+    /* Read before deciding: a wake that comes while this request decides to wait (on
+     * another loop, before it is parked) leaves it due at once. */
+    gen = atomic_load(&d->wake_gen);
     if (proceed(d, &a, out, &retry_at) != WAITING)
         return;
-    if (park(d, route, req, a.skey, a.skeylen, retry_at, 0) == 0) {
+    if (park(d, route, req, a.skey, a.skeylen, retry_at, gen, 0) == 0) {
         out->deferred = 1; /* cn__durable_wake answers it */
         out->waited = 1;
         return;
@@ -849,31 +855,38 @@ cn__durable_handle(cn_durable_t *d, const cn_route_t *route, cn_request_t *req,
 void
 cn__durable_wake(cn_durable_t *d, uint64_t now_ms, int all)
 {
-    parked_t *list, *p, *again = NULL;
+    unsigned budget;
 
-    if (!atomic_load(&d->nparked))
+    if (all)
+        atomic_fetch_add(&d->wake_gen, 1);
+    if (!(budget = atomic_load(&d->nparked)))
         return;
-    pthread_mutex_lock(&d->park_mu);
-    list = d->parked;
-    d->parked = NULL;
-    pthread_mutex_unlock(&d->park_mu);
-    while ((p = list)) {
+    while (budget--) {
+        parked_t **pp, *p;
         cn_durable_result_t out;
-        uint64_t retry_at;
+        uint64_t retry_at, gen;
 
-        list = p->next;
-        if (!all && p->retry_at_ms > now_ms) {
-            p->next = again;
-            again = p;
-            continue;
+        pthread_mutex_lock(&d->park_mu);
+        gen = atomic_load(&d->wake_gen);
+        for (pp = &d->parked; (p = *pp); pp = &p->next) {
+            if (p->gen != gen || p->retry_at_ms <= now_ms)
+                break;
         }
+        if (p)
+            *pp = p->next;
+        pthread_mutex_unlock(&d->park_mu);
+        if (!p)
+            return;
         memset(&out, 0, sizeof(out));
         out.op_index = p->a.route->op_index;
         out.waited = 1;
         if (proceed(d, &p->a, &out, &retry_at) == WAITING) {
             p->retry_at_ms = retry_at;
-            p->next = again;
-            again = p;
+            p->gen = gen;
+            pthread_mutex_lock(&d->park_mu);
+            p->next = d->parked;
+            d->parked = p;
+            pthread_mutex_unlock(&d->park_mu);
             continue;
         }
         /* Deferred again: the request became the owner and its record is being
@@ -883,25 +896,17 @@ cn__durable_wake(cn_durable_t *d, uint64_t now_ms, int all)
         parked_sub(d);
         free(p);
     }
-    if (again) {
-        pthread_mutex_lock(&d->park_mu);
-        for (p = again; p->next; p = p->next)
-            ;
-        p->next = d->parked;
-        d->parked = again;
-        pthread_mutex_unlock(&d->park_mu);
-    }
 }
 
 uint64_t
 cn__durable_next_wake_ms(cn_durable_t *d)
 {
-    uint64_t at = UINT64_MAX;
+    uint64_t at = UINT64_MAX, gen;
 
     pthread_mutex_lock(&d->park_mu);
-    for (parked_t *p = d->parked; p; p = p->next)
-        if (p->retry_at_ms < at)
-            at = p->retry_at_ms;
+    gen = atomic_load(&d->wake_gen);
+    for (parked_t *p = d->parked; p && at; p = p->next)
+        at = p->gen != gen ? 0 : p->retry_at_ms < at ? p->retry_at_ms : at;
     pthread_mutex_unlock(&d->park_mu);
     return at;
 }

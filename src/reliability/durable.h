@@ -51,14 +51,23 @@ typedef struct cn_durable {
     struct parked *parked; /* park_mu */
     atomic_uint nparked;
     _Atomic uint32_t *parked_gauge; /* optional: nparked published (the shared metrics) */
+    /* Counts wakes (claims somebody waited on ended). A parked request remembers the
+     * count its last decision saw: a wake since makes it due. Zero-initialize. */
+    _Atomic uint64_t wake_gen;
 } cn_durable_t;
 
-/* Takes parked requests back to their decision: those due by now_ms, or all with all
- * set (after a wake: a claim somebody waited on ended). Answers go to d->deliver. */
+/* Takes parked requests back to their decision: those due by now_ms, those decided
+ * before a wake, and with all set (this call is a wake: a claim somebody waited on
+ * ended) all of them. Any of a worker's loops may call it, also at once: they take the
+ * due requests one at a time, so one that becomes the owner and runs its handler holds
+ * up no other. A call takes at most as many requests as were parked when it began;
+ * what is still due then makes cn__durable_next_wake_ms say so. Answers go to
+ * d->deliver. */
 void cn__durable_wake(cn_durable_t *d, uint64_t now_ms, int all);
 
 /* Monotonic ms at which a parked request is due (its holder's lease end, its own wait
- * deadline, or a rerun), or UINT64_MAX with none parked. */
+ * deadline, or a rerun; 0 for one decided before the last wake), or UINT64_MAX with
+ * none parked. */
 uint64_t cn__durable_next_wake_ms(cn_durable_t *d);
 
 /* Requests parked now. */
