@@ -620,7 +620,8 @@ int4_at(const PGresult *res, int row, int col)
     return (int)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
 }
 
-/* Leaves pipeline mode and drops what is left of the pipeline (after an error). */
+/* Leaves pipeline mode and drops what is left of the pipeline (after an error; reading
+ * the rest may wait for the server to send it, as any libpq error path does). */
 static void
 claim_abort(cn_pg_t *pg)
 {
@@ -1053,24 +1054,15 @@ apply_one(cn_pg_t *pg, cn_pg_put_t *item, int64_t now, int64_t *ev_pos, int64_t 
         return 0;
     }
     if (it->key && item->owner) {
-        params_t p = {0};
-        PGresult *res;
-
-        p_bytes(&p, it->key, it->keylen);
-        p_bytes(&p, item->owner, strlen(item->owner));
-        /* The claim row stays locked to the commit: nobody takes it over meanwhile. */
-        if (!(res = run(pg,
-                        "SELECT 1 FROM cnerium_claims WHERE store_key = $1 AND owner = $2"
-                        " FOR UPDATE",
-                        p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen)))
-            return CN_ESTORE;
-        if (PQntuples(res) == 0)
-            it->status = CN_ELOST;
-        PQclear(res);
-        if (it->status)
-            return 0;
+        /* The last check and the first write: the claim's row is deleted (and stays
+         * locked to the commit, so nobody takes it over meanwhile), or it was not
+         * owner's any more. */
         if ((rc = delete_claim(pg, it->key, it->keylen, item->owner, err, errlen)) < 0)
             return rc;
+        if (!rc) {
+            it->status = CN_ELOST;
+            return 0;
+        }
     }
     if (it->events && (rc = put_events(pg, it->events, it->events_len, now, ev_pos, err, errlen)))
         return rc;
