@@ -852,48 +852,31 @@ stream_version(cn_pg_t *pg, const char *stream, size_t len, int64_t *version, ch
     return 0;
 }
 
-/* A stream a list of appends touches, and its version after them so far. */
-typedef struct touched {
-    const char *id;
-    size_t len;
-    int64_t version;
-} touched_t;
+typedef struct {
+    cn_pg_t *pg;
+    char *err;
+    size_t errlen;
+} pg_version_t;
 
-/* cn__store_apply's check_appends against the database: the whole list decodes and every
- * expected version holds, counting the list's own earlier appends. Returns 0,
- * CN_ECORRUPT, CN_ECONFLICT, or a store error. */
+static int
+pg_version(const char *stream, size_t len, uint64_t *version, void *arg)
+{
+    pg_version_t *p = arg;
+    int64_t v;
+    int rc = stream_version(p->pg, stream, len, &v, p->err, p->errlen);
+
+    if (!rc)
+        *version = (uint64_t)v;
+    return rc;
+}
+
+/* The list's expected versions against the database (cn__appends_check). */
 static int
 check_appends(cn_pg_t *pg, const uint8_t *list, size_t len, char *err, size_t errlen)
 {
-    touched_t t[CN_STREAM_APPENDS_MAX];
-    const uint8_t *cur, *end = list + len;
-    long count = cn__appends_begin(list, len, &cur);
-    size_t nt = 0;
-    int rc;
+    pg_version_t p = {pg, err, errlen};
 
-    if (count < 1 || count > CN_STREAM_APPENDS_MAX)
-        return CN_ECORRUPT;
-    for (long i = 0; i < count; i++) {
-        cn_append_view_t a;
-        size_t j;
-
-        if (cn__appends_next(&cur, end, &a))
-            return CN_ECORRUPT;
-        for (j = 0; j < nt; j++) {
-            if (t[j].len == a.stream_len && !memcmp(t[j].id, a.stream, a.stream_len))
-                break;
-        }
-        if (j == nt) {
-            t[nt] = (touched_t){a.stream, a.stream_len, 0};
-            if ((rc = stream_version(pg, a.stream, a.stream_len, &t[nt].version, err, errlen)))
-                return rc;
-            nt++;
-        }
-        if (!cn__stream_expected_holds(a.expected, (uint64_t)t[j].version))
-            return CN_ECONFLICT;
-        t[j].version++;
-    }
-    return cur == end ? 0 : CN_ECORRUPT;
+    return cn__appends_check(list, len, pg_version, &p);
 }
 
 /* 0 when the encoded event list decodes whole, else CN_ECORRUPT. */
@@ -1333,12 +1316,9 @@ int
 cn__pg_stream_version(cn_pg_t *pg, const char *stream, size_t len, uint64_t *version,
                       char *err, size_t errlen)
 {
-    int64_t v;
-    int rc = stream_version(pg, stream, len, &v, err, errlen);
+    pg_version_t p = {pg, err, errlen};
 
-    if (!rc)
-        *version = (uint64_t)v;
-    return rc;
+    return pg_version(stream, len, version, &p);
 }
 
 typedef struct {

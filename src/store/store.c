@@ -569,57 +569,26 @@ stream_version_txn(cn_store_t *s, MDB_txn *txn, const char *stream, size_t len,
     return 0;
 }
 
-/* A stream touched earlier in the same list, with the version it will have. */
-typedef struct touched {
-    const char *stream;
-    size_t len;
-    uint64_t version;
-} touched_t;
+typedef struct {
+    cn_store_t *s;
+    MDB_txn *txn;
+} txn_version_t;
 
-static touched_t *
-touched_find(touched_t *t, size_t n, const char *stream, size_t len)
+static int
+txn_version(const char *stream, size_t len, uint64_t *version, void *arg)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (t[i].len == len && !memcmp(t[i].stream, stream, len))
-            return &t[i];
-    }
-    return NULL;
+    txn_version_t *t = arg;
+
+    return stream_version_txn(t->s, t->txn, stream, len, version);
 }
 
-/* Decodes a whole list of appends and checks every expected version against the store
- * as txn sees it, and against the earlier appends of the same list. Returns 0,
- * CN_ECONFLICT, CN_ECORRUPT or a storage error. Writes nothing. */
+/* The list's expected versions against the store as txn sees it (cn__appends_check). */
 static int
 check_appends(cn_store_t *s, MDB_txn *txn, const uint8_t *list, size_t len)
 {
-    touched_t t[CN_STREAM_APPENDS_MAX];
-    const uint8_t *cur, *end = list + len;
-    long count = cn__appends_begin(list, len, &cur);
-    size_t nt = 0;
-    int rc;
+    txn_version_t t = {s, txn};
 
-    if (count < 1 || count > CN_STREAM_APPENDS_MAX)
-        return CN_ECORRUPT;
-    for (long i = 0; i < count; i++) {
-        cn_append_view_t a;
-        touched_t *tt;
-        uint64_t v;
-
-        if (cn__appends_next(&cur, end, &a))
-            return CN_ECORRUPT;
-        if ((tt = touched_find(t, nt, a.stream, a.stream_len))) {
-            v = tt->version;
-        } else {
-            if ((rc = stream_version_txn(s, txn, a.stream, a.stream_len, &v)))
-                return rc;
-            tt = &t[nt++];
-            *tt = (touched_t){a.stream, a.stream_len, v};
-        }
-        if (!cn__stream_expected_holds(a.expected, v))
-            return CN_ECONFLICT;
-        tt->version = v + 1;
-    }
-    return cur == end ? 0 : CN_ECORRUPT;
+    return cn__appends_check(list, len, txn_version, &t);
 }
 
 /* Stores the realtime event of a published append in room (seq after *seq)

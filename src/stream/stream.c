@@ -14,6 +14,7 @@
 #include "cnerium/stream.h"
 #include "http/request_internal.h"
 #include "realtime/event.h"
+#include "store/format.h"
 #include "store/store.h"
 #include "stream/stream.h"
 #include "support/utf8.h"
@@ -411,4 +412,48 @@ cn_log_catch_up(cn_request_t *req, uint64_t *position, size_t max, cn_fold_cb fo
     free(f->data);
     free(f);
     return rc;
+}
+
+/* A stream touched earlier in the same list, with the version it will have. */
+typedef struct touched {
+    const char *stream;
+    size_t len;
+    uint64_t version;
+} touched_t;
+
+int
+cn__appends_check(const uint8_t *list, size_t len, cn_stream_version_cb version, void *arg)
+{
+    touched_t t[CN_STREAM_APPENDS_MAX];
+    const uint8_t *cur, *end = list + len;
+    long count = cn__appends_begin(list, len, &cur);
+    size_t nt = 0;
+    int rc;
+
+    if (count < 1 || count > CN_STREAM_APPENDS_MAX)
+        return CN_ECORRUPT;
+    for (long i = 0; i < count; i++) {
+        cn_append_view_t a;
+        touched_t *tt = NULL;
+        uint64_t v;
+
+        if (cn__appends_next(&cur, end, &a))
+            return CN_ECORRUPT;
+        for (size_t j = 0; j < nt && !tt; j++) {
+            if (t[j].len == a.stream_len && !memcmp(t[j].stream, a.stream, a.stream_len))
+                tt = &t[j];
+        }
+        if (tt) {
+            v = tt->version;
+        } else {
+            if ((rc = version(a.stream, a.stream_len, &v, arg)))
+                return rc;
+            tt = &t[nt++];
+            *tt = (touched_t){a.stream, a.stream_len, v};
+        }
+        if (!cn__stream_expected_holds(a.expected, v))
+            return CN_ECONFLICT;
+        tt->version = v + 1;
+    }
+    return cur == end ? 0 : CN_ECORRUPT;
 }

@@ -41,4 +41,14 @@ int cn__stream_expected_valid(int64_t e);
 /* 1 when the append's expectation holds for a stream at version current (0: absent). */
 int cn__stream_expected_holds(int64_t expected, uint64_t current);
 
+/* A stream's current version (0: absent) in *version, as a store sees it; 0 or an error. */
+typedef int (*cn_stream_version_cb)(const char *stream, size_t len, uint64_t *version,
+                                    void *arg);
+
+/* Decodes a whole encoded list of appends and checks every expected version against
+ * the store (version) and against the list's own earlier appends to the same stream.
+ * Both stores decide with it. Returns 0, CN_ECONFLICT, CN_ECORRUPT, or version's
+ * error. Writes nothing. */
+int cn__appends_check(const uint8_t *list, size_t len, cn_stream_version_cb version, void *arg);
+
 #endif
