@@ -1261,18 +1261,21 @@ cn__pg_events_prune(cn_pg_t *pg, uint64_t keep, uint64_t min_created_ms, size_t 
     p_int(&p, (int64_t)(min_created_ms > INT64_MAX ? INT64_MAX : min_created_ms));
     p_int(&p, (int64_t)(max > INT32_MAX ? INT32_MAX : max));
     /* From the oldest on, while more than keep remain or the event is older than the
-     * age limit: the max oldest (o), the first of them to keep (f), the ones before it.
-     * Positions are never reused: the head row keeps the last one. */
+     * age limit, at most max. Positions are gapless and pruning takes the oldest, so
+     * the events are exactly oldest..newest: "more than keep remain" is a position
+     * bound, and the age bound is the first young event's position (found by walking
+     * the primary key from the oldest, stopping at the first). Positions are never
+     * reused: the head row keeps the last one. */
     if (!(res = run(pg,
-                    "WITH n AS (SELECT count(*) AS total FROM cnerium_events),"
-                    " o AS (SELECT position, created_ms,"
-                    " row_number() OVER (ORDER BY position) AS rn FROM cnerium_events"
-                    " ORDER BY position LIMIT $3::int8),"
-                    " f AS (SELECT min(rn) AS stop FROM o, n WHERE NOT"
-                    " (($1::int8 > 0 AND n.total - o.rn + 1 > $1::int8) OR"
-                    " ($2::int8 > 0 AND o.created_ms < $2::int8))),"
-                    " d AS (DELETE FROM cnerium_events WHERE position IN"
-                    " (SELECT position FROM o, f WHERE f.stop IS NULL OR o.rn < f.stop)"
+                    "WITH b AS (SELECT min(position) AS lo, max(position) AS hi"
+                    " FROM cnerium_events),"
+                    " y AS (SELECT position AS young FROM cnerium_events"
+                    " WHERE created_ms >= $2::int8 ORDER BY position LIMIT 1),"
+                    " u AS (SELECT LEAST(b.lo + $3::int8 - 1, GREATEST("
+                    " CASE WHEN $1::int8 > 0 THEN b.hi - $1::int8 ELSE 0 END,"
+                    " CASE WHEN $2::int8 > 0 THEN coalesce((SELECT young FROM y) - 1, b.hi)"
+                    " ELSE 0 END)) AS upto FROM b),"
+                    " d AS (DELETE FROM cnerium_events WHERE position <= (SELECT upto FROM u)"
                     " RETURNING 1)"
                     " SELECT count(*)::int8 FROM d",
                     p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen)))
