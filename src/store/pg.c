@@ -34,7 +34,8 @@
 struct cn_pg {
     PGconn *conn;
     int claim_stage;     /* a claim in flight: the next result it waits for (0: none) */
-    PGresult *claim_res; /* its first statement's result, until the second's is in */
+    PGresult *claim_res; /* its statements' results, kept until the pipeline's end */
+    PGresult *look_res;
 };
 
 /* Every migrating transaction takes this lock first ("cneriumM" as a big-endian int64);
@@ -614,16 +615,17 @@ delete_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, c
 static int
 int4_at(const PGresult *res, int row, int col)
 {
-    CN_ASSERT(PQgetlength(res, row, col) == 4);
     const uint8_t *p = (const uint8_t *)PQgetvalue(res, row, col);
 
+    CN_ASSERT(PQgetlength(res, row, col) == 4);
     return (int)((uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]);
 }
 
-/* Leaves pipeline mode and drops what is left of the pipeline (after an error; reading
- * the rest may wait for the server to send it, as any libpq error path does). */
+/* Ends a claim: frees its results and, after an error, drops what is left of the
+ * pipeline and leaves pipeline mode (reading the rest may wait for the server to send
+ * it, as any libpq error path does). */
 static void
-claim_abort(cn_pg_t *pg)
+claim_end(cn_pg_t *pg)
 {
     PGresult *res;
 
@@ -633,9 +635,39 @@ claim_abort(cn_pg_t *pg)
         PQexitPipelineMode(pg->conn);
     }
     PQclear(pg->claim_res);
-    pg->claim_res = NULL;
+    PQclear(pg->look_res);
+    pg->claim_res = pg->look_res = NULL;
     pg->claim_stage = 0;
     PQsetnonblocking(pg->conn, 0);
+}
+
+/* The answer, from both statements' results: a response seen by the look again wins;
+ * then the claim as it stands; no row at all: the first look saw a response that has
+ * gone since (expired, swept), and the caller asks again. */
+static int
+claim_decide(const cn_pg_t *pg, cn_pg_claim_t *out)
+{
+    const PGresult *c = pg->claim_res, *l = pg->look_res;
+
+    memset(out, 0, sizeof(*out));
+    if (PQntuples(l) == 1) {
+        size_t n = (size_t)PQgetlength(l, 0, 0);
+
+        if (!(out->record = malloc(n ? n : 1)))
+            return -ENOMEM;
+        memcpy(out->record, PQgetvalue(l, 0, 0), n);
+        out->record_len = n;
+        out->state = CN_PG_CLAIM_STORED;
+    } else if (PQntuples(c) == 1) {
+        out->state = !int4_at(c, 0, 0) ? CN_PG_CLAIM_HELD
+                     : int4_at(c, 0, 1) ? CN_PG_CLAIM_OWNED
+                                        : CN_PG_CLAIM_TAKEN_OVER;
+        out->same_fingerprint = int4_at(c, 0, 2);
+        out->lease_until_ms = int8_at(c, 0, 3);
+    } else {
+        out->state = CN_PG_CLAIM_AGAIN;
+    }
+    return 0;
 }
 
 int
@@ -661,7 +693,7 @@ cn__pg_claim_send(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp,
         !PQsendQueryParams(pg->conn, LOOK_AGAIN_SQL, l.n, NULL, l.v, l.len, l.fmt, 1) ||
         !PQpipelineSync(pg->conn) || PQflush(pg->conn) < 0) {
         pg_error(pg, NULL, "postgresql", err, errlen);
-        claim_abort(pg);
+        claim_end(pg);
         return CN_ESTORE;
     }
     pg->claim_stage = 1;
@@ -687,103 +719,56 @@ int
 cn__pg_claim_recv(cn_pg_t *pg, cn_pg_claim_t *out, char *err, size_t errlen)
 {
     PGresult *res;
-    int more;
+    int more, rc;
 
     if (err && errlen)
         err[0] = '\0';
     CN_ASSERT(pg->claim_stage);
     if (PQflush(pg->conn) < 0 || !PQconsumeInput(pg->conn)) {
         pg_error(pg, NULL, "postgresql", err, errlen);
-        claim_abort(pg);
+        claim_end(pg);
         return CN_ESTORE;
     }
     /* Stages: 1 the claim's result, 2 its end, 3 the look again's result, 4 its end, 5
-     * the sync. */
-    while (pg->claim_stage <= 5) {
+     * the sync. Nothing is answered before the end: out is written only on success. */
+    for (; pg->claim_stage <= 5; pg->claim_stage++) {
+        int stage = pg->claim_stage, ok;
+
         res = next_result(pg, &more);
         if (more)
             return -EAGAIN;
-        switch (pg->claim_stage) {
-        case 1:
-        case 3:
-            if (!res || PQresultStatus(res) != PGRES_TUPLES_OK ||
-                PQnfields(res) != (pg->claim_stage == 1 ? 4 : 2)) {
-                pg_error(pg, res, "postgresql", err, errlen);
-                PQclear(res);
-                claim_abort(pg);
-                return CN_ESTORE;
-            }
-            if (pg->claim_stage == 1) {
-                pg->claim_res = res;
-            } else {
-                /* Decide: a response seen by the look again wins; then the claim as it
-                 * stands; no row at all: the first look saw a response that has gone
-                 * since (expired, swept): the caller asks again. */
-                memset(out, 0, sizeof(*out));
-                if (PQntuples(res) == 1) {
-                    size_t n = (size_t)PQgetlength(res, 0, 0);
-
-                    if (!(out->record = malloc(n ? n : 1))) {
-                        PQclear(res);
-                        seterr(err, errlen, "out of memory");
-                        claim_abort(pg);
-                        return -ENOMEM;
-                    }
-                    memcpy(out->record, PQgetvalue(res, 0, 0), n);
-                    out->record_len = n;
-                    out->state = CN_PG_CLAIM_STORED;
-                } else if (PQntuples(pg->claim_res) == 1) {
-                    const PGresult *c = pg->claim_res;
-
-                    if (int4_at(c, 0, 0))
-                        out->state = int4_at(c, 0, 1) ? CN_PG_CLAIM_OWNED
-                                                      : CN_PG_CLAIM_TAKEN_OVER;
-                    else
-                        out->state = CN_PG_CLAIM_HELD;
-                    out->same_fingerprint = int4_at(c, 0, 2);
-                    out->lease_until_ms = int8_at(c, 0, 3);
-                } else {
-                    out->state = CN_PG_CLAIM_AGAIN;
-                }
-                PQclear(res);
-            }
-            break;
-        case 2:
-        case 4:
-            if (res) { /* one result per statement: anything more is a protocol error */
-                PQclear(res);
-                seterr(err, errlen, "postgresql: unexpected extra result");
-                free(out->record);
-                memset(out, 0, sizeof(*out));
-                claim_abort(pg);
-                return CN_ESTORE;
-            }
-            break;
-        case 5:
-            if (!res || PQresultStatus(res) != PGRES_PIPELINE_SYNC) {
-                pg_error(pg, res, "postgresql", err, errlen);
-                PQclear(res);
-                free(out->record);
-                memset(out, 0, sizeof(*out));
-                claim_abort(pg);
-                return CN_ESTORE;
-            }
+        if (stage == 1 || stage == 3)
+            ok = res && PQresultStatus(res) == PGRES_TUPLES_OK &&
+                 PQnfields(res) == (stage == 1 ? 4 : 2);
+        else if (stage == 5)
+            ok = res && PQresultStatus(res) == PGRES_PIPELINE_SYNC;
+        else
+            ok = !res; /* one result per statement */
+        if (!ok) {
+            pg_error(pg, res, res && (stage == 2 || stage == 4) ? "postgresql: extra result"
+                                                                  : "postgresql",
+                     err, errlen);
             PQclear(res);
-            break;
+            claim_end(pg);
+            return CN_ESTORE;
         }
-        pg->claim_stage++;
+        if (stage == 1)
+            pg->claim_res = res;
+        else if (stage == 3)
+            pg->look_res = res;
+        else
+            PQclear(res);
     }
-    PQclear(pg->claim_res);
-    pg->claim_res = NULL;
-    pg->claim_stage = 0;
     if (!PQexitPipelineMode(pg->conn) || PQsetnonblocking(pg->conn, 0)) {
         pg_error(pg, NULL, "postgresql: leaving pipeline mode", err, errlen);
-        free(out->record);
-        memset(out, 0, sizeof(*out));
-        claim_abort(pg);
+        claim_end(pg);
         return CN_ESTORE;
     }
-    return 0;
+    rc = claim_decide(pg, out);
+    claim_end(pg);
+    if (rc)
+        seterr(err, errlen, "out of memory");
+    return rc;
 }
 
 int
@@ -811,7 +796,7 @@ cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, size
             /* Bounded: 10 s without a byte from the server ends it. */
             if (poll(&p, 1, 10000) == 0) {
                 seterr(err, errlen, "postgresql: no answer to a claim within 10 s");
-                claim_abort(pg);
+                claim_end(pg);
                 return CN_ESTORE;
             }
         }
