@@ -562,16 +562,17 @@ static int
 delete_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, char *err,
              size_t errlen)
 {
-    const char *v[] = {skey, owner};
-    const int len[] = {(int)skeylen, 0}, fmt[] = {1, 0};
-    PGresult *res = run(pg,
-                        "WITH gone AS (DELETE FROM cnerium_claims"
-                        " WHERE store_key = $1 AND owner = $2 RETURNING store_key)"
-                        " SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex'))"
-                        " FROM gone",
-                        2, v, len, fmt, PGRES_TUPLES_OK, err, errlen);
+    params_t p = {0};
+    PGresult *res;
     int n;
 
+    p_bytes(&p, skey, skeylen);
+    p_bytes(&p, owner, strlen(owner));
+    res = run(pg,
+              "WITH gone AS (DELETE FROM cnerium_claims"
+              " WHERE store_key = $1 AND owner = $2 RETURNING store_key)"
+              " SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex')) FROM gone",
+              p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen);
     if (!res)
         return CN_ESTORE;
     n = PQntuples(res);
@@ -971,19 +972,22 @@ put_appends(cn_pg_t *pg, const uint8_t *list, size_t len, int64_t now, int64_t *
                          " VALUES ($1, $2::int8, $3::int8)",
                          &p, err, errlen)))
             return rc;
-        for (unsigned r = 0; r < a.nrooms; r++) {
-            size_t cap = cn__append_event_payload_cap(&a);
-            uint8_t *buf = malloc(cap);
-            cn_event_view_t ev;
+        if (a.nrooms) {
+            /* One payload, one published event per room. */
+            uint8_t *buf = malloc(cn__append_event_payload_cap(&a));
+            cn_event_view_t ev = {.type = "event", .type_len = 5,
+                                  .created_ms = (uint64_t)now, .merged = 1};
 
             if (!buf)
                 return -ENOMEM;
-            ev = (cn_event_view_t){.type = "event", .type_len = 5, .room = a.rooms[r],
-                                   .room_len = a.room_lens[r], .payload = (const char *)buf,
-                                   .payload_len = cn__append_event_payload(
-                                       &a, (uint64_t)version, (uint64_t)*log_pos, buf),
-                                   .created_ms = (uint64_t)now, .merged = 1};
-            rc = put_event(pg, &ev, ev_pos, err, errlen);
+            ev.payload = (const char *)buf;
+            ev.payload_len =
+                cn__append_event_payload(&a, (uint64_t)version, (uint64_t)*log_pos, buf);
+            for (unsigned r = 0; r < a.nrooms && !rc; r++) {
+                ev.room = a.rooms[r];
+                ev.room_len = a.room_lens[r];
+                rc = put_event(pg, &ev, ev_pos, err, errlen);
+            }
             free(buf);
             if (rc)
                 return rc;
@@ -1379,7 +1383,6 @@ cn__pg_listen(cn_pg_t *pg, const char *channel, char *err, size_t errlen)
 {
     char *ident = PQescapeIdentifier(pg->conn, channel, strlen(channel));
     char sql[128];
-    int rc;
 
     if (!ident) {
         pg_error(pg, NULL, "postgresql", err, errlen);
@@ -1391,8 +1394,7 @@ cn__pg_listen(cn_pg_t *pg, const char *channel, char *err, size_t errlen)
         return CN_ESTORE;
     }
     PQfreemem(ident);
-    rc = cn__pg_exec(pg, sql, err, errlen);
-    return rc;
+    return cn__pg_exec(pg, sql, err, errlen);
 }
 
 int
