@@ -881,8 +881,9 @@ cn__durable_wake(cn_durable_t *d, uint64_t now_ms, int all)
         out.op_index = p->a.route->op_index;
         out.waited = 1;
         if (proceed(d, &p->a, &out, &retry_at) == WAITING) {
-            /* Not again in this call (a holder past its lease that cannot be taken
-             * over, a colliding key, is decided once per turn, as before). */
+            /* Not again in this call: a request whose holder is past its lease but
+             * cannot be taken over (a colliding key) is decided again at most once a
+             * millisecond. */
             p->retry_at_ms = retry_at > now_ms ? retry_at : now_ms + 1;
             p->gen = gen;
             pthread_mutex_lock(&d->park_mu);
