@@ -4,7 +4,9 @@
     python3 tests/pgserver.py start DIR   # prints the URL, writes DIR/url
     python3 tests/pgserver.py stop DIR    # stops that server, removes its files
 
-or, imported: start(state_dir) -> url, stop(state_dir).
+or, imported: start(state_dir) -> url, stop(state_dir), create_database(state_dir, name) ->
+its url, and halt(state_dir) / resume(state_dir) to restart the server on the same port
+with the same data.
 
 The cluster lives in a fresh temp dir (owned by the `postgres` system user when we are
 root: initdb and postgres refuse to run as root, so both run through
@@ -119,6 +121,11 @@ def init_cluster(tmp, bindir):
     return data
 
 
+# The servers this process started: kept referenced so that their Popen objects are not
+# collected (and warned about) while the server runs on; stop() goes by PID.
+_launched = []
+
+
 def launch(tmp, bindir, data, port):
     """Starts postgres on port; returns (postmaster pid, None) once it accepts
     connections, or (None, reason) when it exited first (a port taken meanwhile)."""
@@ -135,6 +142,7 @@ def launch(tmp, bindir, data, port):
                              "-c", "logging_collector=off"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=tmp,
             start_new_session=True)
+    _launched.append(proc)
     deadline = time.monotonic() + READY_TIMEOUT_S
     isready = [os.path.join(bindir, "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port),
                "-U", "postgres", "-d", "postgres", "-t", "2"]
@@ -222,6 +230,54 @@ def stop(state_dir):
             os.unlink(os.path.join(state_dir, name))
         except FileNotFoundError:
             pass
+
+
+def _signal_and_wait(pid, sig):
+    os.kill(pid, sig)
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not pid_alive(pid)
+
+
+def halt(state_dir, immediate=False):
+    """Stops the server and keeps its files, so resume() starts it again on the same
+    port with the same data: a database restart, as a host sees one. immediate: SIGQUIT
+    (no checkpoint, crash recovery at the next start) instead of a fast shutdown."""
+    pid = int(read_state(state_dir, "pid"))
+    if not is_postgres(pid):
+        raise RuntimeError(f"no postgres with PID {pid} to halt")
+    if not _signal_and_wait(pid, signal.SIGQUIT if immediate else signal.SIGINT):
+        raise RuntimeError(f"postgres {pid} did not stop within {STOP_TIMEOUT_S:.0f} s")
+
+
+def resume(state_dir):
+    """Starts a halted server again on its port. Returns its URL."""
+    tmp = read_state(state_dir, "tmpdir")
+    url = read_state(state_dir, "url")
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    pid, why = launch(tmp, bin_dir(), os.path.join(tmp, "data"), port)
+    if not pid:
+        raise RuntimeError("postgres did not start again:\n" + why)
+    path = os.path.join(state_dir, "pid")
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{pid}\n")
+    os.replace(path + ".tmp", path)
+    return url
+
+
+def create_database(state_dir, name):
+    """Creates database name (letters, digits, _) on the server; returns its URL."""
+    if not name.replace("_", "").isalnum():
+        raise ValueError("database name %r" % name)
+    url = read_state(state_dir, "url")
+    port = url.rsplit(":", 1)[1].split("/")[0]
+    rc = subprocess.run([os.path.join(bin_dir(), "createdb"), "-h", "127.0.0.1", "-p", port,
+                         "-U", "postgres", name], stdin=subprocess.DEVNULL,
+                        capture_output=True, timeout=READY_TIMEOUT_S)
+    if rc.returncode != 0:
+        raise RuntimeError("createdb %s failed: %s" % (name, rc.stderr.decode(errors="replace")))
+    return url.rsplit("/", 1)[0] + "/" + name
 
 
 def main(argv):

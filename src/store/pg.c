@@ -300,10 +300,14 @@ int
 cn__pg_open(const char *url, cn_pg_t **out, char *err, size_t errlen)
 {
     /* Defaults first, the URL last: what the URL says wins (libpq processes the keywords
-     * in order, the last value of a keyword is kept). The timeout bounds a connect to a
-     * host that drops packets. */
-    const char *const keys[] = {"connect_timeout", "application_name", "dbname", NULL};
-    const char *values[] = {"10", "cnerium", url, NULL};
+     * in order, the last value of a keyword is kept). The timeouts bound a connect to a
+     * host that drops packets and a statement on a connection whose server vanished
+     * (keepalives while idle, tcp_user_timeout while data is unacknowledged): a request
+     * gets its 503 within seconds, never waits for the kernel's 15-minute default. */
+    const char *const keys[] = {"connect_timeout", "application_name", "keepalives_idle",
+                                "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                                "dbname", NULL};
+    const char *values[] = {"10", "cnerium", "5", "2", "3", "10000", url, NULL};
     cn_pg_t *pg;
     int rc;
 
@@ -1398,8 +1402,30 @@ cn__pg_listen(cn_pg_t *pg, const char *channel, char *err, size_t errlen)
 }
 
 int
-cn__pg_wait_notify(cn_pg_t *pg, int timeout_ms, char *payload, size_t cap, char *err,
-                   size_t errlen)
+cn__pg_reset(cn_pg_t *pg, char *err, size_t errlen)
+{
+    /* A server that went away (a restart) has left its goodbye and an end of file in the
+     * socket: reading what is pending finds it without a round trip, so the statement
+     * that follows does not fail on a connection already known dead. */
+    struct pollfd p = {PQsocket(pg->conn), POLLIN | POLLRDHUP, 0};
+
+    if (PQstatus(pg->conn) == CONNECTION_OK && p.fd >= 0 && poll(&p, 1, 0) >= 0 &&
+        !(p.revents & (POLLRDHUP | POLLHUP | POLLERR)) &&
+        (!(p.revents & POLLIN) || PQconsumeInput(pg->conn)) &&
+        PQstatus(pg->conn) == CONNECTION_OK)
+        return 0;
+    claim_end(pg);
+    PQreset(pg->conn);
+    if (PQstatus(pg->conn) != CONNECTION_OK) {
+        pg_error(pg, NULL, "postgresql reconnect failed", err, errlen);
+        return CN_ESTORE;
+    }
+    return 0;
+}
+
+int
+cn__pg_wait_notify(cn_pg_t *pg, int timeout_ms, char *channel, size_t chcap, char *payload,
+                   size_t cap, char *err, size_t errlen)
 {
     uint64_t deadline = cn__clock_mono_ms() + (uint64_t)(timeout_ms > 0 ? timeout_ms : 0);
 
@@ -1413,6 +1439,8 @@ cn__pg_wait_notify(cn_pg_t *pg, int timeout_ms, char *payload, size_t cap, char 
             return CN_ESTORE;
         }
         if ((n = PQnotifies(pg->conn))) {
+            if (channel && chcap)
+                snprintf(channel, chcap, "%s", n->relname ? n->relname : "");
             if (payload && cap)
                 snprintf(payload, cap, "%s", n->extra ? n->extra : "");
             PQfreemem(n);
@@ -1430,4 +1458,10 @@ cn__pg_wait_notify(cn_pg_t *pg, int timeout_ms, char *payload, size_t cap, char 
             return CN_ESTORE;
         }
     }
+}
+
+int
+cn__pg_connected(const cn_pg_t *pg)
+{
+    return PQstatus(pg->conn) == CONNECTION_OK;
 }

@@ -163,11 +163,22 @@ int cn__pg_log_head(cn_pg_t *pg, uint64_t *position, char *err, size_t errlen);
 /* LISTENs on channel on this connection. Returns 0 or CN_ESTORE. */
 int cn__pg_listen(cn_pg_t *pg, const char *channel, char *err, size_t errlen);
 
-/* Waits up to timeout_ms for a notification on a channel this connection listens on.
- * Returns 0 with its payload in payload (cap bytes, truncated, NUL-terminated; may be
- * NULL), -ETIMEDOUT, or CN_ESTORE when the connection failed. */
-int cn__pg_wait_notify(cn_pg_t *pg, int timeout_ms, char *payload, size_t cap, char *err,
-                       size_t errlen);
+/* Waits up to timeout_ms for a notification on a channel this connection listens on
+ * (0: takes one already received, never waits). Returns 0 with its channel and payload
+ * (chcap, cap bytes, truncated, NUL-terminated; either may be NULL), -ETIMEDOUT, or
+ * CN_ESTORE when the connection failed. */
+int cn__pg_wait_notify(cn_pg_t *pg, int timeout_ms, char *channel, size_t chcap,
+                       char *payload, size_t cap, char *err, size_t errlen);
+
+/* Reconnects a connection that was lost (the server restarted, the network failed), with
+ * the same parameters; nothing to do for a live one. A loss the server announced (it
+ * closed the connection) is found here, before the next statement would fail on it. LISTENs are not restored: listen
+ * again. Returns 0 when the connection is up, else CN_ESTORE (blocks up to the connect
+ * timeout). */
+int cn__pg_reset(cn_pg_t *pg, char *err, size_t errlen);
+
+/* 1 when the connection is up (as libpq last saw it). */
+int cn__pg_connected(const cn_pg_t *pg);
 
 /* ---- for cn__pg_migrate and the tests ---- */
 

@@ -728,7 +728,7 @@ test_notifications(void)
 
     CU_ASSERT_EQUAL_FATAL(cn__pg_listen(waiter, CN_PG_DONE_CHANNEL, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL_FATAL(cn__pg_listen(waiter, CN_PG_EVENTS_CHANNEL, err, sizeof(err)), 0);
-    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 0, payload, sizeof(payload), err, sizeof(err)),
+    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 0, NULL, 0, payload, sizeof(payload), err, sizeof(err)),
                     -ETIMEDOUT);
 
     c = claim(pg, "AB", "fp", "h1/1", NOW, 100);
@@ -736,20 +736,21 @@ test_notifications(void)
     c = claim(pg, "AB", "fp", "h2/1", NOW + 100, 100);
     CU_ASSERT_EQUAL(c.state, CN_PG_CLAIM_TAKEN_OVER);
     CU_ASSERT_EQUAL(commit(pg, "AB", "h1/1", "x", NOW + 60000, 1, NULL), CN_ELOST);
-    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 0, payload, sizeof(payload), err, sizeof(err)),
+    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 0, NULL, 0, payload, sizeof(payload), err, sizeof(err)),
                     -ETIMEDOUT);
 
     /* Both notifications of one commit, in either order. */
     CU_ASSERT_EQUAL(commit(pg, "AB", "h2/1", "x", NOW + 60000, 1, NULL), 0);
     {
         int heard_done = 0, heard_events = 0;
+        char channel[64];
 
         for (int i = 0; i < 2; i++) {
-            CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 10000, payload, sizeof(payload), err,
-                                               sizeof(err)),
+            CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 10000, channel, sizeof(channel), payload,
+                                               sizeof(payload), err, sizeof(err)),
                             0);
-            heard_done += !strcmp(payload, "4142");
-            heard_events += !strcmp(payload, "1");
+            heard_done += !strcmp(channel, CN_PG_DONE_CHANNEL) && !strcmp(payload, "4142");
+            heard_events += !strcmp(channel, CN_PG_EVENTS_CHANNEL) && !strcmp(payload, "1");
         }
         CU_ASSERT_EQUAL(heard_done, 1);
         CU_ASSERT_EQUAL(heard_events, 1);
@@ -757,7 +758,7 @@ test_notifications(void)
 
     c = claim(pg, "CD", "fp", "h1/2", NOW, 100);
     CU_ASSERT_EQUAL(cn__pg_release(pg, "CD", 2, "h1/2", err, sizeof(err)), 0);
-    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 10000, payload, sizeof(payload), err,
+    CU_ASSERT_EQUAL(cn__pg_wait_notify(waiter, 10000, NULL, 0, payload, sizeof(payload), err,
                                        sizeof(err)),
                     0);
     CU_ASSERT_STRING_EQUAL(payload, "4344");
