@@ -45,6 +45,7 @@ cn__broadcaster_run(cn_app_t *app, int listen_fd, void (*on_ready)(void *arg), v
         .notify_efd = app->broadcast_efd,
         .stop_fd = sfd,
         .lmdb_dir = lmdb_dir,
+        .store_url = cn_config_store_is_pg(cfg) ? cfg->store : NULL,
         .map_size = CN_APP_STORE_MAP_SIZE,
         .shm = &app->shm,
         .cache_events = CN_APP_EVENT_CACHE,

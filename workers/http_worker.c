@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -175,13 +176,14 @@ loop_main(void *arg)
             uint64_t v;
             if (ev[i].data.fd == cn__http_fd(l->http))
                 continue;
-            /* The wake eventfd may have been read by another loop since: EAGAIN. */
+            /* The wake and store eventfds may have been read by another loop since. */
             if (read(ev[i].data.fd, &v, sizeof(v)) == (ssize_t)sizeof(v))
                 woken |= ev[i].data.fd == w->wake_fd;
             else if (errno != EAGAIN)
                 cn_log_warn("worker %u: reading an eventfd: %s", w->id, strerror(errno));
         }
         poll_committer(w);
+        cn__durable_claimed(&w->durable);
         cn__durable_wake(&w->durable, cn__clock_mono_ms(), woken);
         cn__http_run(l->http);
     }
@@ -213,7 +215,8 @@ start_loop(cn_worker_t *w, unsigned i, int listen_fd, const cn_http_options_t *o
     /* ctl_fd also wakes the loop for replies completed by another loop (acks). */
     cn__http_set_wake_fd(l->http, l->ctl_fd);
     if ((rc = watch(l->epfd, cn__http_fd(l->http), 0)) || (rc = watch(l->epfd, l->ctl_fd, 0)) ||
-        (rc = watch(l->epfd, w->wake_fd, EPOLLEXCLUSIVE)))
+        (rc = watch(l->epfd, w->wake_fd, EPOLLEXCLUSIVE)) ||
+        (w->store_fd >= 0 && (rc = watch(l->epfd, w->store_fd, EPOLLEXCLUSIVE))))
         return rc;
     if ((rc = pthread_create(&l->thread, NULL, loop_main, l)))
         return -rc;
@@ -259,6 +262,33 @@ free_loops(cn_worker_t *w)
     free(w->loops);
     w->loops = NULL;
     w->nloops = 0;
+}
+
+/* ---- a shared store ---- */
+
+/* With --store postgresql://...: the handlers' store reads, the committer and the
+ * claimer each get a connection of their own; the claimer and the committer answer
+ * through store_fd. Returns 0, or the exit code after saying why. */
+static int
+open_shared(cn_worker_t *w)
+{
+    const cn_config_t *cfg = &w->app->cfg;
+    char err[512];
+    int rc;
+
+    if ((w->store_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) < 0) {
+        fprintf(stderr, "cnerium: cannot create an eventfd: %s\n", strerror(errno));
+        return 1;
+    }
+    if ((rc = cn__store_open_pg(cfg->store, &w->store, err, sizeof(err))) ||
+        (rc = cn__committer_new_pg(cfg->store, w->store_fd, cfg->commit_timeout_ms,
+                                   &w->committer, err, sizeof(err))) ||
+        (rc = cn__claimer_new(cfg->store, w->store_fd, &w->claimer, err, sizeof(err)))) {
+        fprintf(stderr, "cnerium: worker %u cannot use the shared store: %s\n", w->id,
+                rc == -ENOMEM ? "out of memory" : err);
+        return 1;
+    }
+    return 0;
 }
 
 /* ---- serving ---- */
@@ -323,21 +353,28 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         .nwake = own_wake_fd ? 1u : app->shm.hdr->nworkers,
     };
 
-    snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
-    if ((rc = cn__store_open(lmdb_dir, CN_APP_STORE_MAP_SIZE, &w.store))) {
-        fprintf(stderr, "cnerium: cannot open the store in '%s': %s\n", lmdb_dir,
-                cn_strerror(rc));
-        if (own_wake_fd)
-            close(w.wake_fd);
-        return rc == -EACCES || rc == -EROFS || rc == -ENOSPC ? 2 : 1;
-    }
-    rc = cfg->single_process
-             ? cn__committer_new_sync(w.store, &w.committer)
-             : cn__committer_new_ring(cn__shm_ring(&app->shm, id), app->persist_efd,
-                                      app->ack_efd[id], cfg->commit_timeout_ms, &w.committer);
-    if (rc) {
-        fprintf(stderr, "cnerium: cannot start the committer: %s\n", cn_strerror(rc));
-        goto out;
+    w.store_fd = -1;
+    if (cn_config_store_is_pg(cfg)) {
+        if ((rc = open_shared(&w)))
+            goto out;
+    } else {
+        snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
+        if ((rc = cn__store_open(lmdb_dir, CN_APP_STORE_MAP_SIZE, &w.store))) {
+            fprintf(stderr, "cnerium: cannot open the store in '%s': %s\n", lmdb_dir,
+                    cn_strerror(rc));
+            if (own_wake_fd)
+                close(w.wake_fd);
+            return rc == -EACCES || rc == -EROFS || rc == -ENOSPC ? 2 : 1;
+        }
+        rc = cfg->single_process
+                 ? cn__committer_new_sync(w.store, &w.committer)
+                 : cn__committer_new_ring(cn__shm_ring(&app->shm, id), app->persist_efd,
+                                          app->ack_efd[id], cfg->commit_timeout_ms,
+                                          &w.committer);
+        if (rc) {
+            fprintf(stderr, "cnerium: cannot start the committer: %s\n", cn_strerror(rc));
+            goto out;
+        }
     }
     atomic_store(&app->shm.workers[id].parked, 0);
     if (!cfg->single_process)
@@ -352,7 +389,17 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         .max_parked = CN_APP_MAX_PARKED,
         .parked_gauge = &app->shm.workers[id].parked,
         .park_mu = PTHREAD_MUTEX_INITIALIZER,
+        .claimer = w.claimer,
     };
+    if (w.claimer) {
+        /* Unique per claim across hosts and restarts: the node, this process, a nonce
+         * (pids are reused), then a counter (cn_durable_t). */
+        uint32_t nonce = 0;
+        if (getrandom(&nonce, sizeof(nonce), 0) != (ssize_t)sizeof(nonce))
+            nonce = (uint32_t)cn__clock_mono_us();
+        snprintf(w.durable.owner_prefix, sizeof(w.durable.owner_prefix), "%.64s/%d/%08x",
+                 cfg->node_id, (int)getpid(), nonce);
+    }
 
     if (w.sweep && start_sweeper(&w)) {
         fprintf(stderr, "cnerium: cannot start the sweep thread\n");
@@ -415,11 +462,15 @@ out:
      * while to come in, then close the servers. */
     stop_loops(&w);
     cn__committer_free(w.committer, cfg->commit_timeout_ms);
+    /* After the committer: a failed commit's last callbacks queue releases. */
+    cn__durable_drop_claims(&w.durable, cn__claimer_free(w.claimer));
     free_loops(&w);
     stop_sweeper(&w);
     atomic_store(&app->shm.workers[id].pid, 0);
     cn__store_close(w.store);
     if (own_wake_fd)
         close(w.wake_fd);
+    if (w.store_fd >= 0)
+        close(w.store_fd);
     return exit_code;
 }

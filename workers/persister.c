@@ -20,6 +20,12 @@
  * run the same loops with batches the engine lays out for O_DIRECT (io->dsync): one
  * RWF_DSYNC write (pwritev2, or one SQE) and no fdatasync. On SIGTERM the loop drains the
  * rings, checkpoints and exits 0.
+ *
+ * With a shared store (--store postgresql://...) there is no WAL and no LMDB: the workers
+ * commit to the database themselves, and this process is the host's listener and
+ * housekeeper (run_shared): it LISTENs for ended claims (waking the workers that have
+ * requests parked on another host's claim) and for new events (waking the broadcaster),
+ * and runs the expiry sweep and the event pruning in bounded batches.
  */
 #include <errno.h>
 #include <poll.h>
@@ -33,7 +39,9 @@
 
 #include "app/app_internal.h"
 #include "cnerium/error.h"
+#include "shm/commits.h"
 #include "store/persist.h"
+#include "store/pg.h"
 #include "store/uring.h"
 #include "support/clock.h"
 #include "support/log.h"
@@ -209,6 +217,185 @@ run_plain(loop_t *l)
     }
 }
 
+/* ---- a shared store: notifications and housekeeping ---- */
+
+#define SHARED_RETRY_MS 500
+#define SHARED_SWEEP_BATCH 1000
+#define SHARED_SWEEP_ROUNDS 16
+#define SHARED_CLAIM_GRACE_MS 60000
+
+static void
+wake_parked(cn_app_t *app)
+{
+    uint64_t mask = 0;
+
+    for (unsigned w = 0; w < app->shm.hdr->nworkers; w++)
+        if (atomic_load(&app->shm.workers[w].parked))
+            mask |= 1ull << w;
+    if (mask) {
+        loop_t l = {.app = app};
+        wake_workers(&l, mask);
+    }
+}
+
+/* Events up to position are committed (any host's): the broadcaster loads them. The
+ * delivery latency of another host's events is counted from when we heard of them. */
+static void
+publish_head(cn_app_t *app, uint64_t position, int heard)
+{
+    cn_shm_events_t *ev = &app->shm.hdr->events;
+    uint64_t was = atomic_load(&ev->committed_seq), one = 1;
+
+    if (position <= was)
+        return;
+    if (heard) {
+        cn__shm_commit_publish(&app->shm.hdr->commits, was + 1, position,
+                               cn__clock_mono_ns());
+        atomic_fetch_add(&ev->committed_total, position - was);
+    }
+    atomic_store_explicit(&ev->committed_seq, position, memory_order_release);
+    if (app->broadcast_efd >= 0 && write(app->broadcast_efd, &one, sizeof(one)) < 0 &&
+        errno != EAGAIN)
+        cn_log_warn("waking the broadcaster: %s", strerror(errno));
+}
+
+/* The newest event position in the database, published (at start and after a
+ * reconnect: notifications sent meanwhile are lost). */
+static int
+publish_newest(cn_app_t *app, cn_pg_t *pg, char *err, size_t errlen)
+{
+    uint64_t oldest = 0, newest = 0;
+    int rc = cn__pg_events_bounds(pg, &oldest, &newest, err, errlen);
+
+    if (rc == 0)
+        publish_head(app, newest, 0);
+    return rc;
+}
+
+/* Connects (again) and listens on both channels. Returns 0 or CN_ESTORE. */
+static int
+shared_listen(cn_app_t *app, cn_pg_t **pg, char *err, size_t errlen)
+{
+    int rc;
+
+    if (!*pg)
+        rc = cn__pg_open(app->cfg.store, pg, err, errlen);
+    else
+        rc = cn__pg_reset(*pg, err, errlen);
+    if (rc == 0 && !(rc = cn__pg_listen(*pg, CN_PG_DONE_CHANNEL, err, errlen)) &&
+        !(rc = cn__pg_listen(*pg, CN_PG_EVENTS_CHANNEL, err, errlen)))
+        rc = publish_newest(app, *pg, err, errlen);
+    return rc;
+}
+
+static void
+shared_sweep(cn_app_t *app, cn_pg_t *pg)
+{
+    const cn_config_t *cfg = &app->cfg;
+    uint64_t now = cn__clock_wall_ms();
+    size_t deleted = 0, total = 0;
+    char err[256];
+    int rc = 0;
+
+    for (unsigned r = 0; r < SHARED_SWEEP_ROUNDS; r++) {
+        if ((rc = cn__pg_sweep(pg, (int64_t)now, SHARED_SWEEP_BATCH, SHARED_CLAIM_GRACE_MS,
+                               &deleted, err, sizeof(err))))
+            break;
+        total += deleted;
+        if (deleted < SHARED_SWEEP_BATCH)
+            break;
+    }
+    if (rc == 0 && (cfg->events_retain || cfg->events_retain_s)) {
+        uint64_t min_created = (uint64_t)cfg->events_retain_s * 1000u;
+        min_created = cfg->events_retain_s && now > min_created ? now - min_created : 0;
+        rc = cn__pg_events_prune(pg, cfg->events_retain, min_created, SHARED_SWEEP_BATCH,
+                                 &deleted, err, sizeof(err));
+    }
+    if (rc)
+        cn_log_warn("the shared store's sweep failed: %s", err);
+    else if (total)
+        cn_log_debug("expiry sweep removed %zu stored responses", total);
+}
+
+static int
+run_shared(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
+{
+    uint64_t next_sweep = cn__clock_mono_ms() + app->cfg.sweep_interval_ms;
+    cn_pg_t *pg = NULL;
+    sigset_t stop;
+    char err[512];
+    int sfd, up, stopping = 0;
+
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    if ((sfd = signalfd(-1, &stop, SFD_CLOEXEC)) < 0) {
+        fprintf(stderr, "cnerium: persister signalfd: %s\n", strerror(errno));
+        return 1;
+    }
+    up = shared_listen(app, &pg, err, sizeof(err)) == 0;
+    if (!up)
+        cn_log_error("listening to the shared store: %s; retrying", err);
+    atomic_store(&app->shm.hdr->persist.pid, (int32_t)getpid());
+    if (on_ready)
+        on_ready(ready_arg);
+
+    while (!stopping) {
+        struct pollfd pf[2] = {{sfd, POLLIN, 0}, {up ? cn__pg_fd(pg) : -1, POLLIN, 0}};
+        uint64_t now = cn__clock_mono_ms();
+        int timeout = !up ? SHARED_RETRY_MS
+                      : next_sweep > now ? (int)(next_sweep - now) : 0;
+        int woke_parked = 0, rc;
+        uint64_t head = 0;
+
+        if (poll(pf, 2, timeout) < 0 && errno != EINTR)
+            break;
+        if (pf[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            if (read(sfd, &si, sizeof(si)) > 0)
+                stopping = 1;
+        }
+        if (!up) {
+            if ((up = shared_listen(app, &pg, err, sizeof(err)) == 0)) {
+                /* Notifications sent while we were away are lost: the parked ask again
+                 * (the newest event was published by shared_listen). */
+                cn_log_info("listening to the shared store again");
+                wake_parked(app);
+            }
+            continue;
+        }
+        for (;;) {
+            char channel[64], payload[32];
+            rc = cn__pg_wait_notify(pg, 0, channel, sizeof(channel), payload,
+                                    sizeof(payload), err, sizeof(err));
+            if (rc)
+                break;
+            if (!strcmp(channel, CN_PG_DONE_CHANNEL))
+                woke_parked = 1;
+            else if (!strcmp(channel, CN_PG_EVENTS_CHANNEL))
+                head = strtoull(payload, NULL, 10) > head ? strtoull(payload, NULL, 10) : head;
+        }
+        if (woke_parked)
+            wake_parked(app);
+        if (head)
+            publish_head(app, head, 1);
+        if (rc == CN_ESTORE) {
+            cn_log_error("the shared store's connection failed: %s; reconnecting", err);
+            up = 0;
+            continue;
+        }
+        if (cn__clock_mono_ms() >= next_sweep) {
+            shared_sweep(app, pg);
+            next_sweep = cn__clock_mono_ms() + app->cfg.sweep_interval_ms;
+            up = cn__pg_connected(pg);
+        }
+    }
+    atomic_store(&app->shm.hdr->persist.pid, 0);
+    cn__pg_close(pg);
+    close(sfd);
+    return 0;
+}
+
 int
 cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
 {
@@ -231,6 +418,8 @@ cn__persister_run(cn_app_t *app, void (*on_ready)(void *arg), void *ready_arg)
     char err[1024];
     int rc;
 
+    if (cn_config_store_is_pg(cfg))
+        return run_shared(app, on_ready, ready_arg);
     /* A thread woken from fdatasync on a busy machine can wait a scheduler tick: the
      * persister gets a higher priority where that is permitted, and quietly keeps the
      * default where it is not. */

@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "app/app_internal.h"
+#include "store/pg.h"
 #include "cnerium/error.h"
 #include "http/listen.h"
 #include "support/clock.h"
@@ -625,6 +626,21 @@ check_store(const cn_config_t *cfg)
     cn_store_t *store;
     int rc;
 
+    if (cn_config_store_is_pg(cfg)) {
+        /* The shared store: reachable, and its schema created or migrated here, once,
+         * before any worker starts (hosts starting at once migrate each step once). */
+        char err[512];
+        cn_pg_t *pg;
+        if (!(rc = cn__pg_open(cfg->store, &pg, err, sizeof(err)))) {
+            rc = cn__pg_migrate(pg, err, sizeof(err));
+            cn__pg_close(pg);
+        }
+        if (rc) {
+            fprintf(stderr, "cnerium: cannot use the shared store: %s\n", err);
+            return rc == CN_EVERSION || rc == CN_ECONFIG ? 2 : 1;
+        }
+        return 0;
+    }
     snprintf(lmdb_dir, sizeof(lmdb_dir), "%s/lmdb", cfg->data_dir);
     if ((rc = cn__store_open(lmdb_dir, CN_APP_STORE_MAP_SIZE, &store))) {
         fprintf(stderr, "cnerium: cannot open the store in '%s': %s\n", lmdb_dir,

@@ -82,6 +82,9 @@ typedef struct cn_config {
     char name[CN_CONFIG_NAME_MAX];
     char node_id[CN_CONFIG_NAME_MAX];
     char data_dir[CN_CONFIG_PATH_MAX];
+    /* "lmdb" (the embedded store in data_dir, one host) or a postgresql:// URL: a
+     * database that several hosts share (README "Several hosts"). */
+    char store[CN_CONFIG_PATH_MAX];
     char host[CN_CONFIG_HOST_MAX];
     uint16_t port;
     int workers;        /* HTTP worker processes */
@@ -128,6 +131,9 @@ cn_config_t cn_config_development(void);
 int cn_config_set_name(cn_config_t *cfg, const char *name);
 int cn_config_set_node_id(cn_config_t *cfg, const char *node_id);
 int cn_config_set_data_dir(cn_config_t *cfg, const char *dir);
+
+/* 1 when cfg->store names a PostgreSQL database (postgresql:// or postgres://). */
+int cn_config_store_is_pg(const cn_config_t *cfg);
 int cn_config_set_principal_header(cn_config_t *cfg, const char *header);
 /* Enables the realtime endpoint at path on host:port. */
 int cn_config_enable_realtime(cn_config_t *cfg, const char *path, const char *host,

@@ -18,6 +18,7 @@
 #include "reliability/durable.h"
 #include "shm/inflight.h"
 #include "shm/region.h"
+#include "store/claimer.h"
 #include "store/commit.h"
 #include "store/store.h"
 
@@ -68,9 +69,13 @@ typedef struct cn_worker {
     unsigned id;
     cn_store_t *store;
     cn_committer_t *committer;
+    cn_claimer_t *claimer; /* a shared store's claims; NULL with LMDB */
     cn_inflight_t inflight;
     cn_durable_t durable;
     int wake_fd; /* eventfd: acks from the persister, ended claims somebody waits on */
+    /* A shared store: the claimer and the pg committer write it when answers are in; -1
+     * otherwise. */
+    int store_fd;
     cn_loop_t *loops;
     unsigned nloops;
     atomic_uint command; /* CMD_* for the loops */

@@ -53,6 +53,8 @@ static const opt_t options[] = {
     {"single-process", "CNERIUM_SINGLE_PROCESS", OPT_BOOL, F(single_process), 0, 1, "",
      "serve from one process, no supervisor (debugging)"},
     {"data-dir", "CNERIUM_DATA_DIR", OPT_STR, F(data_dir), 0, 0, "DIR", "data directory"},
+    {"store", "CNERIUM_STORE", OPT_STR, F(store), 0, 0, "URL",
+     "lmdb, or postgresql://user@host:port/db shared by several hosts"},
     {"realtime-host", "CNERIUM_REALTIME_HOST", OPT_STR, F(realtime_host), 0, 0, "H",
      "WebSocket bind address"},
     {"realtime-port", "CNERIUM_REALTIME_PORT", OPT_PORT, F(realtime_port), 0, 65535, "N",
@@ -144,6 +146,7 @@ cn_config_development(void)
     copy_str(c.name, sizeof(c.name), "cnerium");
     copy_str(c.node_id, sizeof(c.node_id), "");
     copy_str(c.data_dir, sizeof(c.data_dir), "data/cnerium");
+    copy_str(c.store, sizeof(c.store), "lmdb");
     copy_str(c.host, sizeof(c.host), "127.0.0.1");
     c.port = 8080;
     c.workers = cores > 0 && cores <= CN_CONFIG_WORKERS_MAX ? (int)cores : 1;
@@ -382,6 +385,9 @@ cn_config_validate(const cn_config_t *cfg, char *err, size_t errlen)
         return fail(err, errlen, "--host must not be empty");
     if (!cfg->data_dir[0])
         return fail(err, errlen, "--data-dir must not be empty");
+    if (!cn_config_store_is_pg(cfg) && strcmp(cfg->store, "lmdb"))
+        return fail(err, errlen, "--store must be lmdb or a postgresql:// URL, not '%s'",
+                    strncmp(cfg->store, "postgres", 8) ? cfg->store : "(a URL)");
     if (cfg->workers < 1 || cfg->workers > CN_CONFIG_WORKERS_MAX)
         return fail(err, errlen, "--workers must be in 1..%d", CN_CONFIG_WORKERS_MAX);
     if (cfg->threads < 1)
@@ -455,4 +461,10 @@ cn_config_from_args(cn_config_t *cfg, int argc, char **argv)
         fprintf(stderr, "%s: %s\n", argc > 0 ? argv[0] : "cnerium", err);
         exit(2);
     }
+}
+
+int
+cn_config_store_is_pg(const cn_config_t *cfg)
+{
+    return !strncmp(cfg->store, "postgresql://", 13) || !strncmp(cfg->store, "postgres://", 11);
 }

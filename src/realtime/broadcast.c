@@ -1193,8 +1193,16 @@ cn__broadcast_run(const cn_broadcast_config_t *cfg, void (*on_ready)(void *arg),
     atomic_store(&b.stats->clients, 0);
     if (!(b.cache = calloc(cfg->cache_events, sizeof(*b.cache))))
         return -ENOMEM;
-    if ((rc = cn__store_open(cfg->lmdb_dir, cfg->map_size, &b.store)) ||
-        (rc = cn__store_events_epoch(b.store, &b.epoch)))
+    if (cfg->store_url) {
+        char err[512];
+        if ((rc = cn__store_open_pg(cfg->store_url, &b.store, err, sizeof(err)))) {
+            cn_log_error("the broadcaster cannot read the shared store: %s", err);
+            goto out;
+        }
+    } else if ((rc = cn__store_open(cfg->lmdb_dir, cfg->map_size, &b.store))) {
+        goto out;
+    }
+    if ((rc = cn__store_events_epoch(b.store, &b.epoch)))
         goto out;
     cn__ws_epoch_format(b.epoch, b.epoch_hex);
 

@@ -41,6 +41,8 @@ typedef struct cn_broadcast_config {
     int notify_efd;        /* the persister writes it after committing events */
     int stop_fd;           /* a signalfd for SIGTERM/SIGINT */
     const char *lmdb_dir;
+    const char *store_url;     /* a shared store (postgresql://...): events come from it
+                                * instead of lmdb_dir; NULL: LMDB */
     size_t map_size;
     cn_shm_t *shm;
     unsigned cache_events; /* serialized events kept in memory */

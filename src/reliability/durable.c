@@ -145,6 +145,7 @@ typedef struct commit_wait {
     const char *operation; /* the route's */
     unsigned op_index;
     cn_claim_t claim;
+    char owner[CN_CLAIM_OWNER_MAX]; /* a shared store: the claim the record ends */
     cn_response_t res;    /* the handler's response, until delivered */
     void *handle;         /* where to deliver */
     char skey[CN_STORE_KEY_MAX + 1]; /* the store key, to look up an unknown outcome */
@@ -163,6 +164,27 @@ typedef struct commit_wait {
 
 static int park(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, const char *skey,
                 size_t skeylen, uint64_t retry_at_ms, uint64_t gen, int waited);
+
+/* Ends owner's claim on skey in the shared store, without waiting (the claimer runs it
+ * before any later claim of this worker). Nothing to do without a shared store or a
+ * claim; when it cannot be queued the claim ends with its lease. */
+static void
+release_shared(cn_durable_t *d, const char *skey, size_t skeylen, const char *owner)
+{
+    cn_claim_job_t *job;
+
+    if (!d->claimer || !owner[0])
+        return;
+    if (!(job = calloc(1, sizeof(*job)))) {
+        cn_log_warn("out of memory releasing a claim: the key is free at its lease end");
+        return;
+    }
+    job->release = 1;
+    memcpy(job->skey, skey, skeylen);
+    job->skeylen = skeylen;
+    snprintf(job->owner, sizeof(job->owner), "%s", owner);
+    cn__claimer_submit(d->claimer, job);
+}
 
 /* The handler asked to run again on fresh state when an expectation fails
  * (cn_stream_retry_on_conflict) and has runs left: the request is parked, due at once,
@@ -353,7 +375,7 @@ commit_done(int status, int final, void *arg)
     }
     if (status == -ENODATA)
         status = outcome_from_store(w);
-    else if (status == 0 && w->appends && w->d->store && outcome_from_store(w))
+    else if (status == 0 && w->appends && !w->d->claimer && w->d->store && outcome_from_store(w))
         /* A persister that died after writing the record and before acking it replays
          * it at restart and acks it as applied; a conflict is decided again then, and
          * only the store can tell which way. Nothing stored: it was refused. */
@@ -361,6 +383,10 @@ commit_done(int status, int final, void *arg)
     if (status && status != CN_ECONFLICT)
         cn_log_error("%s: the record could not be stored (%s)", w->operation,
                      cn_strerror(status));
+    /* Not stored: the shared claim ends first, so a duplicate the table's release wakes
+     * finds the key free (or, on another worker, is woken by its notification). */
+    if (status)
+        release_shared(w->d, w->skey, w->skeylen, w->owner);
     if (cn__inflight_release(w->d->inflight, &w->claim) == CN_ELOST && !status)
         cn_log_warn("%s: claim lost after its record was stored", w->operation);
     if (!w->delivered && status == CN_ECONFLICT && w->rerun_req && rerun(w) == 0) {
@@ -388,7 +414,7 @@ commit_done(int status, int final, void *arg)
 static int
 store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_t skeylen,
                cn_request_t *req, cn_response_t *res, const cn_claim_t *claim,
-               cn_durable_result_t *out)
+               const char *owner, cn_durable_result_t *out)
 {
     uint64_t now = cn__clock_wall_ms();
     cn_record_t rec = {
@@ -402,7 +428,7 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
         .body = res->body,
         .body_len = (uint32_t)res->body_len,
     };
-    cn_store_put_t item = {skey, skeylen, &rec, NULL, 0, NULL, 0};
+    cn_store_put_t item = {skey, skeylen, &rec, NULL, 0, NULL, 0, owner[0] ? owner : NULL};
     uint8_t evbuf[1024], *events = evbuf, *appends = NULL;
     commit_wait_t *w;
     int rc;
@@ -464,6 +490,7 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     w->operation = route->operation;
     w->op_index = route->op_index;
     w->claim = *claim;
+    snprintf(w->owner, sizeof(w->owner), "%s", owner);
     w->handle = req->http_handle;
     w->waited = out->waited;
     if (d->cfg->durability == CN_DURABILITY_ASYNC && !w->appends) {
@@ -506,7 +533,7 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
 static int
 store_too_big(cn_durable_t *d, const cn_route_t *route, const char *skey, size_t skeylen,
               cn_request_t *req, cn_response_t *res, const cn_claim_t *claim,
-              cn_durable_result_t *out)
+              const char *owner, cn_durable_result_t *out)
 {
     size_t max = cn__committer_record_max(d->committer), body = res->body_len;
     cn_response_t problem_res;
@@ -533,7 +560,7 @@ store_too_big(cn_durable_t *d, const cn_route_t *route, const char *skey, size_t
     req->appends_conditional = 0;
     cn_response_free(res);
     *res = problem_res;
-    return store_response(d, route, skey, skeylen, req, res, claim, out);
+    return store_response(d, route, skey, skeylen, req, res, claim, owner, out);
 }
 
 static int
@@ -551,6 +578,7 @@ typedef struct admitted {
     char skey[CN_STORE_KEY_MAX + 1]; /* the store key: operation, scope, key */
     size_t skeylen;
     uint8_t slot_key[CN_SHA256_LEN]; /* its hash: the in-flight table's key */
+    char owner[CN_CLAIM_OWNER_MAX];  /* a shared store: the claim it owns ("" none) */
 } admitted_t;
 
 /* A request waiting for a concurrent duplicate (or due for a rerun). */
@@ -617,7 +645,7 @@ admit(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, admitted_t *a
         cn_record_t probe = {.body_len = req->body_len > CN_RECORD_FIELD_MAX
                                              ? CN_RECORD_FIELD_MAX
                                              : (uint32_t)req->body_len};
-        cn_store_put_t probe_item = {a->skey, a->skeylen, &probe, NULL, 0, NULL, 0};
+        cn_store_put_t probe_item = {a->skey, a->skeylen, &probe, NULL, 0, NULL, 0, NULL};
         size_t max = cn__committer_record_max(d->committer);
 
         if (req->body_len > CN_RECORD_FIELD_MAX ||
@@ -646,7 +674,7 @@ in_progress(cn_durable_result_t *out)
         cn_response_free(&out->response);
 }
 
-enum { DECIDED, OWNED, WAITING };
+enum { DECIDED, OWNED, WAITING, CLAIM };
 
 /* How many times decide follows a claim that ended between its looks before it parks
  * the request (each round means another request finished or failed on the key). */
@@ -654,8 +682,9 @@ enum { DECIDED, OWNED, WAITING };
 
 /* Step 2. Look, claim, look again: a duplicate that finished between the first look and
  * the claim has stored its record by the time its claim is released. Never sleeps.
- * Returns DECIDED (out has the answer), OWNED (*claim is the caller's: run the handler)
- * or WAITING (the key is held elsewhere: park until *retry_at_ms or a wake). */
+ * Returns DECIDED (out has the answer), OWNED (*claim is the caller's: run the handler),
+ * WAITING (the key is held elsewhere: park until *retry_at_ms or a wake), or, with a
+ * shared store, CLAIM (*claim is the caller's on this host: claim it in the database). */
 static int
 decide(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, cn_claim_t *claim,
        uint64_t *retry_at_ms)
@@ -663,11 +692,14 @@ decide(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, cn_claim_t *cla
     cn_request_t *req = a->req;
 
     for (unsigned round = 0; round < DECIDE_ROUNDS; round++) {
-        if (lookup(d, a->skey, a->skeylen, req, out))
+        /* A shared store is looked up by its claim, after the table's. */
+        if (!d->claimer && lookup(d, a->skey, a->skeylen, req, out))
             return DECIDED;
         switch (cn__inflight_try(d->inflight, a->slot_key, req->fingerprint, d->cfg->lease_ms,
                                  claim, retry_at_ms)) {
         case CN_INFLIGHT_OWNED:
+            if (d->claimer)
+                return CLAIM;
             if (lookup(d, a->skey, a->skeylen, req, out)) {
                 cn__inflight_release(d->inflight, claim);
                 return DECIDED;
@@ -744,13 +776,13 @@ run(cn_durable_t *d, admitted_t *a, cn_claim_t *claim, cn_durable_result_t *out)
                           "the same Idempotency-Key");
         persist = 0;
     } else if (persist) {
-        rc = store_response(d, route, a->skey, a->skeylen, req, &res, claim, out);
+        rc = store_response(d, route, a->skey, a->skeylen, req, &res, claim, a->owner, out);
         if (rc == 0)
             return; /* deferred, or answered at once in async mode */
         if (rc == CN_ETOOBIG) {
             /* It can never be stored as it is: a final answer instead of a 503 that
              * would run the handler again on every retry. */
-            rc = store_too_big(d, route, a->skey, a->skeylen, req, &res, claim, out);
+            rc = store_too_big(d, route, a->skey, a->skeylen, req, &res, claim, a->owner, out);
             if (rc == 0)
                 return;
         }
@@ -759,6 +791,7 @@ run(cn_durable_t *d, admitted_t *a, cn_claim_t *claim, cn_durable_result_t *out)
         res = not_stored_problem(rc);
         persist = 0;
     }
+    release_shared(d, a->skey, a->skeylen, a->owner);
     cn__inflight_release(d->inflight, claim);
     cn__events_free(req->events);
     req->events = NULL;
@@ -766,8 +799,51 @@ run(cn_durable_t *d, admitted_t *a, cn_claim_t *claim, cn_durable_result_t *out)
     finish(out, res.status >= 500 ? CN_OUTCOME_FAILED : CN_OUTCOME_EXECUTED, res);
 }
 
+/* A request whose shared-store claim is being asked for (cn__durable_claimed takes it
+ * on): the job comes first, so the claimer's list is a list of these. */
+typedef struct claiming {
+    cn_claim_job_t job;
+    admitted_t a;
+    cn_claim_t claim; /* this host's, held meanwhile */
+    int waited;
+} claiming_t;
+
+static void
+storage_unavailable(cn_durable_result_t *out)
+{
+    problem(out, CN_OUTCOME_FAILED, 503, CN_PROBLEM_STORAGE,
+            "The idempotency store is unavailable; retry with the same Idempotency-Key");
+    if (out->response.status && cn_response_add_header(&out->response, "Retry-After", "1"))
+        cn_response_free(&out->response);
+}
+
+/* Hands the key (claimed on this host) to the claimer: the answer comes to
+ * cn__durable_claimed. The request is deferred. */
+static void
+claim_shared(cn_durable_t *d, admitted_t *a, const cn_claim_t *claim, cn_durable_result_t *out)
+{
+    claiming_t *c = calloc(1, sizeof(*c));
+
+    if (!c) {
+        cn__inflight_release(d->inflight, claim);
+        storage_unavailable(out);
+        return;
+    }
+    c->a = *a;
+    c->claim = *claim;
+    c->waited = out->waited;
+    memcpy(c->job.skey, a->skey, a->skeylen);
+    c->job.skeylen = a->skeylen;
+    memcpy(c->job.fingerprint, a->req->fingerprint, sizeof(c->job.fingerprint));
+    snprintf(c->job.owner, sizeof(c->job.owner), "%s/%llu", d->owner_prefix,
+             (unsigned long long)atomic_fetch_add(&d->owner_seq, 1) + 1);
+    c->job.lease_ms = d->cfg->lease_ms;
+    out->deferred = 1;
+    cn__claimer_submit(d->claimer, &c->job);
+}
+
 /* Steps 2 to 4 for an admitted request: answers in *out, sets out->deferred (the
- * commit decides), or returns WAITING with *retry_at_ms. */
+ * commit, or the shared claim, decides), or returns WAITING with *retry_at_ms. */
 static int
 proceed(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, uint64_t *retry_at_ms)
 {
@@ -776,6 +852,8 @@ proceed(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, uint64_t *retr
 
     if (step == OWNED)
         run(d, a, &claim, out);
+    else if (step == CLAIM)
+        claim_shared(d, a, &claim, out);
     return step == WAITING ? WAITING : DECIDED;
 }
 
@@ -939,5 +1017,93 @@ cn__durable_cancel_parked(cn_durable_t *d)
         d->deliver(d->deliver_arg, p->a.req->http_handle, &out);
         parked_sub(d);
         free(p);
+    }
+}
+
+/* One answered shared claim, on the way decide would have gone with it. */
+static void
+claimed_one(cn_durable_t *d, claiming_t *c)
+{
+    cn_durable_result_t out = {.op_index = c->a.route->op_index, .waited = c->waited};
+    cn_pg_claim_t *pc = &c->job.claim;
+    cn_request_t *req = c->a.req;
+    uint64_t gen = atomic_load(&d->wake_gen); /* before deciding, as in cn__durable_handle */
+
+    if (c->job.rc == 0 &&
+        (pc->state == CN_PG_CLAIM_OWNED || pc->state == CN_PG_CLAIM_TAKEN_OVER)) {
+        memcpy(c->a.owner, c->job.owner, sizeof(c->a.owner));
+        run(d, &c->a, &c->claim, &out);
+    } else {
+        /* Not ours: the key goes back to this host's table (waking its waiters here,
+         * who ask the database in turn). */
+        cn__inflight_release(d->inflight, &c->claim);
+        if (c->job.rc) {
+            storage_unavailable(&out);
+        } else if (pc->state == CN_PG_CLAIM_STORED) {
+            cn_record_t rec;
+            if (cn__record_decode(pc->record, pc->record_len, &rec))
+                storage_unavailable(&out);
+            else if (memcmp(rec.fingerprint, req->fingerprint, CN_SHA256_LEN))
+                problem(&out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+            else
+                replay(&out, &rec);
+        } else if (pc->state == CN_PG_CLAIM_HELD && !pc->same_fingerprint) {
+            problem(&out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+        } else if (pc->state == CN_PG_CLAIM_HELD) {
+            /* Another host runs it: wait for its notification, its lease end, or the next
+             * poll, whichever comes first, within the request's own deadline. */
+            uint64_t now = cn__clock_mono_ms(), wall = cn__clock_wall_ms();
+            uint64_t left = pc->lease_until_ms > (int64_t)wall
+                                ? (uint64_t)pc->lease_until_ms - wall + 1
+                                : 1;
+            uint64_t at = now + (left < CN_DURABLE_SHARED_POLL_MS ? left
+                                                                  : CN_DURABLE_SHARED_POLL_MS);
+            if (at > req->inflight_deadline)
+                at = req->inflight_deadline;
+            if (now < req->inflight_deadline &&
+                park(d, c->a.route, req, c->a.skey, c->a.skeylen, at, gen, 1) == 0) {
+                free(pc->record);
+                free(c);
+                return;
+            }
+            in_progress(&out);
+        } else {
+            storage_unavailable(&out); /* AGAIN twice in a row: a key churning */
+        }
+    }
+    free(pc->record);
+    if (!out.deferred)
+        d->deliver(d->deliver_arg, req->http_handle, &out);
+    free(c);
+}
+
+void
+cn__durable_claimed(cn_durable_t *d)
+{
+    cn_claim_job_t *list, *job;
+
+    if (!d->claimer)
+        return;
+    for (list = cn__claimer_take(d->claimer); (job = list);) {
+        list = job->next;
+        claimed_one(d, (claiming_t *)job);
+    }
+}
+
+void
+cn__durable_drop_claims(cn_durable_t *d, cn_claim_job_t *left)
+{
+    cn_claim_job_t *job;
+
+    while ((job = left)) {
+        claiming_t *c = (claiming_t *)job;
+        left = job->next;
+        cn__inflight_release(d->inflight, &c->claim);
+        if (job->rc == 0 &&
+            (job->claim.state == CN_PG_CLAIM_OWNED || job->claim.state == CN_PG_CLAIM_TAKEN_OVER))
+            cn_log_warn("stopping with a claim on %s never run: it ends with its lease",
+                        c->a.skey);
+        free(job->claim.record);
+        free(c);
     }
 }

@@ -16,6 +16,7 @@
 #include "http/request_internal.h"
 #include "shm/inflight.h"
 #include "shm/shm.h"
+#include "store/claimer.h"
 #include "store/commit.h"
 #include "store/store.h"
 
@@ -54,7 +55,18 @@ typedef struct cn_durable {
     /* Counts wakes (claims somebody waited on ended). A parked request remembers the
      * count its last decision saw: a wake since makes it due. Zero-initialize. */
     _Atomic uint64_t wake_gen;
+    /* A shared store (PostgreSQL): a key this host's in-flight table gives a request is
+     * then claimed in the database too, through the claimer, before its handler runs;
+     * the request waits for the answer like a parked one (cn__durable_claimed takes it
+     * on). Claims are named owner_prefix/<owner_seq>. NULL: LMDB, the table decides. */
+    cn_claimer_t *claimer;
+    char owner_prefix[CN_CLAIM_OWNER_MAX - 24];
+    _Atomic uint64_t owner_seq;
 } cn_durable_t;
+
+/* How long a request that waits for another host's claim sleeps at most before it asks
+ * again, should the notification that the claim ended be lost (ms). */
+#define CN_DURABLE_SHARED_POLL_MS 200
 
 /* Takes parked requests back to their decision: those due by now_ms, those decided
  * before a wake, and with all set (this call is a wake: a claim somebody waited on
@@ -69,6 +81,16 @@ void cn__durable_wake(cn_durable_t *d, uint64_t now_ms, int all);
  * deadline, or a rerun; 0 for one decided before the last wake), or UINT64_MAX with
  * none parked. */
 uint64_t cn__durable_next_wake_ms(cn_durable_t *d);
+
+/* Takes on the requests whose shared-store claims were answered (the claimer's eventfd
+ * fired): runs the handler of an owned key, replays a stored response, answers 409 or
+ * parks a request whose key another host holds, 503 when the database failed. Any of a
+ * worker's loops may call it, also at once. */
+void cn__durable_claimed(cn_durable_t *d);
+
+/* Frees the claims cn__claimer_free returned (the worker is stopping: their requests'
+ * connections are gone), releasing their keys in the in-flight table. */
+void cn__durable_drop_claims(cn_durable_t *d, cn_claim_job_t *left);
 
 /* Requests parked now. */
 unsigned cn__durable_parked(cn_durable_t *d);

@@ -21,12 +21,17 @@
 #include "cnerium/error.h"
 #include "store/commit.h"
 #include "store/persist.h"
+#include "store/pg.h"
 #include "support/clock.h"
 #include "support/log.h"
 
 
 typedef struct entry {
     struct entry *next;
+    /* pg committer: the record, owned (one allocation after the entry), and its outcome */
+    cn_pg_put_t put;
+    int status;
+    int decided; /* mu */
     uint64_t seq;
     uint64_t failed_at_push; /* the ring's failed_count before the push */
     uint64_t deadline_ms;
@@ -46,6 +51,15 @@ struct cn_committer {
     pthread_mutex_t mu;
     entry_t *head, *tail;
     atomic_uint pending;
+
+    /* pg committer: a thread commits what was submitted, in order, a batch per
+     * transaction; head..send are taken (or decided), send..tail wait for it. */
+    cn_pg_t *pg;
+    pthread_t thread;
+    pthread_cond_t cond; /* mu: something to send, or stop */
+    entry_t *send;
+    int stop, thread_started;
+    int last_error; /* mu */
 };
 
 int
@@ -66,13 +80,14 @@ void
 cn__committer_poll(cn_committer_t *c)
 {
     entry_t *done = NULL, **last = &done, *e;
-    uint64_t acked, now;
+    uint64_t acked = 0, now;
 
-    if (!c->ring)
+    if (!c->ring && !c->pg)
         return;
-    acked = atomic_load_explicit(&c->ring->acked_seq, memory_order_acquire);
+    if (c->ring)
+        acked = atomic_load_explicit(&c->ring->acked_seq, memory_order_acquire);
     pthread_mutex_lock(&c->mu);
-    while (c->head && c->head->seq <= acked) {
+    while (c->head && (c->pg ? c->head->decided : c->head->seq <= acked)) {
         e = c->head;
         c->head = e->next;
         if (!c->head)
@@ -85,7 +100,9 @@ cn__committer_poll(cn_committer_t *c)
     while ((e = done)) {
         done = e->next;
         /* The persister's reason (ENOSPC, MDB_MAP_FULL, ...) travels with the failure. */
-        e->done(cn__ring_result(c->ring, e->seq, e->failed_at_push), 1, e->arg);
+        if (e->done)
+            e->done(c->pg ? e->status : cn__ring_result(c->ring, e->seq, e->failed_at_push), 1,
+                    e->arg);
         atomic_fetch_sub(&c->pending, 1);
         free(e);
     }
@@ -100,7 +117,8 @@ cn__committer_poll(cn_committer_t *c)
         entry_t *next;
         if (!e->timed_out) {
             e->timed_out = 1;
-            e->done(-ETIMEDOUT, 0, e->arg);
+            if (e->done)
+                e->done(-ETIMEDOUT, 0, e->arg);
         }
         pthread_mutex_lock(&c->mu);
         next = e->next;
@@ -115,7 +133,7 @@ cn__committer_next_deadline_ms(cn_committer_t *c)
     uint64_t until = UINT64_MAX;
     entry_t *e;
 
-    if (!c->ring)
+    if (!c->ring && !c->pg)
         return until;
     pthread_mutex_lock(&c->mu);
     for (e = c->head; e && e->timed_out; e = e->next)
@@ -129,7 +147,194 @@ cn__committer_next_deadline_ms(cn_committer_t *c)
 int
 cn__committer_ack_fd(const cn_committer_t *c)
 {
-    return c->ring ? c->ack_efd : -1;
+    return c->ring || c->pg ? c->ack_efd : -1;
+}
+
+/* ---- the pg committer ---- */
+
+/* At most this many records per transaction: a batch holds the event head's row lock
+ * for its whole length, so other hosts' batches with events wait on it. */
+#define PG_BATCH_MAX 256
+
+static void
+signal_ack(cn_committer_t *c)
+{
+    uint64_t one = 1;
+
+    if (write(c->ack_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        cn_log_warn("waking the worker: %s", strerror(errno));
+}
+
+static void *
+pg_main(void *arg)
+{
+    cn_committer_t *c = arg;
+    cn_pg_put_t items[PG_BATCH_MAX];
+    entry_t *batch[PG_BATCH_MAX];
+    char err[256];
+    int down = 0;
+
+    for (;;) {
+        size_t n = 0;
+        int rc;
+
+        pthread_mutex_lock(&c->mu);
+        while (!c->send && !c->stop)
+            pthread_cond_wait(&c->cond, &c->mu);
+        if (!c->send) {
+            pthread_mutex_unlock(&c->mu);
+            break;
+        }
+        for (entry_t *e = c->send; e && n < PG_BATCH_MAX; e = e->next)
+            batch[n++] = e;
+        c->send = batch[n - 1]->next;
+        pthread_mutex_unlock(&c->mu);
+
+        for (size_t i = 0; i < n; i++)
+            items[i] = batch[i]->put;
+        /* A lost connection is reconnected before the batch; a batch that fails is
+         * failed whole (nothing of it was committed, or the COMMIT's outcome is unknown:
+         * the claims stay until their leases end, so a retry replays or takes over). */
+        rc = cn__pg_reset(c->pg, err, sizeof(err));
+        if (rc == 0)
+            rc = cn__pg_apply(c->pg, items, n, (int64_t)cn__clock_wall_ms(), NULL, err,
+                              sizeof(err));
+        if (rc && !down)
+            cn_log_error("committing %zu records to PostgreSQL failed: %s", n, err);
+        else if (!rc && down)
+            cn_log_info("PostgreSQL commits succeed again");
+        down = rc != 0;
+        pthread_mutex_lock(&c->mu);
+        for (size_t i = 0; i < n; i++) {
+            batch[i]->status = rc ? rc : items[i].put.status;
+            batch[i]->decided = 1;
+        }
+        if (rc)
+            c->last_error = rc;
+        pthread_mutex_unlock(&c->mu);
+        signal_ack(c);
+    }
+    return NULL;
+}
+
+int
+cn__committer_new_pg(const char *url, int ack_efd, uint32_t timeout_ms, cn_committer_t **out,
+                     char *err, size_t errlen)
+{
+    cn_committer_t *c = calloc(1, sizeof(*c));
+    int rc;
+
+    if (!c)
+        return -ENOMEM;
+    if ((rc = cn__pg_open(url, &c->pg, err, errlen))) {
+        free(c);
+        return rc;
+    }
+    c->ack_efd = ack_efd;
+    c->timeout_ms = timeout_ms;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cond, NULL);
+    if ((rc = pthread_create(&c->thread, NULL, pg_main, c))) {
+        pthread_cond_destroy(&c->cond);
+        pthread_mutex_destroy(&c->mu);
+        cn__pg_close(c->pg);
+        free(c);
+        return -rc;
+    }
+    c->thread_started = 1;
+    *out = c;
+    return 0;
+}
+
+/* Stops the commit thread once it has finished the batch it is in (bounded by the
+ * connection's timeouts); entries it never took stay undecided. */
+static void
+stop_pg(cn_committer_t *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->stop = 1;
+    c->send = NULL;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->mu);
+    if (c->thread_started)
+        pthread_join(c->thread, NULL);
+    pthread_cond_destroy(&c->cond);
+    cn__pg_close(c->pg);
+}
+
+static char *
+copy_in(char **p, const void *src, size_t len)
+{
+    char *at = *p;
+
+    if (len)
+        memcpy(at, src, len);
+    *p += len;
+    return at;
+}
+
+/* Queues a record (item), or an ordinary route's events (item NULL), for the commit
+ * thread: copied whole, the caller's buffers are free once this returns. */
+static int
+submit_pg(cn_committer_t *c, const cn_store_put_t *item, const uint8_t *events, size_t len,
+          cn_commit_done_cb done, void *arg)
+{
+    size_t reclen = 0, keylen = 0, ownlen = 0, evlen = len, aplen = 0;
+    entry_t *e;
+    char *p;
+    int rc;
+
+    if (item) {
+        reclen = cn__record_encoded_size(item->rec);
+        keylen = item->keylen;
+        ownlen = item->owner ? strlen(item->owner) + 1 : 0;
+        events = item->events;
+        evlen = item->events_len;
+        aplen = item->appends_len;
+        if (cn__committer_record_size(item) > CN_RECORD_FIELD_MAX)
+            return CN_ETOOBIG;
+    }
+    if (!(e = calloc(1, sizeof(*e) + reclen + keylen + ownlen + evlen + aplen)))
+        return -ENOMEM;
+    p = (char *)(e + 1);
+    if (item) {
+        uint8_t *rec = (uint8_t *)p;
+        size_t wrote;
+        if ((rc = cn__record_encode(item->rec, rec, reclen, &wrote))) {
+            free(e);
+            return rc;
+        }
+        p += wrote;
+        e->put.put.bytes = rec;
+        e->put.put.len = wrote;
+        e->put.put.key = copy_in(&p, item->key, keylen);
+        e->put.put.keylen = keylen;
+        if (item->owner)
+            e->put.owner = copy_in(&p, item->owner, ownlen);
+        if (item->appends) {
+            e->put.put.appends = (const uint8_t *)copy_in(&p, item->appends, aplen);
+            e->put.put.appends_len = aplen;
+        }
+    }
+    if (events && evlen) {
+        e->put.put.events = (const uint8_t *)copy_in(&p, events, evlen);
+        e->put.put.events_len = evlen;
+    }
+    e->done = done;
+    e->arg = arg;
+    e->deadline_ms = cn__clock_mono_ms() + c->timeout_ms;
+    pthread_mutex_lock(&c->mu);
+    if (c->tail)
+        c->tail->next = e;
+    else
+        c->head = e;
+    c->tail = e;
+    if (!c->send)
+        c->send = e;
+    atomic_fetch_add(&c->pending, 1);
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->mu);
+    return 0;
 }
 
 int
@@ -186,7 +391,7 @@ cn__committer_free(cn_committer_t *c, uint32_t wait_ms)
 
     if (!c)
         return;
-    if (c->ring) {
+    if (c->ring || c->pg) {
         /* Nobody polls any more: wait here for the last decisions, bounded. */
         deadline = cn__clock_mono_ms() + wait_ms;
         cn__committer_poll(c);
@@ -201,10 +406,13 @@ cn__committer_free(cn_committer_t *c, uint32_t wait_ms)
                 cn_log_warn("reading the ack eventfd: %s", strerror(errno));
             cn__committer_poll(c);
         }
+        if (c->pg)
+            stop_pg(c);
         while (c->head) {
             entry_t *e = c->head;
             c->head = e->next;
-            e->done(-ECANCELED, 2, e->arg);
+            if (e->done)
+                e->done(-ECANCELED, 2, e->arg);
             free(e);
         }
         pthread_mutex_destroy(&c->mu);
@@ -221,7 +429,16 @@ cn__committer_record_max(const cn_committer_t *c)
 int
 cn__committer_recent_error(const cn_committer_t *c)
 {
-    return c->ring ? cn__ring_recent_error(c->ring) : -EIO;
+    int rc = -EIO;
+
+    if (c->ring)
+        return cn__ring_recent_error(c->ring);
+    if (c->pg) {
+        pthread_mutex_lock((pthread_mutex_t *)&c->mu);
+        rc = c->last_error ? c->last_error : -EIO;
+        pthread_mutex_unlock((pthread_mutex_t *)&c->mu);
+    }
+    return rc;
 }
 
 size_t
@@ -243,6 +460,8 @@ cn__committer_submit(cn_committer_t *c, const cn_store_put_t *item, cn_commit_do
     entry_t *e;
     int rc;
 
+    if (c->pg)
+        return submit_pg(c, item, NULL, 0, done, arg);
     if (!c->ring) {
         done(cn__store_put(c->store, item, 1), 1, arg);
         return 0;
@@ -291,6 +510,8 @@ cn__committer_submit_events(cn_committer_t *c, const uint8_t *events, size_t len
     uint64_t seq;
     int rc;
 
+    if (c->pg)
+        return submit_pg(c, NULL, events, len, NULL, NULL);
     if (!c->ring)
         return cn__store_append_events(c->store, events, len);
     if (need > cn__ring_max_payload(c->ring))

@@ -37,6 +37,16 @@ typedef void (*cn_commit_done_cb)(int status, int final, void *arg);
 /* A committer that writes through store (borrowed; must outlive the committer). */
 int cn__committer_new_sync(cn_store_t *store, cn_committer_t **out);
 
+/* A committer that commits to the PostgreSQL database at url (store/pg.h) from a thread
+ * of its own with its own connection: records are committed in the order submitted, as
+ * many per transaction as waited while the previous one committed (the group commit),
+ * each ending its claim (item->owner). The thread writes ack_efd after each transaction;
+ * the caller's loop waits on it and calls cn__committer_poll. A record whose claim was
+ * taken over is decided CN_ELOST; a failed transaction fails its records with CN_ESTORE
+ * (the connection is made again for the next). err as for cn__pg_open. */
+int cn__committer_new_pg(const char *url, int ack_efd, uint32_t timeout_ms,
+                         cn_committer_t **out, char *err, size_t errlen);
+
 /* A committer that feeds ring (borrowed) and signals persist_efd after each record; the
  * persister signals ack_efd after acking (the caller's loop waits on it and calls
  * cn__committer_poll). A record not decided within timeout_ms gets its early (final 0)

@@ -15,6 +15,7 @@
  * TLS slot); writers are serialized by LMDB itself, across processes too.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@
 
 #include "cnerium/error.h"
 #include "realtime/event.h"
+#include "store/pg.h"
 #include "store/store.h"
 #include "stream/stream.h"
 #include "support/bytes.h"
@@ -33,6 +35,10 @@
 #include "support/log.h"
 
 struct cn_store {
+    /* A PostgreSQL store: the reading functions and the sweep go to it, one call at a
+     * time (one connection); env is NULL then. */
+    cn_pg_t *pg;
+    pthread_mutex_t pg_mu;
     MDB_env *env;
     MDB_dbi responses;
     MDB_dbi expiry;
@@ -143,6 +149,10 @@ cn__store_close(cn_store_t *s)
 {
     if (!s)
         return;
+    if (s->pg) {
+        cn__pg_close(s->pg);
+        pthread_mutex_destroy(&s->pg_mu);
+    }
     if (s->env)
         mdb_env_close(s->env);
     free(s);
@@ -185,6 +195,8 @@ cn__store_get(cn_store_t *s, const char *key, size_t keylen, uint64_t now_ms,
     void *copy;
     int rc;
 
+    if (s->pg)
+        return -ENOTSUP; /* a shared store is read by its claim (store/pg.h) */
     if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
         return lmdb_error(rc, "begin read");
     rc = mdb_get(txn, s->responses, &k, &v);
@@ -673,8 +685,8 @@ put_appends(cn_store_t *s, MDB_txn *txn, const uint8_t *list, size_t len, uint64
     return 0;
 }
 
-int
-cn__store_stream_version(cn_store_t *s, const char *stream, size_t len, uint64_t *version)
+static int
+lmdb_stream_version(cn_store_t *s, const char *stream, size_t len, uint64_t *version)
 {
     MDB_txn *txn;
     int rc;
@@ -686,8 +698,8 @@ cn__store_stream_version(cn_store_t *s, const char *stream, size_t len, uint64_t
     return rc;
 }
 
-int
-cn__store_log_head(cn_store_t *s, uint64_t *position)
+static int
+lmdb_log_head(cn_store_t *s, uint64_t *position)
 {
     MDB_txn *txn;
     int rc;
@@ -717,8 +729,8 @@ log_entry_cb(cn_store_t *s, MDB_txn *txn, uint64_t position, cn_log_read_cb cb, 
     return cb(position, &e, arg) ? 1 : 0;
 }
 
-int
-cn__store_stream_read(cn_store_t *s, const char *stream, size_t len, uint64_t from,
+static int
+lmdb_stream_read(cn_store_t *s, const char *stream, size_t len, uint64_t from,
                       int backward, size_t max, cn_log_read_cb cb, void *arg)
 {
     uint8_t kb[CN_STREAM_ID_MAX + 1 + 8];
@@ -769,8 +781,8 @@ cn__store_stream_read(cn_store_t *s, const char *stream, size_t len, uint64_t fr
     return lrc && lrc != MDB_NOTFOUND ? lmdb_error(lrc, "read stream") : 0;
 }
 
-int
-cn__store_log_read(cn_store_t *s, uint64_t from, size_t max, cn_log_read_cb cb, void *arg)
+static int
+lmdb_log_read(cn_store_t *s, uint64_t from, size_t max, cn_log_read_cb cb, void *arg)
 {
     uint8_t kb[8];
     MDB_val k = {8, kb}, v;
@@ -904,8 +916,8 @@ cn__store_append_events(cn_store_t *s, const uint8_t *events, size_t len)
     return 0;
 }
 
-int
-cn__store_events_read(cn_store_t *s, uint64_t from, size_t max,
+static int
+lmdb_events_read(cn_store_t *s, uint64_t from, size_t max,
                       int (*cb)(uint64_t seq, const uint8_t *p, size_t len, void *arg), void *arg)
 {
     uint8_t kb[8];
@@ -934,8 +946,8 @@ cn__store_events_read(cn_store_t *s, uint64_t from, size_t max,
     return rc && rc != MDB_NOTFOUND ? lmdb_error(rc, "read events") : 0;
 }
 
-int
-cn__store_events_bounds(cn_store_t *s, uint64_t *oldest, uint64_t *newest)
+static int
+lmdb_events_bounds(cn_store_t *s, uint64_t *oldest, uint64_t *newest)
 {
     MDB_txn *txn;
     MDB_cursor *cur;
@@ -958,8 +970,8 @@ cn__store_events_bounds(cn_store_t *s, uint64_t *oldest, uint64_t *newest)
     return 0;
 }
 
-int
-cn__store_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, size_t max,
+static int
+lmdb_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, size_t max,
                        size_t *deleted)
 {
     MDB_txn *txn;
@@ -1064,8 +1076,8 @@ abort:
     return rc;
 }
 
-int
-cn__store_sweep(cn_store_t *s, uint64_t now_ms, size_t max, size_t *deleted)
+static int
+lmdb_sweep(cn_store_t *s, uint64_t now_ms, size_t max, size_t *deleted)
 {
     MDB_txn *txn;
     MDB_cursor *cur;
@@ -1158,8 +1170,8 @@ epoch_read(MDB_txn *txn, MDB_dbi meta, uint64_t *epoch)
     return 0;
 }
 
-int
-cn__store_events_epoch(cn_store_t *s, uint64_t *epoch)
+static int
+lmdb_events_epoch(cn_store_t *s, uint64_t *epoch)
 {
     MDB_txn *txn;
     MDB_val k = {sizeof(epoch_key) - 1, (void *)epoch_key}, v;
@@ -1201,4 +1213,136 @@ cn__store_events_epoch(cn_store_t *s, uint64_t *epoch)
         return lmdb_error(rc, "commit epoch");
     *epoch = e;
     return 0;
+}
+
+/* ---- a PostgreSQL store: the same reads, from the shared database ---- */
+
+int
+cn__store_open_pg(const char *url, cn_store_t **out, char *err, size_t errlen)
+{
+    cn_store_t *s = calloc(1, sizeof(*s));
+    int rc;
+
+    if (!s)
+        return -ENOMEM;
+    if ((rc = cn__pg_open(url, &s->pg, err, errlen))) {
+        free(s);
+        return rc;
+    }
+    pthread_mutex_init(&s->pg_mu, NULL);
+    *out = s;
+    return 0;
+}
+
+int
+cn__store_is_pg(const cn_store_t *s)
+{
+    return s->pg != NULL;
+}
+
+/* Runs call on the store's connection, reconnecting once first when it was lost: a
+ * database that restarted is read again without restarting the host. */
+#define PG_CALL(s, what, call)                                                             \
+    do {                                                                                   \
+        char err_[256];                                                                    \
+        int rc_;                                                                           \
+        pthread_mutex_lock(&(s)->pg_mu);                                                   \
+        rc_ = cn__pg_reset((s)->pg, err_, sizeof(err_));                                   \
+        if (rc_ == 0)                                                                      \
+            rc_ = (call);                                                                  \
+        pthread_mutex_unlock(&(s)->pg_mu);                                                 \
+        if (rc_ == CN_ESTORE)                                                              \
+            cn_log_warn("%s: %s", what, err_);                                             \
+        return rc_;                                                                        \
+    } while (0)
+
+int
+cn__store_events_read(cn_store_t *s, uint64_t from, size_t max,
+                      int (*cb)(uint64_t seq, const uint8_t *p, size_t len, void *arg), void *arg)
+{
+    if (s->pg)
+        PG_CALL(s, "reading events", cn__pg_events_read(s->pg, from, max, cb, arg, err_,
+                                                        sizeof(err_)));
+    return lmdb_events_read(s, from, max, cb, arg);
+}
+
+int
+cn__store_events_bounds(cn_store_t *s, uint64_t *oldest, uint64_t *newest)
+{
+    if (s->pg)
+        PG_CALL(s, "reading the event bounds",
+                cn__pg_events_bounds(s->pg, oldest, newest, err_, sizeof(err_)));
+    return lmdb_events_bounds(s, oldest, newest);
+}
+
+int
+cn__store_events_prune(cn_store_t *s, uint64_t keep, uint64_t min_created_ms, size_t max,
+                       size_t *deleted)
+{
+    if (s->pg)
+        PG_CALL(s, "pruning events",
+                cn__pg_events_prune(s->pg, keep, min_created_ms, max, deleted, err_,
+                                    sizeof(err_)));
+    return lmdb_events_prune(s, keep, min_created_ms, max, deleted);
+}
+
+int
+cn__store_events_epoch(cn_store_t *s, uint64_t *epoch)
+{
+    if (s->pg)
+        PG_CALL(s, "reading the event epoch", cn__pg_events_epoch(s->pg, epoch, err_,
+                                                                  sizeof(err_)));
+    return lmdb_events_epoch(s, epoch);
+}
+
+int
+cn__store_stream_version(cn_store_t *s, const char *stream, size_t len, uint64_t *version)
+{
+    if (s->pg)
+        PG_CALL(s, "reading a stream version",
+                cn__pg_stream_version(s->pg, stream, len, version, err_, sizeof(err_)));
+    return lmdb_stream_version(s, stream, len, version);
+}
+
+int
+cn__store_stream_read(cn_store_t *s, const char *stream, size_t len, uint64_t from,
+                      int backward, size_t max, cn_log_read_cb cb, void *arg)
+{
+    if (s->pg)
+        PG_CALL(s, "reading a stream",
+                cn__pg_stream_read(s->pg, stream, len, from, backward, max, cb, arg, err_,
+                                   sizeof(err_)));
+    return lmdb_stream_read(s, stream, len, from, backward, max, cb, arg);
+}
+
+int
+cn__store_log_read(cn_store_t *s, uint64_t from, size_t max, cn_log_read_cb cb, void *arg)
+{
+    if (s->pg)
+        PG_CALL(s, "reading the stream log",
+                cn__pg_log_read(s->pg, from, max, cb, arg, err_, sizeof(err_)));
+    return lmdb_log_read(s, from, max, cb, arg);
+}
+
+int
+cn__store_log_head(cn_store_t *s, uint64_t *position)
+{
+    if (s->pg)
+        PG_CALL(s, "reading the stream log head",
+                cn__pg_log_head(s->pg, position, err_, sizeof(err_)));
+    return lmdb_log_head(s, position);
+}
+
+/* Claims left by a host that died are swept this long after their lease ended (a holder
+ * that runs past its lease may still commit until then). */
+#define PG_CLAIM_GRACE_MS 60000
+
+int
+cn__store_sweep(cn_store_t *s, uint64_t now_ms, size_t max, size_t *deleted)
+{
+    if (s->pg)
+        PG_CALL(s, "sweeping expired responses",
+                cn__pg_sweep(s->pg, (int64_t)now_ms, max, PG_CLAIM_GRACE_MS, deleted, err_,
+                             sizeof(err_)));
+    return lmdb_sweep(s, now_ms, max, deleted);
 }

@@ -44,7 +44,19 @@ typedef struct cn_store_put {
     size_t events_len;
     const uint8_t *appends; /* an encoded list of stream appends; NULL for none */
     size_t appends_len;
+    const char *owner; /* a PostgreSQL store: the claim this record ends (store/pg.h) */
 } cn_store_put_t;
+
+/* Opens a PostgreSQL store (store/pg.h) at url for reading: the events, the streams,
+ * the stream log, and the sweep go to the shared database through one connection (one
+ * call at a time; a lost connection is reconnected at the next call). Everything else
+ * (writes, cn__store_get) is the LMDB store's: the shared store is written by
+ * cn__pg_apply and its responses are read by cn__pg_claim. err as for cn__pg_open.
+ * Returns 0, CN_ECONFIG, CN_ESTORE, -ENOMEM. */
+int cn__store_open_pg(const char *url, cn_store_t **out, char *err, size_t errlen);
+
+/* 1 for a store opened with cn__store_open_pg. */
+int cn__store_is_pg(const cn_store_t *s);
 
 /* Opens (creating if needed) the store in directory dir, mapping at most map_size bytes.
  * Returns 0 and *out (close with cn__store_close), or a negative error. */

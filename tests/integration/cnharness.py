@@ -144,6 +144,10 @@ class Server:
         server listens (self.port is then its port), False when it exited or stayed
         silent; the process is left as it is."""
         self.spawn()
+        return self.wait_listening(timeout)
+
+    def wait_listening(self, timeout=STARTUP_TIMEOUT_S):
+        """After spawn(): waits (bounded) for the listening line, as try_start does."""
         self._ready.wait(timeout)
         if self._listen_port is None:
             return False

@@ -1357,7 +1357,7 @@ submit(cenv_t *ce, const char *tag, unsigned i, size_t body, outcome_t *o)
     cn_store_put_t item;
 
     put_make(&p, tag, 0, i, body, 0);
-    item = (cn_store_put_t){p.key, p.keylen, &p.rec, NULL, 0, NULL, 0};
+    item = (cn_store_put_t){p.key, p.keylen, &p.rec, NULL, 0, NULL, 0, NULL};
     return cn__committer_submit(ce->c, &item, on_done, o);
 }
 

@@ -56,7 +56,7 @@ make_record(uint16_t status, uint64_t expires_ms, const char *body, size_t body_
 static int
 put_one(cn_store_t *s, const char *key, const cn_record_t *rec)
 {
-    cn_store_put_t item = {key, strlen(key), rec, NULL, 0, NULL, 0};
+    cn_store_put_t item = {key, strlen(key), rec, NULL, 0, NULL, 0, NULL};
 
     return cn__store_put(s, &item, 1);
 }
@@ -213,7 +213,7 @@ test_put_many_atomic(void)
     cn_store_t *s = open_fresh(dir, sizeof(dir));
     cn_record_t r1 = make_record(200, UINT64_MAX, "one", 3);
     cn_record_t r2 = make_record(201, UINT64_MAX, "two", 3);
-    cn_store_put_t items[2] = {{"k:1", 3, &r1, NULL, 0, NULL, 0}, {"k:2", 3, &r2, NULL, 0, NULL, 0}};
+    cn_store_put_t items[2] = {{"k:1", 3, &r1, NULL, 0, NULL, 0, NULL}, {"k:2", 3, &r2, NULL, 0, NULL, 0, NULL}};
     char *huge = malloc(2000);
 
     CU_ASSERT_EQUAL_FATAL(cn__store_put(s, items, 2), 0);
@@ -239,7 +239,7 @@ test_longest_key(void)
     char dir[512], key[CN_STORE_KEY_MAX + 2];
     cn_store_t *s = open_fresh(dir, sizeof(dir));
     cn_record_t rec = make_record(201, 1000, "long", 4);
-    cn_store_put_t item = {key, CN_STORE_KEY_MAX, &rec, NULL, 0, NULL, 0};
+    cn_store_put_t item = {key, CN_STORE_KEY_MAX, &rec, NULL, 0, NULL, 0, NULL};
     size_t deleted = 0;
 
     /* Any key cn__store_key can build (up to CN_STORE_KEY_MAX bytes) can be stored,

@@ -481,7 +481,7 @@ test_sync_put_conflict(void)
     cn_record_t r = {.status = 201, .expires_ms = UINT64_MAX / 2, .body = "{}", .body_len = 2};
     size_t len;
     uint8_t *list = one_append("p", CN_STREAM_NO_STREAM, "A", "{}", &len);
-    cn_store_put_t item = {"k:1", 3, &r, NULL, 0, list, len};
+    cn_store_put_t item = {"k:1", 3, &r, NULL, 0, list, len, NULL};
 
     CU_ASSERT_EQUAL(cn__store_put(s, &item, 1), 0);
     CU_ASSERT_EQUAL(version_of(s, "p"), 1);
