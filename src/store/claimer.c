@@ -37,9 +37,14 @@ static void
 run_job(cn_claimer_t *c, cn_claim_job_t *job, int *down)
 {
     char err[256];
-    int rc = cn__pg_reset(c->pg, err, sizeof(err));
+    int rc;
 
-    if (rc == 0) {
+    /* A connection that turns out lost in the middle (the server restarted just before)
+     * is made again and the job run once more: both are idempotent (a claim asked again
+     * by its own owner is still its own). */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if ((rc = cn__pg_reset(c->pg, err, sizeof(err))))
+            break;
         if (job->release) {
             rc = cn__pg_release(c->pg, job->skey, job->skeylen, job->owner, err, sizeof(err));
             if (rc == CN_ELOST)
@@ -50,6 +55,8 @@ run_job(cn_claimer_t *c, cn_claim_job_t *job, int *down)
                               (int64_t)cn__clock_wall_ms(), job->lease_ms, &job->claim, err,
                               sizeof(err));
         }
+        if (rc != CN_ESTORE || cn__pg_connected(c->pg))
+            break;
     }
     if (rc && !*down)
         cn_log_error("PostgreSQL %s failed: %s", job->release ? "release" : "claim", err);

@@ -195,10 +195,17 @@ pg_main(void *arg)
         /* A lost connection is reconnected before the batch; a batch that fails is
          * failed whole (nothing of it was committed, or the COMMIT's outcome is unknown:
          * the claims stay until their leases end, so a retry replays or takes over). */
-        rc = cn__pg_reset(c->pg, err, sizeof(err));
-        if (rc == 0)
+        for (int attempt = 0; attempt < 2; attempt++) {
+            /* Once more on a connection found lost during the batch (the server restarted
+             * just before): if its COMMIT did go through, the claims are gone and the
+             * records come back CN_ELOST, answered 503 and replayed by the retry. */
+            if ((rc = cn__pg_reset(c->pg, err, sizeof(err))))
+                break;
             rc = cn__pg_apply(c->pg, items, n, (int64_t)cn__clock_wall_ms(), NULL, err,
                               sizeof(err));
+            if (rc != CN_ESTORE || cn__pg_connected(c->pg))
+                break;
+        }
         if (rc && !down)
             cn_log_error("committing %zu records to PostgreSQL failed: %s", n, err);
         else if (!rc && down)

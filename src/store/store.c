@@ -1240,16 +1240,21 @@ cn__store_is_pg(const cn_store_t *s)
     return s->pg != NULL;
 }
 
-/* Runs call on the store's connection, reconnecting once first when it was lost: a
- * database that restarted is read again without restarting the host. */
+/* Runs call on the store's connection, reconnecting first when it was lost, and once
+ * more when it is found lost during the call: a database that restarted is read again
+ * without restarting the host. (Reads only: running one twice is harmless.) */
 #define PG_CALL(s, what, call)                                                             \
     do {                                                                                   \
         char err_[256];                                                                    \
         int rc_;                                                                           \
         pthread_mutex_lock(&(s)->pg_mu);                                                   \
-        rc_ = cn__pg_reset((s)->pg, err_, sizeof(err_));                                   \
-        if (rc_ == 0)                                                                      \
+        for (int try_ = 0; try_ < 2; try_++) {                                             \
+            if ((rc_ = cn__pg_reset((s)->pg, err_, sizeof(err_))))                         \
+                break;                                                                     \
             rc_ = (call);                                                                  \
+            if (rc_ != CN_ESTORE || cn__pg_connected((s)->pg))                             \
+                break;                                                                     \
+        }                                                                                  \
         pthread_mutex_unlock(&(s)->pg_mu);                                                 \
         if (rc_ == CN_ESTORE)                                                              \
             cn_log_warn("%s: %s", what, err_);                                             \

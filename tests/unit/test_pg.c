@@ -39,52 +39,8 @@
 #include "store/format.h"
 #include "store/pg.h"
 #include "stream/stream.h"
+#include "pgtest.h"
 #include "unit.h"
-
-static char server_url[512]; /* postgresql://postgres@127.0.0.1:<port>/postgres */
-static cn_pg_t *admin;       /* a connection to the server's "postgres" database */
-static int db_seq;
-
-/* The URL of database db on the fixture server, written to out (cap bytes). */
-static void
-url_of(const char *db, char *out, size_t cap)
-{
-    const char *slash = strrchr(server_url, '/');
-
-    CU_ASSERT_PTR_NOT_NULL_FATAL(slash);
-    CU_ASSERT_FATAL((size_t)snprintf(out, cap, "%.*s/%s", (int)(slash - server_url),
-                                     server_url, db) < cap);
-}
-
-static cn_pg_t *
-open_url(const char *url)
-{
-    char err[512];
-    cn_pg_t *pg = NULL;
-    int rc = cn__pg_open(url, &pg, err, sizeof(err));
-
-    if (rc)
-        fprintf(stderr, "cn__pg_open: %s\n", err);
-    CU_ASSERT_EQUAL_FATAL(rc, 0);
-    CU_ASSERT_PTR_NOT_NULL_FATAL(pg);
-    return pg;
-}
-
-/* Creates an empty database and writes its URL to url (cap bytes). */
-static void
-fresh_db(char *url, size_t cap)
-{
-    char name[64], sql[128], err[512];
-    int rc;
-
-    snprintf(name, sizeof(name), "cn_test_%d_%d", (int)getpid(), db_seq++);
-    snprintf(sql, sizeof(sql), "CREATE DATABASE %s", name);
-    rc = cn__pg_exec(admin, sql, err, sizeof(err));
-    if (rc)
-        fprintf(stderr, "%s: %s\n", sql, err);
-    CU_ASSERT_EQUAL_FATAL(rc, 0);
-    url_of(name, url, cap);
-}
 
 static int64_t
 query(cn_pg_t *pg, const char *sql)
@@ -1201,29 +1157,6 @@ test_sweep_and_prune(void)
 
 /* ---- suite ---- */
 
-static int
-read_url(void)
-{
-    const char *path = getenv("CNERIUM_PG_URL_FILE");
-    FILE *f;
-    size_t n;
-
-    if (!path) {
-        fprintf(stderr, "test_pg: CNERIUM_PG_URL_FILE is not set (run it through ctest, "
-                        "whose pg_server fixture starts the server)\n");
-        return -1;
-    }
-    if (!(f = fopen(path, "r"))) {
-        fprintf(stderr, "test_pg: %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    n = fread(server_url, 1, sizeof(server_url) - 1, f);
-    fclose(f);
-    server_url[n] = '\0';
-    server_url[strcspn(server_url, "\r\n")] = '\0';
-    return server_url[0] ? 0 : -1;
-}
-
 int
 main(void)
 {
@@ -1251,7 +1184,7 @@ main(void)
     char err[512];
     int rc;
 
-    if (read_url())
+    if (pgtest_read_url("test_pg"))
         return 1;
     if (cn__pg_open(server_url, &admin, err, sizeof(err))) {
         fprintf(stderr, "test_pg: %s\n", err);
