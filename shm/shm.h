@@ -143,6 +143,35 @@ typedef struct cn_shm_delivery {
     _Atomic uint64_t buckets[CN_SHM_DELIVERY_BUCKETS];
 } cn_shm_delivery_t;
 
+/* A shared store (--store postgresql://...): the claims and commits of every worker of
+ * this host, written by their claimer and committer threads; latencies in microseconds
+ * (bounds CN_SHM_SYNC_BOUNDS_US), records per commit (CN_SHM_BATCH_BOUNDS). */
+typedef struct cn_shm_shared {
+    alignas(64) _Atomic uint64_t claims;
+    _Atomic uint64_t claim_failures; /* the database failed: the request got 503 */
+    _Atomic uint64_t claim_us_sum;
+    _Atomic uint64_t claim_buckets[CN_SHM_SYNC_BUCKETS];
+    _Atomic uint64_t commits; /* transactions */
+    _Atomic uint64_t commit_records;
+    _Atomic uint64_t commit_failures; /* transactions that failed: their records got 503 */
+    _Atomic uint64_t commit_us_sum;
+    _Atomic uint64_t commit_buckets[CN_SHM_SYNC_BUCKETS];
+    _Atomic uint64_t batch_buckets[CN_SHM_BATCH_BUCKETS];
+    _Atomic uint64_t lost; /* records whose claim another host had taken over */
+} cn_shm_shared_t;
+
+/* Counts v in the histogram of n buckets with upper bounds (n - 1 of them; the last
+ * bucket is +Inf). */
+static inline void
+cn__shm_observe(_Atomic uint64_t *buckets, const uint64_t *bounds, int n, uint64_t v)
+{
+    int i = 0;
+
+    while (i < n - 1 && v > bounds[i])
+        i++;
+    atomic_fetch_add_explicit(&buckets[i], 1, memory_order_relaxed);
+}
+
 typedef struct cn_shm_header {
     uint64_t magic;
     uint32_t layout_version;
@@ -167,6 +196,7 @@ typedef struct cn_shm_header {
     cn_shm_events_t events;
     cn_shm_commits_t commits;    /* persister */
     cn_shm_delivery_t delivery;  /* broadcaster */
+    cn_shm_shared_t shared;      /* workers, with a shared store */
     /* 1 while the persister is about to sleep or sleeps on its eventfd: a worker that
      * pushed a record writes the eventfd only then (see workers/persister.c). */
     alignas(64) _Atomic uint32_t persister_idle;

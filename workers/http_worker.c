@@ -282,8 +282,10 @@ open_shared(cn_worker_t *w)
     }
     if ((rc = cn__store_open_pg(cfg->store, &w->store, err, sizeof(err))) ||
         (rc = cn__committer_new_pg(cfg->store, w->store_fd, cfg->commit_timeout_ms,
-                                   &w->committer, err, sizeof(err))) ||
-        (rc = cn__claimer_new(cfg->store, w->store_fd, &w->claimer, err, sizeof(err)))) {
+                                   &w->app->shm.hdr->shared, &w->committer, err,
+                                   sizeof(err))) ||
+        (rc = cn__claimer_new(cfg->store, w->store_fd, &w->app->shm.hdr->shared, &w->claimer,
+                              err, sizeof(err)))) {
         fprintf(stderr, "cnerium: worker %u cannot use the shared store: %s\n", w->id,
                 rc == -ENOMEM ? "out of memory" : err);
         return 1;

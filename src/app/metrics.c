@@ -142,6 +142,54 @@ put_persist(text_t *t, const cn_shm_persist_t *p)
                   p->batch_buckets, batch_bounds, CN_SHM_BATCH_BUCKETS, 1.0, (double)records);
 }
 
+/* A shared store: this host's claims and commits. */
+static void
+put_shared(text_t *t, const cn_shm_shared_t *s)
+{
+    static const uint64_t us_bounds[] = CN_SHM_SYNC_BOUNDS_US;
+    static const uint64_t batch_bounds[] = CN_SHM_BATCH_BOUNDS;
+    uint64_t records = atomic_load(&s->commit_records);
+
+    put(t, "# HELP cnerium_store_claims_total Keys claimed in the shared store (one round "
+           "trip each).\n"
+           "# TYPE cnerium_store_claims_total counter\n"
+           "cnerium_store_claims_total %llu\n"
+           "# HELP cnerium_store_claim_failures_total Claims the database failed (their "
+           "requests got 503).\n"
+           "# TYPE cnerium_store_claim_failures_total counter\n"
+           "cnerium_store_claim_failures_total %llu\n"
+           "# HELP cnerium_store_commits_total Transactions committing records.\n"
+           "# TYPE cnerium_store_commits_total counter\n"
+           "cnerium_store_commits_total %llu\n"
+           "# HELP cnerium_store_commit_records_total Records committed (or refused) in "
+           "them.\n"
+           "# TYPE cnerium_store_commit_records_total counter\n"
+           "cnerium_store_commit_records_total %llu\n"
+           "# HELP cnerium_store_commit_failures_total Transactions that failed (their "
+           "records' requests got 503).\n"
+           "# TYPE cnerium_store_commit_failures_total counter\n"
+           "cnerium_store_commit_failures_total %llu\n"
+           "# HELP cnerium_store_claims_lost_total Records not stored because another host "
+           "had taken their claim over after the lease.\n"
+           "# TYPE cnerium_store_claims_lost_total counter\n"
+           "cnerium_store_claims_lost_total %llu\n",
+        (unsigned long long)atomic_load(&s->claims),
+        (unsigned long long)atomic_load(&s->claim_failures),
+        (unsigned long long)atomic_load(&s->commits), (unsigned long long)records,
+        (unsigned long long)atomic_load(&s->commit_failures),
+        (unsigned long long)atomic_load(&s->lost));
+    put_histogram(t, "cnerium_store_claim_seconds",
+                  "Latency of a claim in the shared store (round trip).", s->claim_buckets,
+                  us_bounds, CN_SHM_SYNC_BUCKETS, 1e-6,
+                  (double)atomic_load(&s->claim_us_sum) / 1e6);
+    put_histogram(t, "cnerium_store_commit_seconds",
+                  "Latency of a commit transaction in the shared store.", s->commit_buckets,
+                  us_bounds, CN_SHM_SYNC_BUCKETS, 1e-6,
+                  (double)atomic_load(&s->commit_us_sum) / 1e6);
+    put_histogram(t, "cnerium_store_commit_records", "Records per commit transaction.",
+                  s->batch_buckets, batch_bounds, CN_SHM_BATCH_BUCKETS, 1.0, (double)records);
+}
+
 static void
 put_events(text_t *t, const cn_shm_events_t *e)
 {
@@ -264,7 +312,11 @@ cn__metrics_handler(cn_request_t *req, void *ctx)
             "# TYPE cnerium_workers gauge\n"
             "cnerium_workers %u\n",
         (unsigned long long)atomic_load(&shm->hdr->worker_restarts), shm->hdr->nworkers);
-    if (shm->hdr->ring_capacity) {
+    if (cn_config_store_is_pg(&app->cfg)) {
+        put_shared(&t, &shm->hdr->shared);
+        put_events(&t, &shm->hdr->events);
+        put_delivery(&t, &shm->hdr->delivery);
+    } else if (shm->hdr->ring_capacity) {
         put_persist(&t, &shm->hdr->persist);
         put_events(&t, &shm->hdr->events);
         put_delivery(&t, &shm->hdr->delivery);

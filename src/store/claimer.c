@@ -16,6 +16,7 @@
 struct cn_claimer {
     cn_pg_t *pg; /* the thread's */
     int done_efd;
+    cn_shm_shared_t *stats;
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cond; /* mu: a job, or stop */
@@ -36,6 +37,8 @@ append(cn_claim_job_t ***tail, cn_claim_job_t *job)
 static void
 run_job(cn_claimer_t *c, cn_claim_job_t *job, int *down)
 {
+    static const uint64_t bounds[] = CN_SHM_SYNC_BOUNDS_US;
+    uint64_t t0 = cn__clock_mono_us(), us;
     char err[256];
     int rc;
 
@@ -64,6 +67,14 @@ run_job(cn_claimer_t *c, cn_claim_job_t *job, int *down)
         cn_log_info("PostgreSQL claims succeed again");
     *down = rc != 0;
     job->rc = rc;
+    if (c->stats && !job->release) {
+        us = cn__clock_mono_us() - t0;
+        atomic_fetch_add_explicit(&c->stats->claims, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->stats->claim_us_sum, us, memory_order_relaxed);
+        cn__shm_observe(c->stats->claim_buckets, bounds, CN_SHM_SYNC_BUCKETS, us);
+        if (rc)
+            atomic_fetch_add_explicit(&c->stats->claim_failures, 1, memory_order_relaxed);
+    }
 }
 
 static void *
@@ -104,7 +115,8 @@ claimer_main(void *arg)
 }
 
 int
-cn__claimer_new(const char *url, int done_efd, cn_claimer_t **out, char *err, size_t errlen)
+cn__claimer_new(const char *url, int done_efd, cn_shm_shared_t *stats, cn_claimer_t **out,
+                char *err, size_t errlen)
 {
     cn_claimer_t *c = calloc(1, sizeof(*c));
     int rc;
@@ -116,6 +128,7 @@ cn__claimer_new(const char *url, int done_efd, cn_claimer_t **out, char *err, si
         return rc;
     }
     c->done_efd = done_efd;
+    c->stats = stats;
     c->todo_tail = &c->todo;
     c->done_tail = &c->done;
     pthread_mutex_init(&c->mu, NULL);

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "shm/shm.h"
 #include "store/pg.h"
 #include "store/store.h"
 
@@ -37,9 +38,10 @@ typedef struct cn_claim_job {
 typedef struct cn_claimer cn_claimer_t;
 
 /* Connects to url and starts the thread. done_efd is written after each answered
- * claim. Returns 0, or what cn__pg_open returns (err says why). */
-int cn__claimer_new(const char *url, int done_efd, cn_claimer_t **out, char *err,
-                    size_t errlen);
+ * claim. stats (may be NULL) counts the claims and their latency. Returns 0, or what
+ * cn__pg_open returns (err says why). */
+int cn__claimer_new(const char *url, int done_efd, cn_shm_shared_t *stats, cn_claimer_t **out,
+                    char *err, size_t errlen);
 
 /* Queues job (malloc'd; the claimer owns it until cn__claimer_take returns it, or frees
  * it, for a release). Never blocks on the database. */

@@ -60,6 +60,7 @@ struct cn_committer {
     entry_t *send;
     int stop, thread_started;
     int last_error; /* mu */
+    cn_shm_shared_t *stats;
 };
 
 int
@@ -165,6 +166,26 @@ signal_ack(cn_committer_t *c)
         cn_log_warn("waking the worker: %s", strerror(errno));
 }
 
+static void
+count_commit(cn_shm_shared_t *st, size_t n, const cn_pg_put_t *items, int rc, uint64_t us)
+{
+    static const uint64_t sync_bounds[] = CN_SHM_SYNC_BOUNDS_US;
+    static const uint64_t batch_bounds[] = CN_SHM_BATCH_BOUNDS;
+
+    atomic_fetch_add_explicit(&st->commits, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->commit_records, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&st->commit_us_sum, us, memory_order_relaxed);
+    cn__shm_observe(st->commit_buckets, sync_bounds, CN_SHM_SYNC_BUCKETS, us);
+    cn__shm_observe(st->batch_buckets, batch_bounds, CN_SHM_BATCH_BUCKETS, n);
+    if (rc) {
+        atomic_fetch_add_explicit(&st->commit_failures, 1, memory_order_relaxed);
+        return;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (items[i].put.status == CN_ELOST)
+            atomic_fetch_add_explicit(&st->lost, 1, memory_order_relaxed);
+}
+
 static void *
 pg_main(void *arg)
 {
@@ -176,6 +197,7 @@ pg_main(void *arg)
 
     for (;;) {
         size_t n = 0;
+        uint64_t t0;
         int rc;
 
         pthread_mutex_lock(&c->mu);
@@ -195,6 +217,7 @@ pg_main(void *arg)
         /* A lost connection is reconnected before the batch; a batch that fails is
          * failed whole (nothing of it was committed, or the COMMIT's outcome is unknown:
          * the claims stay until their leases end, so a retry replays or takes over). */
+        t0 = cn__clock_mono_us();
         for (int attempt = 0; attempt < 2; attempt++) {
             /* Once more on a connection found lost during the batch (the server restarted
              * just before): if its COMMIT did go through, the claims are gone and the
@@ -206,6 +229,8 @@ pg_main(void *arg)
             if (rc != CN_ESTORE || cn__pg_connected(c->pg))
                 break;
         }
+        if (c->stats)
+            count_commit(c->stats, n, items, rc, cn__clock_mono_us() - t0);
         if (rc && !down)
             cn_log_error("committing %zu records to PostgreSQL failed: %s", n, err);
         else if (!rc && down)
@@ -225,8 +250,8 @@ pg_main(void *arg)
 }
 
 int
-cn__committer_new_pg(const char *url, int ack_efd, uint32_t timeout_ms, cn_committer_t **out,
-                     char *err, size_t errlen)
+cn__committer_new_pg(const char *url, int ack_efd, uint32_t timeout_ms,
+                     cn_shm_shared_t *stats, cn_committer_t **out, char *err, size_t errlen)
 {
     cn_committer_t *c = calloc(1, sizeof(*c));
     int rc;
@@ -239,6 +264,7 @@ cn__committer_new_pg(const char *url, int ack_efd, uint32_t timeout_ms, cn_commi
     }
     c->ack_efd = ack_efd;
     c->timeout_ms = timeout_ms;
+    c->stats = stats;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cond, NULL);
     if ((rc = pthread_create(&c->thread, NULL, pg_main, c))) {

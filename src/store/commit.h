@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "shm/ring.h"
+#include "shm/shm.h"
 #include "store/store.h"
 
 typedef struct cn_committer cn_committer_t;
@@ -43,9 +44,11 @@ int cn__committer_new_sync(cn_store_t *store, cn_committer_t **out);
  * each ending its claim (item->owner). The thread writes ack_efd after each transaction;
  * the caller's loop waits on it and calls cn__committer_poll. A record whose claim was
  * taken over is decided CN_ELOST; a failed transaction fails its records with CN_ESTORE
- * (the connection is made again for the next). err as for cn__pg_open. */
+ * (the connection is made again for the next). stats (may be NULL) counts the
+ * transactions, their records and latency. err as for cn__pg_open. */
 int cn__committer_new_pg(const char *url, int ack_efd, uint32_t timeout_ms,
-                         cn_committer_t **out, char *err, size_t errlen);
+                         cn_shm_shared_t *stats, cn_committer_t **out, char *err,
+                         size_t errlen);
 
 /* A committer that feeds ring (borrowed) and signals persist_efd after each record; the
  * persister signals ack_efd after acking (the caller's loop waits on it and calls

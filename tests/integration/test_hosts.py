@@ -90,6 +90,19 @@ def together(requests, timeout=60.0):
     return results
 
 
+def metrics(srv):
+    """{name: value} of the unlabelled samples of GET /metrics."""
+    st, _, body = srv.get("/metrics")
+    assert st == 200, body
+    out = {}
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            if "{" not in name:
+                out[name] = float(value)
+    return out
+
+
 def ws_port(srv):
     m = REALTIME_RE.search(srv.stdout_text())
     if not m:
@@ -171,6 +184,17 @@ class ContractAcrossHostsTest(SharedStoreCase):
         self.assertProblem(b.post("/orders", b'{"amount":43}', key=key, headers=JSON), 409,
                            h.PROBLEM + "idempotency-key-reused")
         self.assertEqual(self.executions((a, b), "orders.create"), 1)
+        # Each host counts its own claims and commits, with their latency.
+        ma, mb = metrics(a), metrics(b)
+        self.assertEqual(ma["cnerium_store_commit_records_total"], 1)
+        self.assertEqual(mb["cnerium_store_commit_records_total"], 0)
+        self.assertGreaterEqual(ma["cnerium_store_claims_total"], 1)
+        self.assertGreaterEqual(mb["cnerium_store_claims_total"], 2)
+        self.assertEqual(ma["cnerium_store_commit_seconds_count"],
+                         ma["cnerium_store_commits_total"])
+        self.assertEqual(mb["cnerium_store_claim_seconds_count"],
+                         mb["cnerium_store_claims_total"])
+        self.assertEqual(ma["cnerium_store_claim_failures_total"], 0)
         # A response that is not stored (the handler's 5xx) frees the key on every host.
         key = fresh("flaky")
         r1 = a.post("/flaky?status=500", b"{}", key=key)
@@ -274,6 +298,9 @@ class ContractAcrossHostsTest(SharedStoreCase):
             if r[0] == 503:
                 self.assertEqual(header(r[1], "Retry-After"), "1")
         self.assertEqual(set(statuses) - {201, 503}, set(), statuses)
+        failures = sum(m["cnerium_store_claim_failures_total"] +
+                       m["cnerium_store_commit_failures_total"] for m in map(metrics, (a, b)))
+        self.assertGreater(failures, 0, "the database's failures are counted")
         # Nothing acknowledged is lost: every 201 replays on the other host.
         acked = [(i, k, r) for i, k, r in results if r[0] == 201]
         for i, k, r in acked:

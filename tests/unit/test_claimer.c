@@ -28,6 +28,7 @@
 #define WAIT_MS 10000
 
 static const uint8_t fp_a[32] = {1}, fp_b[32] = {2};
+static cn_shm_shared_t stats; /* what the claimers and committers counted */
 
 /* A fresh, migrated database; its URL in url. */
 static void
@@ -118,7 +119,8 @@ test_claims_in_order(void)
     cn_claim_job_t *got, *j;
 
     fresh_store(url, sizeof(url));
-    CU_ASSERT_EQUAL_FATAL(cn__claimer_new(url, efd, &c, err, sizeof(err)), 0);
+    memset(&stats, 0, sizeof(stats));
+    CU_ASSERT_EQUAL_FATAL(cn__claimer_new(url, efd, &stats, &c, err, sizeof(err)), 0);
     cn__claimer_submit(c, job("k1", fp_a, "h1/1", 60000, 0));
     cn__claimer_submit(c, job("k1", fp_a, "h2/1", 60000, 0));
     cn__claimer_submit(c, job("k1", fp_b, "h2/2", 60000, 0));
@@ -142,6 +144,16 @@ test_claims_in_order(void)
     CU_ASSERT_STRING_EQUAL(j->owner, "h2/3");
     CU_ASSERT_PTR_NULL(j->next);
     free_jobs(got);
+    /* Claims are counted with their latency; releases are not claims. */
+    {
+        uint64_t in_buckets = 0;
+        for (int i = 0; i < CN_SHM_SYNC_BUCKETS; i++)
+            in_buckets += stats.claim_buckets[i];
+        CU_ASSERT_EQUAL(stats.claims, 4);
+        CU_ASSERT_EQUAL(in_buckets, 4);
+        CU_ASSERT_EQUAL(stats.claim_failures, 0);
+        CU_ASSERT(stats.claim_us_sum > 0);
+    }
 
     /* The server drops the connection (a restart): the next claim reconnects first. */
     drop_connections(url);
@@ -166,7 +178,7 @@ test_claimer_unreachable(void)
     cn_claim_job_t *got;
 
     fresh_store(url, sizeof(url));
-    CU_ASSERT_EQUAL_FATAL(cn__claimer_new(url, efd, &c, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__claimer_new(url, efd, &stats, &c, err, sizeof(err)), 0);
     /* A database dropped under the claimer: every reconnect fails, every claim says so. */
     {
         char sql[256];
@@ -175,8 +187,10 @@ test_claimer_unreachable(void)
         CU_ASSERT_EQUAL_FATAL(cn__pg_exec(admin, sql, err, sizeof(err)), 0);
     }
     cn__claimer_submit(c, job("k", fp_a, "h1/1", 60000, 0));
+    memset(&stats, 0, sizeof(stats));
     got = take(c, efd, 1);
     CU_ASSERT_EQUAL(got->rc, CN_ESTORE);
+    CU_ASSERT_EQUAL(stats.claim_failures, 1);
     free_jobs(got);
     CU_ASSERT_PTR_NULL(cn__claimer_free(c));
     close(efd);
@@ -259,7 +273,8 @@ test_committer(void)
 
     fresh_store(url, sizeof(url));
     pg = open_url(url);
-    CU_ASSERT_EQUAL_FATAL(cn__committer_new_pg(url, efd, 30000, &cm, err, sizeof(err)), 0);
+    memset(&stats, 0, sizeof(stats));
+    CU_ASSERT_EQUAL_FATAL(cn__committer_new_pg(url, efd, 30000, &stats, &cm, err, sizeof(err)), 0);
     CU_ASSERT_EQUAL(cn__committer_ack_fd(cm), efd);
 
     /* Twenty records, each ending its claim: decided in order, all stored. */
@@ -276,6 +291,8 @@ test_committer(void)
         }
     }
     settle(cm, efd);
+    CU_ASSERT_EQUAL(stats.commit_records, 20);
+    CU_ASSERT(stats.commits >= 1 && stats.commits <= 20);
     for (int i = 0; i < 20; i++) {
         CU_ASSERT_EQUAL(o[i].calls, 1);
         CU_ASSERT_EQUAL(o[i].final, 1);
@@ -308,6 +325,7 @@ test_committer(void)
     }
     settle(cm, efd);
     CU_ASSERT_EQUAL(o[0].status, CN_ELOST);
+    CU_ASSERT_EQUAL(stats.lost, 1);
     CU_ASSERT_EQUAL(claim_now(pg, "late", "h3/late", 60000, &cl), CN_PG_CLAIM_HELD);
 
     /* An ordinary route's events, then a connection the server dropped: the next batch
@@ -343,7 +361,7 @@ test_committer_database_gone(void)
     cn_store_put_t item = {"k", 1, &rec, NULL, 0, NULL, 0, "h1/1"};
 
     fresh_store(url, sizeof(url));
-    CU_ASSERT_EQUAL_FATAL(cn__committer_new_pg(url, efd, 30000, &cm, err, sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__committer_new_pg(url, efd, 30000, &stats, &cm, err, sizeof(err)), 0);
     drop_connections(url);
     snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", strrchr(url, '/') + 1);
     CU_ASSERT_EQUAL_FATAL(cn__pg_exec(admin, sql, err, sizeof(err)), 0);
@@ -353,6 +371,7 @@ test_committer_database_gone(void)
     CU_ASSERT_EQUAL(o.final, 1);
     CU_ASSERT_EQUAL(o.status, CN_ESTORE);
     CU_ASSERT_EQUAL(cn__committer_recent_error(cm), CN_ESTORE);
+    CU_ASSERT(stats.commit_failures >= 1);
     cn__committer_free(cm, 1000);
     close(efd);
 }
