@@ -186,8 +186,8 @@ test_claimer_unreachable(void)
         snprintf(sql, sizeof(sql), "DROP DATABASE %s WITH (FORCE)", strrchr(url, '/') + 1);
         CU_ASSERT_EQUAL_FATAL(cn__pg_exec(admin, sql, err, sizeof(err)), 0);
     }
+    memset(&stats, 0, sizeof(stats)); /* the thread is idle: no job yet */
     cn__claimer_submit(c, job("k", fp_a, "h1/1", 60000, 0));
-    memset(&stats, 0, sizeof(stats));
     got = take(c, efd, 1);
     CU_ASSERT_EQUAL(got->rc, CN_ESTORE);
     CU_ASSERT_EQUAL(stats.claim_failures, 1);
