@@ -34,58 +34,121 @@ append(cn_claim_job_t ***tail, cn_claim_job_t *job)
     *tail = &job->next;
 }
 
+/* Counts a claim's latency and outcome. */
 static void
-run_job(cn_claimer_t *c, cn_claim_job_t *job, int *down)
+count_claim(cn_claimer_t *c, int rc, uint64_t us)
 {
     static const uint64_t bounds[] = CN_SHM_SYNC_BOUNDS_US;
-    uint64_t t0 = cn__clock_mono_us(), us;
+
+    if (!c->stats)
+        return;
+    atomic_fetch_add_explicit(&c->stats->claims, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&c->stats->claim_us_sum, us, memory_order_relaxed);
+    cn__shm_observe(c->stats->claim_buckets, bounds, CN_SHM_SYNC_BUCKETS, us);
+    if (rc)
+        atomic_fetch_add_explicit(&c->stats->claim_failures, 1, memory_order_relaxed);
+}
+
+static void
+note_health(int rc, const char *what, const char *err, int *down)
+{
+    if (rc && !*down)
+        cn_log_error("PostgreSQL %s failed: %s", what, err);
+    else if (!rc && *down)
+        cn_log_info("PostgreSQL claims succeed again");
+    *down = rc != 0;
+}
+
+/* Runs a release. */
+static void
+run_release(cn_claimer_t *c, cn_claim_job_t *job, int *down)
+{
     char err[256];
     int rc;
 
     /* A connection that turns out lost in the middle (the server restarted just before)
-     * is made again and the job run once more: both are idempotent (a claim asked again
-     * by its own owner is still its own). */
+     * is made again and the job run once more: releasing twice is harmless. */
     for (int attempt = 0; attempt < 2; attempt++) {
         if ((rc = cn__pg_reset(c->pg, err, sizeof(err))))
             break;
-        if (job->release) {
-            rc = cn__pg_release(c->pg, job->skey, job->skeylen, job->owner, err, sizeof(err));
-            if (rc == CN_ELOST)
-                rc = 0; /* committed, or taken over: nothing of ours to end */
-        } else {
-            rc = cn__pg_claim(c->pg, job->skey, job->skeylen, job->fingerprint,
-                              sizeof(job->fingerprint), job->owner,
-                              (int64_t)cn__clock_wall_ms(), job->lease_ms, &job->claim, err,
-                              sizeof(err));
-        }
+        rc = cn__pg_release(c->pg, job->skey, job->skeylen, job->owner, err, sizeof(err));
+        if (rc == CN_ELOST)
+            rc = 0; /* committed, or taken over: nothing of ours to end */
         if (rc != CN_ESTORE || cn__pg_connected(c->pg))
             break;
     }
-    if (rc && !*down)
-        cn_log_error("PostgreSQL %s failed: %s", job->release ? "release" : "claim", err);
-    else if (!rc && *down)
-        cn_log_info("PostgreSQL claims succeed again");
-    *down = rc != 0;
-    job->rc = rc;
-    if (c->stats && !job->release) {
-        us = cn__clock_mono_us() - t0;
-        atomic_fetch_add_explicit(&c->stats->claims, 1, memory_order_relaxed);
-        atomic_fetch_add_explicit(&c->stats->claim_us_sum, us, memory_order_relaxed);
-        cn__shm_observe(c->stats->claim_buckets, bounds, CN_SHM_SYNC_BUCKETS, us);
-        if (rc)
-            atomic_fetch_add_explicit(&c->stats->claim_failures, 1, memory_order_relaxed);
+    note_health(rc, "release", err, down);
+}
+
+/* Runs n claims in one round trip; each job gets its rc and claim. */
+static void
+run_claims(cn_claimer_t *c, cn_claim_job_t **jobs, size_t n, int *down)
+{
+    cn_pg_claim_req_t reqs[CN_PG_CLAIM_MANY_MAX];
+    uint64_t t0 = cn__clock_mono_us(), us;
+    char err[256];
+    int rc;
+
+    for (size_t i = 0; i < n; i++)
+        reqs[i] = (cn_pg_claim_req_t){jobs[i]->skey, jobs[i]->skeylen, jobs[i]->fingerprint,
+                                      sizeof(jobs[i]->fingerprint), jobs[i]->owner,
+                                      jobs[i]->lease_ms, 0, {0}};
+    /* Once more on a connection found lost in the middle: a claim asked again by its own
+     * owner is still its own. */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        if ((rc = cn__pg_reset(c->pg, err, sizeof(err))))
+            break;
+        rc = cn__pg_claim_many(c->pg, reqs, n, (int64_t)cn__clock_wall_ms(), err, sizeof(err));
+        if (rc != CN_ESTORE || cn__pg_connected(c->pg))
+            break;
     }
+    us = cn__clock_mono_us() - t0;
+    for (size_t i = 0; i < n; i++) {
+        jobs[i]->rc = rc ? rc : reqs[i].rc;
+        if (!jobs[i]->rc)
+            jobs[i]->claim = reqs[i].out;
+        count_claim(c, jobs[i]->rc, us);
+    }
+    note_health(rc, "claim", err, down);
+}
+
+/* Takes the next run of work off the queue (mu held): one release, or up to
+ * CN_PG_CLAIM_MANY_MAX claims of distinct keys, in order (a release or a key already in
+ * the run ends it). */
+static size_t
+take_run(cn_claimer_t *c, cn_claim_job_t **jobs)
+{
+    size_t n = 0;
+
+    while (c->todo && n < CN_PG_CLAIM_MANY_MAX) {
+        cn_claim_job_t *j = c->todo;
+        int dup = 0;
+
+        if (j->release && n)
+            break;
+        for (size_t i = 0; i < n && !dup; i++)
+            dup = jobs[i]->skeylen == j->skeylen && !memcmp(jobs[i]->skey, j->skey, j->skeylen);
+        if (dup)
+            break;
+        if (!(c->todo = j->next))
+            c->todo_tail = &c->todo;
+        jobs[n++] = j;
+        if (j->release)
+            break;
+    }
+    return n;
 }
 
 static void *
 claimer_main(void *arg)
 {
     cn_claimer_t *c = arg;
+    cn_claim_job_t *jobs[CN_PG_CLAIM_MANY_MAX];
     int down = 0;
 
     for (;;) {
-        cn_claim_job_t *job;
         uint64_t one = 1;
+        size_t n;
 
         pthread_mutex_lock(&c->mu);
         while (!c->todo && !c->stop)
@@ -94,19 +157,21 @@ claimer_main(void *arg)
             pthread_mutex_unlock(&c->mu);
             break;
         }
-        job = c->todo;
-        if (!(c->todo = job->next))
-            c->todo_tail = &c->todo;
+        n = take_run(c, jobs);
         pthread_mutex_unlock(&c->mu);
 
-        run_job(c, job, &down);
-        if (job->release) {
-            free(job);
+        if (jobs[0]->release) {
+            run_release(c, jobs[0], &down);
+            free(jobs[0]);
             continue;
         }
+        /* What queued while the last round trip ran goes in one: the claims' group
+         * commit. */
+        run_claims(c, jobs, n, &down);
         pthread_mutex_lock(&c->mu);
-        append(&c->done_tail, job);
-        atomic_fetch_add(&c->ndone, 1);
+        for (size_t i = 0; i < n; i++)
+            append(&c->done_tail, jobs[i]);
+        atomic_fetch_add(&c->ndone, (unsigned)n);
         pthread_mutex_unlock(&c->mu);
         if (write(c->done_efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
             cn_log_warn("waking the worker: %s", strerror(errno));

@@ -33,6 +33,7 @@
 
 struct cn_pg {
     PGconn *conn;
+    int prepared; /* the hot statements are prepared on this connection (prepare_hot) */
     int claim_stage;     /* a claim in flight: the next result it waits for (0: none) */
     PGresult *claim_res; /* its statements' results, kept until the pipeline's end */
     PGresult *look_res;
@@ -560,6 +561,13 @@ exec_p(cn_pg_t *pg, const char *sql, const params_t *p, char *err, size_t errlen
     return res ? 0 : CN_ESTORE;
 }
 
+#define RELEASE_SQL                                                                        \
+    "WITH gone AS (DELETE FROM cnerium_claims"                                             \
+    " WHERE store_key = $1 AND owner = $2 RETURNING store_key)"                            \
+    " SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex')) FROM gone"
+
+static int prepare_hot(cn_pg_t *pg, char *err, size_t errlen);
+
 /* Deletes owner's claim on skey, notifying the waiters. Returns 1 when it was owner's, 0
  * when not, or CN_ESTORE. */
 static int
@@ -572,13 +580,14 @@ delete_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const char *owner, c
 
     p_bytes(&p, skey, skeylen);
     p_bytes(&p, owner, strlen(owner));
-    res = run(pg,
-              "WITH gone AS (DELETE FROM cnerium_claims"
-              " WHERE store_key = $1 AND owner = $2 RETURNING store_key)"
-              " SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex')) FROM gone",
-              p.n, p.v, p.len, p.fmt, PGRES_TUPLES_OK, err, errlen);
-    if (!res)
+    if (prepare_hot(pg, err, errlen))
         return CN_ESTORE;
+    res = PQexecPrepared(pg->conn, "cn_release", p.n, p.v, p.len, p.fmt, 1);
+    if (!res || PQresultStatus(res) != PGRES_TUPLES_OK) {
+        pg_error(pg, res, "postgresql", err, errlen);
+        PQclear(res);
+        return CN_ESTORE;
+    }
     n = PQntuples(res);
     PQclear(res);
     return n > 0;
@@ -650,10 +659,8 @@ claim_end(cn_pg_t *pg)
  * then the claim as it stands; no row at all: the first look saw a response that has
  * gone since (expired, swept), and the caller asks again. */
 static int
-claim_decide(const cn_pg_t *pg, cn_pg_claim_t *out)
+claim_decide(const PGresult *c, const PGresult *l, cn_pg_claim_t *out)
 {
-    const PGresult *c = pg->claim_res, *l = pg->look_res;
-
     memset(out, 0, sizeof(*out));
     if (PQntuples(l) == 1) {
         size_t n = (size_t)PQgetlength(l, 0, 0);
@@ -693,9 +700,11 @@ cn__pg_claim_send(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp,
     p_bytes(&l, skey, skeylen);
     p_bytes(&l, owner, strlen(owner));
     p_int(&l, now_ms);
+    if (prepare_hot(pg, err, errlen))
+        return CN_ESTORE;
     if (PQsetnonblocking(pg->conn, 1) || !PQenterPipelineMode(pg->conn) ||
-        !PQsendQueryParams(pg->conn, CLAIM_SQL, c.n, NULL, c.v, c.len, c.fmt, 1) ||
-        !PQsendQueryParams(pg->conn, LOOK_AGAIN_SQL, l.n, NULL, l.v, l.len, l.fmt, 1) ||
+        !PQsendQueryPrepared(pg->conn, "cn_claim", c.n, c.v, c.len, c.fmt, 1) ||
+        !PQsendQueryPrepared(pg->conn, "cn_look", l.n, l.v, l.len, l.fmt, 1) ||
         !PQpipelineSync(pg->conn) || PQflush(pg->conn) < 0) {
         pg_error(pg, NULL, "postgresql", err, errlen);
         claim_end(pg);
@@ -769,7 +778,7 @@ cn__pg_claim_recv(cn_pg_t *pg, cn_pg_claim_t *out, char *err, size_t errlen)
         claim_end(pg);
         return CN_ESTORE;
     }
-    rc = claim_decide(pg, out);
+    rc = claim_decide(pg->claim_res, pg->look_res, out);
     claim_end(pg);
     if (rc)
         seterr(err, errlen, "out of memory");
@@ -810,6 +819,132 @@ cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, size
     }
     seterr(err, errlen, "postgresql: the claim on a key kept changing; try again");
     return CN_ESTORE;
+}
+
+/* Sends one claim's two statements into the pipeline. */
+static int
+claim_queue(cn_pg_t *pg, const cn_pg_claim_req_t *r, int64_t now_ms)
+{
+    params_t c = {0}, l = {0};
+
+    p_bytes(&c, r->skey, r->skeylen);
+    p_bytes(&c, r->fp, r->fplen);
+    p_bytes(&c, r->owner, strlen(r->owner));
+    p_int(&c, now_ms + (int64_t)r->lease_ms);
+    p_int(&c, now_ms);
+    p_bytes(&l, r->skey, r->skeylen);
+    p_bytes(&l, r->owner, strlen(r->owner));
+    p_int(&l, now_ms);
+    return PQsendQueryPrepared(pg->conn, "cn_claim", c.n, c.v, c.len, c.fmt, 1) &&
+           PQsendQueryPrepared(pg->conn, "cn_look", l.n, l.v, l.len, l.fmt, 1);
+}
+
+/* The next result of the pipeline that is not the NULL ending a statement's results;
+ * NULL when the connection failed. */
+static PGresult *
+pipeline_result(cn_pg_t *pg)
+{
+    for (int nulls = 0; nulls < 3; nulls++) {
+        PGresult *res = PQgetResult(pg->conn);
+        if (res)
+            return res;
+        if (PQstatus(pg->conn) != CONNECTION_OK)
+            break;
+    }
+    return NULL;
+}
+
+/* Orders claims as PostgreSQL orders bytea keys (bytes, then length): every batch and
+ * every commit locks claim rows in this order, so two never wait on each other. */
+static int
+key_order(const void *skey_a, size_t len_a, const void *skey_b, size_t len_b)
+{
+    int c = memcmp(skey_a, skey_b, len_a < len_b ? len_a : len_b);
+
+    return c ? c : (len_a > len_b) - (len_a < len_b);
+}
+
+static int
+req_order(const void *a, const void *b)
+{
+    const cn_pg_claim_req_t *x = *(cn_pg_claim_req_t *const *)a;
+    const cn_pg_claim_req_t *y = *(cn_pg_claim_req_t *const *)b;
+
+    return key_order(x->skey, x->skeylen, y->skey, y->skeylen);
+}
+
+int
+cn__pg_claim_many(cn_pg_t *pg, cn_pg_claim_req_t *reqs, size_t n, int64_t now_ms, char *err,
+                  size_t errlen)
+{
+    cn_pg_claim_req_t *order[CN_PG_CLAIM_MANY_MAX];
+    PGresult *res[2 * CN_PG_CLAIM_MANY_MAX] = {0}, *r;
+    size_t i, got = 0;
+    int rc = 0;
+
+    if (err && errlen)
+        err[0] = '\0';
+    CN_ASSERT(!pg->claim_stage && n <= CN_PG_CLAIM_MANY_MAX);
+    if (prepare_hot(pg, err, errlen))
+        return CN_ESTORE;
+    for (i = 0; i < n; i++)
+        order[i] = &reqs[i];
+    qsort(order, n, sizeof(order[0]), req_order);
+    /* All of them in one implicit transaction (one sync at the end): one WAL flush for
+     * the batch, and each claim still two statements, each with its own snapshot. */
+    if (!PQenterPipelineMode(pg->conn))
+        rc = CN_ESTORE;
+    for (i = 0; !rc && i < n; i++)
+        if (!claim_queue(pg, order[i], now_ms))
+            rc = CN_ESTORE;
+    if (!rc && (!PQpipelineSync(pg->conn) || PQflush(pg->conn) != 0))
+        rc = CN_ESTORE;
+    if (rc)
+        pg_error(pg, NULL, "postgresql", err, errlen);
+    /* 2n results (a failed statement fails the rest of the batch: aborted), then the
+     * sync. */
+    for (; !rc && got < 2 * n; got++) {
+        if (!(r = pipeline_result(pg))) {
+            pg_error(pg, NULL, "postgresql", err, errlen);
+            rc = CN_ESTORE;
+            break;
+        }
+        res[got] = r;
+        if (PQresultStatus(r) != PGRES_TUPLES_OK ||
+            PQnfields(r) != (got % 2 == 0 ? 4 : 2)) {
+            if (!err || !err[0] || PQresultStatus(r) == PGRES_FATAL_ERROR)
+                pg_error(pg, r, "postgresql", err, errlen);
+            rc = CN_ESTORE;
+        }
+    }
+    if (!rc) {
+        r = pipeline_result(pg);
+        if (!r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+            pg_error(pg, r, "postgresql", err, errlen);
+            rc = CN_ESTORE;
+        }
+        PQclear(r);
+    }
+    if (!rc && !PQexitPipelineMode(pg->conn)) {
+        pg_error(pg, NULL, "postgresql: leaving pipeline mode", err, errlen);
+        rc = CN_ESTORE;
+    }
+    for (i = 0; !rc && i < n; i++)
+        order[i]->rc = claim_decide(res[2 * i], res[2 * i + 1], &order[i]->out);
+    for (i = 0; i < got; i++)
+        PQclear(res[i]);
+    if (rc) {
+        claim_end(pg);
+        return rc;
+    }
+    /* An AGAIN (the response first seen went away meanwhile) is asked again alone. */
+    for (i = 0; i < n; i++) {
+        cn_pg_claim_req_t *q = &reqs[i];
+        if (!q->rc && q->out.state == CN_PG_CLAIM_AGAIN)
+            q->rc = cn__pg_claim(pg, q->skey, q->skeylen, q->fp, q->fplen, q->owner, now_ms,
+                                 q->lease_ms, &q->out, err, errlen);
+    }
+    return 0;
 }
 
 int
@@ -1061,6 +1196,141 @@ apply_one(cn_pg_t *pg, cn_pg_put_t *item, int64_t now, int64_t *ev_pos, int64_t 
     return 0;
 }
 
+/* The record's claim ends and the record is stored, in one statement: one row (the
+ * notification) when the claim was owner's and the record is stored, none when the claim
+ * was not owner's any more (nothing stored). */
+#define PUT_CLAIMED_SQL                                                                    \
+    "WITH d AS (DELETE FROM cnerium_claims WHERE store_key = $1 AND owner = $2"            \
+    " RETURNING store_key),"                                                               \
+    " i AS (INSERT INTO cnerium_responses (store_key, record, expires_ms)"                 \
+    " SELECT $1, $3, $4::int8 FROM d ON CONFLICT (store_key) DO UPDATE"                    \
+    " SET record = EXCLUDED.record, expires_ms = EXCLUDED.expires_ms RETURNING 1)"         \
+    " SELECT pg_notify('" CN_PG_DONE_CHANNEL "', encode(store_key, 'hex')) FROM d"
+#define PUT_SQL                                                                            \
+    "INSERT INTO cnerium_responses (store_key, record, expires_ms)"                        \
+    " VALUES ($1, $2, $3::int8) ON CONFLICT (store_key) DO UPDATE"                         \
+    " SET record = EXCLUDED.record, expires_ms = EXCLUDED.expires_ms"
+
+/* Prepares the statements every request runs, once per connection (again after a
+ * reconnect): parsing and planning them on every call was most of the server's CPU. */
+static int
+prepare_hot(cn_pg_t *pg, char *err, size_t errlen)
+{
+    static const struct {
+        const char *name, *sql;
+    } hot[] = {
+        {"cn_claim", CLAIM_SQL},
+        {"cn_look", LOOK_AGAIN_SQL},
+        {"cn_put_claimed", PUT_CLAIMED_SQL},
+        {"cn_put", PUT_SQL},
+        {"cn_release", RELEASE_SQL},
+    };
+
+    if (pg->prepared)
+        return 0;
+    for (size_t i = 0; i < sizeof(hot) / sizeof(hot[0]); i++) {
+        PGresult *res = PQprepare(pg->conn, hot[i].name, hot[i].sql, 0, NULL);
+        if (!res || PQresultStatus(res) != PGRES_COMMAND_OK) {
+            pg_error(pg, res, "postgresql: preparing a statement", err, errlen);
+            PQclear(res);
+            return CN_ESTORE;
+        }
+        PQclear(res);
+    }
+    pg->prepared = 1;
+    return 0;
+}
+
+static int
+item_order(const void *a, const void *b)
+{
+    const cn_pg_put_t *x = *(cn_pg_put_t *const *)a, *y = *(cn_pg_put_t *const *)b;
+
+    return key_order(x->put.key, x->put.keylen, y->put.key, y->put.keylen);
+}
+
+/* A batch of plain records (no events, no appends): every statement sent at once in one
+ * pipeline, one transaction, one round trip, claims ended in key order. */
+static int
+apply_plain(cn_pg_t *pg, cn_pg_put_t *items, size_t n, char *err, size_t errlen)
+{
+    cn_pg_put_t **order, **sent;
+    size_t nsent = 0, i;
+    int rc = 0;
+
+    if (!(order = malloc(2 * n * sizeof(*order)))) {
+        seterr(err, errlen, "out of memory");
+        return -ENOMEM;
+    }
+    sent = order + n;
+    if (prepare_hot(pg, err, errlen)) {
+        free(order);
+        return CN_ESTORE;
+    }
+    for (i = 0; i < n; i++)
+        order[i] = &items[i];
+    qsort(order, n, sizeof(*order), item_order);
+    if (!PQenterPipelineMode(pg->conn))
+        rc = CN_ESTORE;
+    for (i = 0; !rc && i < n; i++) {
+        cn_store_raw_put_t *it = &order[i]->put;
+        cn_record_t rec;
+        params_t p = {0};
+        int64_t expires;
+
+        it->status = 0;
+        if (it->keylen > CN_STORE_KEY_MAX) {
+            it->status = CN_ETOOBIG;
+            continue;
+        }
+        if ((it->status = cn__record_decode(it->bytes, it->len, &rec)))
+            continue;
+        expires = rec.expires_ms > INT64_MAX ? INT64_MAX : (int64_t)rec.expires_ms;
+        p_bytes(&p, it->key, it->keylen);
+        if (order[i]->owner)
+            p_bytes(&p, order[i]->owner, strlen(order[i]->owner));
+        p_bytes(&p, it->bytes, it->len);
+        p_int(&p, expires);
+        if (!PQsendQueryPrepared(pg->conn, order[i]->owner ? "cn_put_claimed" : "cn_put", p.n,
+                                 p.v, p.len, p.fmt, 1))
+            rc = CN_ESTORE;
+        else
+            sent[nsent++] = order[i];
+    }
+    if (!rc && (!PQpipelineSync(pg->conn) || PQflush(pg->conn) != 0))
+        rc = CN_ESTORE;
+    if (rc)
+        pg_error(pg, NULL, "postgresql", err, errlen);
+    for (i = 0; !rc && i < nsent; i++) {
+        PGresult *r = pipeline_result(pg);
+        ExecStatusType want = sent[i]->owner ? PGRES_TUPLES_OK : PGRES_COMMAND_OK;
+
+        if (!r || PQresultStatus(r) != want) {
+            pg_error(pg, r, "postgresql", err, errlen);
+            rc = CN_ESTORE;
+        } else if (sent[i]->owner && PQntuples(r) == 0) {
+            sent[i]->put.status = CN_ELOST; /* taken over: nothing stored */
+        }
+        PQclear(r);
+    }
+    if (!rc) {
+        PGresult *r = pipeline_result(pg);
+        if (!r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
+            pg_error(pg, r, "postgresql", err, errlen);
+            rc = CN_ESTORE;
+        }
+        PQclear(r);
+    }
+    if (!rc && !PQexitPipelineMode(pg->conn)) {
+        pg_error(pg, NULL, "postgresql: leaving pipeline mode", err, errlen);
+        rc = CN_ESTORE;
+    }
+    if (rc)
+        claim_end(pg); /* drops what is left of the pipeline; the sync rolled it back */
+    free(order);
+    return rc;
+}
+
 int
 cn__pg_apply(cn_pg_t *pg, cn_pg_put_t *items, size_t n, int64_t now_ms, int64_t *event_head,
              char *err, size_t errlen)
@@ -1072,6 +1342,13 @@ cn__pg_apply(cn_pg_t *pg, cn_pg_put_t *items, size_t n, int64_t now_ms, int64_t 
         err[0] = '\0';
     for (size_t i = 0; i < n; i++)
         head |= items[i].put.events || items[i].put.appends;
+    if (!head) {
+        if ((rc = apply_plain(pg, items, n, err, errlen)))
+            return rc;
+        if (event_head)
+            *event_head = -1;
+        return 0;
+    }
     if ((rc = cn__pg_exec(pg, "BEGIN", err, errlen)))
         return rc;
     if (head) {
@@ -1415,6 +1692,7 @@ cn__pg_reset(cn_pg_t *pg, char *err, size_t errlen)
         PQstatus(pg->conn) == CONNECTION_OK)
         return 0;
     claim_end(pg);
+    pg->prepared = 0; /* a new session */
     PQreset(pg->conn);
     if (PQstatus(pg->conn) != CONNECTION_OK) {
         pg_error(pg, NULL, "postgresql reconnect failed", err, errlen);

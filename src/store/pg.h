@@ -94,6 +94,28 @@ int cn__pg_claim(cn_pg_t *pg, const void *skey, size_t skeylen, const void *fp, 
                  const char *owner, int64_t now_ms, uint32_t lease_ms, cn_pg_claim_t *out,
                  char *err, size_t errlen);
 
+/* Many claims in one round trip and one transaction (a libpq pipeline, one sync: one
+ * WAL flush), blocking; each claim is still its own two statements, as cn__pg_claim
+ * runs it, and they run in key order (as every commit locks claims), so batches never
+ * deadlock. Returns 0 with every request's rc (0, -ENOMEM) and, with rc 0, out (a STORED
+ * record is the caller's to free; AGAIN never comes back: asked again); or CN_ESTORE
+ * when the batch failed as a whole (a statement failed or the connection did: nothing
+ * was claimed, every out untouched). At most CN_PG_CLAIM_MANY_MAX at once: what is sent
+ * before anything is read must fit the socket buffers. Keys must be distinct. */
+#define CN_PG_CLAIM_MANY_MAX 64
+typedef struct cn_pg_claim_req {
+    const void *skey;
+    size_t skeylen;
+    const void *fp;
+    size_t fplen;
+    const char *owner;
+    uint32_t lease_ms;
+    int rc;
+    cn_pg_claim_t out;
+} cn_pg_claim_req_t;
+int cn__pg_claim_many(cn_pg_t *pg, cn_pg_claim_req_t *reqs, size_t n, int64_t now_ms,
+                      char *err, size_t errlen);
+
 /* Ends owner's claim on skey without storing anything (the handler's response is not
  * kept) and notifies CN_PG_DONE_CHANNEL. Returns 0, CN_ELOST when owner no longer held
  * it (taken over), or CN_ESTORE. */

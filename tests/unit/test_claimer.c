@@ -196,6 +196,53 @@ test_claimer_unreachable(void)
     close(efd);
 }
 
+static void
+test_claims_in_one_round_trip(void)
+{
+    char url[600], err[512], key[16];
+    int efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    cn_claimer_t *c = NULL;
+    cn_claim_job_t *got, *j;
+    cn_pg_t *pg;
+    cn_pg_claim_t cl;
+    int i = 0;
+
+    fresh_store(url, sizeof(url));
+    /* Another host holds k05 (same fingerprint) and k06 (another one). */
+    pg = open_url(url);
+    CU_ASSERT_EQUAL_FATAL(cn__pg_claim(pg, "k05", 3, fp_a, 32, "h9/1",
+                                       (int64_t)cn__clock_wall_ms(), 60000, &cl, err,
+                                       sizeof(err)), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__pg_claim(pg, "k06", 3, fp_b, 32, "h9/2",
+                                       (int64_t)cn__clock_wall_ms(), 60000, &cl, err,
+                                       sizeof(err)), 0);
+    memset(&stats, 0, sizeof(stats));
+    CU_ASSERT_EQUAL_FATAL(cn__claimer_new(url, efd, &stats, &c, err, sizeof(err)), 0);
+    /* More than one pipeline's worth, queued at once: answered in order, each decided on
+     * its own. */
+    for (i = 0; i < CN_PG_CLAIM_MANY_MAX + 10; i++) {
+        char owner[16];
+        snprintf(key, sizeof(key), "k%02d", i);
+        snprintf(owner, sizeof(owner), "h1/%d", i);
+        cn__claimer_submit(c, job(key, fp_a, owner, 60000, 0));
+    }
+    got = take(c, efd, CN_PG_CLAIM_MANY_MAX + 10);
+    for (i = 0, j = got; j; j = j->next, i++) {
+        snprintf(key, sizeof(key), "k%02d", i);
+        CU_ASSERT_STRING_EQUAL(j->skey, key);
+        CU_ASSERT_EQUAL(j->rc, 0);
+        CU_ASSERT_EQUAL(j->claim.state, i == 5 || i == 6 ? CN_PG_CLAIM_HELD : CN_PG_CLAIM_OWNED);
+        if (i == 5 || i == 6)
+            CU_ASSERT_EQUAL(j->claim.same_fingerprint, i == 5);
+    }
+    CU_ASSERT_EQUAL(i, CN_PG_CLAIM_MANY_MAX + 10);
+    CU_ASSERT_EQUAL(stats.claims, CN_PG_CLAIM_MANY_MAX + 10);
+    free_jobs(got);
+    CU_ASSERT_PTR_NULL(cn__claimer_free(c));
+    cn__pg_close(pg);
+    close(efd);
+}
+
 /* ---- the pg committer ---- */
 
 typedef struct outcome {
@@ -423,6 +470,7 @@ main(void)
     static const unit_test_t tests[] = {
         {"claims and releases run in order", test_claims_in_order},
         {"claims when the database is gone", test_claimer_unreachable},
+        {"queued claims go in one round trip", test_claims_in_one_round_trip},
         {"the pg committer", test_committer},
         {"commits when the database is gone", test_committer_database_gone},
         {"cn_store_t reads the shared store", test_store_reads},
