@@ -290,6 +290,10 @@ open_shared(cn_worker_t *w)
                 rc == -ENOMEM ? "out of memory" : err);
         return 1;
     }
+    if (!(w->replays = cn__replay_cache_new(CN_APP_REPLAY_CACHE_BYTES))) {
+        fprintf(stderr, "cnerium: worker %u: out of memory\n", w->id);
+        return 1;
+    }
     return 0;
 }
 
@@ -392,6 +396,7 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         .parked_gauge = &app->shm.workers[id].parked,
         .park_mu = PTHREAD_MUTEX_INITIALIZER,
         .claimer = w.claimer,
+        .replays = w.replays,
     };
     if (w.claimer) {
         /* Unique per claim across hosts and restarts: the node, this process, a nonce
@@ -466,6 +471,7 @@ out:
     cn__committer_free(w.committer, cfg->commit_timeout_ms);
     /* After the committer: a failed commit's last callbacks queue releases. */
     cn__durable_drop_claims(&w.durable, cn__claimer_free(w.claimer));
+    cn__replay_cache_free(w.replays);
     free_loops(&w);
     stop_sweeper(&w);
     atomic_store(&app->shm.workers[id].pid, 0);

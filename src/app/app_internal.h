@@ -48,6 +48,7 @@ struct cn_app {
 #define CN_APP_WAL_SEGMENT_BYTES ((uint64_t)32 << 20)
 #define CN_APP_EVENT_CACHE 8192
 #define CN_APP_MAX_PARKED 1024 /* per worker: requests parked behind a duplicate */
+#define CN_APP_REPLAY_CACHE_BYTES ((size_t)16 << 20) /* per worker, with a shared store */
 #define CN_APP_WS_PING_S 20
 #define CN_APP_WS_TIMEOUT_S 10
 
@@ -70,6 +71,7 @@ typedef struct cn_worker {
     cn_store_t *store;
     cn_committer_t *committer;
     cn_claimer_t *claimer; /* a shared store's claims; NULL with LMDB */
+    cn_replay_cache_t *replays; /* a shared store's responses seen; NULL with LMDB */
     cn_inflight_t inflight;
     cn_durable_t durable;
     int wake_fd; /* eventfd: acks from the persister, ended claims somebody waits on */

@@ -676,6 +676,31 @@ in_progress(cn_durable_result_t *out)
 
 enum { DECIDED, OWNED, WAITING, CLAIM };
 
+/* Answers from the replay cache: 1 with a replay or a 409, 0 when the key is not there
+ * (or its copy has expired). */
+static int
+cached(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out)
+{
+    size_t len = 0;
+    uint8_t *copy;
+    cn_record_t rec;
+    int hit = 0;
+
+    if (!d->replays ||
+        !(copy = cn__replay_cache_get(d->replays, a->skey, a->skeylen, cn__clock_wall_ms(),
+                                      &len)))
+        return 0;
+    if (cn__record_decode(copy, len, &rec) == 0) {
+        if (memcmp(rec.fingerprint, a->req->fingerprint, CN_SHA256_LEN))
+            problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+        else
+            replay(out, &rec);
+        hit = 1;
+    }
+    free(copy);
+    return hit;
+}
+
 /* How many times decide follows a claim that ended between its looks before it parks
  * the request (each round means another request finished or failed on the key). */
 #define DECIDE_ROUNDS 16
@@ -692,8 +717,9 @@ decide(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, cn_claim_t *cla
     cn_request_t *req = a->req;
 
     for (unsigned round = 0; round < DECIDE_ROUNDS; round++) {
-        /* A shared store is looked up by its claim, after the table's. */
-        if (!d->claimer && lookup(d, a->skey, a->skeylen, req, out))
+        /* A shared store is looked up by its claim, after the table's (and first in the
+         * copies of its responses this worker has seen). */
+        if (d->claimer ? cached(d, a, out) : lookup(d, a->skey, a->skeylen, req, out))
             return DECIDED;
         switch (cn__inflight_try(d->inflight, a->slot_key, req->fingerprint, d->cfg->lease_ms,
                                  claim, retry_at_ms)) {
@@ -1041,12 +1067,18 @@ claimed_one(cn_durable_t *d, claiming_t *c)
             storage_unavailable(&out);
         } else if (pc->state == CN_PG_CLAIM_STORED) {
             cn_record_t rec;
-            if (cn__record_decode(pc->record, pc->record_len, &rec))
+            if (cn__record_decode(pc->record, pc->record_len, &rec)) {
                 storage_unavailable(&out);
-            else if (memcmp(rec.fingerprint, req->fingerprint, CN_SHA256_LEN))
-                problem(&out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
-            else
-                replay(&out, &rec);
+            } else {
+                if (d->replays) /* final until it expires: the next retry needs no trip */
+                    cn__replay_cache_put(d->replays, c->a.skey, c->a.skeylen, pc->record,
+                                         pc->record_len, rec.expires_ms);
+                if (memcmp(rec.fingerprint, req->fingerprint, CN_SHA256_LEN))
+                    problem(&out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED,
+                            reused_msg);
+                else
+                    replay(&out, &rec);
+            }
         } else if (pc->state == CN_PG_CLAIM_HELD && !pc->same_fingerprint) {
             problem(&out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
         } else if (pc->state == CN_PG_CLAIM_HELD) {

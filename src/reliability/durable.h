@@ -15,6 +15,7 @@
 #include "cnerium/response.h"
 #include "http/request_internal.h"
 #include "shm/inflight.h"
+#include "reliability/replay_cache.h"
 #include "shm/shm.h"
 #include "store/claimer.h"
 #include "store/commit.h"
@@ -60,6 +61,7 @@ typedef struct cn_durable {
      * the request waits for the answer like a parked one (cn__durable_claimed takes it
      * on). Claims are named owner_prefix/<owner_seq>. NULL: LMDB, the table decides. */
     cn_claimer_t *claimer;
+    cn_replay_cache_t *replays; /* optional, with a claimer: stored responses seen */
     char owner_prefix[CN_CLAIM_OWNER_MAX - 24];
     _Atomic uint64_t owner_seq;
 } cn_durable_t;
