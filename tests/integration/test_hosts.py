@@ -6,7 +6,8 @@ A real PostgreSQL server is started for the suite (tests/pgserver.py: initdb int
 dir, its own loopback port, stopped by PID at the end); every test gets a database of
 its own. Covered: a key's first request on one host replays byte for byte on another, a
 different body gets 409 there; storms of duplicates spread over three hosts run once per
-key; a host SIGKILLed mid-handler: another host runs the key once its lease has ended,
+key; a key past its expiry runs again (also on a host holding a copy of its response);
+a host SIGKILLed mid-handler: another host runs the key once its lease has ended,
 and every answer the dead host acknowledged replays elsewhere; the database restarted
 under load: 503 with Retry-After while it is down, nothing acknowledged lost, serving
 again without a restart; events gapless and identical on every host's WebSocket (live
@@ -203,6 +204,22 @@ class ContractAcrossHostsTest(SharedStoreCase):
         self.assertGreaterEqual(r2[0], 500, r2[2])
         self.assertIsNone(header(r2[1], "Idempotent-Replayed"))
         self.assertEqual(self.executions((a, b), "flaky.run"), 2)
+
+    def test_expired_key_runs_again_on_every_host(self):
+        a, b = self.host("a", "--key-ttl", "1"), self.host("b", "--key-ttl", "1")
+        key = fresh("ttl")
+        first = a.post("/orders", b"{}", key=key, headers=JSON)
+        self.assertEqual(first[0], 201, first[2])
+        self.assertReplayOf(first, b.post("/orders", b"{}", key=key, headers=JSON))
+        self.assertReplayOf(first, b.post("/orders", b"{}", key=key, headers=JSON))  # cached
+        # Past its expiry the key is new again, on the host that replayed it from its
+        # copy too (bounded poll: every try before the expiry is a replay).
+        again = wait_until(lambda: (lambda r: r if header(r[1], "Idempotent-Replayed") is None
+                                    else None)(b.post("/orders", b"{}", key=key, headers=JSON)),
+                           15.0, step=0.1, what="the key expired")
+        self.assertEqual(again[0], 201, again[2])
+        self.assertEqual(self.executions((a, b), "orders.create"), 2)
+        self.assertReplayOf(again, a.post("/orders", b"{}", key=key, headers=JSON))
 
     def test_storms_over_three_hosts_run_once(self):
         hosts = [self.host(n) for n in ("a", "b", "c")]
