@@ -15,6 +15,8 @@
  *   --threads N           CNERIUM_THREADS           event loops per worker (1)
  *   --single-process      CNERIUM_SINGLE_PROCESS    one process, no supervisor (debugging)
  *   --data-dir D          CNERIUM_DATA_DIR          data directory (data/cnerium)
+ *   --store URL           CNERIUM_STORE             lmdb | postgresql://...: a database several
+ *                                                   hosts share (lmdb)
  *   --realtime-host H     CNERIUM_REALTIME_HOST     WebSocket bind address (127.0.0.1)
  *   --realtime-port N     CNERIUM_REALTIME_PORT     WebSocket port (9090)
  *   --realtime-path P     CNERIUM_REALTIME_PATH     WebSocket endpoint (/ws)

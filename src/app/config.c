@@ -386,8 +386,9 @@ cn_config_validate(const cn_config_t *cfg, char *err, size_t errlen)
     if (!cfg->data_dir[0])
         return fail(err, errlen, "--data-dir must not be empty");
     if (!cn_config_store_is_pg(cfg) && strcmp(cfg->store, "lmdb"))
+        /* A URL may carry a password: named only when it is not one. */
         return fail(err, errlen, "--store must be lmdb or a postgresql:// URL, not '%s'",
-                    strncmp(cfg->store, "postgres", 8) ? cfg->store : "(a URL)");
+                    strchr(cfg->store, ':') ? "(a URL of another form)" : cfg->store);
     if (cfg->workers < 1 || cfg->workers > CN_CONFIG_WORKERS_MAX)
         return fail(err, errlen, "--workers must be in 1..%d", CN_CONFIG_WORKERS_MAX);
     if (cfg->threads < 1)

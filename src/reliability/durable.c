@@ -832,6 +832,7 @@ typedef struct claiming {
     admitted_t a;
     cn_claim_t claim; /* this host's, held meanwhile */
     int waited;
+    uint64_t gen; /* d->wake_gen before the claim was sent: a wake since makes it due */
 } claiming_t;
 
 static void
@@ -864,6 +865,7 @@ claim_shared(cn_durable_t *d, admitted_t *a, const cn_claim_t *claim, cn_durable
     snprintf(c->job.owner, sizeof(c->job.owner), "%s/%llu", d->owner_prefix,
              (unsigned long long)atomic_fetch_add(&d->owner_seq, 1) + 1);
     c->job.lease_ms = d->cfg->lease_ms;
+    c->gen = atomic_load(&d->wake_gen);
     out->deferred = 1;
     cn__claimer_submit(d->claimer, &c->job);
 }
@@ -1053,7 +1055,6 @@ claimed_one(cn_durable_t *d, claiming_t *c)
     cn_durable_result_t out = {.op_index = c->a.route->op_index, .waited = c->waited};
     cn_pg_claim_t *pc = &c->job.claim;
     cn_request_t *req = c->a.req;
-    uint64_t gen = atomic_load(&d->wake_gen); /* before deciding, as in cn__durable_handle */
 
     if (c->job.rc == 0 &&
         (pc->state == CN_PG_CLAIM_OWNED || pc->state == CN_PG_CLAIM_TAKEN_OVER)) {
@@ -1093,7 +1094,7 @@ claimed_one(cn_durable_t *d, claiming_t *c)
             if (at > req->inflight_deadline)
                 at = req->inflight_deadline;
             if (now < req->inflight_deadline &&
-                park(d, c->a.route, req, c->a.skey, c->a.skeylen, at, gen, 1) == 0) {
+                park(d, c->a.route, req, c->a.skey, c->a.skeylen, at, c->gen, 1) == 0) {
                 free(pc->record);
                 free(c);
                 return;

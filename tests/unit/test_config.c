@@ -17,6 +17,7 @@ static const char *const env_names[] = {
     "CNERIUM_PORT",
     "CNERIUM_WORKERS",
     "CNERIUM_DATA_DIR",
+    "CNERIUM_STORE",
     "CNERIUM_REALTIME_HOST",
     "CNERIUM_REALTIME_PORT",
     "CNERIUM_REALTIME_PATH",
@@ -293,6 +294,52 @@ test_wal_io_modes(void)
         CU_ASSERT_EQUAL(cfg.wal_io, v[i].mode);
     }
     expect_bad_args(bad);
+}
+
+static void
+test_store_values(void)
+{
+    static const char *const good[] = {"lmdb", "postgresql://u@127.0.0.1:5432/db",
+                                       "postgres://u:pw@localhost/db?sslmode=disable"};
+    static const char *const bad[] = {"", "LMDB", "mysql://x", "postgresql:/x", "pg"};
+    cn_config_t cfg = cn_config_development();
+    char err[256];
+
+    CU_ASSERT_STRING_EQUAL(cfg.store, "lmdb");
+    CU_ASSERT_FALSE(cn_config_store_is_pg(&cfg));
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        const char *args[] = {"--store", good[i], NULL};
+        cfg = cn_config_development();
+        CU_ASSERT_EQUAL(parse(&cfg, err, sizeof(err), args), 0);
+        CU_ASSERT_STRING_EQUAL(cfg.store, good[i]);
+        CU_ASSERT_EQUAL(cn_config_validate(&cfg, err, sizeof(err)), 0);
+        CU_ASSERT_EQUAL(cn_config_store_is_pg(&cfg), i > 0);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        const char *args[] = {"--store", bad[i], NULL};
+        int rc;
+        cfg = cn_config_development();
+        rc = parse(&cfg, err, sizeof(err), args);
+        if (rc == 0)
+            rc = cn_config_validate(&cfg, err, sizeof(err));
+        CU_ASSERT_EQUAL(rc, CN_ECONFIG);
+        CU_ASSERT(strstr(err, "--store") != NULL);
+    }
+    /* A URL's password never lands in the message. */
+    cfg = cn_config_development();
+    snprintf(cfg.store, sizeof(cfg.store), "postgresq://u:hunter2@h/db");
+    CU_ASSERT_EQUAL(cn_config_validate(&cfg, err, sizeof(err)), CN_ECONFIG);
+    CU_ASSERT_PTR_NULL(strstr(err, "hunter2"));
+    snprintf(cfg.store, sizeof(cfg.store), "mysql://u:hunter2@h/db");
+    CU_ASSERT_EQUAL(cn_config_validate(&cfg, err, sizeof(err)), CN_ECONFIG);
+    CU_ASSERT_PTR_NULL(strstr(err, "hunter2"));
+    /* From the environment. */
+    clear_env();
+    setenv("CNERIUM_STORE", "postgresql://u@h/db", 1);
+    cfg = cn_config_development();
+    CU_ASSERT_EQUAL(cn_config_from_env(&cfg, err, sizeof(err)), 0);
+    CU_ASSERT_TRUE(cn_config_store_is_pg(&cfg));
+    clear_env();
 }
 
 static void
@@ -577,6 +624,7 @@ main(void)
         {"every flag, both forms", test_every_flag},
         {"log levels", test_log_levels},
         {"WAL I/O modes", test_wal_io_modes},
+        {"store values", test_store_values},
         {"argv[0] is not a flag", test_no_args},
         {"--help returns 1 and applies nothing", test_help},
         {"bad flags are CN_ECONFIG with a message", test_bad_args},
