@@ -603,6 +603,7 @@ admit(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, admitted_t *a
 
     a->route = route;
     a->req = req;
+    a->owner[0] = '\0'; /* no shared claim yet */
     nkeys = cn__request_header_count(req, "Idempotency-Key", &raw);
     if (nkeys == 0)
         return !problem(out, CN_OUTCOME_INVALID, 400, CN_PROBLEM_KEY_MISSING,
