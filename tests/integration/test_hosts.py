@@ -190,7 +190,8 @@ class ContractAcrossHostsTest(SharedStoreCase):
         self.assertEqual(ma["cnerium_store_commit_records_total"], 1)
         self.assertEqual(mb["cnerium_store_commit_records_total"], 0)
         self.assertGreaterEqual(ma["cnerium_store_claims_total"], 1)
-        self.assertGreaterEqual(mb["cnerium_store_claims_total"], 2)
+        # (b's 409 may come from the copy its worker kept of the replay: one claim or two)
+        self.assertGreaterEqual(mb["cnerium_store_claims_total"], 1)
         self.assertEqual(ma["cnerium_store_commit_seconds_count"],
                          ma["cnerium_store_commits_total"])
         self.assertEqual(mb["cnerium_store_claim_seconds_count"],
@@ -400,6 +401,17 @@ class OrdersOnSharedStoreTest(SharedStoreCase):
                 self.assertEqual([e["type"] for e in ev["events"]],
                                  ["OrderPlaced", "OrderCancelled" if winner == "cancel"
                                   else "OrderShipped"])
+        # Each host's read model folds the one stream log: both list every order, with
+        # the status the race left.
+        lists = []
+        for srv in (a, b):
+            st, _, body = srv.get(API + "?limit=500&customer_id=race")
+            self.assertEqual(st, 200, body)
+            lists.append(sorted((o["order_id"], o["status"]) for o in parse_json(body)["orders"]))
+        self.assertEqual(len(lists[0]), 4)
+        self.assertEqual(lists[0], lists[1])
+        self.assertEqual(sorted(st for _, st in lists[0]),
+                         sorted(["cancelled"] * wins["cancel"] + ["shipped"] * wins["ship"]))
         sys.stderr.write("\n  race across hosts: wins %r\n" % wins)
 
 
