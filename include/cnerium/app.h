@@ -36,12 +36,20 @@ int cn_get(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 int cn_post(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 int cn_put(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 int cn_delete(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
+int cn_patch(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 
 /* Registers a durable POST route. operation names the logical operation and scopes its
  * keys: 1-64 characters from [A-Za-z0-9._-]. Returns 0, -EINVAL, CN_ETOOBIG (more than
  * 256 distinct operations) or -ENOMEM. GET /metrics is registered by cn_app_new. */
 int cn_durable_post(cn_app_t *app, const char *path, const char *operation,
                     cn_handler_cb handler, void *ctx);
+
+/* Registers a durable route of method "POST", "PUT", "PATCH" or "DELETE" (the same
+ * contract; a request's fingerprint then covers its method and path as well as its
+ * query and body, except for POST, whose fingerprint is the query and body alone).
+ * Returns what cn_durable_post returns; -EINVAL for another method. */
+int cn_durable(cn_app_t *app, const char *method, const char *path, const char *operation,
+               cn_handler_cb handler, void *ctx);
 
 /* Registers a WebSocket command (README "Realtime (WebSocket)": commands). A client
  * message {"type":"command","id":"c1","idempotency_key":"k1","action":{"<action>":{...}}}

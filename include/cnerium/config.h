@@ -38,6 +38,7 @@
  *                                                   per worker and client address (256)
  *   --header-timeout-ms N CNERIUM_HEADER_TIMEOUT_MS deadline for a request's headers (10000)
  *   --principal-header H  CNERIUM_PRINCIPAL_HEADER  header that scopes keys per tenant
+ *   --reused-key-status N CNERIUM_REUSED_KEY_STATUS 409 | 422: a key reused with another body (409)
  *   --inflight M          CNERIUM_INFLIGHT          wait | reject: concurrent duplicates (wait)
  *   --inflight-wait-ms N  CNERIUM_INFLIGHT_WAIT_MS  bound on waiting for a duplicate (30000)
  *   --inflight-slots N    CNERIUM_INFLIGHT_SLOTS    in-flight table capacity, power of 2 (65536)
@@ -115,6 +116,9 @@ typedef struct cn_config {
     /* Header whose value (hashed) joins the key scope; empty = keys are scoped by
      * operation name only. */
     char principal_header[CN_CONFIG_HEADER_MAX];
+    /* The status of a request that reuses a key with another body: 409 (the default, as
+     * the seed says) or 422 (the IETF draft's). */
+    uint32_t reused_key_status;
     cn_inflight_mode_t inflight_mode;
     uint32_t inflight_wait_ms;
     uint32_t inflight_slots; /* a power of two */

@@ -92,6 +92,12 @@ cn_delete(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx)
     return cn__router_add(app->router, CN_METHOD_DELETE, path, NULL, handler, ctx);
 }
 
+int
+cn_patch(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx)
+{
+    return cn__router_add(app->router, CN_METHOD_PATCH, path, NULL, handler, ctx);
+}
+
 static int
 valid_operation(const char *op)
 {
@@ -110,10 +116,19 @@ int
 cn_durable_post(cn_app_t *app, const char *path, const char *operation, cn_handler_cb handler,
                 void *ctx)
 {
+    return cn_durable(app, "POST", path, operation, handler, ctx);
+}
+
+int
+cn_durable(cn_app_t *app, const char *method, const char *path, const char *operation,
+           cn_handler_cb handler, void *ctx)
+{
+    int m = method ? cn__method_from_string(method) : 0;
     unsigned op = 0;
     int rc;
 
-    if (!operation || !valid_operation(operation))
+    if (!operation || !valid_operation(operation) || !m || m == CN_METHOD_GET ||
+        strcmp(method, cn__method_name(m)))
         return -EINVAL;
     while (op < app->nops && strcmp(app->ops[op], operation))
         op++;
@@ -123,7 +138,7 @@ cn_durable_post(cn_app_t *app, const char *path, const char *operation, cn_handl
         if (!(app->ops[op] = strdup(operation)))
             return -ENOMEM;
     }
-    rc = cn__router_add(app->router, CN_METHOD_POST, path, operation, handler, ctx);
+    rc = cn__router_add(app->router, m, path, operation, handler, ctx);
     if (rc) {
         if (op == app->nops) {
             free(app->ops[op]);

@@ -93,6 +93,8 @@ static const opt_t options[] = {
      3600000u, "MS", "a request's headers must arrive within this; else 408 (0: none)"},
     {"principal-header", "CNERIUM_PRINCIPAL_HEADER", OPT_STR, F(principal_header), 0, 0,
      "NAME", "header whose value scopes keys per tenant"},
+    {"reused-key-status", "CNERIUM_REUSED_KEY_STATUS", OPT_U32, F(reused_key_status), 409,
+     422, "409|422", "status for a key reused with a different body"},
     {"inflight", "CNERIUM_INFLIGHT", OPT_INFLIGHT, F(inflight_mode), 0, 0, "wait|reject",
      "concurrent duplicates wait and replay, or get 409"},
     {"inflight-slots", "CNERIUM_INFLIGHT_SLOTS", OPT_U32, F(inflight_slots), 64, 1u << 24,
@@ -153,6 +155,7 @@ cn_config_development(void)
     c.threads = 1;
     c.single_process = 0;
     c.inflight_mode = CN_INFLIGHT_WAIT;
+    c.reused_key_status = 409;
     c.inflight_slots = 65536;
     c.lease_ms = 60000;
     c.commit_timeout_ms = 5000;
@@ -385,6 +388,8 @@ cn_config_validate(const cn_config_t *cfg, char *err, size_t errlen)
         return fail(err, errlen, "--host must not be empty");
     if (!cfg->data_dir[0])
         return fail(err, errlen, "--data-dir must not be empty");
+    if (cfg->reused_key_status != 409 && cfg->reused_key_status != 422)
+        return fail(err, errlen, "--reused-key-status must be 409 or 422");
     if (!cn_config_store_is_pg(cfg) && strcmp(cfg->store, "lmdb"))
         /* A URL may carry a password: named only when it is not one. */
         return fail(err, errlen, "--store must be lmdb or a postgresql:// URL, not '%s'",

@@ -27,7 +27,28 @@ cn__method_from_string(const char *m)
         return CN_METHOD_PUT;
     if (!strcmp(m, "DELETE"))
         return CN_METHOD_DELETE;
+    if (!strcmp(m, "PATCH"))
+        return CN_METHOD_PATCH;
     return 0;
+}
+
+const char *
+cn__method_name(int method)
+{
+    switch (method) {
+    case CN_METHOD_GET:
+        return "GET";
+    case CN_METHOD_POST:
+        return "POST";
+    case CN_METHOD_PUT:
+        return "PUT";
+    case CN_METHOD_DELETE:
+        return "DELETE";
+    case CN_METHOD_PATCH:
+        return "PATCH";
+    default:
+        return "";
+    }
 }
 
 int
@@ -316,7 +337,8 @@ cn__router_allow(int allowed, char *buf, size_t cap)
     } methods[] = {{CN_METHOD_GET, "GET, HEAD"},
                    {CN_METHOD_POST, "POST"},
                    {CN_METHOD_PUT, "PUT"},
-                   {CN_METHOD_DELETE, "DELETE"}};
+                   {CN_METHOD_DELETE, "DELETE"},
+                   {CN_METHOD_PATCH, "PATCH"}};
     size_t off = 0;
 
     buf[0] = '\0';

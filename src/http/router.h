@@ -20,7 +20,11 @@ enum {
     CN_METHOD_POST = 1 << 1,
     CN_METHOD_PUT = 1 << 2,
     CN_METHOD_DELETE = 1 << 3,
+    CN_METHOD_PATCH = 1 << 4,
 };
+
+/* "POST" for CN_METHOD_POST, ...; "GET" for GET (and HEAD). */
+const char *cn__method_name(int method);
 
 #define CN_ROUTE_MAX_SEGMENTS 32
 #define CN_ROUTE_MAX_PARAMS 8

@@ -85,6 +85,14 @@ dup_field(const char *p, size_t len)
     return s;
 }
 
+/* A key reused with another request: 409, or 422 with --reused-key-status 422. */
+static void
+reused(const cn_durable_t *d, cn_durable_result_t *out)
+{
+    problem(out, CN_OUTCOME_CONFLICT, d->cfg->reused_key_status == 422 ? 422 : 409,
+            CN_PROBLEM_KEY_REUSED, reused_msg);
+}
+
 /* The response a stored record replays: status, content type, body, Location. */
 static void
 replay(cn_durable_result_t *out, const cn_record_t *rec)
@@ -132,7 +140,7 @@ lookup(cn_durable_t *d, const char *skey, size_t skeylen, const cn_request_t *re
         return -1;
     }
     if (memcmp(rec.fingerprint, req->fingerprint, CN_SHA256_LEN))
-        problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+        reused(d, out);
     else
         replay(out, &rec);
     free(buf);
@@ -590,6 +598,31 @@ typedef struct parked {
     int waited;
 } parked_t;
 
+/* The request's fingerprint (reliability/fingerprint.h): a route of another method than
+ * POST covers its request line too. */
+static int
+fingerprint(const cn_route_t *route, cn_request_t *req)
+{
+    const char *method = cn__method_name(route->method), *path = req->path ? req->path : "";
+    size_t mlen = strlen(method), plen = strlen(path);
+    char stackbuf[512], *target = stackbuf;
+    int rc;
+
+    if (route->method == CN_METHOD_POST)
+        return cn__fingerprint(req->query, req->query_len, req->body, req->body_len,
+                               req->fingerprint);
+    if (mlen + 1 + plen > sizeof(stackbuf) && !(target = malloc(mlen + 1 + plen)))
+        return -ENOMEM;
+    memcpy(target, method, mlen);
+    target[mlen] = ' ';
+    memcpy(target + mlen + 1, path, plen);
+    rc = cn__fingerprint_target(target, mlen + 1 + plen, req->query, req->query_len, req->body,
+                                req->body_len, req->fingerprint);
+    if (target != stackbuf)
+        free(target);
+    return rc;
+}
+
 /* Step 1. Checks the key and computes what identifies the request. Returns 0, or 1
  * after answering (400, 413, 500). */
 static int
@@ -616,8 +649,7 @@ admit(cn_durable_t *d, const cn_route_t *route, cn_request_t *req, admitted_t *a
 
     req->is_durable = 1;
     req->operation = route->operation;
-    if (cn__fingerprint(req->query, req->query_len, req->body, req->body_len,
-                        req->fingerprint))
+    if (fingerprint(route, req))
         return !problem(out, CN_OUTCOME_FAILED, 500, CN_PROBLEM_HANDLER,
                         "The request fingerprint could not be computed");
     cn__hex(req->fingerprint, CN_SHA256_LEN, req->fingerprint_hex);
@@ -693,7 +725,7 @@ cached(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out)
         return 0;
     if (cn__record_decode(copy, len, &rec) == 0) {
         if (memcmp(rec.fingerprint, a->req->fingerprint, CN_SHA256_LEN))
-            problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+            reused(d, out);
         else
             replay(out, &rec);
         hit = 1;
@@ -735,7 +767,7 @@ decide(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, cn_claim_t *cla
         case CN_INFLIGHT_RELEASED:
             continue; /* its holder finished while we looked: look again */
         case CN_INFLIGHT_MISMATCH:
-            problem(out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+            reused(d, out);
             return DECIDED;
         case CN_INFLIGHT_PARK:
             if (cn__clock_mono_ms() >= req->inflight_deadline)
@@ -1076,13 +1108,12 @@ claimed_one(cn_durable_t *d, claiming_t *c)
                     cn__replay_cache_put(d->replays, c->a.skey, c->a.skeylen, pc->record,
                                          pc->record_len, rec.expires_ms);
                 if (memcmp(rec.fingerprint, req->fingerprint, CN_SHA256_LEN))
-                    problem(&out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED,
-                            reused_msg);
+                    reused(d, &out);
                 else
                     replay(&out, &rec);
             }
         } else if (pc->state == CN_PG_CLAIM_HELD && !pc->same_fingerprint) {
-            problem(&out, CN_OUTCOME_CONFLICT, 409, CN_PROBLEM_KEY_REUSED, reused_msg);
+            reused(d, &out);
         } else if (pc->state == CN_PG_CLAIM_HELD) {
             /* Another host runs it: wait for its notification, its lease end, or the next
              * poll, whichever comes first, within the request's own deadline. */

@@ -57,15 +57,26 @@ int
 cn__fingerprint(const char *query, size_t qlen, const void *body, size_t blen,
                 uint8_t out[CN_SHA256_LEN])
 {
+    return cn__fingerprint_target(NULL, 0, query, qlen, body, blen, out);
+}
+
+int
+cn__fingerprint_target(const char *target, size_t tlen, const char *query, size_t qlen,
+                       const void *body, size_t blen, uint8_t out[CN_SHA256_LEN])
+{
     EVP_MD_CTX *ctx = sha256_ctx();
     unsigned char len[8];
     unsigned int outlen = 0;
-    int ok;
+    int ok = 1;
 
     if (!ctx)
         return -EIO;
+    if (tlen) {
+        cn__put_be64(len, tlen);
+        ok = EVP_DigestUpdate(ctx, len, 8) && EVP_DigestUpdate(ctx, target, tlen);
+    }
     cn__put_be64(len, qlen);
-    ok = EVP_DigestUpdate(ctx, len, 8) && EVP_DigestUpdate(ctx, query, qlen);
+    ok = ok && EVP_DigestUpdate(ctx, len, 8) && EVP_DigestUpdate(ctx, query, qlen);
     cn__put_be64(len, blen);
     ok = ok && EVP_DigestUpdate(ctx, len, 8) && EVP_DigestUpdate(ctx, body, blen) &&
          EVP_DigestFinal_ex(ctx, out, &outlen) && outlen == CN_SHA256_LEN;

@@ -661,5 +661,81 @@ class PrincipalScopeTest(SharedServerCase):
                                              headers={"x-tenant-id": "tc"}))
 
 
+class DurableMethodsTest(SharedServerCase):
+    """cn_durable with PUT, PATCH and DELETE (the fixture's /docs/{id}): the same contract
+    as POST, with the method and path in the fingerprint."""
+
+    server_args = ("--workers", "2")
+
+    def send(self, method, path, body, key):
+        return self.srv.request(method, path, body, {"Idempotency-Key": key})
+
+    def test_put_patch_delete_run_once_and_replay(self):
+        for method, op, status in (("PUT", "docs.put", 200), ("PATCH", "docs.patch", 200),
+                                   ("DELETE", "docs.delete", 204)):
+            with self.subTest(method=method):
+                before = self.srv.count(op)
+                k = self.key(method)
+                first = self.send(method, "/docs/d1", b'{"v":1}', k)
+                self.assertEqual(first[0], status, first[2])
+                self.assertIsNone(header(first[1], "Idempotent-Replayed"))
+                again = self.send(method, "/docs/d1", b'{"v":1}', k)
+                self.assertReplayOf(first, again)
+                self.assertEqual(self.srv.count(op), before + 1)
+                if status == 200:
+                    doc = parse_json(first[2])
+                    self.assertEqual((doc["method"], doc["id"]), (method, "d1"))
+                else:
+                    self.assertEqual(first[2], b"")
+                    self.assertEqual(again[2], b"")
+
+    def test_method_and_path_are_part_of_the_fingerprint(self):
+        before = self.srv.count("docs.put")
+        k = self.key()
+        first = self.send("PUT", "/docs/a", b'{"v":1}', k)
+        self.assertEqual(first[0], 200, first[2])
+        # Same key, same body, another document: another request.
+        self.assertProblem(self.send("PUT", "/docs/b", b'{"v":1}', k), 409,
+                           h.PROBLEM + "idempotency-key-reused")
+        self.assertProblem(self.send("PUT", "/docs/a", b'{"v":2}', k), 409,
+                           h.PROBLEM + "idempotency-key-reused")
+        self.assertEqual(self.srv.count("docs.put"), before + 1)
+        # Another operation is another key space (PATCH on the same document and key).
+        patch = self.send("PATCH", "/docs/a", b'{"v":1}', k)
+        self.assertEqual(patch[0], 200, patch[2])
+        self.assertIsNone(header(patch[1], "Idempotent-Replayed"))
+
+    def test_key_required_and_405_names_every_method(self):
+        before = self.srv.count("docs.delete")
+        resp = self.srv.request("DELETE", "/docs/x", None)
+        self.assertProblem(resp, 400, h.KEY_MISSING, h.MISSING_KEY_ERROR)
+        self.assertEqual(self.srv.count("docs.delete"), before)
+        resp = self.srv.request("POST", "/docs/x", b"{}", {"Idempotency-Key": self.key()})
+        self.assertProblem(resp, 405, h.METHOD)
+        allow = [m.strip() for m in header(resp[1], "Allow").split(",")]
+        self.assertEqual(sorted(allow), ["DELETE", "PATCH", "PUT"])
+
+
+class ReusedKeyStatusTest(SharedServerCase):
+    """--reused-key-status 422: the IETF draft's answer to a key reused with another
+    body; everything else as with 409."""
+
+    server_args = ("--reused-key-status", "422")
+
+    def test_reused_key_is_422(self):
+        k = self.key()
+        first = self.srv.post("/orders", ORDER_BODY, key=k)
+        self.assertEqual(first[0], 201)
+        resp = self.srv.post("/orders", b'{"product_id":"p2","quantity":1}', key=k)
+        self.assertProblem(resp, 422, h.PROBLEM + "idempotency-key-reused")
+        self.assertReplayOf(first, self.srv.post("/orders", ORDER_BODY, key=k))
+
+    def test_bad_value_fails_the_start(self):
+        srv = self.server(h.contract_server(), "--reused-key-status", "410")
+        self.assertFalse(srv.try_start())
+        self.assertEqual(srv.wait_exit(15.0), 2)
+        self.assertIn("--reused-key-status", srv.stderr_text())
+
+
 if __name__ == "__main__":
     h.main()

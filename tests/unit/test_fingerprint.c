@@ -67,6 +67,40 @@ expect_fingerprint_matches_reference(const char *q, size_t qlen, const void *b, 
     CU_ASSERT_EQUAL(memcmp(got, want, CN_SHA256_LEN), 0);
 }
 
+/* The request-line form: be64(len(target)) target, then the first form's bytes. */
+static void
+test_fingerprint_target(void)
+{
+    static const char target[] = "PUT /docs/1", q[] = "a=1", b[] = "{}";
+    size_t n = 8 + strlen(target) + 8 + strlen(q) + 8 + strlen(b), o = 0;
+    uint8_t buf[128], want[CN_SHA256_LEN], got[CN_SHA256_LEN], first[CN_SHA256_LEN];
+
+    for (int i = 7; i >= 0; i--)
+        buf[o++] = (uint8_t)((uint64_t)strlen(target) >> (8 * i));
+    memcpy(buf + o, target, strlen(target));
+    o += strlen(target);
+    for (int i = 7; i >= 0; i--)
+        buf[o++] = (uint8_t)((uint64_t)strlen(q) >> (8 * i));
+    memcpy(buf + o, q, strlen(q));
+    o += strlen(q);
+    for (int i = 7; i >= 0; i--)
+        buf[o++] = (uint8_t)((uint64_t)strlen(b) >> (8 * i));
+    memcpy(buf + o, b, strlen(b));
+    CU_ASSERT_EQUAL_FATAL(o + strlen(b), n);
+    CU_ASSERT_EQUAL(cn__sha256(buf, n, want), 0);
+    CU_ASSERT_EQUAL(cn__fingerprint_target(target, strlen(target), q, strlen(q), b, strlen(b),
+                                           got), 0);
+    CU_ASSERT_EQUAL(memcmp(got, want, CN_SHA256_LEN), 0);
+    /* No target: the first form, unchanged (stored POST fingerprints stay valid). */
+    CU_ASSERT_EQUAL(cn__fingerprint_target(NULL, 0, q, strlen(q), b, strlen(b), got), 0);
+    CU_ASSERT_EQUAL(cn__fingerprint(q, strlen(q), b, strlen(b), first), 0);
+    CU_ASSERT_EQUAL(memcmp(got, first, CN_SHA256_LEN), 0);
+    /* Another path, another fingerprint. */
+    CU_ASSERT_EQUAL(cn__fingerprint_target("PUT /docs/2", 11, q, strlen(q), b, strlen(b), got),
+                    0);
+    CU_ASSERT_NOT_EQUAL(memcmp(got, want, CN_SHA256_LEN), 0);
+}
+
 static void
 test_sha256_vectors(void)
 {
@@ -245,6 +279,7 @@ main(void)
         {"fingerprint fixed vectors", test_fingerprint_fixed_vectors},
         {"fingerprint distinguishes query and body", test_fingerprint_distinguishes},
         {"hex output", test_hex},
+        {"fingerprint with a request line", test_fingerprint_target},
         {"crc32c vectors", test_crc32c_vectors},
         {"crc32c incremental equals one-shot", test_crc32c_incremental},
         {"crc32c: the instruction and the table agree", test_crc32c_paths_agree},

@@ -289,6 +289,8 @@ test_allow_format(void)
     cn__router_allow(CN_METHOD_GET | CN_METHOD_POST | CN_METHOD_PUT | CN_METHOD_DELETE, buf,
                      sizeof(buf));
     CU_ASSERT_STRING_EQUAL(buf, "GET, HEAD, POST, PUT, DELETE");
+    cn__router_allow(CN_METHOD_PUT | CN_METHOD_PATCH, buf, sizeof(buf));
+    CU_ASSERT_STRING_EQUAL(buf, "PUT, PATCH");
     memset(buf, 'x', sizeof(buf));
     cn__router_allow(0, buf, sizeof(buf));
     CU_ASSERT_STRING_EQUAL(buf, "");
@@ -308,7 +310,10 @@ test_method_from_string(void)
     CU_ASSERT_EQUAL(cn__method_from_string("POST"), CN_METHOD_POST);
     CU_ASSERT_EQUAL(cn__method_from_string("PUT"), CN_METHOD_PUT);
     CU_ASSERT_EQUAL(cn__method_from_string("DELETE"), CN_METHOD_DELETE);
-    CU_ASSERT_EQUAL(cn__method_from_string("PATCH"), 0);
+    CU_ASSERT_EQUAL(cn__method_from_string("PATCH"), CN_METHOD_PATCH);
+    for (int m = CN_METHOD_GET; m <= CN_METHOD_PATCH; m <<= 1)
+        CU_ASSERT_EQUAL(cn__method_from_string(cn__method_name(m)), m);
+    CU_ASSERT_STRING_EQUAL(cn__method_name(0), "");
     CU_ASSERT_EQUAL(cn__method_from_string("OPTIONS"), 0);
     CU_ASSERT_EQUAL(cn__method_from_string("get"), 0); /* methods are case-sensitive */
     CU_ASSERT_EQUAL(cn__method_from_string("GETX"), 0);
