@@ -12,10 +12,11 @@ jobs=$(nproc)
 echo "== build (warnings as errors)"
 scripts/build.sh build-test -DCNERIUM_WERROR=ON
 echo "== build (ASan + UBSan)"
-scripts/build.sh build-asan -DCNERIUM_WERROR=ON -DCNERIUM_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+scripts/build.sh build-asan -DCNERIUM_WERROR=ON -DCNERIUM_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug \
+    -DCNERIUM_INSTALL=OFF
 echo "== build (ThreadSanitizer)"
 scripts/build.sh build-tsan -DCNERIUM_WERROR=ON -DCNERIUM_TSAN=ON -DCMAKE_BUILD_TYPE=Debug \
-    -DCNERIUM_BUILD_BENCH=OFF -DCNERIUM_BUILD_EXAMPLES=OFF
+    -DCNERIUM_BUILD_BENCH=OFF -DCNERIUM_BUILD_EXAMPLES=OFF -DCNERIUM_INSTALL=OFF
 
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
