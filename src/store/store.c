@@ -1215,6 +1215,219 @@ lmdb_events_epoch(cn_store_t *s, uint64_t *epoch)
     return 0;
 }
 
+/* ---- administration (cnerium-admin) ---- */
+
+int
+cn__store_list(cn_store_t *s, const char *from, size_t fromlen, size_t max,
+               cn_store_list_cb cb, void *arg)
+{
+    MDB_txn *txn;
+    MDB_cursor *cur;
+    MDB_val k = {fromlen, (void *)from}, v;
+    size_t n = 0;
+    int rc, stop = 0;
+
+    if (s->pg)
+        return -ENOTSUP;
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "list");
+    if ((rc = mdb_cursor_open(txn, s->responses, &cur))) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "list");
+    }
+    rc = mdb_cursor_get(cur, &k, &v, fromlen ? MDB_SET_RANGE : MDB_FIRST);
+    while (rc == 0 && n < max && !stop) {
+        stop = cb(k.mv_data, k.mv_size, v.mv_data, v.mv_size, arg);
+        n++;
+        rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+    }
+    mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    return rc && rc != MDB_NOTFOUND ? lmdb_error(rc, "list") : stop < 0 ? stop : 0;
+}
+
+int
+cn__store_delete(cn_store_t *s, const char *key, size_t keylen)
+{
+    MDB_txn *txn;
+    MDB_val k = {keylen, (void *)key}, v;
+    cn_record_t rec;
+    int rc;
+
+    if (s->pg)
+        return -ENOTSUP;
+    if (keylen > CN_STORE_KEY_MAX)
+        return CN_ENOTFOUND;
+    if ((rc = mdb_txn_begin(s->env, NULL, 0, &txn)))
+        return lmdb_error(rc, "delete");
+    rc = mdb_get(txn, s->responses, &k, &v);
+    if (rc == 0 && cn__record_decode(v.mv_data, v.mv_size, &rec) == 0) {
+        /* Its expiry entry goes with it (the sweep would skip it, but why leave it). */
+        uint8_t ek[8 + CN_STORE_KEY_MAX];
+        MDB_val e = {8 + keylen, ek};
+        cn__put_be64(ek, rec.expires_ms);
+        memcpy(ek + 8, key, keylen);
+        if ((rc = mdb_del(txn, s->expiry, &e, NULL)) == MDB_NOTFOUND)
+            rc = 0;
+    }
+    if (rc == 0)
+        rc = mdb_del(txn, s->responses, &k, NULL);
+    if (rc) {
+        mdb_txn_abort(txn);
+        return lmdb_error(rc, "delete");
+    }
+    return (rc = mdb_txn_commit(txn)) ? lmdb_error(rc, "delete") : 0;
+}
+
+int
+cn__store_backup(cn_store_t *s, const char *dir)
+{
+    int rc;
+
+    if (s->pg)
+        return -ENOTSUP;
+    if ((rc = mkdir_p(dir)))
+        return rc;
+    /* One read transaction's snapshot, compacted: consistent while writers go on. */
+    if ((rc = mdb_env_copy2(s->env, dir, MDB_CP_COMPACT)))
+        return lmdb_error(rc, "backup");
+    return 0;
+}
+
+int
+cn__store_stats(cn_store_t *s, cn_store_stats_t *st)
+{
+    MDB_txn *txn;
+    MDB_stat ms;
+    MDB_envinfo info;
+    int rc;
+
+    if (s->pg)
+        return -ENOTSUP;
+    memset(st, 0, sizeof(*st));
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "stats");
+    if ((rc = mdb_stat(txn, s->responses, &ms)) == 0) {
+        st->responses = ms.ms_entries;
+        st->pages = ms.ms_branch_pages + ms.ms_leaf_pages + ms.ms_overflow_pages;
+    }
+    if (rc == 0 && (rc = mdb_stat(txn, s->events, &ms)) == 0)
+        st->events = ms.ms_entries;
+    if (rc == 0 && (rc = mdb_stat(txn, s->streams, &ms)) == 0)
+        st->streams = ms.ms_entries;
+    if (rc == 0 && (rc = mdb_stat(txn, s->log, &ms)) == 0)
+        st->log_entries = ms.ms_entries;
+    mdb_txn_abort(txn);
+    if (rc)
+        return lmdb_error(rc, "stats");
+    if ((rc = mdb_env_info(s->env, &info)) || (rc = mdb_env_stat(s->env, &ms)))
+        return lmdb_error(rc, "stats");
+    st->map_size = info.me_mapsize;
+    st->used_bytes = (uint64_t)(info.me_last_pgno + 1) * ms.ms_psize;
+    return 0;
+}
+
+/* Calls problem(what, key, keylen, arg) for one finding; counts it. */
+typedef struct verify_ctx {
+    cn_store_verify_cb problem;
+    void *arg;
+    uint64_t found;
+} verify_ctx_t;
+
+static void
+finding(verify_ctx_t *c, const char *what, const void *key, size_t keylen)
+{
+    c->found++;
+    if (c->problem)
+        c->problem(what, key, keylen, c->arg);
+}
+
+int
+cn__store_verify(cn_store_t *s, uint64_t *checked, uint64_t *problems,
+                 cn_store_verify_cb problem, void *arg)
+{
+    verify_ctx_t c = {problem, arg, 0};
+    MDB_txn *txn;
+    MDB_cursor *cur = NULL;
+    MDB_val k, v, x;
+    uint64_t n = 0, prev_seq = 0;
+    int rc;
+
+    if (s->pg)
+        return -ENOTSUP;
+    if ((rc = mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn)))
+        return lmdb_error(rc, "verify");
+    /* Every stored response decodes and has its expiry entry. */
+    if ((rc = mdb_cursor_open(txn, s->responses, &cur)))
+        goto out;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        cn_record_t rec;
+        n++;
+        if (k.mv_size > CN_STORE_KEY_MAX) {
+            finding(&c, "store key too long", k.mv_data, k.mv_size);
+        } else if (cn__record_decode(v.mv_data, v.mv_size, &rec)) {
+            finding(&c, "stored response does not decode", k.mv_data, k.mv_size);
+        } else {
+            uint8_t ek[8 + CN_STORE_KEY_MAX];
+            MDB_val e = {8 + k.mv_size, ek};
+            cn__put_be64(ek, rec.expires_ms);
+            memcpy(ek + 8, k.mv_data, k.mv_size);
+            if (mdb_get(txn, s->expiry, &e, &x))
+                finding(&c, "stored response without its expiry entry", k.mv_data,
+                        k.mv_size);
+        }
+    }
+    mdb_cursor_close(cur);
+    cur = NULL;
+    if (rc != MDB_NOTFOUND)
+        goto out;
+    /* Events: 8-byte ascending numbers, each decoding. */
+    if ((rc = mdb_cursor_open(txn, s->events, &cur)))
+        goto out;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        cn_event_view_t ev;
+        n++;
+        if (k.mv_size != 8) {
+            finding(&c, "event key is not a number", k.mv_data, k.mv_size);
+            continue;
+        }
+        if (cn__get_be64(k.mv_data) <= prev_seq)
+            finding(&c, "event numbers out of order", k.mv_data, k.mv_size);
+        prev_seq = cn__get_be64(k.mv_data);
+        if (cn__event_stored_decode(v.mv_data, v.mv_size, &ev))
+            finding(&c, "event does not decode", k.mv_data, k.mv_size);
+    }
+    mdb_cursor_close(cur);
+    cur = NULL;
+    if (rc != MDB_NOTFOUND)
+        goto out;
+    /* The stream log: 8-byte positions, each entry decoding. */
+    if ((rc = mdb_cursor_open(txn, s->log, &cur)))
+        goto out;
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+        cn_log_view_t e;
+        n++;
+        if (k.mv_size != 8 || cn__log_entry_decode(v.mv_data, v.mv_size, &e))
+            finding(&c, "stream log entry does not decode", k.mv_data, k.mv_size);
+    }
+    mdb_cursor_close(cur);
+    cur = NULL;
+    if (rc == MDB_NOTFOUND)
+        rc = 0;
+out:
+    if (cur)
+        mdb_cursor_close(cur);
+    mdb_txn_abort(txn);
+    if (rc)
+        return lmdb_error(rc, "verify");
+    *checked = n;
+    *problems = c.found;
+    return 0;
+}
+
 /* ---- a PostgreSQL store: the same reads, from the shared database ---- */
 
 int

@@ -47,6 +47,41 @@ typedef struct cn_store_put {
     const char *owner; /* a PostgreSQL store: the claim this record ends (store/pg.h) */
 } cn_store_put_t;
 
+/* ---- administration (cnerium-admin): LMDB only (-ENOTSUP for a shared store) ---- */
+
+/* Calls cb(key, keylen, record, len, arg) for the stored responses with keys >= from
+ * (fromlen 0: from the first), in key order, at most max; cb returns non-zero to stop
+ * (a negative value is returned). The record bytes are valid during the call only. */
+typedef int (*cn_store_list_cb)(const char *key, size_t keylen, const uint8_t *rec,
+                                size_t len, void *arg);
+int cn__store_list(cn_store_t *store, const char *from, size_t fromlen, size_t max,
+                   cn_store_list_cb cb, void *arg);
+
+/* Deletes the stored response under key and its expiry entry: the key is new again.
+ * Returns 0, CN_ENOTFOUND, or an error. */
+int cn__store_delete(cn_store_t *store, const char *key, size_t keylen);
+
+/* Copies the whole environment into dir (created), compacted: one read transaction's
+ * snapshot, consistent while the server writes. */
+int cn__store_backup(cn_store_t *store, const char *dir);
+
+typedef struct cn_store_stats {
+    uint64_t responses, events, streams, log_entries;
+    uint64_t pages;      /* of the responses database */
+    uint64_t map_size;   /* the map */
+    uint64_t used_bytes; /* up to the last page in use */
+} cn_store_stats_t;
+int cn__store_stats(cn_store_t *store, cn_store_stats_t *st);
+
+/* Reads everything once: every stored response decodes and has its expiry entry, events
+ * are numbered in order and decode, stream log entries decode. Calls problem (may be
+ * NULL) per finding. Sets *checked and *problems; returns 0 (also with problems found)
+ * or an error reading. */
+typedef void (*cn_store_verify_cb)(const char *what, const void *key, size_t keylen,
+                                   void *arg);
+int cn__store_verify(cn_store_t *store, uint64_t *checked, uint64_t *problems,
+                     cn_store_verify_cb problem, void *arg);
+
 /* Opens a PostgreSQL store (store/pg.h) at url for reading: the events, the streams,
  * the stream log, and the sweep go to the shared database through one connection (one
  * call at a time; a lost connection is reconnected at the next call). Everything else

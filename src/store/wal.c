@@ -934,3 +934,47 @@ cn__wal_remove_below(const char *dir, uint64_t segment_size, uint64_t lsn, size_
     free(starts);
     return rc;
 }
+
+int
+cn__wal_restore_point(const char *dir, uint64_t segment_size, uint64_t lsn)
+{
+    uint64_t start;
+    size_t gap;
+    uint8_t *frame;
+    int fd, rc;
+
+    if (!valid_segment_size(segment_size) || lsn % 8)
+        return -EINVAL;
+    if ((rc = cn__wal_mkdir(dir)))
+        return rc;
+    start = lsn - lsn % segment_size;
+    if (lsn == start)
+        return 0; /* a boundary: recovery starts a new log there from nothing */
+    gap = (size_t)(lsn - start);
+    if (gap < CN_WAL_FRAME_HEADER || gap > segment_size - CN_WAL_FRAME_HEADER ||
+        gap - CN_WAL_FRAME_HEADER > CN_WAL_PAYLOAD_MAX)
+        return -EINVAL;
+    {
+        /* Never over a log: the segment must be new. */
+        char path[PATH_MAX];
+        struct stat st;
+        if ((rc = cn__wal_segment_path(path, sizeof(path), dir, start)))
+            return rc;
+        if (stat(path, &st) == 0)
+            return -EEXIST;
+    }
+    if ((fd = cn__wal_segment_open(dir, start, segment_size)) < 0)
+        return fd;
+    if (!(frame = malloc(gap))) {
+        close(fd);
+        return -ENOMEM;
+    }
+    /* One PAD frame, a write of its own, from the segment's start up to lsn. */
+    cn__wal_frame_encode_pad(frame, start, start, gap);
+    rc = pwrite(fd, frame, gap, 0) == (ssize_t)gap ? 0 : errno ? -errno : -EIO;
+    if (rc == 0 && fdatasync(fd))
+        rc = -errno;
+    free(frame);
+    close(fd);
+    return rc;
+}

@@ -156,6 +156,14 @@ int cn__wal_recover(const char *dir, uint64_t segment_size, uint64_t from_lsn,
                     uint64_t tail_window, cn_wal_frame_cb cb, void *arg,
                     cn_wal_recovery_t *out);
 
+/* Makes dir a log that ends at lsn (8-aligned) with nothing in it to replay: for a copy
+ * of a store that has applied everything below lsn and no log of its own (a backup).
+ * The segment holding lsn, unless lsn is a segment boundary, is created with one PAD
+ * frame from its start up to lsn; recovery then validates it, replays nothing and the
+ * log goes on at lsn. Returns 0, -EEXIST when dir holds that segment already (never
+ * written over), or another error. */
+int cn__wal_restore_point(const char *dir, uint64_t segment_size, uint64_t lsn);
+
 /* Deletes segments that end at or below lsn (every frame in them is applied and
  * checkpointed), oldest first, then fsyncs dir. Files not named like segments are left
  * alone. Sets *removed (also on failure: how many went). Returns 0 or a negative errno. */

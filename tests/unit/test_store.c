@@ -16,6 +16,8 @@
 #include "store/store.h"
 #include "unit.h"
 
+#include <lmdb.h>
+
 #define MAP_SIZE ((size_t)64 << 20)
 
 static char tmpdir[256];
@@ -630,10 +632,112 @@ test_close_null(void)
     cn__store_close(s);
 }
 
+/* ---- administration ---- */
+
+typedef struct listed {
+    char keys[8][64];
+    int n;
+} listed_t;
+
+static int
+collect(const char *key, size_t keylen, const uint8_t *rec, size_t len, void *arg)
+{
+    listed_t *l = arg;
+    cn_record_t r;
+
+    CU_ASSERT_EQUAL(cn__record_decode(rec, len, &r), 0);
+    if (l->n < 8 && keylen < 64) {
+        memcpy(l->keys[l->n], key, keylen);
+        l->keys[l->n][keylen] = '\0';
+    }
+    l->n++;
+    return 0;
+}
+
+static void
+count_problem(const char *what, const void *key, size_t keylen, void *arg)
+{
+    (void)what, (void)key, (void)keylen;
+    ++*(int *)arg;
+}
+
+static void
+test_admin(void)
+{
+    char dir[256], copy[300];
+    cn_store_t *s = open_fresh(dir, sizeof(dir)), *c = NULL;
+    cn_record_t rec = make_record(201, UINT64_MAX - 1, "{}", 2), got;
+    cn_store_stats_t st;
+    listed_t l = {0};
+    uint64_t checked = 0, problems = 9;
+    void *buf = NULL;
+    int found = 0;
+
+    CU_ASSERT_EQUAL(put_one(s, "k:a", &rec), 0);
+    CU_ASSERT_EQUAL(put_one(s, "k:b", &rec), 0);
+    CU_ASSERT_EQUAL(put_one(s, "k:c", &rec), 0);
+    /* list: in key order, from a key on, bounded. */
+    CU_ASSERT_EQUAL(cn__store_list(s, "", 0, 10, collect, &l), 0);
+    CU_ASSERT_EQUAL(l.n, 3);
+    CU_ASSERT_STRING_EQUAL(l.keys[0], "k:a");
+    CU_ASSERT_STRING_EQUAL(l.keys[2], "k:c");
+    memset(&l, 0, sizeof(l));
+    CU_ASSERT_EQUAL(cn__store_list(s, "k:b", 3, 1, collect, &l), 0);
+    CU_ASSERT_EQUAL(l.n, 1);
+    CU_ASSERT_STRING_EQUAL(l.keys[0], "k:b");
+    /* delete: the key and its expiry entry go; a second delete finds nothing. */
+    CU_ASSERT_EQUAL(cn__store_delete(s, "k:b", 3), 0);
+    CU_ASSERT_EQUAL(cn__store_get(s, "k:b", 3, 0, &got, &buf), CN_ENOTFOUND);
+    CU_ASSERT_EQUAL(cn__store_delete(s, "k:b", 3), CN_ENOTFOUND);
+    CU_ASSERT_EQUAL(cn__store_stats(s, &st), 0);
+    CU_ASSERT_EQUAL(st.responses, 2);
+    CU_ASSERT(st.used_bytes > 0 && st.used_bytes <= st.map_size);
+    CU_ASSERT_EQUAL(cn__store_verify(s, &checked, &problems, count_problem, &found), 0);
+    CU_ASSERT_EQUAL(problems, 0); /* the expiry entry of k:b went with it */
+    CU_ASSERT_EQUAL(checked, 2);
+    /* backup: a copy that opens and holds the same. */
+    snprintf(copy, sizeof(copy), "%s-copy", dir);
+    CU_ASSERT_EQUAL(cn__store_backup(s, copy), 0);
+    CU_ASSERT_EQUAL_FATAL(cn__store_open(copy, MAP_SIZE, &c), 0);
+    CU_ASSERT_EQUAL(cn__store_get(c, "k:c", 3, 0, &got, &buf), 0);
+    free(buf);
+    buf = NULL;
+    cn__store_close(c);
+    cn__store_close(s);
+
+    /* verify finds what does not decode: bytes written past the store's back. */
+    {
+        MDB_env *env;
+        MDB_txn *txn;
+        MDB_dbi dbi, ev;
+        MDB_val k = {3, (void *)"k:x"}, v = {5, (void *)"junk!"};
+        uint8_t seq[8] = {0, 0, 0, 0, 0, 0, 0, 9};
+        MDB_val ek = {8, seq}, evv = {3, (void *)"bad"};
+        CU_ASSERT_EQUAL_FATAL(mdb_env_create(&env), 0);
+        mdb_env_set_maxdbs(env, 8);
+        mdb_env_set_mapsize(env, MAP_SIZE);
+        CU_ASSERT_EQUAL_FATAL(mdb_env_open(env, dir, MDB_NOTLS, 0644), 0);
+        CU_ASSERT_EQUAL_FATAL(mdb_txn_begin(env, NULL, 0, &txn), 0);
+        CU_ASSERT_EQUAL(mdb_dbi_open(txn, "responses", 0, &dbi), 0);
+        CU_ASSERT_EQUAL(mdb_dbi_open(txn, "events", 0, &ev), 0);
+        CU_ASSERT_EQUAL(mdb_put(txn, dbi, &k, &v, 0), 0);
+        CU_ASSERT_EQUAL(mdb_put(txn, ev, &ek, &evv, 0), 0);
+        CU_ASSERT_EQUAL_FATAL(mdb_txn_commit(txn), 0);
+        mdb_env_close(env);
+    }
+    CU_ASSERT_EQUAL_FATAL(cn__store_open(dir, MAP_SIZE, &s), 0);
+    found = 0;
+    CU_ASSERT_EQUAL(cn__store_verify(s, &checked, &problems, count_problem, &found), 0);
+    CU_ASSERT_EQUAL(problems, 2);
+    CU_ASSERT_EQUAL(found, 2);
+    cn__store_close(s);
+}
+
 int
 main(void)
 {
     static const unit_test_t tests[] = {
+        {"admin: list, delete, stats, backup, verify", test_admin},
         {"store key shapes", test_key_shapes},
         {"store key too big", test_key_too_big},
         {"get on a missing key", test_get_missing},

@@ -1729,6 +1729,44 @@ test_bad_arguments(void)
 
 /* ---- remove_below ------------------------------------------------------------------ */
 
+/* A backup's log: it ends where the store's applied position is, replays nothing, is
+ * accepted from that position, and is refused from one further up (frames the store
+ * applied would be missing) exactly like a real log. */
+static void
+test_restore_point(void)
+{
+    char dir[256], path[300];
+    cn_wal_recovery_t rep;
+    seen_t seen;
+    struct stat st;
+
+    fresh_dir(dir, sizeof(dir));
+    CU_ASSERT_EQUAL(cn__wal_restore_point(dir, SEG, 3 * SEG + 200), 0);
+    seg_path(path, sizeof(path), dir, 3 * SEG);
+    CU_ASSERT_EQUAL_FATAL(stat(path, &st), 0);
+    CU_ASSERT_EQUAL(st.st_size, SEG);
+    memset(&seen, 0, sizeof(seen));
+    CU_ASSERT_EQUAL(recover(dir, 3 * SEG + 200, &seen, &rep), 0);
+    CU_ASSERT_EQUAL(rep.end_lsn, 3 * SEG + 200);
+    CU_ASSERT_EQUAL(rep.frames, 0);
+    CU_ASSERT_EQUAL(rep.cut_bytes, 0);
+    /* A second restore point into the same directory is refused: never over a log. */
+    CU_ASSERT_EQUAL(cn__wal_restore_point(dir, SEG, 3 * SEG + 208), -EEXIST);
+
+    /* At a segment boundary there is nothing to write: a new log starts there. */
+    fresh_dir(dir, sizeof(dir));
+    CU_ASSERT_EQUAL(cn__wal_restore_point(dir, SEG, 2 * SEG), 0);
+    seg_path(path, sizeof(path), dir, 2 * SEG);
+    CU_ASSERT_NOT_EQUAL(stat(path, &st), 0);
+    CU_ASSERT_EQUAL(recover(dir, 2 * SEG, &seen, &rep), 0);
+    CU_ASSERT_EQUAL(rep.end_lsn, 2 * SEG);
+
+    /* Unaligned, or too close to the segment's start to hold a frame: refused. */
+    fresh_dir(dir, sizeof(dir));
+    CU_ASSERT_EQUAL(cn__wal_restore_point(dir, SEG, 5 * SEG + 4), -EINVAL);
+    CU_ASSERT_EQUAL(cn__wal_restore_point(dir, SEG, 5 * SEG + 8), -EINVAL);
+}
+
 static void
 test_remove_below(void)
 {
@@ -1821,6 +1859,7 @@ main(void)
         {"segments larger than the read size: tails far past the end", test_big_segments_tails},
         {"bad arguments", test_bad_arguments},
         {"remove_below deletes segments ending at or below the LSN", test_remove_below},
+        {"a restore point: a log that ends at an LSN", test_restore_point},
         {NULL, NULL},
     };
     int rc;
