@@ -11,6 +11,8 @@
 
 #include <cjson/cJSON.h>
 
+#include "response.h"
+
 typedef struct cn_request cn_request_t;
 
 /* "GET", "POST", ... */
@@ -56,5 +58,17 @@ const char *cn_request_operation(const cn_request_t *req);
 /* The request fingerprint as 64 lowercase hex digits (see README: "Fingerprint"); NULL
  * on ordinary routes. */
 const char *cn_request_fingerprint(const cn_request_t *req);
+
+/* Answering later, without holding a thread: a handler that waits for something (an
+ * upstream service, another system) returns cn_later(req) and arranges for exactly one
+ * call of cn_request_answer(req, response), from any thread, possibly before the handler
+ * has returned. The connection waits meanwhile. The response then goes through
+ * everything a returned one would: on a durable route it is stored before it is sent,
+ * its events emitted with it; the key stays claimed until then (within the lease: an
+ * answer later than --lease-ms is dropped with a 503, the key having been taken over).
+ * req stays valid until cn_request_answer returns and must not be touched after it;
+ * cn_emit and cn_stream_append may be called before it. */
+cn_response_t cn_later(cn_request_t *req);
+void cn_request_answer(cn_request_t *req, cn_response_t res);
 
 #endif

@@ -208,6 +208,17 @@ cn__app_deliver(void *arg, void *handle, cn_durable_result_t *out)
     cn__http_complete(handle, &reply);
 }
 
+/* An ordinary route's answer that came later (cn_request_answer), on its thread. */
+static void
+ordinary_answered(void *arg, cn_request_t *req, cn_response_t res)
+{
+    cn_http_reply_t reply = {.response = res};
+
+    if (req->events)
+        submit_events(arg, req);
+    cn__http_complete(req->http_handle, &reply);
+}
+
 void
 cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
 {
@@ -272,6 +283,11 @@ cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
         return;
     }
     reply->response = req->match.route->handler(req, req->match.route->ctx);
+    if (req->later &&
+        !cn__request_later_wait(req, ordinary_answered, w, &reply->response)) {
+        reply->flags = CN_REPLY_DEFERRED; /* ordinary_answered answers it */
+        return;
+    }
     if (req->events)
         submit_events(w, req);
 }

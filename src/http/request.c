@@ -4,6 +4,7 @@
  * the object through the cn__request_* functions.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -390,4 +391,65 @@ const char *
 cn_request_fingerprint(const cn_request_t *req)
 {
     return req->is_durable ? req->fingerprint_hex : NULL;
+}
+
+/* ---- answering later ---- */
+
+/* One lock for every request of the process: it is held for a few instructions, when a
+ * handler that answers later returns and when its answer comes. */
+static pthread_mutex_t later_mu = PTHREAD_MUTEX_INITIALIZER;
+
+cn_response_t
+cn_later(cn_request_t *req)
+{
+    cn_response_t none;
+
+    memset(&none, 0, sizeof(none));
+    pthread_mutex_lock(&later_mu);
+    req->later = 1;
+    pthread_mutex_unlock(&later_mu);
+    return none;
+}
+
+int
+cn__request_later_wait(cn_request_t *req, void (*fn)(void *arg, cn_request_t *req,
+                                                     cn_response_t res),
+                       void *arg, cn_response_t *res)
+{
+    int answered;
+
+    pthread_mutex_lock(&later_mu);
+    if ((answered = req->later_answered)) {
+        *res = req->later_early;
+        memset(&req->later_early, 0, sizeof(req->later_early));
+    } else {
+        req->later_fn = fn;
+        req->later_arg = arg;
+    }
+    req->later = 0;
+    req->later_answered = 0;
+    pthread_mutex_unlock(&later_mu);
+    return answered;
+}
+
+void
+cn_request_answer(cn_request_t *req, cn_response_t res)
+{
+    void (*fn)(void *, cn_request_t *, cn_response_t);
+    void *arg;
+
+    pthread_mutex_lock(&later_mu);
+    fn = req->later_fn;
+    arg = req->later_arg;
+    if (!fn) {
+        /* The handler has not returned yet: it takes the answer when it does. */
+        req->later_early = res;
+        req->later_answered = 1;
+        pthread_mutex_unlock(&later_mu);
+        return;
+    }
+    req->later_fn = NULL;
+    req->later_arg = NULL;
+    pthread_mutex_unlock(&later_mu);
+    fn(arg, req, res);
 }

@@ -20,6 +20,8 @@ struct cn_event;
 struct cn_append;
 struct cn_store;
 
+#define CN_REQUEST_LATER_BYTES 1024
+
 typedef struct cn_request_header {
     const char *name;  /* borrowed */
     const char *value; /* borrowed, or `owned` when trimming needed a copy */
@@ -80,7 +82,25 @@ struct cn_request {
 
     /* durable routes: how long the request may stay parked behind a duplicate */
     uint64_t inflight_deadline; /* monotonic ms; 0 until the first look */
+
+    /* Answered later (cn_later, cn_request_answer): under one process-wide lock. */
+    int later;          /* the handler returned cn_later(req) */
+    int later_answered; /* cn_request_answer came before the handler returned */
+    cn_response_t later_early; /* that answer */
+    void (*later_fn)(void *arg, cn_request_t *req, cn_response_t res); /* who takes it */
+    void *later_arg;
+    /* What the layer that waits needs to go on with the answer, kept here so that waiting
+     * never needs an allocation (which could fail after the handler has promised). */
+    _Alignas(16) unsigned char later_state[CN_REQUEST_LATER_BYTES];
 };
+
+/* After a handler returned cn_later(req): either the answer is already there (it came
+ * from another thread, or from the handler itself, before it returned): returns 1 with
+ * it in *res, and fn is not kept; or returns 0 and fn(arg, req, res) takes the answer
+ * when cn_request_answer gives it, on that caller's thread. */
+int cn__request_later_wait(cn_request_t *req, void (*fn)(void *arg, cn_request_t *req,
+                                                         cn_response_t res),
+                           void *arg, cn_response_t *res);
 
 /* Initializes req for method and raw target (copied). The target is origin-form
  * ("/path?query") or absolute-form with an http/https scheme ("http://host/path?query",

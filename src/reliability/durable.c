@@ -785,14 +785,65 @@ decide(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out, cn_claim_t *cla
     return WAITING;
 }
 
+static void run_rest(cn_durable_t *d, admitted_t *a, cn_claim_t *claim, cn_response_t res,
+                     cn_durable_result_t *out);
+
+/* A request whose handler answers later (cn_later): what run_rest needs, kept in the
+ * request itself (req->later_state). */
+typedef struct later {
+    cn_durable_t *d;
+    admitted_t a;
+    cn_claim_t claim;
+    int waited;
+} later_t;
+
+_Static_assert(sizeof(later_t) <= CN_REQUEST_LATER_BYTES, "later_t fits req->later_state");
+
+/* cn_request_answer's way back into the contract, on the answering thread. */
+static void
+answered(void *arg, cn_request_t *req, cn_response_t res)
+{
+    later_t *l = arg;
+    cn_durable_t *d = l->d;
+    cn_durable_result_t out = {.op_index = l->a.route->op_index, .waited = l->waited};
+    void *handle = req->http_handle;
+
+    run_rest(d, &l->a, &l->claim, res, &out);
+    if (!out.deferred)
+        d->deliver(d->deliver_arg, handle, &out);
+}
+
 /* Step 3 and 4. The caller owns the key: run the handler once, then store its response
- * (deferred: commit_done answers) or answer at once with what is not stored. */
+ * (deferred: commit_done answers) or answer at once with what is not stored. A handler
+ * that answers later leaves the request deferred: answered() goes on from here. */
 static void
 run(cn_durable_t *d, admitted_t *a, cn_claim_t *claim, cn_durable_result_t *out)
 {
     const cn_route_t *route = a->route;
     cn_request_t *req = a->req;
     cn_response_t res = route->handler(req, route->ctx);
+
+    if (req->later) {
+        later_t *l = (later_t *)(void *)req->later_state;
+        l->d = d;
+        l->a = *a;
+        l->claim = *claim;
+        l->waited = out->waited;
+        if (!cn__request_later_wait(req, answered, l, &res)) {
+            out->deferred = 1;
+            return;
+        }
+    }
+    run_rest(d, a, claim, res, out);
+}
+
+/* What follows the handler: its response checked, stored or not, answered. */
+static void
+run_rest(cn_durable_t *d, admitted_t *a, cn_claim_t *claim, cn_response_t res,
+         cn_durable_result_t *out)
+{
+    const cn_route_t *route = a->route;
+    cn_request_t *req = a->req;
     int persist, rc;
 
     if (!handler_response_ok(&res)) {

@@ -8,6 +8,7 @@ import shutil
 import struct
 import sys
 import tempfile
+import threading
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -714,6 +715,70 @@ class DurableMethodsTest(SharedServerCase):
         self.assertProblem(resp, 405, h.METHOD)
         allow = [m.strip() for m in header(resp[1], "Allow").split(",")]
         self.assertEqual(sorted(allow), ["DELETE", "PATCH", "PUT"])
+
+
+class AnswerLaterTest(SharedServerCase):
+    """Handlers that answer later (cn_later, cn_request_answer from another thread): the
+    fixture's POST /later (durable) and GET /later-plain answer from a thread of their
+    own after ?ms=, or before the handler returns with early=1."""
+
+    server_args = ("--workers", "2", "--threads", "2")
+
+    def test_durable_later_runs_once_stores_and_replays(self):
+        before = self.srv.count("later.run")
+        k = self.key()
+        first = self.srv.post("/later?ms=200", b"{}", key=k)
+        self.assertEqual(first[0], 201, first[2])
+        self.assertTrue(parse_json(first[2])["later"])
+        self.assertReplayOf(first, self.srv.post("/later?ms=200", b"{}", key=k))
+        self.assertEqual(self.srv.count("later.run"), before + 1)
+
+    def test_early_answer_before_the_handler_returns(self):
+        k = self.key()
+        first = self.srv.post("/later?early=1", b"{}", key=k)
+        self.assertEqual(first[0], 201, first[2])
+        self.assertReplayOf(first, self.srv.post("/later?early=1", b"{}", key=k))
+        st, _, body = self.srv.get("/later-plain?early=1")
+        self.assertEqual(st, 201, body)
+
+    def test_duplicates_wait_for_a_later_answer_and_replay(self):
+        before = self.srv.count("later.run")
+        k = self.key()
+        results = h.run_together(self.srv, [("/later?ms=300", b"{}", k)] * 8)
+        for r in results:
+            self.assertNotIsInstance(r, Exception)
+            self.assertEqual(r[0], 201, r[2])
+        self.assertEqual(len({r[2] for r in results}), 1)
+        self.assertEqual(sum(header(r[1], "Idempotent-Replayed") is None for r in results), 1)
+        self.assertEqual(self.srv.count("later.run"), before + 1)
+
+    def test_other_requests_go_on_while_answers_wait(self):
+        # 20 later answers of 2 s at once on 2 workers x 2 loops: no loop is held, so a
+        # plain request sent once all of them are in their handlers is answered before
+        # any of them.
+        before = self.srv.count("later.run")
+        keys = [self.key(str(i)) for i in range(20)]
+        done = []
+
+        def one(k):
+            done.append(self.srv.post("/later?ms=2000", b"{}", key=k)[0])
+
+        threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in keys]
+        for t in threads:
+            t.start()
+        h.wait_until(lambda: self.srv.count("later.run") >= before + 20, 30.0,
+                     what="20 handlers started")
+        st, _, _ = self.srv.get("/health")
+        self.assertEqual(st, 200)
+        self.assertEqual(done, [], "the plain request waited for the later answers")
+        for t in threads:
+            t.join(30)
+        self.assertEqual(done, [201] * 20)
+
+    def test_ordinary_route_answers_later(self):
+        st, _, body = self.srv.get("/later-plain?ms=100")
+        self.assertEqual(st, 201, body)
+        self.assertEqual(parse_json(body), {"n": 0, "later": True})
 
 
 class ReusedKeyStatusTest(SharedServerCase):
