@@ -38,6 +38,11 @@ int cn_put(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 int cn_delete(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 int cn_patch(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx);
 
+/* Registers the handler of every request no route matches (by path or by method),
+ * instead of 404 / 405: an ordinary route for everything else (a proxy's passthrough).
+ * Returns 0. */
+int cn_fallback(cn_app_t *app, cn_handler_cb handler, void *ctx);
+
 /* Registers a durable POST route. operation names the logical operation and scopes its
  * keys: 1-64 characters from [A-Za-z0-9._-]. Returns 0, -EINVAL, CN_ETOOBIG (more than
  * 256 distinct operations) or -ENOMEM. GET /metrics is registered by cn_app_new. */

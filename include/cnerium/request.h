@@ -69,6 +69,15 @@ const char *cn_request_fingerprint(const cn_request_t *req);
  * req stays valid until cn_request_answer returns and must not be touched after it;
  * cn_emit and cn_stream_append may be called before it. */
 cn_response_t cn_later(cn_request_t *req);
+
+/* The client's address as text ("127.0.0.1", "::1"; "" when unknown). */
+const char *cn_request_client_address(const cn_request_t *req);
+
+/* Calls fn(name, value, arg) for every request header in the order received (names as
+ * the client spelled them); stops when fn returns non-zero. */
+void cn_request_each_header(const cn_request_t *req,
+                            int (*fn)(const char *name, const char *value, void *arg),
+                            void *arg);
 void cn_request_answer(cn_request_t *req, cn_response_t res);
 
 #endif

@@ -93,6 +93,14 @@ cn_delete(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx)
 }
 
 int
+cn_fallback(cn_app_t *app, cn_handler_cb handler, void *ctx)
+{
+    app->fallback.handler = handler;
+    app->fallback.ctx = ctx;
+    return 0;
+}
+
+int
 cn_patch(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx)
 {
     return cn__router_add(app->router, CN_METHOD_PATCH, path, NULL, handler, ctx);
@@ -232,6 +240,11 @@ cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
     req->store = w->store;
     req->stream_event_max = app->cfg.stream_event_max;
 
+    if ((rc == CN_ENOTFOUND || rc == CN_EMETHOD) && app->fallback.handler) {
+        cn__route_match_clear(&req->match);
+        req->match.route = &app->fallback;
+        rc = 0;
+    }
     if (rc == CN_ENOTFOUND) {
         snprintf(detail, sizeof(detail), "No route for %.100s", req->path);
         reply->response = cn__problem(404, CN_PROBLEM_NOT_FOUND, detail);

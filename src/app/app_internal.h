@@ -28,6 +28,7 @@
 struct cn_app {
     cn_config_t cfg;
     cn_router_t *router;
+    cn_route_t fallback; /* handler NULL: none (404 / 405) */
     char *ops[CN_SHM_MAX_OPS]; /* owned: distinct durable operation names, by op_index */
     unsigned nops;
     cn_shm_t shm; /* while cn_app_run runs: created before fork, shared by every process */

@@ -28,6 +28,7 @@
  * it polled) that is the same turn: resume, run, send. Nothing waits meanwhile.
  */
 #include <errno.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -437,6 +438,17 @@ begin_request(cn_http_server_t *srv, struct MHD_Connection *conn, const char *me
     if (rc)
         return MHD_NO;
     st->req.http_handle = st; /* after init, which zeroes the request */
+    {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+        const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+        if (sa && sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr,
+                      st->req.client_addr, sizeof(st->req.client_addr));
+        else if (sa && sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr,
+                      st->req.client_addr, sizeof(st->req.client_addr));
+    }
     hs = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
     if (hs) {
         /* The request line starts the block; the method string points at it. */

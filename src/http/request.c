@@ -453,3 +453,18 @@ cn_request_answer(cn_request_t *req, cn_response_t res)
     pthread_mutex_unlock(&later_mu);
     fn(arg, req, res);
 }
+
+const char *
+cn_request_client_address(const cn_request_t *req)
+{
+    return req->client_addr;
+}
+
+void
+cn_request_each_header(const cn_request_t *req,
+                       int (*fn)(const char *name, const char *value, void *arg), void *arg)
+{
+    for (size_t i = 0; i < req->nheaders; i++)
+        if (fn(req->headers[i].name, req->headers[i].value, arg))
+            return;
+}

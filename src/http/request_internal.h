@@ -79,6 +79,7 @@ struct cn_request {
     uint32_t stream_event_max;
 
     void *http_handle; /* the server's handle for cn__http_complete (http/server.h) */
+    char client_addr[48]; /* the peer's address as text ("" when unknown) */
 
     /* durable routes: how long the request may stay parked behind a duplicate */
     uint64_t inflight_deadline; /* monotonic ms; 0 until the first look */

@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""cnerium-gateway in front of a real upstream (a Python http.server started by the test,
+counting what it executes): the durable contract on configured routes (key required,
+one execution, byte-identical replay with Idempotent-Replayed, 409, Location and
+Content-Type kept), duplicates storming two workers run once, what is not stored (the
+upstream's 5xx, no upstream: 502, a slow upstream: 504) frees the key, a 4xx is stored,
+everything else passed through untouched (method, target, body, end-to-end headers both
+ways, X-Forwarded-*, hop-by-hop headers dropped, connections to the upstream kept
+alive), the gateway SIGKILLed mid-request and restarted, bad flags.
+"""
+import http.client
+import http.server
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cnharness as h  # noqa: E402
+from cnharness import header, parse_json, wait_until  # noqa: E402
+
+
+def gateway_path():
+    return h.binary("CNERIUM_GATEWAY")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Upstream:
+    """A threaded HTTP/1.1 server counting executions per (method, path)."""
+
+    def __init__(self, port=0):
+        self.counts = {}
+        self.peers = set()  # client ports: one per connection the gateway opened
+        self.lock = threading.Lock()
+        self.last_headers = None
+        up = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def handle_any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                path = self.path.split("?")[0]
+                with up.lock:
+                    k = (self.command, path)
+                    up.counts[k] = up.counts.get(k, 0) + 1
+                    c = up.counts[k]
+                    up.peers.add(self.client_address[1])
+                    up.last_headers = list(self.headers.items())
+                status, ctype, extra = 200, "application/json", []
+                if path.startswith("/slow"):
+                    time.sleep(int(self.path.split("ms=")[1]) / 1000.0)
+                    status = 201
+                elif path.startswith("/fail"):
+                    status = 503
+                elif path.startswith("/teapot"):
+                    status = 418
+                elif self.command == "POST":
+                    status = 201
+                    extra.append(("Location", "/orders/%d" % c))
+                out = json.dumps({"n": c, "method": self.command, "target": self.path,
+                                  "body": body.decode("latin-1")}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("X-Upstream", "yes")
+                for name, value in extra:
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(out)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = handle_any
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", port), H)
+        self.server.daemon_threads = True
+        # A client that goes away mid-answer (the gateway killed, a HEAD) is not news.
+        self.server.handle_error = lambda request, address: None
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def count(self, method, path):
+        with self.lock:
+            return self.counts.get((method, path), 0)
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+ROUTES = ("--route", "POST /api/orders orders.create",
+          "--route", "PUT /api/items/{id} items.put",
+          "--route", "POST /slow slow.run",
+          "--route", "POST /fail fail.run",
+          "--route", "POST /teapot teapot.run")
+
+
+class GatewayCase(h.ServerTestCase):
+    def upstream(self, port=0):
+        up = Upstream(port)
+        self.addCleanup(up.stop)
+        return up
+
+    def gateway(self, upstream_port, *args, data_dir=None):
+        return self.start_server(gateway_path(), "--upstream",
+                                 "http://127.0.0.1:%d" % upstream_port, *ROUTES,
+                                 "--workers", "2", *args, data_dir=data_dir)
+
+
+class ContractTest(GatewayCase):
+    def test_durable_route_through_the_gateway(self):
+        up = self.upstream()
+        gw = self.gateway(up.port)
+        r = gw.post("/api/orders", b'{"a":1}')
+        self.assertProblem(r, 400, h.KEY_MISSING, h.MISSING_KEY_ERROR)
+        self.assertEqual(up.count("POST", "/api/orders"), 0)
+        k = "k-" + uuid.uuid4().hex
+        first = gw.post("/api/orders", b'{"a":1}', key=k, headers={"Content-Type": "application/json"})
+        self.assertEqual(first[0], 201, first[2])
+        self.assertEqual(header(first[1], "Location"), "/orders/1")
+        self.assertEqual(header(first[1], "Content-Type"), "application/json")
+        self.assertEqual(header(first[1], "X-Upstream"), "yes")
+        self.assertEqual(parse_json(first[2])["body"], '{"a":1}')
+        again = gw.post("/api/orders", b'{"a":1}', key=k)
+        self.assertReplayOf(first, again)
+        self.assertProblem(gw.post("/api/orders", b'{"a":2}', key=k), 409,
+                           h.PROBLEM + "idempotency-key-reused")
+        self.assertEqual(up.count("POST", "/api/orders"), 1)
+        # A durable PUT with a path parameter: the upstream sees the path, once.
+        put = gw.request("PUT", "/api/items/7?x=1", b"{}", {"Idempotency-Key": k})
+        self.assertEqual(put[0], 200, put[2])
+        self.assertEqual(parse_json(put[2])["target"], "/api/items/7?x=1")
+        self.assertReplayOf(put, gw.request("PUT", "/api/items/7?x=1", b"{}",
+                                            {"Idempotency-Key": k}))
+        self.assertEqual(up.count("PUT", "/api/items/7"), 1)
+
+    def test_storm_over_two_workers_runs_once(self):
+        up = self.upstream()
+        gw = self.gateway(up.port, "--threads", "2")
+        for i in range(3):
+            k = "storm-%d-%s" % (i, uuid.uuid4().hex)
+            results = h.run_together(gw, [("/slow?ms=200", b"{}", k)] * 16)
+            for r in results:
+                self.assertNotIsInstance(r, Exception)
+                self.assertEqual(r[0], 201, r[2])
+            self.assertEqual(len({r[2] for r in results}), 1)
+        self.assertEqual(up.count("POST", "/slow"), 3)
+
+    def test_what_is_not_stored_frees_the_key(self):
+        up = self.upstream()
+        gw = self.gateway(up.port, "--upstream-timeout-ms", "500")
+        k = "f-" + uuid.uuid4().hex
+        for _ in range(2):  # the upstream's 503 is not stored: it runs again
+            self.assertEqual(gw.post("/fail", b"{}", key=k)[0], 503)
+        self.assertEqual(up.count("POST", "/fail"), 2)
+        # A 4xx is the operation's answer: stored.
+        t1 = gw.post("/teapot", b"{}", key=k)
+        self.assertEqual(t1[0], 418)
+        self.assertReplayOf(t1, gw.post("/teapot", b"{}", key=k))
+        self.assertEqual(up.count("POST", "/teapot"), 1)
+        # Past the upstream timeout: 504, not stored (the upstream may have run it: the
+        # retry runs it again, as after any answer that was not stored).
+        r = gw.post("/slow?ms=1500", b"{}", key=k)
+        self.assertEqual(r[0], 504, r[2])
+        self.assertIsNone(header(r[1], "Idempotent-Replayed"))
+
+    def test_upstream_down_then_up(self):
+        port = free_port()
+        gw = self.gateway(port)
+        k = "d-" + uuid.uuid4().hex
+        r = gw.post("/api/orders", b"{}", key=k)
+        self.assertEqual(r[0], 502, r[2])
+        self.assertIn("could not be reached", parse_json(r[2])["detail"])
+        up = self.upstream(port)
+        r = gw.post("/api/orders", b"{}", key=k)
+        self.assertEqual(r[0], 201, r[2])
+        self.assertEqual(up.count("POST", "/api/orders"), 1)
+
+    def test_gateway_killed_mid_request_frees_nothing_forever(self):
+        up = self.upstream()
+        d = self.make_data_dir()
+        gw = self.gateway(up.port, data_dir=d)
+        k = "kill-" + uuid.uuid4().hex
+        box = {}
+
+        def call():
+            conn = gw.connection(10)
+            try:
+                box["r"] = h.send_request(conn, "POST", "/slow?ms=1000", b"{}",
+                                          {"Idempotency-Key": k})
+            except (OSError, http.client.HTTPException) as e:
+                box["r"] = e
+            finally:
+                conn.close()
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        wait_until(lambda: up.count("POST", "/slow") >= 1, 10.0, what="the upstream call")
+        gw.kill()
+        t.join(10)
+        self.assertIsInstance(box.get("r"), Exception)
+        gw2 = self.restart_server(gateway_path(), d, "--upstream",
+                                  "http://127.0.0.1:%d" % up.port, *ROUTES, "--workers", "1")
+        # The key was never stored: its retry runs (the upstream ran the killed attempt
+        # too: a gateway that dies mid-request is "not stored", like a handler that dies).
+        r = gw2.post("/slow?ms=1000", b"{}", key=k)
+        self.assertEqual(r[0], 201, r[2])
+        self.assertReplayOf(r, gw2.post("/slow?ms=1000", b"{}", key=k))
+
+
+class PassthroughTest(GatewayCase):
+    def test_everything_else_is_passed_through(self):
+        up = self.upstream()
+        gw = self.gateway(up.port)
+        for method, body in (("GET", None), ("POST", b"raw"), ("DELETE", None),
+                             ("PATCH", b"{}"), ("PUT", b"x" * 100000)):
+            with self.subTest(method=method):
+                r = gw.request(method, "/other/path?q=%20a&b=2", body,
+                               [("X-Custom", "v1"), ("X-Forwarded-For", "10.0.0.1"),
+                                ("TE", "trailers"), ("Upgrade", "h2c")])
+                self.assertIn(r[0], (200, 201), r[2])
+                doc = parse_json(r[2])
+                self.assertEqual((doc["method"], doc["target"]), (method, "/other/path?q=%20a&b=2"))
+                self.assertEqual(doc["body"].encode("latin-1"), body or b"")
+                self.assertEqual(header(r[1], "X-Upstream"), "yes")
+                self.assertIsNone(header(r[1], "Idempotent-Replayed"))
+                seen = dict((k.lower(), v) for k, v in up.last_headers)
+                self.assertEqual(seen["x-custom"], "v1")
+                self.assertEqual(seen["x-forwarded-for"], "10.0.0.1, 127.0.0.1")
+                self.assertEqual(seen["x-forwarded-proto"], "http")
+                self.assertIn("x-forwarded-host", seen)
+                self.assertNotIn("te", seen)
+                self.assertNotIn("upgrade", seen)
+        # Not durable: every call reaches the upstream (no key needed, none kept).
+        before = up.count("POST", "/other/path")
+        for _ in range(3):
+            self.assertEqual(gw.post("/other/path", b"{}", key="same")[0], 201)
+        self.assertEqual(up.count("POST", "/other/path"), before + 3)
+        # HEAD passes through without a body.
+        r = gw.request("HEAD", "/other/path")
+        self.assertEqual(r[0], 200)
+        self.assertEqual(r[2], b"")
+
+    def test_connections_to_the_upstream_are_reused(self):
+        up = self.upstream()
+        gw = self.gateway(up.port, "--workers", "1")
+        for _ in range(30):
+            self.assertEqual(gw.get("/ping")[0], 200)
+        self.assertLessEqual(len(up.peers), 3, "a connection per request")
+
+
+class FlagsTest(h.ServerTestCase):
+    def test_bad_flags_fail_the_start(self):
+        for args, text in ((["--route", "POST /x x"], "--upstream URL is required"),
+                           (["--upstream", "ftp://x"], "http:// or https://"),
+                           (["--upstream", "http://127.0.0.1:1/base"], "without a path"),
+                           (["--upstream", "http://127.0.0.1:1", "--route", "GET /x op"],
+                            "POST, PUT, PATCH or DELETE"),
+                           (["--upstream", "http://127.0.0.1:1", "--route", "POST x op"],
+                            "starts with '/'"),
+                           (["--upstream", "http://127.0.0.1:1", "--route", "POST /x bad op"],
+                            "METHOD PATH OPERATION"),
+                           (["--upstream", "http://127.0.0.1:1", "--upstream-timeout-ms",
+                             "0"], "--upstream-timeout-ms")):
+            with self.subTest(args=args):
+                srv = self.server(gateway_path(), *args)
+                self.assertFalse(srv.try_start())
+                self.assertEqual(srv.wait_exit(15.0), 2)
+                self.assertIn(text, srv.stderr_text())
+
+
+if __name__ == "__main__":
+    h.main()
