@@ -10,6 +10,7 @@ PACKAGES=(
     libpq-dev postgresql
     clang libclang-rt-14-dev
     python3 curl
+    nodejs node-express
 )
 
 missing=()
