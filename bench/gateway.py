@@ -1,0 +1,123 @@
+"""cnerium-gateway in front of a Node Express backend (tests/integration/
+express_upstream.js) against the same backend alone: fresh-key POSTs through the
+gateway (every one reaches the backend once and is stored), replays (served by the
+gateway, the backend untouched), the backend called directly without any idempotency
+(what the gateway's guarantees cost), and plain passthrough.
+
+    python3 bench/gateway.py [seconds-per-run]     (bench/run calls it; prints a section)
+
+Everything on 127.0.0.1, on the same cores as the load generator; the gateway is the
+Release build (build-release), --workers 2 --threads 1, with its own temp data dir; one
+node process. Not measured: the same backend with an npm idempotency middleware and
+Redis (the issue's comparison): @node-idempotency/express was not reachable from this
+machine's npm registry (404), so that row is left for a machine that has it.
+"""
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import run  # noqa: E402  (cnload, machine)
+
+SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
+GATEWAY = os.path.join(ROOT, "build-release", "cnerium-gateway")
+
+
+def start_node():
+    env = dict(os.environ, NODE_PATH="/usr/share/nodejs")
+    p = subprocess.Popen(["node", os.path.join(ROOT, "tests", "integration",
+                                               "express_upstream.js")],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                         start_new_session=True)
+    line = p.stdout.readline().decode()
+    if not line.startswith("listening "):
+        raise SystemExit("bench: the Express backend did not start")
+    return p, int(line.split()[1])
+
+
+def start_gateway(upstream_port, data):
+    out = open(os.path.join(data, "stdout"), "w+")
+    p = subprocess.Popen([GATEWAY, "--upstream", "http://127.0.0.1:%d" % upstream_port,
+                          "--route", "POST /api/orders orders.create", "--port", "0",
+                          "--workers", "2", "--threads", "1", "--data-dir",
+                          os.path.join(data, "d"), "--realtime-port", "0",
+                          "--log-level", "warn"], stdout=out, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        out.seek(0)
+        m = re.search(r"listening on http://[^:]+:(\d+)", out.read())
+        if m:
+            return p, int(m.group(1))
+        if p.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise SystemExit("bench: the gateway did not start")
+
+
+def stop(p):
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)
+
+
+def main():
+    cores, kernel, cpu, disk = run.machine()
+    data = tempfile.mkdtemp(prefix="cnerium-bench-gw-")
+    node, nport = start_node()
+    rows = []
+    try:
+        gw, gport = start_gateway(nport, data)
+        try:
+            direct = "http://127.0.0.1:%d" % nport
+            via = "http://127.0.0.1:%d" % gport
+            base = run.cnload(direct, "fresh", extra=["--path", "/api/orders"])
+            rows.append(("Express alone: POST /api/orders (no idempotency)", base))
+            rows.append(("gateway: fresh-key POST (one backend call, stored)",
+                         run.cnload(via, "fresh", extra=["--path", "/api/orders"])))
+            rows.append(("gateway: replay (backend not called)",
+                         run.cnload(via, "replay", extra=["--path", "/api/orders"])))
+            rows.append(("Express alone: GET /ping", run.cnload(direct, "plain",
+                                                                extra=["--path", "/ping"])))
+            rows.append(("gateway: GET /ping passed through",
+                         run.cnload(via, "plain", extra=["--path", "/ping"])))
+        finally:
+            stop(gw)
+    finally:
+        stop(node)
+        shutil.rmtree(data, ignore_errors=True)
+
+    print("## Gateway in front of Express (`bench/gateway.py`)")
+    print()
+    print("Written on %s. %d cores (%s), Linux %s, data on %s; the backend (one node "
+          "process), the gateway (`--workers 2 --threads 1`, Release) and `cnload` (64 "
+          "connections, %g s per run) share the cores. Ratios are against the first row."
+          % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), cores, cpu, kernel, disk,
+             SECS))
+    print()
+    print("| run | req/s | vs Express alone | p50 | p99 | errors |")
+    print("|---|---|---|---|---|---|")
+    for name, r in rows:
+        lat = r["latency_us"]
+        print("| %s | %.0f | %.0f%% | %.2f ms | %.2f ms | %d |" % (
+            name, r["rps"], 100.0 * r["rps"] / rows[0][1]["rps"], lat["p50"] / 1000.0,
+            lat["p99"] / 1000.0, sum(r["errors"].values())))
+    print()
+    print("Not measured here: the npm middleware row (see the top of bench/gateway.py).")
+    print()
+
+
+if __name__ == "__main__":
+    main()
