@@ -9,7 +9,8 @@
  *
  * On a durable route the server stores the status, the content type, the body and the
  * Location header; headers added with cn_response_add_header are sent with the first
- * response only and never stored (Set-Cookie and the like belong there).
+ * response only and never stored (Set-Cookie and the like belong there), those added with
+ * cn_response_store_header are stored too and sent with every replay (ETag, say).
  */
 #ifndef CNERIUM_RESPONSE_H
 #define CNERIUM_RESPONSE_H
@@ -27,6 +28,7 @@ typedef enum cn_persist {
 typedef struct cn_header {
     char *name;  /* owned */
     char *value; /* owned */
+    int stored;  /* cn_response_store_header: replayed too */
 } cn_header_t;
 
 typedef struct cn_response {
@@ -67,6 +69,11 @@ int cn_response_set_location(cn_response_t *res, const char *location);
  * Content-Length, Location and Idempotent-Replayed are refused with -EINVAL; use the
  * fields above. Returns 0, -EINVAL or -ENOMEM. */
 int cn_response_add_header(cn_response_t *res, const char *name, const char *value);
+
+/* The same, and the header is stored with the response on a durable route: every replay
+ * sends it too. A response's stored headers take at most 8192 bytes ("Name: value\r\n"
+ * each): past that -E2BIG. Returns 0, -EINVAL, -E2BIG or -ENOMEM. */
+int cn_response_store_header(cn_response_t *res, const char *name, const char *value);
 
 /* Overrides the store-or-release decision for this response. */
 void cn_response_set_persist(cn_response_t *res, cn_persist_t persist);

@@ -255,6 +255,8 @@ record_json(const char *key, size_t keylen, const uint8_t *bytes, size_t len, in
         cJSON_AddItemToObject(j, "content_type", strn(rec.content_type, rec.content_type_len));
     if (rec.location_len)
         cJSON_AddItemToObject(j, "location", strn(rec.location, rec.location_len));
+    if (rec.headers_len)
+        cJSON_AddItemToObject(j, "stored_headers", strn(rec.headers, rec.headers_len));
     if (cn__utf8_valid(rec.body, rec.body_len) && !memchr(rec.body, 0, rec.body_len)) {
         cJSON_AddItemToObject(j, "body", strn(rec.body, rec.body_len));
     } else {

@@ -154,13 +154,17 @@ cn__gateway_parse_args(cn_gateway_config_t *cfg, int *argc, char **argv, char *e
                    "  --routes-file FILE           routes, one per line, # comments\n"
                    "  --upstream-timeout-ms MS     a whole upstream request (30000)\n"
                    "  --upstream-max-body BYTES    an upstream answer's body (16777216)\n"
+                   "  --store-header NAME          an upstream header stored with the answer\n"
+                   "                               and replayed (repeat; Content-Type and\n"
+                   "                               Location always are)\n"
                    "every other request is passed through untouched; server flags:\n");
             argv[out++] = argv[i];
             *argc = out;
             return 1;
         }
         if (!strcmp(a, "--upstream") || !strcmp(a, "--route") || !strcmp(a, "--routes-file") ||
-            !strcmp(a, "--upstream-timeout-ms") || !strcmp(a, "--upstream-max-body")) {
+            !strcmp(a, "--upstream-timeout-ms") || !strcmp(a, "--upstream-max-body") ||
+            !strcmp(a, "--store-header")) {
             int rc = 0;
             if (!v)
                 return fail(err, errlen, "%s needs a value", a);
@@ -170,6 +174,15 @@ cn__gateway_parse_args(cn_gateway_config_t *cfg, int *argc, char **argv, char *e
                 rc = add_route(cfg, v, err, errlen);
             else if (!strcmp(a, "--routes-file"))
                 rc = read_routes(cfg, v, err, errlen);
+            else if (!strcmp(a, "--store-header")) {
+                size_t len = strlen(v);
+                if (cfg->nstore_headers == 16 || len == 0 || len >= 64 ||
+                    strspn(v, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                              "0123456789!#$%&'*+-.^_`|~") != len)
+                    return fail(err, errlen, "--store-header takes a header name (at most 16 "
+                                             "of them), not \"%s\"", v);
+                memcpy(cfg->store_headers[cfg->nstore_headers++], v, len + 1);
+            }
             else if (!strcmp(a, "--upstream-timeout-ms")) {
                 if (parse_u64(v, 10, 3600000, &n))
                     return fail(err, errlen, "--upstream-timeout-ms must be 10..3600000, not "
@@ -280,6 +293,17 @@ copy_header(const char *name, const char *value, void *arg)
     return push(h, name, value);
 }
 
+static int
+stored_header(const char *name)
+{
+    const cn_gateway_config_t *cfg = the_gateway.cfg;
+
+    for (size_t i = 0; i < cfg->nstore_headers; i++)
+        if (!strcasecmp(cfg->store_headers[i], name))
+            return 1;
+    return 0;
+}
+
 static void
 answered(void *arg, cn_upstream_result_t *r)
 {
@@ -304,10 +328,13 @@ answered(void *arg, cn_upstream_result_t *r)
             cn_response_free(&res);
         /* A header Cnerium cannot send as it came (-EINVAL: not valid text, or one it
          * sets itself) is left out; only running out of memory fails the answer. */
-        for (size_t i = 0; res.status && i < r->nheaders; i++)
-            if (cn_response_add_header(&res, r->headers[2 * i], r->headers[2 * i + 1]) ==
-                -ENOMEM)
+        for (size_t i = 0; res.status && i < r->nheaders; i++) {
+            const char *name = r->headers[2 * i], *value = r->headers[2 * i + 1];
+            int rc = stored_header(name) ? cn_response_store_header(&res, name, value)
+                                         : cn_response_add_header(&res, name, value);
+            if (rc == -ENOMEM)
                 cn_response_free(&res);
+        }
         if (!res.status)
             res = cn_problem(502, "The upstream's answer could not be passed on");
     }

@@ -26,6 +26,9 @@ typedef struct cn_gateway_config {
     size_t max_body;      /* an upstream answer's body */
     cn_gateway_route_t routes[CN_GATEWAY_ROUTES_MAX];
     size_t nroutes;
+    /* upstream headers stored with a durable route's answer (replayed), by name */
+    char store_headers[16][64];
+    size_t nstore_headers;
 } cn_gateway_config_t;
 
 /* Parses one route, "METHOD PATH OPERATION" (spaces or tabs between; METHOD one of POST,
@@ -35,7 +38,8 @@ int cn__gateway_parse_route(const char *text, cn_gateway_route_t *out, char *err
 
 /* Takes the gateway's own flags out of argv (--upstream URL, --route 'M P OP' (any
  * number), --routes-file FILE (one route per line, '#' comments), --upstream-timeout-ms
- * N, --upstream-max-body BYTES; also CNERIUM_UPSTREAM), leaving the rest in argv for
+ * N, --upstream-max-body BYTES, --store-header NAME (any number, up to 16); also
+ * CNERIUM_UPSTREAM), leaving the rest in argv for
  * cn_config_from_args (*argc updated). Returns 0, 1 for --help (after printing the
  * gateway's part), or CN_ECONFIG with err. */
 int cn__gateway_parse_args(cn_gateway_config_t *cfg, int *argc, char **argv, char *err,

@@ -146,8 +146,29 @@ valid_header_text(const char *s, int is_name)
     return 1;
 }
 
+static int add_header(cn_response_t *res, const char *name, const char *value, int stored);
+
 int
 cn_response_add_header(cn_response_t *res, const char *name, const char *value)
+{
+    return add_header(res, name, value, 0);
+}
+
+int
+cn_response_store_header(cn_response_t *res, const char *name, const char *value)
+{
+    size_t total = strlen(name) + strlen(value) + 4;
+
+    for (size_t i = 0; i < res->nheaders; i++)
+        if (res->headers[i].stored)
+            total += strlen(res->headers[i].name) + strlen(res->headers[i].value) + 4;
+    if (total > 8192)
+        return -E2BIG;
+    return add_header(res, name, value, 1);
+}
+
+static int
+add_header(cn_response_t *res, const char *name, const char *value, int stored)
 {
     static const char *reserved[] = {"Content-Type", "Content-Length", "Location",
                                      "Idempotent-Replayed", "Transfer-Encoding",
@@ -166,6 +187,7 @@ cn_response_add_header(cn_response_t *res, const char *name, const char *value)
     res->headers = h;
     h[res->nheaders].name = strdup(name);
     h[res->nheaders].value = strdup(value);
+    h[res->nheaders].stored = stored;
     if (!h[res->nheaders].name || !h[res->nheaders].value) {
         free(h[res->nheaders].name);
         free(h[res->nheaders].value);

@@ -93,7 +93,37 @@ reused(const cn_durable_t *d, cn_durable_result_t *out)
             CN_PROBLEM_KEY_REUSED, reused_msg);
 }
 
-/* The response a stored record replays: status, content type, body, Location. */
+/* Adds the stored headers of rec ("Name: value\r\n" lines) to res. Returns 0 or
+ * -ENOMEM (a line that does not parse, which the encoder never writes, is skipped). */
+static int
+replay_headers(cn_response_t *res, const cn_record_t *rec)
+{
+    const char *p = rec->headers, *end = rec->headers + rec->headers_len;
+
+    while (p < end) {
+        const char *eol = memchr(p, '\r', (size_t)(end - p)), *colon, *v;
+        char *name, *value;
+        int rc;
+
+        if (!eol || eol + 1 >= end || eol[1] != '\n' ||
+            !(colon = memchr(p, ':', (size_t)(eol - p))))
+            return 0;
+        for (v = colon + 1; v < eol && *v == ' '; v++)
+            ;
+        name = dup_field(p, (size_t)(colon - p));
+        value = dup_field(v, (size_t)(eol - v));
+        rc = name && value ? cn_response_store_header(res, name, value) : -ENOMEM;
+        free(name);
+        free(value);
+        if (rc == -ENOMEM)
+            return rc;
+        p = eol + 2;
+    }
+    return 0;
+}
+
+/* The response a stored record replays: status, content type, body, Location, stored
+ * headers. */
 static void
 replay(cn_durable_result_t *out, const cn_record_t *rec)
 {
@@ -112,6 +142,8 @@ replay(cn_durable_result_t *out, const cn_record_t *rec)
         if (!res.location)
             cn_response_free(&res);
     }
+    if (res.status && rec->headers_len && replay_headers(&res, rec))
+        cn_response_free(&res);
     if (!res.status) {
         problem(out, CN_OUTCOME_FAILED, 503, CN_PROBLEM_STORAGE,
                 "The stored response could not be loaded; retry with the same "
@@ -441,9 +473,25 @@ store_response(cn_durable_t *d, const cn_route_t *route, const char *skey, size_
     commit_wait_t *w;
     int rc;
 
+    char hbuf[CN_RECORD_HEADERS_MAX];
+    size_t hlen = 0;
+
     if (res->body_len > CN_RECORD_FIELD_MAX)
         return CN_ETOOBIG;
     memcpy(rec.fingerprint, req->fingerprint, CN_SHA256_LEN);
+    /* The headers the handler asked to store (cn_response_store_header bounds them). */
+    for (size_t i = 0; i < res->nheaders; i++) {
+        const cn_header_t *h = &res->headers[i];
+        size_t n = strlen(h->name) + strlen(h->value) + 4;
+        if (!h->stored)
+            continue;
+        if (hlen + n > sizeof(hbuf))
+            return CN_ETOOBIG;
+        hlen += (size_t)snprintf(hbuf + hlen, sizeof(hbuf) - hlen, "%s: %s\r\n", h->name,
+                                 h->value);
+    }
+    rec.headers = hlen ? hbuf : NULL;
+    rec.headers_len = (uint32_t)hlen;
     /* The events travel inside the record: stored with it, or not at all. */
     if (req->events) {
         size_t need = cn__events_encoded_size(req->events);

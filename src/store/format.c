@@ -22,7 +22,8 @@ size_t
 cn__record_encoded_size(const cn_record_t *rec)
 {
     return CN_RECORD_HEADER_LEN + (size_t)rec->content_type_len + rec->location_len +
-           rec->body_len + CN_RECORD_TRAILER_LEN;
+           rec->body_len + (rec->headers_len ? 4 + (size_t)rec->headers_len : 0) +
+           CN_RECORD_TRAILER_LEN;
 }
 
 int
@@ -31,14 +32,14 @@ cn__record_encode(const cn_record_t *rec, uint8_t *buf, size_t cap, size_t *writ
     size_t need, off = CN_RECORD_HEADER_LEN;
 
     if (rec->content_type_len > CN_RECORD_FIELD_MAX || rec->location_len > CN_RECORD_FIELD_MAX ||
-        rec->body_len > CN_RECORD_FIELD_MAX)
+        rec->body_len > CN_RECORD_FIELD_MAX || rec->headers_len > CN_RECORD_HEADERS_MAX)
         return CN_ETOOBIG;
     need = cn__record_encoded_size(rec);
     if (cap < need)
         return -ENOSPC;
 
     memcpy(buf, magic, 4);
-    buf[4] = CN_RECORD_VERSION;
+    buf[4] = rec->headers_len ? CN_RECORD_VERSION_HEADERS : CN_RECORD_VERSION;
     buf[5] = 0;
     cn__put_le16(buf + 6, rec->status);
     cn__put_le64(buf + 8, rec->created_ms);
@@ -56,6 +57,11 @@ cn__record_encode(const cn_record_t *rec, uint8_t *buf, size_t cap, size_t *writ
     if (rec->body_len)
         memcpy(buf + off, rec->body, rec->body_len);
     off += rec->body_len;
+    if (rec->headers_len) {
+        cn__put_le32(buf + off, rec->headers_len);
+        memcpy(buf + off + 4, rec->headers, rec->headers_len);
+        off += 4 + (size_t)rec->headers_len;
+    }
     cn__put_le32(buf + off, cn__crc32c(0, buf, off));
     *written = need;
     return 0;
@@ -77,14 +83,22 @@ cn__record_decode(const uint8_t *buf, size_t len, cn_record_t *rec)
         return CN_ECORRUPT;
     total = CN_RECORD_HEADER_LEN + (size_t)r.content_type_len + r.location_len + r.body_len +
             CN_RECORD_TRAILER_LEN;
+    r.headers = NULL;
+    r.headers_len = 0;
+    if (len >= total + 4 && buf[4] == CN_RECORD_VERSION_HEADERS) {
+        r.headers_len = cn__get_le32(buf + total - CN_RECORD_TRAILER_LEN);
+        if (r.headers_len == 0 || r.headers_len > CN_RECORD_HEADERS_MAX)
+            return CN_ECORRUPT;
+        total += 4 + (size_t)r.headers_len;
+    }
     if (total != len)
         return CN_ECORRUPT;
     if (cn__get_le32(buf + len - 4) != cn__crc32c(0, buf, len - 4))
         return CN_ECORRUPT;
     /* The CRC covers the version byte, so a mismatch here is a real format change. */
-    if (buf[4] != CN_RECORD_VERSION)
+    if (buf[4] != CN_RECORD_VERSION && buf[4] != CN_RECORD_VERSION_HEADERS)
         return CN_EVERSION;
-    if (buf[5] != 0)
+    if (buf[5] != 0 || (buf[4] == CN_RECORD_VERSION_HEADERS && !r.headers_len))
         return CN_ECORRUPT;
 
     r.status = cn__get_le16(buf + 6);
@@ -96,6 +110,9 @@ cn__record_decode(const uint8_t *buf, size_t len, cn_record_t *rec)
     r.location = (const char *)buf + off;
     off += r.location_len;
     r.body = (const char *)buf + off;
+    off += r.body_len;
+    if (r.headers_len)
+        r.headers = (const char *)buf + off + 4;
     *rec = r;
     return 0;
 }

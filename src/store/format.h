@@ -24,6 +24,10 @@
  *   64  4  body length
  *   68  .. content type, location, body
  *   end 4  CRC-32C of every byte before it
+ * Version 2 (written only for a response with stored headers; version 1 otherwise, so
+ * records without them are byte for byte what they always were) adds, after the body:
+ *   4  length of the stored headers, then that many bytes of "Name: value\r\n" lines
+ * before the CRC. Both versions decode.
  * A cn_record_t is a view: its pointers borrow from the encoded buffer (after decode)
  * or from the caller (before encode).
  *
@@ -77,6 +81,9 @@
 /* ---- stored-response record ---- */
 
 #define CN_RECORD_VERSION 1
+#define CN_RECORD_VERSION_HEADERS 2 /* with stored headers */
+/* Stored headers of one response, at most (the "Name: value\r\n" lines). */
+#define CN_RECORD_HEADERS_MAX 8192
 #define CN_RECORD_HEADER_LEN 68
 #define CN_RECORD_TRAILER_LEN 4
 /* Bounds any single field so lengths can never overflow size_t arithmetic. */
@@ -93,6 +100,8 @@ typedef struct cn_record {
     uint32_t location_len;
     const char *body;
     uint32_t body_len;
+    const char *headers;   /* "Name: value\r\n" lines, replayed; NULL with 0 */
+    uint32_t headers_len;
 } cn_record_t;
 
 /* Bytes cn__record_encode will write for rec. */

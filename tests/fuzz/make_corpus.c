@@ -71,6 +71,10 @@ sample_record(int which)
         r.location = "/orders/ord_1";
         r.location_len = 13;
     }
+    if (which >= 3) {
+        r.headers = "ETag: \"v1\"\r\n";
+        r.headers_len = 13;
+    }
     return r;
 }
 
@@ -181,7 +185,7 @@ record_seeds(void)
     uint8_t buf[1024];
     size_t n;
 
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < 4; i++) {
         char name[32];
         n = record_bytes(i, buf, sizeof(buf));
         snprintf(name, sizeof(name), "valid-%d", i);

@@ -781,6 +781,23 @@ class AnswerLaterTest(SharedServerCase):
         self.assertEqual(parse_json(body), {"n": 0, "later": True})
 
 
+class StoredHeadersTest(SharedServerCase):
+    """cn_response_store_header: stored with the response and replayed; a header added
+    with cn_response_add_header goes with the first answer only."""
+
+    def test_stored_header_is_replayed(self):
+        k = self.key()
+        first = self.srv.post("/tagged", b"{}", key=k)
+        self.assertEqual(first[0], 201, first[2])
+        etag = header(first[1], "ETag")
+        self.assertRegex(etag, r'^"v\d+"$')
+        self.assertEqual(header(first[1], "X-Once"), "first")
+        again = self.srv.post("/tagged", b"{}", key=k)
+        self.assertReplayOf(first, again)
+        self.assertEqual(header(again[1], "ETag"), etag)
+        self.assertIsNone(header(again[1], "X-Once"))
+
+
 class ReusedKeyStatusTest(SharedServerCase):
     """--reused-key-status 422: the IETF draft's answer to a key reused with another
     body; everything else as with 409."""

@@ -76,6 +76,7 @@ class Upstream:
                 elif self.command == "POST":
                     status = 201
                     extra.append(("Location", "/orders/%d" % c))
+                    extra.append(("ETag", '"e%d"' % c))
                 out = json.dumps({"n": c, "method": self.command, "target": self.path,
                                   "body": body.decode("latin-1")}).encode()
                 self.send_response(status)
@@ -152,6 +153,20 @@ class ContractTest(GatewayCase):
         self.assertReplayOf(put, gw.request("PUT", "/api/items/7?x=1", b"{}",
                                             {"Idempotency-Key": k}))
         self.assertEqual(up.count("PUT", "/api/items/7"), 1)
+
+    def test_configured_upstream_headers_are_stored(self):
+        up = self.upstream()
+        gw = self.gateway(up.port, "--store-header", "etag")
+        k = "h-" + uuid.uuid4().hex
+        first = gw.post("/api/orders", b"{}", key=k)
+        self.assertEqual(first[0], 201, first[2])
+        self.assertEqual(header(first[1], "ETag"), '"e1"')
+        self.assertEqual(header(first[1], "X-Upstream"), "yes")
+        again = gw.post("/api/orders", b"{}", key=k)
+        self.assertReplayOf(first, again)
+        self.assertEqual(header(again[1], "ETag"), '"e1"')      # stored
+        self.assertIsNone(header(again[1], "X-Upstream"))        # first answer only
+        self.assertEqual(up.count("POST", "/api/orders"), 1)
 
     def test_storm_over_two_workers_runs_once(self):
         up = self.upstream()

@@ -74,6 +74,7 @@ test_args(void)
         CU_ASSERT_EQUAL(cfg.nroutes, 2);
         CU_ASSERT_STRING_EQUAL(cfg.routes[1].method, "DELETE");
         CU_ASSERT_EQUAL(cfg.timeout_ms, 1500);
+        CU_ASSERT_EQUAL(cfg.nstore_headers, 0);
         CU_ASSERT_STRING_EQUAL(cfg.upstream, "http://127.0.0.1:3000/");
     }
     snprintf(file, sizeof(file), "%s/routes", tmpdir);
@@ -81,8 +82,11 @@ test_args(void)
     fputs("# the orders API\n\nPOST /orders orders.create   # create\n  PUT /o/{id} o.put\n", f);
     fclose(f);
     {
-        char *argv[] = {"gw", "--routes-file", file, "--upstream", "http://h:1", NULL};
+        char *argv[] = {"gw", "--routes-file", file, "--upstream", "http://h:1",
+                        "--store-header", "ETag", "--store-header", "X-Version", NULL};
         CU_ASSERT_EQUAL(parse(&cfg, argv, &argc, err), 0);
+        CU_ASSERT_EQUAL(cfg.nstore_headers, 2);
+        CU_ASSERT_STRING_EQUAL(cfg.store_headers[1], "X-Version");
         CU_ASSERT_EQUAL(cfg.nroutes, 2);
         CU_ASSERT_STRING_EQUAL(cfg.routes[1].path, "/o/{id}");
     }
@@ -102,6 +106,7 @@ test_args(void)
             {"--upstream-timeout-ms", "5", NULL, "--upstream-timeout-ms"},
             {"--upstream-max-body", "-1", NULL, "--upstream-max-body"},
             {"--routes-file", "/nonexistent/routes", NULL, "--routes-file"},
+            {"--store-header", "bad name", NULL, "--store-header"},
         };
         for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
             char *argv[6] = {"gw"};

@@ -112,6 +112,9 @@ expect_same(const cn_record_t *a, const cn_record_t *b)
         CU_ASSERT_EQUAL(memcmp(a->location, b->location, a->location_len), 0);
     if (a->body_len)
         CU_ASSERT_EQUAL(memcmp(a->body, b->body, a->body_len), 0);
+    CU_ASSERT_EQUAL_FATAL(a->headers_len, b->headers_len);
+    if (a->headers_len)
+        CU_ASSERT_EQUAL(memcmp(a->headers, b->headers, a->headers_len), 0);
 }
 
 /* Expects decode to fail with want (0 = any error) and leave *rec untouched. */
@@ -276,7 +279,7 @@ test_unknown_version(void)
     cn_record_t in = full_record();
     size_t len;
     uint8_t *buf = encode(&in, &len);
-    static const uint8_t versions[] = {0, 2, 0xFF};
+    static const uint8_t versions[] = {0, 3, 0xFF};
 
     for (size_t i = 0; i < sizeof(versions); i++) {
         buf[4] = versions[i];
@@ -284,6 +287,52 @@ test_unknown_version(void)
         CU_ASSERT(decode_fails(buf, len, CN_EVERSION));
     }
     free(buf);
+}
+
+/* Version 2: stored headers after the body. A record without them stays version 1, byte
+ * for byte as before (so older records and newer ones without headers are the same). */
+static void
+test_stored_headers(void)
+{
+    static const char hdrs[] = "ETag: \"v1\"\r\nX-Rate: 5\r\n";
+    cn_record_t in = full_record(), out;
+    size_t len, len1;
+    uint8_t *v1 = encode(&in, &len1), *buf;
+
+    CU_ASSERT_EQUAL(v1[4], 1);
+    in.headers = hdrs;
+    in.headers_len = sizeof(hdrs) - 1;
+    buf = encode(&in, &len);
+    CU_ASSERT_EQUAL(buf[4], 2);
+    CU_ASSERT_EQUAL(len, len1 + 4 + in.headers_len);
+    CU_ASSERT_EQUAL(memcmp(buf + 5, v1 + 5, len1 - 4 - 5), 0); /* same up to the body */
+    CU_ASSERT_EQUAL_FATAL(cn__record_decode(buf, len, &out), 0);
+    expect_same(&in, &out);
+    /* Damage: every truncation, a zero or oversized headers length, version 2 without
+     * the block. */
+    for (size_t n = 0; n < len; n++)
+        CU_ASSERT(decode_fails(buf, n, 0));
+    put_le32(buf + len1 - 4, 0);
+    fix_crc(buf, len);
+    CU_ASSERT(decode_fails(buf, len, CN_ECORRUPT));
+    put_le32(buf + len1 - 4, CN_RECORD_HEADERS_MAX + 1);
+    fix_crc(buf, len);
+    CU_ASSERT(decode_fails(buf, len, CN_ECORRUPT));
+    v1[4] = 2;
+    fix_crc(v1, len1);
+    CU_ASSERT(decode_fails(v1, len1, CN_ECORRUPT));
+    /* Too many headers to encode. */
+    {
+        static char big[CN_RECORD_HEADERS_MAX + 1];
+        uint8_t small[64];
+        size_t w;
+        memset(big, 'a', sizeof(big));
+        in.headers = big;
+        in.headers_len = sizeof(big);
+        CU_ASSERT_EQUAL(cn__record_encode(&in, small, sizeof(small), &w), CN_ETOOBIG);
+    }
+    free(buf);
+    free(v1);
 }
 
 static void
@@ -385,6 +434,7 @@ main(void)
         {"every single-byte flip is rejected", test_single_byte_flips},
         {"unknown version with valid CRC is CN_EVERSION", test_unknown_version},
         {"bad magic with valid CRC is CN_ECORRUPT", test_bad_magic_with_valid_crc},
+        {"version 2: stored headers", test_stored_headers},
         {"lengths beyond the buffer are CN_ECORRUPT", test_lengths_beyond_buffer},
         {"encode into a small buffer is -ENOSPC", test_encode_too_small},
         {"encode of an oversized field is CN_ETOOBIG", test_encode_field_too_big},
