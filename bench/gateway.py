@@ -2,20 +2,24 @@
 express_upstream.js) against the same backend alone: fresh-key POSTs through the
 gateway (every one reaches the backend once and is stored), replays (served by the
 gateway, the backend untouched), the backend called directly without any idempotency
-(what the gateway's guarantees cost), and plain passthrough.
+(what the gateway's guarantees cost), the backend made idempotent by its own npm
+middleware with Redis instead (bench/express_idempotent.js: express-idempotency and its
+Redis adapter, installed here with npm into bench/.npm; Redis from Debian's
+redis-server, with appendfsync always so that an answer is durable before it is sent, as
+the gateway's is), and plain passthrough.
 
     python3 bench/gateway.py [seconds-per-run]     (bench/run calls it; prints a section)
 
 Everything on 127.0.0.1, on the same cores as the load generator; the gateway is the
 Release build (build-release), --workers 2 --threads 1, with its own temp data dir; one
-node process. Not measured: the same backend with an npm idempotency middleware and
-Redis (the issue's comparison): @node-idempotency/express was not reachable from this
-machine's npm registry (404), so that row is left for a machine that has it.
+node process. (@node-idempotency/express, the middleware the issue named, was not on
+this machine's npm registry (404): express-idempotency is the one measured.)
 """
 import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +33,51 @@ import run  # noqa: E402  (cnload, machine)
 
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
 GATEWAY = os.path.join(ROOT, "build-release", "cnerium-gateway")
+NPM_DIR = os.path.join(HERE, ".npm")  # scratch, .gitignore'd
+
+
+def npm_packages():
+    """express-idempotency and its Redis adapter in NPM_DIR (installed once)."""
+    if not os.path.isdir(os.path.join(NPM_DIR, "node_modules", "express-idempotency")):
+        os.makedirs(NPM_DIR, exist_ok=True)
+        subprocess.run(["npm", "install", "--prefix", NPM_DIR, "--no-audit", "--no-fund",
+                        "express-idempotency@1", "express-idempotency-redis-adapter@1"],
+                       check=True, stdout=subprocess.DEVNULL, timeout=300)
+    return os.path.join(NPM_DIR, "node_modules")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(data):
+    port = free_port()
+    p = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                          "--dir", data, "--save", "", "--appendonly", "yes",
+                          "--appendfsync", "always"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return p, port
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("bench: redis-server did not start")
+
+
+def start_idempotent_node(redis_port, modules):
+    env = dict(os.environ, NODE_PATH="/usr/share/nodejs:" + modules)
+    p = subprocess.Popen(["node", os.path.join(HERE, "express_idempotent.js"),
+                          str(redis_port)], stdout=subprocess.PIPE,
+                         stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    line = p.stdout.readline().decode()
+    if not line.startswith("listening "):
+        raise SystemExit("bench: the idempotent Express backend did not start")
+    return p, int(line.split()[1])
 
 
 def start_node():
@@ -89,6 +138,22 @@ def main():
                          run.cnload(via, "fresh", extra=["--path", "/api/orders"])))
             rows.append(("gateway: replay (backend not called)",
                          run.cnload(via, "replay", extra=["--path", "/api/orders"])))
+            # The same backend, made idempotent by its own middleware and Redis.
+            rdata = os.path.join(data, "redis")
+            os.makedirs(rdata)
+            redis, rport = start_redis(rdata)
+            try:
+                mnode, mport = start_idempotent_node(rport, npm_packages())
+                try:
+                    mw = "http://127.0.0.1:%d" % mport
+                    rows.append(("Express + express-idempotency + Redis: fresh-key POST",
+                                 run.cnload(mw, "fresh", extra=["--path", "/api/orders"])))
+                    rows.append(("Express + express-idempotency + Redis: replay",
+                                 run.cnload(mw, "replay", extra=["--path", "/api/orders"])))
+                finally:
+                    stop(mnode)
+            finally:
+                stop(redis)
             rows.append(("Express alone: GET /ping", run.cnload(direct, "plain",
                                                                 extra=["--path", "/ping"])))
             rows.append(("gateway: GET /ping passed through",
@@ -115,7 +180,8 @@ def main():
             name, r["rps"], 100.0 * r["rps"] / rows[0][1]["rps"], lat["p50"] / 1000.0,
             lat["p99"] / 1000.0, sum(r["errors"].values())))
     print()
-    print("Not measured here: the npm middleware row (see the top of bench/gateway.py).")
+    print("The middleware rows: Express with express-idempotency and its Redis adapter, "
+          "Redis with appendfsync always (durable before the answer, like the gateway).")
     print()
 
 
