@@ -47,10 +47,12 @@ cmake --build "$work/cm" >"$work/cmb.log" 2>&1 || { cat "$work/cmb.log" >&2; fai
 for prog in "$work/pc_shared" "$work/pc_static" "$work/cm/consumer_shared" "$work/cm/consumer_static"; do
     out=$("$prog") || fail "$prog exited $?"
     [ "$out" = "consumer: ok" ] || fail "$prog said: $out"
+    # ldd's whole output first: grep -q leaving a pipe early would fail it (pipefail).
+    libs=$(ldd "$prog")
     case "$prog" in
-    *shared) ldd "$prog" | grep -q "libcnerium.so.0 => $libdir/libcnerium.so.0" ||
-                 fail "$prog does not load libcnerium.so.0 from the prefix" ;;
-    *static) ! ldd "$prog" | grep -q libcnerium || fail "$prog needs a shared libcnerium" ;;
+    *shared) [[ "$libs" == *"libcnerium.so.0 => $libdir/libcnerium.so.0"* ]] ||
+                 fail "$prog does not load libcnerium.so.0 from the prefix: $libs" ;;
+    *static) [[ "$libs" != *libcnerium* ]] || fail "$prog needs a shared libcnerium: $libs" ;;
     esac
 done
 
