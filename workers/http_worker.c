@@ -458,9 +458,18 @@ cn__worker_run(cn_app_t *app, unsigned id, int listen_fd, void (*on_ready)(void 
         cn__durable_cancel_parked(&w.durable);
         active = wait_for_drain(&w, 0, 1000);
     }
-    if (active)
-        cn_log_warn("stopping with %u requests still in progress after %d ms", active,
-                    CN_APP_DRAIN_TIMEOUT_MS);
+    if (active) {
+        /* What is still in progress waits for an answer that comes later (cn_later: an
+         * upstream call, say) on a suspended connection. libmicrohttpd aborts the process
+         * when a server with a suspended connection is stopped, and the late answer would
+         * land on freed state: leave now, as a worker that died would (nothing of these
+         * requests was acknowledged; their keys stay claimed until the supervisor frees
+         * them once this worker's ring is drained, or a shared claim's lease ends). */
+        cn_log_warn("stopping with %u requests still waiting for an answer after %d ms: "
+                    "their connections are closed", active, CN_APP_DRAIN_TIMEOUT_MS);
+        atomic_store(&app->shm.workers[id].pid, 0);
+        _exit(0);
+    }
     exit_code = 0;
 
 out:

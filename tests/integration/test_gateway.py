@@ -232,6 +232,35 @@ class ContractTest(GatewayCase):
         self.assertReplayOf(box["b"], gw.post("/slow?ms=1600", b"{}", key=k))
         self.assertEqual(up.count("POST", "/slow"), 2)
 
+    def test_sigterm_with_an_upstream_call_in_flight(self):
+        # A stop with an upstream call still running past the drain (10 s): the worker
+        # leaves without stopping its HTTP server over a suspended connection (which
+        # libmicrohttpd answers with an abort), and the whole server exits 0.
+        up = self.upstream()
+        gw = self.gateway(up.port, "--workers", "1", "--upstream-timeout-ms", "30000")
+        k = "term-" + uuid.uuid4().hex
+        box = {}
+
+        def call():
+            conn = gw.connection(40)
+            try:
+                box["r"] = h.send_request(conn, "POST", "/slow?ms=15000", b"{}",
+                                          {"Idempotency-Key": k})
+            except (OSError, http.client.HTTPException) as e:
+                box["r"] = e
+            finally:
+                conn.close()
+
+        t = threading.Thread(target=call, daemon=True)
+        t.start()
+        wait_until(lambda: up.count("POST", "/slow") >= 1, 10.0, what="the upstream call")
+        gw.proc.send_signal(signal.SIGTERM)
+        self.assertEqual(gw.wait_exit(40.0), 0, gw.diagnostics())
+        t.join(20)
+        self.assertIsInstance(box.get("r"), Exception)
+        self.assertNotIn("Fatal error", gw.stderr_text())
+        self.assertIn("still waiting for an answer", gw.stderr_text())
+
     def test_upstream_down_then_up(self):
         port = free_port()
         gw = self.gateway(port)
