@@ -255,6 +255,7 @@ typedef struct headers {
     char *xff;      /* owned */
     const char *host;
     const char *forwarded_for;
+    int failed; /* out of memory: the request is not sent short of a header */
 } headers_t;
 
 static int
@@ -290,7 +291,9 @@ copy_header(const char *name, const char *value, void *arg)
     if (cn__upstream_hop_header(name) || !strcasecmp(name, "x-forwarded-proto") ||
         !strcasecmp(name, "x-forwarded-host"))
         return 0;
-    return push(h, name, value);
+    if (push(h, name, value))
+        h->failed = 1;
+    return h->failed;
 }
 
 static int
@@ -361,7 +364,12 @@ proxy(cn_request_t *req, void *ctx)
         if ((h.xff = malloc(n)))
             snprintf(h.xff, n, "%s, %s", h.forwarded_for, addr);
     }
-    rc = push(&h, "X-Forwarded-For", h.xff ? h.xff : addr[0] ? addr : "unknown") ||
+    rc = h.failed || (h.forwarded_for && addr[0] && !h.xff) ||
+         push(&h, "X-Forwarded-For",
+              h.xff              ? h.xff
+              : h.forwarded_for ? h.forwarded_for /* no address of our own to add */
+              : addr[0]         ? addr
+                                : "unknown") ||
          push(&h, "X-Forwarded-Proto", "http") ||
          (h.host && push(&h, "X-Forwarded-Host", h.host));
     if (!rc)
