@@ -854,6 +854,24 @@ pipeline_result(cn_pg_t *pg)
     return NULL;
 }
 
+/* Reads the sync that ends a pipeline's statements and leaves pipeline mode. Returns 0
+ * or CN_ESTORE with err set. */
+static int
+pipeline_end(cn_pg_t *pg, char *err, size_t errlen)
+{
+    PGresult *r = pipeline_result(pg);
+    int ok = r && PQresultStatus(r) == PGRES_PIPELINE_SYNC;
+
+    if (!ok)
+        pg_error(pg, r, "postgresql", err, errlen);
+    PQclear(r);
+    if (ok && !PQexitPipelineMode(pg->conn)) {
+        pg_error(pg, NULL, "postgresql: leaving pipeline mode", err, errlen);
+        ok = 0;
+    }
+    return ok ? 0 : CN_ESTORE;
+}
+
 /* Orders claims as PostgreSQL orders bytea keys (bytes, then length): every batch and
  * every commit locks claim rows in this order, so two never wait on each other. */
 static int
@@ -917,18 +935,8 @@ cn__pg_claim_many(cn_pg_t *pg, cn_pg_claim_req_t *reqs, size_t n, int64_t now_ms
             rc = CN_ESTORE;
         }
     }
-    if (!rc) {
-        r = pipeline_result(pg);
-        if (!r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
-            pg_error(pg, r, "postgresql", err, errlen);
-            rc = CN_ESTORE;
-        }
-        PQclear(r);
-    }
-    if (!rc && !PQexitPipelineMode(pg->conn)) {
-        pg_error(pg, NULL, "postgresql: leaving pipeline mode", err, errlen);
-        rc = CN_ESTORE;
-    }
+    if (!rc)
+        rc = pipeline_end(pg, err, errlen);
     for (i = 0; !rc && i < n; i++)
         order[i]->rc = claim_decide(res[2 * i], res[2 * i + 1], &order[i]->out);
     for (i = 0; i < got; i++)
@@ -1313,18 +1321,8 @@ apply_plain(cn_pg_t *pg, cn_pg_put_t *items, size_t n, char *err, size_t errlen)
         }
         PQclear(r);
     }
-    if (!rc) {
-        PGresult *r = pipeline_result(pg);
-        if (!r || PQresultStatus(r) != PGRES_PIPELINE_SYNC) {
-            pg_error(pg, r, "postgresql", err, errlen);
-            rc = CN_ESTORE;
-        }
-        PQclear(r);
-    }
-    if (!rc && !PQexitPipelineMode(pg->conn)) {
-        pg_error(pg, NULL, "postgresql: leaving pipeline mode", err, errlen);
-        rc = CN_ESTORE;
-    }
+    if (!rc)
+        rc = pipeline_end(pg, err, errlen);
     if (rc)
         claim_end(pg); /* drops what is left of the pipeline; the sync rolled it back */
     free(order);

@@ -571,11 +571,16 @@ def run_together(srv, requests, timeout=60.0):
     by a barrier once every thread has connected. Returns [(status, headers, body, seconds
     from release to response)] in request order; an exception takes the place of a failed
     request. Raises AssertionError when threads are still running after timeout."""
+    return run_together_on([(srv,) + tuple(r) for r in requests], timeout)
+
+
+def run_together_on(requests, timeout=60.0):
+    """run_together with a server per request: [(srv, path, body, key)]."""
     n = len(requests)
     barrier = threading.Barrier(n, timeout=timeout)
     results = [None] * n
 
-    def worker(i, path, body, key):
+    def worker(i, srv, path, body, key):
         conn = srv.connection(timeout=timeout)
         try:
             conn.connect()

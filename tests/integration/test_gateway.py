@@ -115,6 +115,23 @@ ROUTES = ("--route", "POST /api/orders orders.create",
           "--route", "POST /teapot teapot.run")
 
 
+def post_in_thread(srv, path, key, box, name, timeout=40):
+    """POSTs path with key from a thread of its own; its answer (or exception) goes to
+    box[name]. Returns the started thread."""
+    def call():
+        conn = srv.connection(timeout)
+        try:
+            box[name] = h.send_request(conn, "POST", path, b"{}", {"Idempotency-Key": key})
+        except (OSError, http.client.HTTPException) as e:
+            box[name] = e
+        finally:
+            conn.close()
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    return t
+
+
 class GatewayCase(h.ServerTestCase):
     def upstream(self, port=0):
         up = Upstream(port)
@@ -209,20 +226,9 @@ class ContractTest(GatewayCase):
                    what="the warning about the timeout and the lease")
         k = "lease-" + uuid.uuid4().hex
         box = {}
-
-        def call(name):
-            conn = gw.connection(20)
-            try:
-                box[name] = h.send_request(conn, "POST", "/slow?ms=1600", b"{}",
-                                           {"Idempotency-Key": k})
-            finally:
-                conn.close()
-
-        a = threading.Thread(target=call, args=("a",), daemon=True)
-        a.start()
+        a = post_in_thread(gw, "/slow?ms=1600", k, box, "a")
         wait_until(lambda: up.count("POST", "/slow") >= 1, 10.0, what="the first call")
-        b = threading.Thread(target=call, args=("b",), daemon=True)
-        b.start()
+        b = post_in_thread(gw, "/slow?ms=1600", k, box, "b")
         a.join(20)
         b.join(20)
         self.assertEqual(box["a"][0], 503, box["a"][2])
@@ -240,19 +246,7 @@ class ContractTest(GatewayCase):
         gw = self.gateway(up.port, "--workers", "1", "--upstream-timeout-ms", "30000")
         k = "term-" + uuid.uuid4().hex
         box = {}
-
-        def call():
-            conn = gw.connection(40)
-            try:
-                box["r"] = h.send_request(conn, "POST", "/slow?ms=15000", b"{}",
-                                          {"Idempotency-Key": k})
-            except (OSError, http.client.HTTPException) as e:
-                box["r"] = e
-            finally:
-                conn.close()
-
-        t = threading.Thread(target=call, daemon=True)
-        t.start()
+        t = post_in_thread(gw, "/slow?ms=15000", k, box, "r")
         wait_until(lambda: up.count("POST", "/slow") >= 1, 10.0, what="the upstream call")
         gw.proc.send_signal(signal.SIGTERM)
         self.assertEqual(gw.wait_exit(40.0), 0, gw.diagnostics())
@@ -279,19 +273,7 @@ class ContractTest(GatewayCase):
         gw = self.gateway(up.port, data_dir=d)
         k = "kill-" + uuid.uuid4().hex
         box = {}
-
-        def call():
-            conn = gw.connection(10)
-            try:
-                box["r"] = h.send_request(conn, "POST", "/slow?ms=1000", b"{}",
-                                          {"Idempotency-Key": k})
-            except (OSError, http.client.HTTPException) as e:
-                box["r"] = e
-            finally:
-                conn.close()
-
-        t = threading.Thread(target=call, daemon=True)
-        t.start()
+        t = post_in_thread(gw, "/slow?ms=1000", k, box, "r", timeout=10)
         wait_until(lambda: up.count("POST", "/slow") >= 1, 10.0, what="the upstream call")
         gw.kill()
         t.join(10)

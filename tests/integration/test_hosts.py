@@ -62,33 +62,9 @@ def attempt(srv, method, path, body=None, headers=(), timeout=30.0):
 
 
 def together(requests, timeout=60.0):
-    """[(srv, path, body, key)] as POSTs from one thread each, released together by a
-    barrier once every thread has connected; [(status, headers, body)] or exceptions, in
-    order."""
-    barrier = threading.Barrier(len(requests), timeout=timeout)
-    results = [None] * len(requests)
-
-    def one(i, srv, path, body, key):
-        conn = srv.connection(timeout=timeout)
-        try:
-            conn.connect()
-            barrier.wait()
-            results[i] = h.send_request(conn, "POST", path, body, {"Idempotency-Key": key})
-        except Exception as e:  # reported by the caller
-            results[i] = e
-        finally:
-            conn.close()
-
-    threads = [threading.Thread(target=one, args=(i,) + tuple(r), daemon=True)
-               for i, r in enumerate(requests)]
-    for t in threads:
-        t.start()
-    deadline = time.monotonic() + timeout
-    for t in threads:
-        t.join(max(0.0, deadline - time.monotonic()))
-    if any(t.is_alive() for t in threads):
-        raise AssertionError("requests still running after %.0f s" % timeout)
-    return results
+    """[(srv, path, body, key)] as POSTs released together; [(status, headers, body, s)]
+    or exceptions, in order (cnharness.run_together_on)."""
+    return h.run_together_on(requests, timeout)
 
 
 def metrics(srv):
