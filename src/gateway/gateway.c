@@ -255,6 +255,7 @@ typedef struct headers {
     char *xff;      /* owned */
     const char *host;
     const char *forwarded_for;
+    const char *connection; /* the request's Connection header: more hop-by-hop names */
     int failed; /* out of memory: the request is not sent short of a header */
 } headers_t;
 
@@ -289,7 +290,8 @@ copy_header(const char *name, const char *value, void *arg)
         return 0;
     }
     if (cn__upstream_hop_header(name) || !strcasecmp(name, "x-forwarded-proto") ||
-        !strcasecmp(name, "x-forwarded-host"))
+        !strcasecmp(name, "x-forwarded-host") ||
+        cn__upstream_connection_option(h->connection, name))
         return 0;
     if (push(h, name, value))
         h->failed = 1;
@@ -333,7 +335,8 @@ answered(void *arg, cn_upstream_result_t *r)
          * sets itself) is left out; only running out of memory fails the answer. */
         for (size_t i = 0; res.status && i < r->nheaders; i++) {
             const char *name = r->headers[2 * i], *value = r->headers[2 * i + 1];
-            int rc = stored_header(name) ? cn_response_store_header(&res, name, value)
+            int rc = cn__upstream_connection_option(r->connection, name) ? 0
+                     : stored_header(name) ? cn_response_store_header(&res, name, value)
                                          : cn_response_add_header(&res, name, value);
             if (rc == -ENOMEM)
                 cn_response_free(&res);
@@ -358,6 +361,7 @@ proxy(cn_request_t *req, void *ctx)
 
     if (!u)
         return cn_problem(502, "The gateway cannot start its upstream client");
+    h.connection = cn_request_header(req, "Connection");
     cn_request_each_header(req, copy_header, &h);
     if (h.forwarded_for && addr[0]) {
         size_t n = strlen(h.forwarded_for) + strlen(addr) + 3;

@@ -58,11 +58,32 @@ cn__upstream_result_free(cn_upstream_result_t *r)
         return;
     free(r->content_type);
     free(r->location);
+    free(r->connection);
     for (size_t i = 0; i < 2 * r->nheaders; i++)
         free(r->headers[i]);
     free(r->headers);
     free(r->body);
     memset(r, 0, sizeof(*r));
+}
+
+int
+cn__upstream_connection_option(const char *connection, const char *name)
+{
+    size_t n = strlen(name);
+
+    for (const char *p = connection; p && *p;) {
+        const char *end = strchr(p, ',');
+        size_t len;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        len = end ? (size_t)(end - p) : strlen(p);
+        while (len && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len == n && !strncasecmp(p, name, n))
+            return 1;
+        p = end ? end + 1 : NULL;
+    }
+    return 0;
 }
 
 static size_t
@@ -141,6 +162,10 @@ on_header(char *p, size_t size, size_t n, void *arg)
     } else if (!strcasecmp(name, "location")) {
         free(r->location);
         r->location = value;
+        free(name);
+    } else if (!strcasecmp(name, "connection")) {
+        free(r->connection);
+        r->connection = value;
         free(name);
     } else if (cn__upstream_hop_header(name) || !strcasecmp(name, "date")) {
         free(name);

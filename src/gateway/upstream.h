@@ -21,6 +21,8 @@ typedef struct cn_upstream_result {
     char message[160]; /* libcurl's words for an error */
     long status;
     char *content_type, *location; /* malloc'd, or NULL */
+    char *connection; /* the Connection header's value (it names more hop-by-hop
+                       * headers, RFC 9110 7.6.1), or NULL */
     char **headers;  /* "Name", "value" pairs to pass on (hop-by-hop ones dropped) */
     size_t nheaders; /* pairs */
     uint8_t *body;
@@ -47,5 +49,9 @@ void cn__upstream_result_free(cn_upstream_result_t *r);
 /* 1 for a hop-by-hop header (RFC 9110 7.6.1) and the ones a proxy sets itself: not
  * passed on in either direction. */
 int cn__upstream_hop_header(const char *name);
+
+/* 1 when name is one of the comma-separated options of a Connection header's value
+ * (connection may be NULL): a header the sender meant for this hop only. */
+int cn__upstream_connection_option(const char *connection, const char *name);
 
 #endif

@@ -77,6 +77,9 @@ class Upstream:
                     status = 201
                     extra.append(("Location", "/orders/%d" % c))
                     extra.append(("ETag", '"e%d"' % c))
+                if self.headers.get("X-Want-Hop"):
+                    # a header meant for the gateway only: named in Connection
+                    extra += [("Connection", "X-Hop"), ("X-Hop", "1")]
                 out = json.dumps({"n": c, "method": self.command, "target": self.path,
                                   "body": body.decode("latin-1")}).encode()
                 self.send_response(status)
@@ -310,6 +313,15 @@ class PassthroughTest(GatewayCase):
                 self.assertIn("x-forwarded-host", seen)
                 self.assertNotIn("te", seen)
                 self.assertNotIn("upgrade", seen)
+        # Headers named in Connection are hop-by-hop too, both ways.
+        r = gw.request("GET", "/hop", None, [("Connection", "keep-alive, X-Secret"),
+                                             ("X-Secret", "s"), ("X-Want-Hop", "1")])
+        self.assertEqual(r[0], 200, r[2])
+        seen = dict((k.lower(), v) for k, v in up.last_headers)
+        self.assertNotIn("x-secret", seen)
+        self.assertEqual(seen["x-want-hop"], "1")
+        self.assertIsNone(header(r[1], "X-Hop"))
+        self.assertEqual(header(r[1], "X-Upstream"), "yes")
         # Not durable: every call reaches the upstream (no key needed, none kept).
         before = up.count("POST", "/other/path")
         for _ in range(3):

@@ -133,6 +133,14 @@ test_hop_headers(void)
         CU_ASSERT_TRUE(cn__upstream_hop_header(hop[i]));
     for (size_t i = 0; i < sizeof(end) / sizeof(end[0]); i++)
         CU_ASSERT_FALSE(cn__upstream_hop_header(end[i]));
+    /* Connection options name more of them (RFC 9110 7.6.1). */
+    CU_ASSERT_TRUE(cn__upstream_connection_option("keep-alive, X-Secret ,Foo", "x-secret"));
+    CU_ASSERT_TRUE(cn__upstream_connection_option("keep-alive, X-Secret ,Foo", "foo"));
+    CU_ASSERT_TRUE(cn__upstream_connection_option("\tX-A\t", "x-a"));
+    CU_ASSERT_FALSE(cn__upstream_connection_option("keep-alive, X-Secret", "x-secre"));
+    CU_ASSERT_FALSE(cn__upstream_connection_option("keep-alive, X-Secret", "secret"));
+    CU_ASSERT_FALSE(cn__upstream_connection_option("", "x"));
+    CU_ASSERT_FALSE(cn__upstream_connection_option(NULL, "x"));
 }
 
 int
