@@ -227,9 +227,9 @@ strn(const char *p, size_t n)
     return j;
 }
 
-/* A stored response as JSON (with its body when full). */
+/* A stored response as JSON (with its body when full); rec NULL: it does not decode. */
 static cJSON *
-record_json(const char *key, size_t keylen, const uint8_t *bytes, size_t len, int full)
+record_json(const char *key, size_t keylen, const cn_record_t *r, int full)
 {
     cJSON *j = cJSON_CreateObject();
     cn_record_t rec;
@@ -238,10 +238,11 @@ record_json(const char *key, size_t keylen, const uint8_t *bytes, size_t len, in
     if (!j)
         return NULL;
     cJSON_AddItemToObject(j, "store_key", strn(key, keylen));
-    if (cn__record_decode(bytes, len, &rec)) {
+    if (!r) {
         cJSON_AddStringToObject(j, "error", "the record does not decode");
         return j;
     }
+    rec = *r;
     cJSON_AddNumberToObject(j, "status", rec.status);
     cJSON_AddNumberToObject(j, "created_ms", (double)rec.created_ms);
     cJSON_AddNumberToObject(j, "expires_ms", (double)rec.expires_ms);
@@ -287,7 +288,11 @@ list_one(const char *key, size_t keylen, const uint8_t *rec, size_t len, void *a
         return 0; /* another operation whose name starts with this one */
     if (l->after && strlen(l->after) == keylen && !memcmp(key, l->after, keylen))
         return 0;
-    print_json(record_json(key, keylen, rec, len, 0), 0);
+    {
+        cn_record_t r;
+        print_json(record_json(key, keylen, cn__record_decode(rec, len, &r) ? NULL : &r, 0),
+                   0);
+    }
     return --l->left == 0;
 }
 
@@ -305,6 +310,21 @@ verify_problem(const char *what, const void *key, size_t keylen, void *arg)
     }
     free(hex);
     print_json(j, 0);
+}
+
+/* The exit code for what a store call on one key returned (said on stderr when not 0). */
+static int
+key_failed(int rc, const char *skey)
+{
+    if (rc == CN_ENOTFOUND) {
+        fprintf(stderr, "cnerium-admin: no stored response under '%s'\n", skey);
+        return EXIT_NOTFOUND;
+    }
+    if (rc) {
+        fprintf(stderr, "cnerium-admin: %s\n", cn_strerror(rc));
+        return EXIT_RUNTIME;
+    }
+    return EXIT_OK;
 }
 
 static int
@@ -434,35 +454,15 @@ main(int argc, char **argv)
         cn_record_t rec;
         void *buf = NULL;
         /* cn__store_get hides expired records; show them too, marked. */
-        rc = cn__store_get(store, skey, skeylen, 0, &rec, &buf);
-        if (rc == CN_ENOTFOUND) {
-            fprintf(stderr, "cnerium-admin: no stored response under '%s'\n", skey);
-            rc = EXIT_NOTFOUND;
-        } else if (rc) {
-            fprintf(stderr, "cnerium-admin: %s\n", cn_strerror(rc));
-            rc = EXIT_RUNTIME;
-        } else {
-            size_t need = cn__record_encoded_size(&rec), n = 0;
-            uint8_t *bytes = malloc(need ? need : 1);
-            if (bytes && cn__record_encode(&rec, bytes, need, &n) == 0)
-                print_json(record_json(skey, skeylen, bytes, n, 1), 1);
-            free(bytes);
+        if (!(rc = key_failed(cn__store_get(store, skey, skeylen, 0, &rec, &buf), skey))) {
+            print_json(record_json(skey, skeylen, &rec, 1), 1);
             free(buf);
-            rc = EXIT_OK;
         }
     } else if (!strcmp(a.cmd, "delete")) {
-        rc = cn__store_delete(store, skey, skeylen);
-        if (rc == CN_ENOTFOUND) {
-            fprintf(stderr, "cnerium-admin: no stored response under '%s'\n", skey);
-            rc = EXIT_NOTFOUND;
-        } else if (rc) {
-            fprintf(stderr, "cnerium-admin: %s\n", cn_strerror(rc));
-            rc = EXIT_RUNTIME;
-        } else {
+        if (!(rc = key_failed(cn__store_delete(store, skey, skeylen), skey))) {
             cJSON *j = cJSON_CreateObject();
             cJSON_AddStringToObject(j, "deleted", skey);
             print_json(j, 0);
-            rc = EXIT_OK;
         }
     } else if (!strcmp(a.cmd, "backup")) {
         rc = cmd_backup(store, &a);

@@ -757,29 +757,42 @@ in_progress(cn_durable_result_t *out)
 
 enum { DECIDED, OWNED, WAITING, CLAIM };
 
+typedef struct cache_answer {
+    const cn_durable_t *d;
+    const cn_request_t *req;
+    cn_durable_result_t *out;
+    int answered;
+} cache_answer_t;
+
+/* The answer from a cached record, built under the cache's lock (replay copies what the
+ * response keeps). */
+static void
+answer_from_copy(const uint8_t *record, size_t len, void *arg)
+{
+    cache_answer_t *c = arg;
+    cn_record_t rec;
+
+    if (cn__record_decode(record, len, &rec))
+        return;
+    if (memcmp(rec.fingerprint, c->req->fingerprint, CN_SHA256_LEN))
+        reused(c->d, c->out);
+    else
+        replay(c->out, &rec);
+    c->answered = 1;
+}
+
 /* Answers from the replay cache: 1 with a replay or a 409, 0 when the key is not there
  * (or its copy has expired). */
 static int
 cached(cn_durable_t *d, admitted_t *a, cn_durable_result_t *out)
 {
-    size_t len = 0;
-    uint8_t *copy;
-    cn_record_t rec;
-    int hit = 0;
+    cache_answer_t c = {d, a->req, out, 0};
 
-    if (!d->replays ||
-        !(copy = cn__replay_cache_get(d->replays, a->skey, a->skeylen, cn__clock_wall_ms(),
-                                      &len)))
+    if (!d->replays)
         return 0;
-    if (cn__record_decode(copy, len, &rec) == 0) {
-        if (memcmp(rec.fingerprint, a->req->fingerprint, CN_SHA256_LEN))
-            reused(d, out);
-        else
-            replay(out, &rec);
-        hit = 1;
-    }
-    free(copy);
-    return hit;
+    cn__replay_cache_with(d->replays, a->skey, a->skeylen, cn__clock_wall_ms(),
+                          answer_from_copy, &c);
+    return c.answered;
 }
 
 /* How many times decide follows a claim that ended between its looks before it parks

@@ -1,6 +1,7 @@
 /*
  * reliability/replay_cache.c - a chained hash table with a FIFO of insertion for
- * eviction, under one mutex (lookups copy the record out, so nothing is held after).
+ * eviction, under one mutex (a lookup's callback builds its answer from the record under
+ * it: one copy, into the response, and nothing held after).
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -146,22 +147,20 @@ cn__replay_cache_put(cn_replay_cache_t *c, const char *key, size_t keylen,
     pthread_mutex_unlock(&c->mu);
 }
 
-uint8_t *
-cn__replay_cache_get(cn_replay_cache_t *c, const char *key, size_t keylen, uint64_t now_ms,
-                     size_t *len)
+int
+cn__replay_cache_with(cn_replay_cache_t *c, const char *key, size_t keylen, uint64_t now_ms,
+                      void (*fn)(const uint8_t *record, size_t len, void *arg), void *arg)
 {
     uint32_t h = hash_of(key, keylen);
-    uint8_t *copy = NULL;
     entry_t *e;
+    int hit;
 
     pthread_mutex_lock(&c->mu);
-    /* An expired entry is never returned; it leaves with eviction or a newer copy. */
-    if ((e = find(c, key, keylen, h)) && e->expires_ms > now_ms && (copy = malloc(e->len))) {
-        memcpy(copy, e->data + e->keylen, e->len);
-        *len = e->len;
-    }
+    /* An expired entry is never given; it leaves with eviction or a newer copy. */
+    if ((hit = (e = find(c, key, keylen, h)) && e->expires_ms > now_ms))
+        fn(e->data + e->keylen, e->len, arg);
     pthread_mutex_unlock(&c->mu);
-    return copy;
+    return hit;
 }
 
 void

@@ -24,10 +24,13 @@ void cn__replay_cache_free(cn_replay_cache_t *c);
 void cn__replay_cache_put(cn_replay_cache_t *c, const char *key, size_t keylen,
                           const uint8_t *record, size_t len, uint64_t expires_ms);
 
-/* The record under key when it is cached and has not expired by now_ms: returns a
- * malloc'd copy in *record (free it) and its length, or NULL. */
-uint8_t *cn__replay_cache_get(cn_replay_cache_t *c, const char *key, size_t keylen,
-                              uint64_t now_ms, size_t *len);
+/* When the record under key is cached and has not expired by now_ms, calls
+ * fn(record, len, arg) with it (under the cache's lock: fn copies what it keeps and must
+ * not call back into the cache) and returns 1; else returns 0. */
+int cn__replay_cache_with(cn_replay_cache_t *c, const char *key, size_t keylen,
+                          uint64_t now_ms, void (*fn)(const uint8_t *record, size_t len,
+                                                      void *arg),
+                          void *arg);
 
 /* Keys held now, and the bytes held (a copy replaced by a newer one counts until it is
  * evicted). */

@@ -12,6 +12,34 @@
 #include "reliability/replay_cache.h"
 #include "unit.h"
 
+typedef struct copy {
+    uint8_t *bytes;
+    size_t len;
+} copy_t;
+
+static void
+take_copy(const uint8_t *record, size_t len, void *arg)
+{
+    copy_t *c = arg;
+
+    if ((c->bytes = malloc(len ? len : 1)))
+        memcpy(c->bytes, record, len);
+    c->len = len;
+}
+
+/* The record under key, as a malloc'd copy (and *len), or NULL: what a caller's callback
+ * sees. */
+static uint8_t *
+cache_get(cn_replay_cache_t *c, const char *key, size_t keylen, uint64_t now_ms, size_t *len)
+{
+    copy_t cp = {NULL, 0};
+
+    if (!cn__replay_cache_with(c, key, keylen, now_ms, take_copy, &cp))
+        return NULL;
+    *len = cp.len;
+    return cp.bytes;
+}
+
 static void
 test_put_get_expiry(void)
 {
@@ -22,21 +50,21 @@ test_put_get_expiry(void)
     CU_ASSERT_PTR_NOT_NULL_FATAL(c);
     for (size_t i = 0; i < sizeof(rec); i++)
         rec[i] = (uint8_t)i;
-    CU_ASSERT_PTR_NULL(cn__replay_cache_get(c, "k", 1, 0, &len));
+    CU_ASSERT_PTR_NULL(cache_get(c, "k", 1, 0, &len));
     cn__replay_cache_put(c, "k", 1, rec, sizeof(rec), 1000);
-    got = cn__replay_cache_get(c, "k", 1, 999, &len);
+    got = cache_get(c, "k", 1, 999, &len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(got);
     CU_ASSERT_EQUAL(len, sizeof(rec));
     CU_ASSERT_EQUAL(memcmp(got, rec, len), 0);
     free(got);
     /* Expired: never returned. */
-    CU_ASSERT_PTR_NULL(cn__replay_cache_get(c, "k", 1, 1000, &len));
+    CU_ASSERT_PTR_NULL(cache_get(c, "k", 1, 1000, &len));
     /* A key that is a prefix of another is another key. */
-    CU_ASSERT_PTR_NULL(cn__replay_cache_get(c, "kk", 2, 0, &len));
+    CU_ASSERT_PTR_NULL(cache_get(c, "kk", 2, 0, &len));
     /* The same key stored again after expiry: the new copy wins. */
     rec[0] = 0xAA;
     cn__replay_cache_put(c, "k", 1, rec, sizeof(rec), 5000);
-    got = cn__replay_cache_get(c, "k", 1, 2000, &len);
+    got = cache_get(c, "k", 1, 2000, &len);
     CU_ASSERT_PTR_NOT_NULL_FATAL(got);
     CU_ASSERT_EQUAL(got[0], 0xAA);
     free(got);
@@ -66,14 +94,14 @@ test_bounded(void)
     }
     CU_ASSERT(n > 10 && n < 1000);
     /* The newest are held, the oldest gone. */
-    got = cn__replay_cache_get(c, "key-0999", 8, 0, &len);
+    got = cache_get(c, "key-0999", 8, 0, &len);
     CU_ASSERT_PTR_NOT_NULL(got);
     free(got);
-    CU_ASSERT_PTR_NULL(cn__replay_cache_get(c, "key-0000", 8, 0, &len));
+    CU_ASSERT_PTR_NULL(cache_get(c, "key-0000", 8, 0, &len));
     /* Too large to keep: not kept, nothing evicted for it. */
     memset(big, 1, sizeof(big));
     cn__replay_cache_put(c, "big", 3, big, sizeof(big), UINT64_MAX);
-    CU_ASSERT_PTR_NULL(cn__replay_cache_get(c, "big", 3, 0, &len));
+    CU_ASSERT_PTR_NULL(cache_get(c, "big", 3, 0, &len));
     cn__replay_cache_stats(c, &len, &bytes);
     CU_ASSERT_EQUAL(len, n);
     cn__replay_cache_free(c);
@@ -96,7 +124,7 @@ hammer(void *arg)
         if (i % 3 == 0) {
             cn__replay_cache_put(shared, key, strlen(key), rec, sizeof(rec), 1000 + k);
         } else {
-            uint8_t *got = cn__replay_cache_get(shared, key, strlen(key), k, &len);
+            uint8_t *got = cache_get(shared, key, strlen(key), k, &len);
             if (got) {
                 /* A copy is whole: every byte is the key's. */
                 if (len != sizeof(rec) || memcmp(got, rec, len))
