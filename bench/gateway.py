@@ -28,7 +28,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
+import cnharness  # noqa: E402  (read_line)
 import run  # noqa: E402  (cnload, machine)
 
 SECS = float(sys.argv[1]) if len(sys.argv) > 1 else 5.0
@@ -74,7 +76,7 @@ def start_idempotent_node(redis_port, modules):
     p = subprocess.Popen(["node", os.path.join(HERE, "express_idempotent.js"),
                           str(redis_port)], stdout=subprocess.PIPE,
                          stderr=subprocess.DEVNULL, env=env, start_new_session=True)
-    line = p.stdout.readline().decode()
+    line = cnharness.read_line(p.stdout, 30.0, "the idempotent Express backend's port")
     if not line.startswith("listening "):
         raise SystemExit("bench: the idempotent Express backend did not start")
     return p, int(line.split()[1])
@@ -86,7 +88,7 @@ def start_node():
                                                "express_upstream.js")],
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
                          start_new_session=True)
-    line = p.stdout.readline().decode()
+    line = cnharness.read_line(p.stdout, 30.0, "the Express backend's port")
     if not line.startswith("listening "):
         raise SystemExit("bench: the Express backend did not start")
     return p, int(line.split()[1])

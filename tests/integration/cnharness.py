@@ -19,6 +19,7 @@ import http.client
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -288,6 +289,17 @@ class Server:
         finally:
             conn.close()
 
+    def attempt(self, method, path, body=None, headers=(), timeout=REQUEST_TIMEOUT_S):
+        """One request on a fresh connection: (status, headers, body), or the exception
+        instead of raising it (for requests that may meet a dying server)."""
+        conn = self.connection(timeout)
+        try:
+            return send_request(conn, method, path, body, headers)
+        except (OSError, http.client.HTTPException) as e:
+            return e
+        finally:
+            conn.close()
+
     def get(self, path, headers=(), timeout=REQUEST_TIMEOUT_S):
         return self.request("GET", path, None, headers, timeout)
 
@@ -378,6 +390,25 @@ def header(headers, name):
 def header_values(headers, name):
     name = name.lower()
     return [v for n, v in headers if n.lower() == name]
+
+
+def read_line(pipe, timeout, what="a line"):
+    """The next line of a child's stdout pipe, waiting at most timeout seconds (a child
+    that neither prints nor exits must not hang the test); "" at EOF."""
+    deadline = time.monotonic() + timeout
+    buf = b""
+    fd = pipe.fileno()
+    while not buf.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("timed out after %.0f s waiting for %s" % (timeout, what))
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 1)
+            if not chunk:
+                break
+            buf += chunk
+    return buf.decode(errors="replace")
 
 
 def wait_until(predicate, timeout, step=0.05, what="condition"):

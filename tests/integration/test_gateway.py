@@ -122,13 +122,7 @@ def post_in_thread(srv, path, key, box, name, timeout=40):
     """POSTs path with key from a thread of its own; its answer (or exception) goes to
     box[name]. Returns the started thread."""
     def call():
-        conn = srv.connection(timeout)
-        try:
-            box[name] = h.send_request(conn, "POST", path, b"{}", {"Idempotency-Key": key})
-        except (OSError, http.client.HTTPException) as e:
-            box[name] = e
-        finally:
-            conn.close()
+        box[name] = srv.attempt("POST", path, b"{}", {"Idempotency-Key": key}, timeout)
 
     t = threading.Thread(target=call, daemon=True)
     t.start()
@@ -352,7 +346,7 @@ class ExpressTest(GatewayCase):
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      env=env, start_new_session=True)
         self.addCleanup(self.stop_node)
-        line = self.node.stdout.readline().decode()  # bounded: node prints or exits
+        line = h.read_line(self.node.stdout, 30.0, "the Express upstream's port")
         if not line.startswith("listening "):
             self.fail("the Express upstream did not start: %r %r"
                       % (line, self.node.stderr.read().decode()[-2000:]))

@@ -16,7 +16,6 @@ shared store, with cancel and ship of one order racing on two hosts; --store err
 Every wait is bounded; every server is stopped by PID.
 """
 
-import http.client
 import json
 import os
 import re
@@ -48,17 +47,6 @@ API = "/api/v1/orders"
 
 def fresh(prefix="k"):
     return "%s-%s" % (prefix, uuid.uuid4().hex[:16])
-
-
-def attempt(srv, method, path, body=None, headers=(), timeout=30.0):
-    """One request on a fresh connection; the exception instead of raising it."""
-    conn = srv.connection(timeout)
-    try:
-        return h.send_request(conn, method, path, body, headers)
-    except (OSError, http.client.HTTPException) as e:
-        return e
-    finally:
-        conn.close()
 
 
 def together(requests, timeout=60.0):
@@ -226,7 +214,7 @@ class ContractAcrossHostsTest(SharedStoreCase):
 
         def run_on_a():
             started.set()
-            box["r"] = attempt(a, "POST", "/slow?ms=1000", b"{}", {"Idempotency-Key": key})
+            box["r"] = a.attempt("POST", "/slow?ms=1000", b"{}", {"Idempotency-Key": key})
 
         t = threading.Thread(target=run_on_a, daemon=True)
         t.start()
@@ -259,7 +247,7 @@ class ContractAcrossHostsTest(SharedStoreCase):
                 if stop.is_set():
                     return
                 key = fresh("load%d" % i)
-                r = attempt(hosts[(i + n) % 2], "POST", "/orders", b'{"load":1}',
+                r = hosts[(i + n) % 2].attempt("POST", "/orders", b'{"load":1}',
                             {"Idempotency-Key": key, "Content-Type": "application/json"})
                 with lock:
                     results.append(((i + n) % 2, key, r))

@@ -70,17 +70,6 @@ def ws_port(srv):
     return int(m.group(1))
 
 
-def attempt(srv, method, path, body=None, headers=(), timeout=30.0):
-    """One request on a fresh connection; the exception instead of raising it."""
-    conn = srv.connection(timeout)
-    try:
-        return h.send_request(conn, method, path, body, headers)
-    except (OSError, http.client.HTTPException) as e:
-        return e
-    finally:
-        conn.close()
-
-
 class OrdersCase(h.ServerTestCase):
     WORKERS = "2"
 

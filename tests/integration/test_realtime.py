@@ -219,16 +219,6 @@ def ws_port(srv):
 # -- HTTP --
 
 
-def attempt(srv, method, path, body=None, headers=(), timeout=20.0):
-    conn = srv.connection(timeout)
-    try:
-        return h.send_request(conn, method, path, body, headers)
-    except (OSError, http.client.HTTPException) as e:
-        return e
-    finally:
-        conn.close()
-
-
 def post_many(srv, requests, threads=POST_THREADS):
     """Sends [(path, body, key)] from a few threads, each on its own keep-alive
     connection. Returns [(status, headers, body)] in request order (an exception takes
@@ -300,7 +290,7 @@ def storm(srv, path, body, key, n=16):
 def metrics(srv, timeout=15.0):
     """{name: value} of the unlabelled samples of GET /metrics."""
     def once():
-        r = attempt(srv, "GET", "/metrics", timeout=2.0)
+        r = srv.attempt("GET", "/metrics", timeout=2.0)
         if isinstance(r, Exception) or r[0] != 200:
             return None
         out = {}
@@ -318,7 +308,7 @@ def executions(srv, operation="orders.create"):
     layer ran the handler of operation to a stored response."""
     want = 'cnerium_durable_requests_total{operation="%s",outcome="executed"}' % operation
     def once():
-        r = attempt(srv, "GET", "/metrics", timeout=2.0)
+        r = srv.attempt("GET", "/metrics", timeout=2.0)
         if isinstance(r, Exception) or r[0] != 200:
             return None
         for line in r[2].decode().splitlines():
@@ -704,7 +694,7 @@ class ExampleRealtimeTest(RealtimeCase):
                 k = fresh("p")
                 deadline = time.monotonic() + 30.0
                 while True:
-                    r = attempt(srv, "POST", "/orders", order_body("p", 1),
+                    r = srv.attempt("POST", "/orders", order_body("p", 1),
                                 [("Content-Type", "application/json"),
                                  ("Idempotency-Key", k)], timeout=10.0)
                     if not isinstance(r, Exception) and r[0] == 201:
