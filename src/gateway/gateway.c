@@ -13,11 +13,11 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <unistd.h>
 
 #include "cnerium/cnerium.h"
 #include "gateway/gateway.h"
@@ -223,28 +223,26 @@ cn__gateway_parse_args(cn_gateway_config_t *cfg, int *argc, char **argv, char *e
 
 typedef struct gateway {
     cn_gateway_config_t *cfg;
-    pthread_mutex_t mu;
-    pid_t pid;              /* the process the client belongs to (workers fork) */
-    cn_upstream_t *upstream; /* mu */
+    pthread_mutex_t mu;                 /* creating the client */
+    _Atomic(cn_upstream_t *) upstream;  /* this process's client, once made */
 } gateway_t;
 
 static gateway_t the_gateway = {.mu = PTHREAD_MUTEX_INITIALIZER};
 
-/* This process's client, started at the first request (the handler runs in forked
- * workers: a thread started before the fork would not be in them). */
+/* This process's client, made at its first request: handlers run in the worker
+ * processes the supervisor forks, and the supervisor (which never serves) has none to
+ * hand down, so whoever holds one made it. After that, one atomic load per request. */
 static cn_upstream_t *
 client(gateway_t *g)
 {
-    cn_upstream_t *u;
+    cn_upstream_t *u = atomic_load_explicit(&g->upstream, memory_order_acquire);
 
+    if (u)
+        return u;
     pthread_mutex_lock(&g->mu);
-    if (g->pid != getpid()) {
-        g->upstream = NULL;
-        if (cn__upstream_new(g->cfg->upstream, g->cfg->timeout_ms, g->cfg->max_body,
-                             &g->upstream) == 0)
-            g->pid = getpid();
-    }
-    u = g->upstream;
+    if (!(u = atomic_load_explicit(&g->upstream, memory_order_relaxed)) &&
+        cn__upstream_new(g->cfg->upstream, g->cfg->timeout_ms, g->cfg->max_body, &u) == 0)
+        atomic_store_explicit(&g->upstream, u, memory_order_release);
     pthread_mutex_unlock(&g->mu);
     return u;
 }
