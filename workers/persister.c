@@ -67,12 +67,12 @@ typedef struct loop {
 } loop_t;
 
 static void
-wake_workers(loop_t *l, uint64_t mask)
+wake_workers(cn_app_t *app, uint64_t mask)
 {
     uint64_t one = 1;
 
-    for (unsigned w = 0; mask && w < l->app->shm.hdr->nworkers; w++) {
-        if ((mask & (1ull << w)) && write(l->app->ack_efd[w], &one, sizeof(one)) < 0 &&
+    for (unsigned w = 0; mask && w < app->shm.hdr->nworkers; w++) {
+        if ((mask & (1ull << w)) && write(app->ack_efd[w], &one, sizeof(one)) < 0 &&
             errno != EAGAIN)
             cn_log_warn("waking worker %u: %s", w, strerror(errno));
     }
@@ -85,7 +85,7 @@ finish(loop_t *l, int res)
     uint64_t wake = 0;
     int rc = cn__persist_done(l->p, res, cn__clock_mono_us() - l->t0_us, &wake);
 
-    wake_workers(l, wake);
+    wake_workers(l->app, wake);
     l->in_flight = 0;
     if (rc)
         return rc;
@@ -232,10 +232,7 @@ wake_parked(cn_app_t *app)
     for (unsigned w = 0; w < app->shm.hdr->nworkers; w++)
         if (atomic_load(&app->shm.workers[w].parked))
             mask |= 1ull << w;
-    if (mask) {
-        loop_t l = {.app = app};
-        wake_workers(&l, mask);
-    }
+    wake_workers(app, mask);
 }
 
 /* Events up to position are committed (any host's): the broadcaster loads them. The
