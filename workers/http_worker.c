@@ -214,6 +214,8 @@ start_loop(cn_worker_t *w, unsigned i, int listen_fd, const cn_http_options_t *o
         return -errno;
     /* ctl_fd also wakes the loop for replies completed by another loop (acks). */
     cn__http_set_wake_fd(l->http, l->ctl_fd);
+    if (w->app->relay)
+        cn__http_set_relay(l->http, cn__app_relay_select);
     if ((rc = watch(l->epfd, cn__http_fd(l->http), 0)) || (rc = watch(l->epfd, l->ctl_fd, 0)) ||
         (rc = watch(l->epfd, w->wake_fd, EPOLLEXCLUSIVE)) ||
         (w->store_fd >= 0 && (rc = watch(l->epfd, w->store_fd, EPOLLEXCLUSIVE))))

@@ -92,6 +92,13 @@ cn_delete(cn_app_t *app, const char *path, cn_handler_cb handler, void *ctx)
     return cn__router_add(app->router, CN_METHOD_DELETE, path, NULL, handler, ctx);
 }
 
+void
+cn__app_relay(cn_app_t *app, cn_app_relay_cb relay, void *ctx)
+{
+    app->relay = relay;
+    app->relay_ctx = ctx;
+}
+
 int
 cn_fallback(cn_app_t *app, cn_handler_cb handler, void *ctx)
 {
@@ -225,6 +232,26 @@ ordinary_answered(void *arg, cn_request_t *req, cn_response_t res)
     if (req->events)
         submit_events(arg, req);
     cn__http_complete(req->http_handle, &reply);
+}
+
+int
+cn__app_relay_select(void *arg, cn_request_t *req, int64_t body_length,
+                     const cn_relay_near_t *near, cn_relay_t **out)
+{
+    cn_worker_t *w = arg;
+    cn_app_t *app = w->app;
+    int method = cn__method_from_string(req->method);
+    int rc = cn__router_match(app->router, method, req->path, strlen(req->path), &req->match);
+    cn_relay_t *r;
+
+    cn__route_match_clear(&req->match); /* dispatch matches again */
+    if (rc != CN_ENOTFOUND && rc != CN_EMETHOD)
+        return rc == 0 ? 0 : -ENOMEM;
+    if (!(r = cn__relay_new(body_length, near)))
+        return -ENOMEM;
+    app->relay(app->relay_ctx, req, r);
+    *out = r;
+    return 1;
 }
 
 void

@@ -25,10 +25,16 @@
 #define CN_APP_STORE_MAP_SIZE ((size_t)1 << 30)
 #define CN_APP_DRAIN_TIMEOUT_MS 10000
 
+/* Passes req on (the far side of relay is the callee's: it calls cn__relay_far_close
+ * once, even when it cannot start). */
+typedef void (*cn_app_relay_cb)(void *ctx, cn_request_t *req, cn_relay_t *relay);
+
 struct cn_app {
     cn_config_t cfg;
     cn_router_t *router;
     cn_route_t fallback; /* handler NULL: none (404 / 405) */
+    cn_app_relay_cb relay; /* cn__app_relay: NULL, none */
+    void *relay_ctx;
     char *ops[CN_SHM_MAX_OPS]; /* owned: distinct durable operation names, by op_index */
     unsigned nops;
     cn_shm_t shm; /* while cn_app_run runs: created before fork, shared by every process */
@@ -92,6 +98,15 @@ typedef struct cn_worker {
     pthread_cond_t sweep_cond;
     int sweep_stop;
 } cn_worker_t;
+
+/* Requests that match no route (those a fallback would get) are passed on in pieces
+ * through relay instead, from their headers on (the gateway's passthrough: bodies of any
+ * size, answers streamed). */
+void cn__app_relay(cn_app_t *app, cn_app_relay_cb relay, void *ctx);
+
+/* The HTTP server's relay callback (cn_http_relay_cb; arg is a cn_worker_t). */
+int cn__app_relay_select(void *arg, cn_request_t *req, int64_t body_length,
+                         const cn_relay_near_t *near, cn_relay_t **out);
 
 /* Dispatches one complete request (the HTTP server's callback; arg is a cn_worker_t). */
 void cn__app_dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply);

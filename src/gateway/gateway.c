@@ -1,7 +1,7 @@
 /*
- * gateway/gateway.c - routes, flags and the proxy handler (see gateway.h).
+ * gateway/gateway.c - routes, flags, the proxy handler and the relay (see gateway.h).
  *
- * The handler copies the request to the upstream: method, raw target, body, and every
+ * Both copy the request to the upstream: method, raw target, body, and every
  * header but the hop-by-hop ones and Host, plus X-Forwarded-For (the client's address
  * after any the request carried), X-Forwarded-Proto and X-Forwarded-Host. The upstream's
  * answer comes back with its status, Content-Type, Location, body and other end-to-end
@@ -9,7 +9,9 @@
  * or 429 from the upstream is not stored and frees the key, as are a connection that
  * could not be made (502) and an upstream that did not answer within the timeout (504).
  * A stored response keeps status, Content-Type, Location and body (the record's fields);
- * the upstream's other headers go with the first answer only.
+ * the upstream's other headers go with the first answer only. Everything else is
+ * relayed: the body goes upstream as it arrives and the answer back as it comes, paced
+ * by the relay's windows (http/relay.h), with no body limit either way.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -19,6 +21,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "app/app_internal.h"
 #include "cnerium/cnerium.h"
 #include "gateway/gateway.h"
 #include "gateway/upstream.h"
@@ -307,45 +310,80 @@ stored_header(const char *name)
     return 0;
 }
 
-static void
-answered(void *arg, cn_upstream_result_t *r)
+/* The answer to give for the upstream's result r (borrowed; its body is copied, none for
+ * a relayed answer's head). */
+static cn_response_t
+answer_of(const cn_upstream_result_t *r)
 {
-    cn_request_t *req = arg;
     cn_response_t res;
     char detail[256];
 
-    if (r->error == -ETIMEDOUT) {
-        res = cn_problem(504, "The upstream did not answer in time; nothing was stored, "
-                              "retry with the same Idempotency-Key");
-    } else if (r->error == -EMSGSIZE) {
-        res = cn_problem(502, "The upstream's answer is larger than --upstream-max-body");
-    } else if (r->error || r->status < 200 || r->status > 599) {
+    if (r->error == -ETIMEDOUT)
+        return cn_problem(504, "The upstream did not answer in time; nothing was stored, "
+                               "retry with the same Idempotency-Key");
+    if (r->error == -EMSGSIZE)
+        return cn_problem(502, "The upstream's answer is larger than --upstream-max-body");
+    if (r->error || r->status < 200 || r->status > 599) {
         snprintf(detail, sizeof(detail),
                  "The upstream could not be reached (%s); nothing was stored, retry with "
                  "the same Idempotency-Key",
                  r->error ? r->message : "no final status");
-        res = cn_problem(502, detail);
-    } else {
-        res = cn_raw_response((int)r->status, r->content_type, r->body, r->body_len);
-        if (res.status && r->location && cn_response_set_location(&res, r->location))
-            cn_response_free(&res);
-        /* A header Cnerium cannot send as it came (-EINVAL: not valid text, or one it
-         * sets itself) is left out; only running out of memory fails the answer. */
-        for (size_t i = 0; res.status && i < r->nheaders; i++) {
-            const char *name = r->headers[2 * i], *value = r->headers[2 * i + 1];
-            int rc = cn__upstream_connection_option(r->connection, name) ? 0
-                     : stored_header(name) ? cn_response_store_header(&res, name, value)
-                                         : cn_response_add_header(&res, name, value);
-            if (rc == -ENOMEM)
-                cn_response_free(&res);
-        }
-        if (!res.status)
-            res = cn_problem(502, "The upstream's answer could not be passed on");
+        return cn_problem(502, detail);
     }
-    cn__upstream_result_free(r);
-    cn_request_answer(req, res);
+    res = cn_raw_response((int)r->status, r->content_type, r->body, r->body_len);
+    if (res.status && r->location && cn_response_set_location(&res, r->location))
+        cn_response_free(&res);
+    /* A header Cnerium cannot send as it came (-EINVAL: not valid text, or one it sets
+     * itself) is left out; only running out of memory fails the answer. */
+    for (size_t i = 0; res.status && i < r->nheaders; i++) {
+        const char *name = r->headers[2 * i], *value = r->headers[2 * i + 1];
+        int rc = cn__upstream_connection_option(r->connection, name) ? 0
+                 : stored_header(name) ? cn_response_store_header(&res, name, value)
+                                     : cn_response_add_header(&res, name, value);
+        if (rc == -ENOMEM)
+            cn_response_free(&res);
+    }
+    if (!res.status)
+        res = cn_problem(502, "The upstream's answer could not be passed on");
+    return res;
 }
 
+static void
+answered(void *arg, cn_upstream_result_t *r)
+{
+    cn_response_t res = answer_of(r);
+
+    cn__upstream_result_free(r);
+    cn_request_answer(arg, res);
+}
+
+/* The headers to send upstream for req (see the top of the file). h->v borrows from req
+ * and h; free h->v and h->xff. 0, or -1 when out of memory. */
+static int
+forward_headers(cn_request_t *req, headers_t *h)
+{
+    const char *addr = cn_request_client_address(req);
+
+    h->connection = cn_request_header(req, "Connection");
+    cn_request_each_header(req, copy_header, h);
+    if (h->forwarded_for && addr[0]) {
+        size_t n = strlen(h->forwarded_for) + strlen(addr) + 3;
+        if ((h->xff = malloc(n)))
+            snprintf(h->xff, n, "%s, %s", h->forwarded_for, addr);
+    }
+    if (h->failed || (h->forwarded_for && addr[0] && !h->xff) ||
+        push(h, "X-Forwarded-For",
+             h->xff              ? h->xff
+             : h->forwarded_for ? h->forwarded_for /* no address of our own to add */
+             : addr[0]          ? addr
+                                : "unknown") ||
+        push(h, "X-Forwarded-Proto", "http") ||
+        (h->host && push(h, "X-Forwarded-Host", h->host)))
+        return -1;
+    return 0;
+}
+
+/* A durable route: the request whole, the answer whole (it is stored). */
 static cn_response_t
 proxy(cn_request_t *req, void *ctx)
 {
@@ -354,26 +392,11 @@ proxy(cn_request_t *req, void *ctx)
     headers_t h = {0};
     size_t blen = 0;
     const char *body = cn_request_body(req, &blen);
-    const char *addr = cn_request_client_address(req);
     int rc;
 
     if (!u)
         return cn_problem(502, "The gateway cannot start its upstream client");
-    h.connection = cn_request_header(req, "Connection");
-    cn_request_each_header(req, copy_header, &h);
-    if (h.forwarded_for && addr[0]) {
-        size_t n = strlen(h.forwarded_for) + strlen(addr) + 3;
-        if ((h.xff = malloc(n)))
-            snprintf(h.xff, n, "%s, %s", h.forwarded_for, addr);
-    }
-    rc = h.failed || (h.forwarded_for && addr[0] && !h.xff) ||
-         push(&h, "X-Forwarded-For",
-              h.xff              ? h.xff
-              : h.forwarded_for ? h.forwarded_for /* no address of our own to add */
-              : addr[0]         ? addr
-                                : "unknown") ||
-         push(&h, "X-Forwarded-Proto", "http") ||
-         (h.host && push(&h, "X-Forwarded-Host", h.host));
+    rc = forward_headers(req, &h);
     if (!rc)
         rc = cn__upstream_send(u, cn_request_method(req), cn_request_target(req), h.v, h.n,
                                body, blen, answered, req);
@@ -382,6 +405,43 @@ proxy(cn_request_t *req, void *ctx)
     if (rc)
         return cn_problem(502, "The gateway could not send the request upstream");
     return cn_later(req);
+}
+
+/* A relayed request's head (or its failure) from the upstream thread. */
+static int
+relay_head(void *arg, cn_relay_t *relay, cn_upstream_result_t *r, int64_t length)
+{
+    cn_response_t res = answer_of(r);
+
+    (void)arg;
+    if (r->error || res.status != (int)r->status) {
+        cn__relay_fail(relay, &res);
+        return -1;
+    }
+    return cn__relay_set_head(relay, &res, length) ? -1 : 0;
+}
+
+/* Everything else: passed on in pieces as it comes, both ways. */
+static void
+relay(void *ctx, cn_request_t *req, cn_relay_t *r)
+{
+    gateway_t *g = ctx;
+    cn_upstream_t *u = client(g);
+    headers_t h = {0};
+    cn_response_t res;
+    int rc = -1;
+
+    if (u && !forward_headers(req, &h))
+        rc = cn__upstream_relay(u, cn_request_method(req), cn_request_target(req), h.v, h.n,
+                                r, relay_head, NULL);
+    free(h.v);
+    free(h.xff);
+    if (!rc)
+        return;
+    res = cn_problem(502, u ? "The gateway could not send the request upstream"
+                            : "The gateway cannot start its upstream client");
+    cn__relay_fail(r, &res);
+    cn__relay_far_close(r, 0);
 }
 
 int
@@ -397,6 +457,6 @@ cn__gateway_register(cn_app_t *app, cn_gateway_config_t *cfg, char *err, size_t 
             return CN_ECONFIG;
         }
     }
-    cn_fallback(app, proxy, &the_gateway);
+    cn__app_relay(app, relay, &the_gateway);
     return 0;
 }

@@ -1,8 +1,9 @@
 /*
  * gateway/gateway.h - cnerium-gateway: the durable contract in front of any HTTP
  * backend. Configured routes become durable routes whose handler is a call to the
- * upstream; every other request is passed through untouched (cn_fallback). Both answer
- * later (cn_later): no event loop waits for the upstream.
+ * upstream (answered later, cn_later); every other request is passed through untouched
+ * and in pieces, both ways (a relay, cn__app_relay). No event loop waits for the
+ * upstream.
  */
 #ifndef CN_GATEWAY_GATEWAY_H
 #define CN_GATEWAY_GATEWAY_H

@@ -11,6 +11,8 @@
 #include <curl/curl.h>
 
 #include "gateway/upstream.h"
+#include "http/relay.h"
+#include "support/clock.h"
 #include "support/log.h"
 
 typedef struct job {
@@ -25,6 +27,11 @@ typedef struct job {
     size_t max_body;
     cn_upstream_done_cb done;
     void *arg;
+    /* A relayed request (cn__upstream_relay): its body comes from the relay and its
+     * answer goes into it; head tells the gateway once the status and headers are in. */
+    cn_relay_t *relay;
+    cn_upstream_head_cb head;
+    int head_given;
 } job_t;
 
 struct cn_upstream {
@@ -35,6 +42,9 @@ struct cn_upstream {
     pthread_t thread;
     pthread_mutex_t mu;
     job_t *queue, **queue_tail; /* mu: in the order sent */
+    /* mu: relays whose near side moved (each with a reference of its own) */
+    cn_relay_t **woken;
+    size_t nwoken, woken_cap;
 };
 
 static const char *const hop[] = {"connection", "keep-alive", "proxy-connection",
@@ -86,12 +96,20 @@ cn__upstream_connection_option(const char *connection, const char *name)
     return 0;
 }
 
+static int give_head(job_t *j);
+
 static size_t
 on_body(char *p, size_t size, size_t n, void *arg)
 {
     job_t *j = arg;
     size_t len = size * n;
     cn_upstream_result_t *r = &j->res;
+
+    if (j->relay) {
+        int rc = j->head_given || !give_head(j) ? cn__relay_put(j->relay, p, len)
+                                                : CN_RELAY_BROKEN;
+        return rc == 0 ? len : rc == CN_RELAY_WAIT ? CURL_WRITEFUNC_PAUSE : 0;
+    }
 
     if (r->body_len + len > j->max_body) {
         j->res.error = -EMSGSIZE;
@@ -148,8 +166,16 @@ on_header(char *p, size_t size, size_t n, void *arg)
         r->content_type = r->location = NULL;
         return len;
     }
-    if (!colon)
-        return len; /* the blank line */
+    if (!colon) {
+        /* The blank line: a relayed answer's head goes on at once (an interim 1xx
+         * head is followed by another). */
+        long status = 0;
+        if (j->relay && !j->head_given &&
+            curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
+            status >= 200 && give_head(j))
+            return 0;
+        return len;
+    }
     if (!(name = trimmed(p, (size_t)(colon - p))) ||
         !(value = trimmed(colon + 1, len - (size_t)(colon - p) - 1))) {
         free(name);
@@ -189,6 +215,31 @@ on_header(char *p, size_t size, size_t n, void *arg)
     return len;
 }
 
+/* Hands a relayed answer's status and headers on. 0, or -1 when nobody listens. */
+static int
+give_head(job_t *j)
+{
+    curl_off_t length = -1;
+
+    curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &j->res.status);
+    curl_easy_getinfo(j->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &length);
+    j->head_given = 1;
+    if (j->head(j->arg, j->relay, &j->res, length < 0 ? -1 : (int64_t)length))
+        return -1;
+    return 0;
+}
+
+/* A relayed request's body, as the client sends it. */
+static size_t
+on_read(char *buf, size_t size, size_t n, void *arg)
+{
+    job_t *j = arg;
+    ssize_t got = cn__relay_take(j->relay, buf, size * n);
+
+    return got >= 0 ? (size_t)got : got == CN_RELAY_WAIT ? CURL_READFUNC_PAUSE
+                                                         : CURL_READFUNC_ABORT;
+}
+
 static void
 job_free(job_t *j)
 {
@@ -216,8 +267,22 @@ finish(cn_upstream_t *u, job_t *j, CURLcode rc)
                        : -EIO;
         snprintf(r->message, sizeof(r->message), "%s", curl_easy_strerror(rc));
     }
-    j->done(j->arg, r);
-    memset(r, 0, sizeof(*r)); /* the callee's now */
+    if (!j->relay) {
+        j->done(j->arg, r);
+        memset(r, 0, sizeof(*r)); /* the callee's now */
+    } else {
+        /* Broken off before the head: the gateway answers 502 or 504. After it, the
+         * client's connection is closed short of the answer's end. */
+        if (rc != CURLE_OK && !j->head_given) {
+            j->head_given = 1;
+            j->head(j->arg, j->relay, r, -1);
+        }
+        if (rc != CURLE_OK)
+            cn_log_debug("relayed %s %s: %s", j->method, j->url, r->message);
+        cn__relay_far_close(j->relay, rc != CURLE_OK);
+        j->relay = NULL;
+        cn__upstream_result_free(r);
+    }
     curl_multi_remove_handle(u->multi, j->easy);
     job_free(j);
 }
@@ -227,26 +292,50 @@ upstream_main(void *arg)
 {
     cn_upstream_t *u = arg;
 
+    cn_relay_t **woken = NULL;
+    size_t woken_cap = 0;
+
     for (;;) {
         job_t *list;
         CURLMsg *m;
         int running = 0, left;
+        size_t nwoken;
 
+        /* Both lists at once: a relay woken after its job was queued is among the jobs
+         * taken here, so it has been added to the multi handle when its wake is seen. */
         pthread_mutex_lock(&u->mu);
         list = u->queue;
         u->queue = NULL;
         u->queue_tail = &u->queue;
+        {
+            cn_relay_t **t = woken;
+            size_t cap = woken_cap;
+            woken = u->woken;
+            woken_cap = u->woken_cap;
+            nwoken = u->nwoken;
+            u->woken = t;
+            u->woken_cap = cap;
+            u->nwoken = 0;
+        }
         pthread_mutex_unlock(&u->mu);
         while (list) {
             job_t *j = list;
             list = j->next;
-            if (curl_multi_add_handle(u->multi, j->easy) != CURLM_OK) {
-                j->res.error = -EIO;
-                snprintf(j->res.message, sizeof(j->res.message), "cannot start the request");
-                j->done(j->arg, &j->res);
-                memset(&j->res, 0, sizeof(j->res));
-                job_free(j);
+            if (curl_multi_add_handle(u->multi, j->easy) != CURLM_OK)
+                finish(u, j, CURLE_FAILED_INIT);
+        }
+        for (size_t i = 0; i < nwoken; i++) {
+            cn_relay_t *r = woken[i];
+            /* Only this thread lets the far side go, so a relay still held here has its
+             * job. */
+            if (cn__relay_far_alive(r)) {
+                job_t *j = cn__relay_far_tag(r);
+                if (cn__relay_near_gone(r))
+                    finish(u, j, CURLE_ABORTED_BY_CALLBACK); /* the client left */
+                else
+                    curl_easy_pause(j->easy, CURLPAUSE_CONT);
             }
+            cn__relay_unref(r);
         }
         curl_multi_perform(u->multi, &running);
         while ((m = curl_multi_info_read(u->multi, &left))) {
@@ -297,30 +386,25 @@ cn__upstream_new(const char *base_url, uint32_t timeout_ms, size_t max_body,
     return 0;
 }
 
-int
-cn__upstream_send(cn_upstream_t *u, const char *method, const char *target,
-                  const char *const *headers, size_t nheaders, const void *body,
-                  size_t body_len, cn_upstream_done_cb done, void *arg)
+/* A job for method target with headers (nheaders "Name", "value" pairs, copied), the
+ * options every request has set; NULL when out of memory. */
+static job_t *
+job_new(cn_upstream_t *u, const char *method, const char *target, const char *const *headers,
+        size_t nheaders)
 {
     job_t *j = calloc(1, sizeof(*j));
     size_t ulen = strlen(u->base) + strlen(target) + 1;
+    struct curl_slist *l;
 
     if (!j)
-        return -ENOMEM;
-    j->done = done;
-    j->arg = arg;
-    j->max_body = u->max_body;
+        return NULL;
     if (!(j->easy = curl_easy_init()) || !(j->url = malloc(ulen)) ||
-        !(j->method = strdup(method)) || (body_len && !(j->body_in = malloc(body_len))))
+        !(j->method = strdup(method)))
         goto nomem;
     snprintf(j->url, ulen, "%s%s", u->base, target);
-    if (body_len)
-        memcpy(j->body_in, body, body_len);
-    j->body_in_len = body_len;
     for (size_t i = 0; i < nheaders; i++) {
         size_t len = strlen(headers[2 * i]) + strlen(headers[2 * i + 1]) + 3;
         char *line = malloc(len);
-        struct curl_slist *l;
         if (!line)
             goto nomem;
         /* "Name;" sends an empty value (libcurl drops "Name:" otherwise). */
@@ -336,40 +420,127 @@ cn__upstream_send(cn_upstream_t *u, const char *method, const char *target,
     }
     /* Let the upstream see exactly the headers given: no Expect: 100-continue wait, no
      * Accept it did not ask for. */
-    {
-        struct curl_slist *l = curl_slist_append(j->hdrs, "Expect:");
-        if (!l)
-            goto nomem;
-        j->hdrs = l;
-    }
+    if (!(l = curl_slist_append(j->hdrs, "Expect:")))
+        goto nomem;
+    j->hdrs = l;
     curl_easy_setopt(j->easy, CURLOPT_URL, j->url);
     curl_easy_setopt(j->easy, CURLOPT_PRIVATE, (char *)j);
     curl_easy_setopt(j->easy, CURLOPT_HTTPHEADER, j->hdrs);
-    curl_easy_setopt(j->easy, CURLOPT_TIMEOUT_MS, (long)u->timeout_ms);
     curl_easy_setopt(j->easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_body);
     curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
     curl_easy_setopt(j->easy, CURLOPT_HEADERFUNCTION, on_header);
     curl_easy_setopt(j->easy, CURLOPT_HEADERDATA, j);
-    curl_easy_setopt(j->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)u->max_body);
     curl_easy_setopt(j->easy, CURLOPT_PROTOCOLS_STR, "http,https");
-    if (!strcmp(method, "HEAD")) {
+    if (!strcmp(method, "HEAD"))
         curl_easy_setopt(j->easy, CURLOPT_NOBODY, 1L);
-    } else {
+    else
         curl_easy_setopt(j->easy, CURLOPT_CUSTOMREQUEST, j->method);
-        if (body_len || strcmp(method, "GET")) {
-            curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->body_in ? (char *)j->body_in : "");
-            curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
-        }
-    }
+    return j;
+
+nomem:
+    job_free(j);
+    return NULL;
+}
+
+static void
+enqueue(cn_upstream_t *u, job_t *j)
+{
     pthread_mutex_lock(&u->mu);
     *u->queue_tail = j;
     u->queue_tail = &j->next;
     pthread_mutex_unlock(&u->mu);
     curl_multi_wakeup(u->multi);
-    return 0;
+}
 
-nomem:
-    job_free(j);
-    return -ENOMEM;
+int
+cn__upstream_send(cn_upstream_t *u, const char *method, const char *target,
+                  const char *const *headers, size_t nheaders, const void *body,
+                  size_t body_len, cn_upstream_done_cb done, void *arg)
+{
+    job_t *j = job_new(u, method, target, headers, nheaders);
+
+    if (!j || (body_len && !(j->body_in = malloc(body_len)))) {
+        if (j)
+            job_free(j);
+        return -ENOMEM;
+    }
+    j->done = done;
+    j->arg = arg;
+    j->max_body = u->max_body;
+    if (body_len)
+        memcpy(j->body_in, body, body_len);
+    j->body_in_len = body_len;
+    curl_easy_setopt(j->easy, CURLOPT_TIMEOUT_MS, (long)u->timeout_ms);
+    curl_easy_setopt(j->easy, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)u->max_body);
+    if (strcmp(method, "HEAD") && (body_len || strcmp(method, "GET"))) {
+        curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, j->body_in ? (char *)j->body_in : "");
+        curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    }
+    enqueue(u, j);
+    return 0;
+}
+
+/* A relay's near side moved (its thread): the upstream thread looks at it next. */
+static void
+relay_woken(void *ctx, cn_relay_t *r)
+{
+    cn_upstream_t *u = ctx;
+    int queued = 0;
+
+    pthread_mutex_lock(&u->mu);
+    if (u->nwoken == u->woken_cap) {
+        size_t cap = u->woken_cap ? 2 * u->woken_cap : 64;
+        cn_relay_t **w = realloc(u->woken, cap * sizeof(*w));
+        if (w) {
+            u->woken = w;
+            u->woken_cap = cap;
+        }
+    }
+    if (u->nwoken < u->woken_cap) {
+        u->woken[u->nwoken++] = r;
+        queued = 1;
+    }
+    pthread_mutex_unlock(&u->mu);
+    if (!queued) {
+        /* Out of memory: the transfer stays paused until the upstream timeout cuts it. */
+        cn_log_error("upstream client: out of memory, a relayed request may stall");
+        cn__relay_unref(r);
+        return;
+    }
+    curl_multi_wakeup(u->multi);
+}
+
+int
+cn__upstream_relay(cn_upstream_t *u, const char *method, const char *target,
+                   const char *const *headers, size_t nheaders, cn_relay_t *relay,
+                   cn_upstream_head_cb head, void *arg)
+{
+    job_t *j = job_new(u, method, target, headers, nheaders);
+    int64_t length = cn__relay_body_length(relay);
+    long idle_s = (long)((u->timeout_ms + 999) / 1000);
+
+    if (!j)
+        return -ENOMEM;
+    j->relay = relay;
+    j->head = head;
+    j->arg = arg;
+    /* No bound on the whole exchange (a download or an event stream may last): the
+     * connection must be made, and then bytes must move, within the timeout. */
+    curl_easy_setopt(j->easy, CURLOPT_CONNECTTIMEOUT_MS, (long)u->timeout_ms);
+    curl_easy_setopt(j->easy, CURLOPT_LOW_SPEED_LIMIT, 1L);
+    curl_easy_setopt(j->easy, CURLOPT_LOW_SPEED_TIME, idle_s);
+    if (length && strcmp(method, "HEAD")) {
+        /* A body of unknown length goes chunked. */
+        curl_easy_setopt(j->easy, CURLOPT_POST, 1L);
+        curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)length);
+        curl_easy_setopt(j->easy, CURLOPT_READFUNCTION, on_read);
+        curl_easy_setopt(j->easy, CURLOPT_READDATA, j);
+    } else if (strcmp(method, "HEAD") && strcmp(method, "GET")) {
+        curl_easy_setopt(j->easy, CURLOPT_POSTFIELDS, "");
+        curl_easy_setopt(j->easy, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)0);
+    }
+    cn__relay_bind_far(relay, relay_woken, u, j);
+    enqueue(u, j);
+    return 0;
 }

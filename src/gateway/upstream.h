@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "http/relay.h"
+
 typedef struct cn_upstream cn_upstream_t;
 
 typedef struct cn_upstream_result {
@@ -43,6 +45,24 @@ int cn__upstream_new(const char *base_url, uint32_t timeout_ms, size_t max_body,
 int cn__upstream_send(cn_upstream_t *u, const char *method, const char *target,
                       const char *const *headers, size_t nheaders, const void *body,
                       size_t body_len, cn_upstream_done_cb done, void *arg);
+
+/* A relayed request's head is in (result->error 0: status and headers, no body; length
+ * the body's, -1 when not known), or the request failed before it (result->error set,
+ * message saying why). Called once, on the upstream thread; result is borrowed. The
+ * callee hands the head (or an answer for the failure) to the relay; nonzero stops the
+ * request (nobody listens). */
+typedef int (*cn_upstream_head_cb)(void *arg, cn_relay_t *relay, cn_upstream_result_t *result,
+                                   int64_t length);
+
+/* Queues method target with headers (as cn__upstream_send), its body read from relay
+ * as the client sends it, its answer's body written into relay as it comes (no bound on
+ * either: the relay's windows pace both ends). The client takes the relay's far side:
+ * it calls head once, then cn__relay_far_close. The connection must be made within the
+ * timeout, and then bytes must move at least once per timeout (rounded up to seconds).
+ * Returns 0, or -ENOMEM (the relay untouched). */
+int cn__upstream_relay(cn_upstream_t *u, const char *method, const char *target,
+                       const char *const *headers, size_t nheaders, cn_relay_t *relay,
+                       cn_upstream_head_cb head, void *arg);
 
 void cn__upstream_result_free(cn_upstream_result_t *r);
 

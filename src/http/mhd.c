@@ -72,6 +72,7 @@ typedef struct conn_slot {
 struct cn_http_server {
     struct MHD_Daemon *daemon;
     cn_http_dispatch_cb dispatch;
+    cn_http_relay_cb relay;
     void *arg;
     cn_http_options_t opt;
     atomic_uint active;
@@ -108,6 +109,8 @@ typedef struct conn_state {
     const char *value_name;        /* and its name */
     const char *bad_name;          /* the name of the refused header */
     int too_large;
+    cn_relay_t *relay;  /* a request passed on in pieces (cn__http_set_relay), or NULL */
+    int relay_sent_end; /* its body has been passed on whole */
 } conn_state_t;
 
 /* In external-epoll mode 0.9.75 finishes some work only in a later MHD_run without
@@ -221,6 +224,8 @@ completed_cb(void *cls, struct MHD_Connection *conn, void **con_cls,
         st->slot->waiting_since = cn__clock_mono_ms();
         pthread_mutex_unlock(&srv->conns_mu);
     }
+    if (st->relay)
+        cn__relay_near_close(st->relay); /* stops the far side if it is still at work */
     cn__request_destroy(&st->req);
     cn_response_free(&st->reply.response); /* a reply that came too late to be sent */
     pthread_mutex_destroy(&st->mu);
@@ -296,6 +301,24 @@ collect_header(void *cls, enum MHD_ValueKind kind, const char *key, size_t key_s
     return MHD_YES;
 }
 
+/* Content-Type, Location and the other headers of res onto mr: 1, or 0 when MHD refused
+ * one (out of memory). */
+static int
+add_headers(struct MHD_Response *mr, const cn_response_t *res)
+{
+    int ok = 1;
+
+    if (res->content_type)
+        ok &= MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, res->content_type) ==
+              MHD_YES;
+    if (res->location)
+        ok &= MHD_add_response_header(mr, MHD_HTTP_HEADER_LOCATION, res->location) == MHD_YES;
+    for (size_t i = 0; i < res->nheaders; i++)
+        ok &= MHD_add_response_header(mr, res->headers[i].name, res->headers[i].value) ==
+              MHD_YES;
+    return ok;
+}
+
 /* Converts our response into an MHD one and queues it. Consumes reply->response. */
 static enum MHD_Result
 send_reply(struct MHD_Connection *conn, cn_http_reply_t *reply)
@@ -316,15 +339,7 @@ send_reply(struct MHD_Connection *conn, cn_http_reply_t *reply)
         return MHD_NO;
     }
     res->body = NULL; /* MHD frees it now */
-    ok = 1;
-    if (res->content_type)
-        ok &= MHD_add_response_header(mr, MHD_HTTP_HEADER_CONTENT_TYPE, res->content_type) ==
-              MHD_YES;
-    if (res->location)
-        ok &= MHD_add_response_header(mr, MHD_HTTP_HEADER_LOCATION, res->location) == MHD_YES;
-    for (size_t i = 0; i < res->nheaders; i++)
-        ok &= MHD_add_response_header(mr, res->headers[i].name, res->headers[i].value) ==
-              MHD_YES;
+    ok = add_headers(mr, res);
     if (reply->flags & CN_REPLY_REPLAYED)
         ok &= MHD_add_response_header(mr, "Idempotent-Replayed", "true") == MHD_YES;
     if (reply->flags & CN_REPLY_NO_STORE)
@@ -387,6 +402,167 @@ refuse(struct MHD_Connection *conn, int status, const char *type, const char *de
 
     reply.response = cn__problem(status, type, detail);
     return send_reply(conn, &reply);
+}
+
+/* ---- requests passed on in pieces (cn__http_set_relay) ---- */
+
+/* Resumes st's suspended connection and makes sure its loop runs soon: in
+ * external-polling mode MHD does not wake the loop for a resume, so the resumed
+ * connection is picked up by the next MHD_run; on the loop's own thread that comes in
+ * this turn, from another thread the loop is woken. */
+static void
+resume(conn_state_t *st)
+{
+    cn_http_server_t *srv = st->srv;
+
+    MHD_resume_connection(st->conn);
+    if (srv->wake_fd >= 0 &&
+        !(atomic_load(&srv->has_runner) && pthread_equal(srv->runner, pthread_self()))) {
+        uint64_t one = 1;
+        if (write(srv->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            cn_log_warn("waking an event loop: %s", strerror(errno));
+    }
+}
+
+static void
+relay_park(void *arg)
+{
+    conn_state_t *st = arg;
+
+    MHD_suspend_connection(st->conn);
+}
+
+static void
+relay_unpark(void *arg)
+{
+    resume(arg);
+}
+
+/* The answer's body, as the relay has it. With nothing yet the connection is parked
+ * (suspended) and MHD asks again once the far side woke it. */
+static ssize_t
+relay_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    conn_state_t *st = cls;
+
+    (void)pos;
+    if (!max)
+        return 0;
+    for (;;) {
+        ssize_t n = cn__relay_recv(st->relay, buf, max);
+        if (n > 0)
+            return n;
+        if (n == CN_RELAY_END)
+            return MHD_CONTENT_READER_END_OF_STREAM;
+        if (n == CN_RELAY_BROKEN)
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* MHD closes the connection */
+        if (cn__relay_park(st->relay))
+            return 0;
+    }
+}
+
+/* Queues the relayed answer whose head is head (consumed): its body is read from the
+ * relay as it comes, with its declared length when the far side knew one. */
+static enum MHD_Result
+send_relayed(struct MHD_Connection *conn, conn_state_t *st, cn_response_t *head,
+             int64_t length)
+{
+    struct MHD_Response *mr;
+    int ok;
+
+    if (head->status < 200 || head->status > 599) {
+        cn_response_free(head);
+        return MHD_NO;
+    }
+    if (head->status == 204 || head->status == 304)
+        mr = MHD_create_response_from_buffer(0, NULL, MHD_RESPMEM_PERSISTENT);
+    else
+        mr = MHD_create_response_from_callback(length < 0 ? MHD_SIZE_UNKNOWN
+                                                          : (uint64_t)length,
+                                               32 * 1024, relay_read, st, NULL);
+    if (!mr) {
+        cn_response_free(head);
+        return MHD_NO;
+    }
+    ok = add_headers(mr, head) &&
+         MHD_queue_response(conn, (unsigned)head->status, mr) == MHD_YES;
+    MHD_destroy_response(mr);
+    cn_response_free(head);
+    return ok ? MHD_YES : MHD_NO;
+}
+
+/* The access handler of a relayed request: body pieces go into the relay (parking the
+ * connection while its window is full); once the body is complete, the answer's head is
+ * awaited the same way and queued. */
+static enum MHD_Result
+relay_access(cn_http_server_t *srv, conn_state_t *st, struct MHD_Connection *conn,
+             const char *upload_data, size_t *upload_data_size)
+{
+    cn_relay_t *r = st->relay;
+    cn_response_t head = {0};
+    int64_t length = -1;
+    int rc;
+
+    if (*upload_data_size) {
+        size_t left = *upload_data_size;
+        for (;;) {
+            ssize_t n = cn__relay_send(r, upload_data, left);
+            if (n < 0)
+                return MHD_NO;
+            upload_data += n;
+            left -= (size_t)n;
+            if (!left || cn__relay_park(r))
+                break;
+        }
+        *upload_data_size = left;
+        return MHD_YES;
+    }
+    if (!st->relay_sent_end) {
+        st->relay_sent_end = 1;
+        cn__relay_send_end(r);
+        if (st->slot) {
+            pthread_mutex_lock(&srv->conns_mu);
+            st->slot->reading_body = 0;
+            pthread_mutex_unlock(&srv->conns_mu);
+        }
+    }
+    do {
+        rc = cn__relay_head(r, &head, &length);
+    } while (rc == CN_RELAY_WAIT && !cn__relay_park(r));
+    if (rc == CN_RELAY_WAIT)
+        return MHD_YES; /* parked: called again once the head is in */
+    if (rc == 2) {
+        cn_http_reply_t reply = {.response = head, .flags = CN_REPLY_NO_STORE};
+        return send_reply(conn, &reply);
+    }
+    if (rc != 1)
+        return MHD_NO;
+    return send_relayed(conn, st, &head, length);
+}
+
+/* Whether the request in st is passed on in pieces: asks the relay callback. */
+static enum MHD_Result
+maybe_relay(cn_http_server_t *srv, conn_state_t *st, struct MHD_Connection *conn, int *relayed)
+{
+    cn_relay_near_t near = {.park = relay_park, .unpark = relay_unpark, .arg = st};
+    int64_t length = 0;
+    int rc;
+
+    *relayed = 0;
+    if (!srv->relay)
+        return MHD_YES;
+    if (st->content_length) {
+        char *end;
+        unsigned long long n = strtoull(st->content_length, &end, 10);
+        length = *end == '\0' && n <= INT64_MAX ? (int64_t)n : -1;
+    } else if (cn_request_header(&st->req, "Transfer-Encoding")) {
+        length = -1;
+    }
+    rc = srv->relay(srv->arg, &st->req, length, &near, &st->relay);
+    if (rc < 0)
+        return refuse(conn, 503, CN_PROBLEM_STORAGE, "Out of memory");
+    *relayed = rc == 1;
+    return MHD_YES;
 }
 
 /* The first access call: the request line and the headers are complete. Creates the
@@ -475,6 +651,12 @@ begin_request(cn_http_server_t *srv, struct MHD_Connection *conn, const char *me
         /* The framing of anything after this request is unknown. */
         return refuse(conn, 400, NULL, "Conflicting Content-Length headers");
     }
+    {
+        int relayed;
+        enum MHD_Result mr = maybe_relay(srv, st, conn, &relayed);
+        if (mr != MHD_YES || relayed)
+            return mr;
+    }
     /* A declared length over the limit is refused before reading the body; MHD then
      * closes the connection instead of reading what is left. */
     cl = st->content_length;
@@ -500,6 +682,8 @@ access_cb(void *cls, struct MHD_Connection *conn, const char *url, const char *m
     (void)version;
     if (!st)
         return begin_request(srv, conn, method, con_cls);
+    if (st->relay)
+        return relay_access(srv, st, conn, upload_data, upload_data_size);
     if (!*upload_data_size) {
         /* Called again after cn__http_complete resumed the connection? (defer is
          * written by the completing thread, so it is read under the lock.) */
@@ -572,28 +756,23 @@ void
 cn__http_complete(void *handle, cn_http_reply_t *reply)
 {
     conn_state_t *st = handle;
-    cn_http_server_t *srv = st->srv;
-    int resume;
+    int wake;
 
     pthread_mutex_lock(&st->mu);
     st->reply = *reply;
-    resume = st->defer == DEFER_SUSPENDED;
-    st->defer = resume ? DEFER_RESUMED : DEFER_READY;
+    wake = st->defer == DEFER_SUSPENDED;
+    st->defer = wake ? DEFER_RESUMED : DEFER_READY;
     pthread_mutex_unlock(&st->mu);
     /* Outside the lock: MHD takes its own locks to resume. The state cannot go away
      * meanwhile: MHD frees nothing of a suspended connection. */
-    if (!resume)
-        return;
-    MHD_resume_connection(st->conn);
-    /* In external-polling mode MHD does not wake the loop for a resume: the resumed
-     * connection is picked up by the next MHD_run. On the loop's own thread that comes
-     * in this turn; from another thread the loop is woken. */
-    if (srv->wake_fd >= 0 &&
-        !(atomic_load(&srv->has_runner) && pthread_equal(srv->runner, pthread_self()))) {
-        uint64_t one = 1;
-        if (write(srv->wake_fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-            cn_log_warn("waking an event loop: %s", strerror(errno));
-    }
+    if (wake)
+        resume(st);
+}
+
+void
+cn__http_set_relay(cn_http_server_t *srv, cn_http_relay_cb cb)
+{
+    srv->relay = cb;
 }
 
 static const char timeout_answer[] =

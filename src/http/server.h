@@ -15,6 +15,7 @@
 
 #include "cnerium/request.h"
 #include "cnerium/response.h"
+#include "http/relay.h"
 
 enum {
     CN_REPLY_REPLAYED = 1 << 0, /* add "Idempotent-Replayed: true" */
@@ -78,6 +79,19 @@ void cn__http_set_wake_fd(cn_http_server_t *srv, int fd);
  * returned; the reply goes out in the server's next cn__http_run (another thread's
  * call wakes its loop through the wake fd). Consumes reply->response. */
 void cn__http_complete(void *handle, cn_http_reply_t *reply);
+
+/* Requests passed on in pieces (the gateway's passthrough): called on the server's
+ * thread once a request's headers are in, before any of its body is read. Returns 0 to
+ * read the request whole and dispatch it as usual; 1 with *out a relay made with
+ * cn__relay_new(body_length, near) whose far side has been given away (body_length: the
+ * declared Content-Length, -1 for a chunked body, 0 for none); or a negative error
+ * (answered 503). A relayed request's body goes into the relay as it arrives, with no
+ * max_body, and its answer is sent as the relay gives it. */
+typedef int (*cn_http_relay_cb)(void *arg, cn_request_t *req, int64_t body_length,
+                                const cn_relay_near_t *near, cn_relay_t **out);
+
+/* Sets the relay callback (called with the dispatch callback's arg); NULL: none. */
+void cn__http_set_relay(cn_http_server_t *srv, cn_http_relay_cb cb);
 
 /* Stops accepting new connections; requests in progress continue. */
 void cn__http_quiesce(cn_http_server_t *srv);

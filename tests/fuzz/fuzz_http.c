@@ -8,7 +8,9 @@
  * side is shut, and the answer is read to the end. Ordinary routes only (a durable route needs the shared region and the store);
  * their handler reads every part of the request, parses the Idempotency-Key and computes
  * the fingerprint. "/defer..." routes complete their reply before the dispatch returns,
- * "/later..." ones from another thread afterwards (the suspend/resume path).
+ * "/later..." ones from another thread afterwards (the suspend/resume path). "/relay..."
+ * requests are passed on in pieces (http/relay.c) to a far side on a thread of its own
+ * that echoes the start of the body back as it reads it.
  *
  * Properties: whatever is answered starts with an HTTP/1.x status line of a valid code;
  * the handler sees a target starting with '/', its path a prefix of it, a body within
@@ -108,6 +110,109 @@ dispatch(void *arg, cn_request_t *req, cn_http_reply_t *reply)
         FUZZ_CHECK(pthread_create(&t, NULL, complete_later, l) == 0);
         pthread_detach(t);
     }
+}
+
+/* ---- the relay's far side: one thread per relayed request ---- */
+
+static pthread_mutex_t far_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t far_cond = PTHREAD_COND_INITIALIZER;
+static unsigned far_generation; /* far_mu: bumped by every wake */
+
+static void
+far_wake(void *ctx, cn_relay_t *r)
+{
+    (void)ctx;
+    pthread_mutex_lock(&far_mu);
+    far_generation++;
+    pthread_cond_broadcast(&far_cond);
+    pthread_mutex_unlock(&far_mu);
+    cn__relay_unref(r);
+}
+
+static unsigned
+far_seen(void)
+{
+    unsigned g;
+
+    pthread_mutex_lock(&far_mu);
+    g = far_generation;
+    pthread_mutex_unlock(&far_mu);
+    return g;
+}
+
+/* Waits until a wake after generation `seen` (bounded: 10 s). */
+static void
+far_wait(unsigned seen)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 10;
+    pthread_mutex_lock(&far_mu);
+    while (far_generation == seen)
+        if (pthread_cond_timedwait(&far_cond, &far_mu, &ts))
+            break;
+    pthread_mutex_unlock(&far_mu);
+}
+
+static void *
+far_main(void *arg)
+{
+    cn_relay_t *r = arg;
+    cn_response_t head = cn_raw_response(200, "text/plain", NULL, 0);
+    char buf[512];
+    size_t echoed = 0;
+    int failed = cn__relay_set_head(r, &head, -1) != 0;
+
+    while (!failed) {
+        unsigned seen = far_seen();
+        ssize_t n = cn__relay_take(r, buf, sizeof(buf));
+        if (n == 0)
+            break;
+        if (n == CN_RELAY_WAIT) {
+            far_wait(seen);
+            continue;
+        }
+        if (n < 0) {
+            failed = 1;
+            break;
+        }
+        while (echoed < 1024) { /* the rest is read and dropped */
+            int rc;
+            seen = far_seen();
+            if ((rc = cn__relay_put(r, buf, (size_t)n)) == 0) {
+                echoed += (size_t)n;
+                break;
+            }
+            if (rc != CN_RELAY_WAIT) {
+                failed = 1;
+                break;
+            }
+            far_wait(seen);
+        }
+    }
+    cn__relay_far_close(r, failed);
+    return NULL;
+}
+
+static int
+relay(void *arg, cn_request_t *req, int64_t body_length, const cn_relay_near_t *near,
+      cn_relay_t **out)
+{
+    cn_relay_t *r;
+    pthread_t t;
+
+    (void)arg;
+    if (strncmp(req->path, "/relay", 6))
+        return 0;
+    FUZZ_CHECK(body_length >= -1);
+    if (!(r = cn__relay_new(body_length, near)))
+        return -ENOMEM;
+    cn__relay_bind_far(r, far_wake, NULL, NULL);
+    FUZZ_CHECK(pthread_create(&t, NULL, far_main, r) == 0);
+    pthread_detach(t);
+    *out = r;
+    return 1;
 }
 
 /* One turn of the server, as the worker's loop does it: wait (boundedly) until its fd
@@ -227,6 +332,7 @@ setup(void)
     opt = (cn_http_options_t){.max_body = MAX_BODY, .max_connections = 64,
                               .reap_interval_ms = 1};
     FUZZ_CHECK(cn__http_start(fd, &opt, dispatch, NULL, &srv) == 0);
+    cn__http_set_relay(srv, relay);
 
     /* The harness itself works: a plain request gets its 200. */
     n = exchange((const uint8_t *)probe, sizeof(probe) - 1, answer, sizeof(answer));

@@ -8,8 +8,13 @@ everything else passed through untouched (method, target, body, end-to-end heade
 ways, X-Forwarded-*, hop-by-hop headers dropped, connections to the upstream kept
 alive), an upstream slower than the lease taken over by a waiting duplicate, the
 gateway SIGKILLed mid-request and restarted, the same in front of a Node Express
-server, bad flags.
+server, bad flags. Passthrough goes in pieces both ways: an answer reaches the client
+while the upstream is still writing it, a body reaches the upstream while the client is
+still sending it, bodies far over --max-body and --upstream-max-body pass, a client that
+stops reading holds the upstream back, a client that leaves stops the upstream's
+transfer.
 """
+import hashlib
 import http.client
 import http.server
 import json
@@ -389,6 +394,230 @@ class ExpressTest(GatewayCase):
         c = self.counts()
         self.assertEqual(c["POST /api/orders"], 1)
         self.assertEqual(c["POST /slow"], 2)
+
+
+class StreamUpstream:
+    """A threaded HTTP/1.1 server whose answers and body reads go at the test's pace:
+    GET /stream writes one chunk, waits for `release`, writes another; POST /upload reads
+    a chunked body and sets `first_part` after its first chunk; PUT /hash answers the
+    sha256 and length of its body; GET /big?n=N writes N deterministic bytes with a
+    Content-Length; GET /flood?n=N writes N bytes counting them in `written`; GET /endless
+    writes until the connection breaks, then sets `broken`."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.first_part = threading.Event()
+        self.broken = threading.Event()
+        self.written = 0
+        up = self
+
+        class H(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def chunk(self, data):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def head(self, status=200, length=None, ctype="application/octet-stream"):
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                if length is None:
+                    self.send_header("Transfer-Encoding", "chunked")
+                else:
+                    self.send_header("Content-Length", str(length))
+                self.end_headers()
+                self.wfile.flush()
+
+            def read_chunked(self, on_chunk):
+                body = b""
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0], 16)
+                    data = self.rfile.read(size)
+                    self.rfile.readline()
+                    if not size:
+                        return body
+                    body += data
+                    on_chunk(body)
+
+            def do_GET(self):
+                path, _, query = self.path.partition("?")
+                n = int(query.split("n=")[1]) if "n=" in query else 0
+                if path == "/stream":
+                    self.head(ctype="text/plain")
+                    self.chunk(b"first\n")
+                    up.release.wait(60)
+                    self.chunk(b"second\n")
+                    self.wfile.write(b"0\r\n\r\n")
+                elif path == "/big":
+                    self.head(length=n)
+                    self.wfile.write(pattern(n))
+                elif path == "/flood":
+                    self.head(length=n)
+                    piece = b"f" * 65536
+                    while up.written < n:
+                        self.wfile.write(piece[:n - up.written])
+                        up.written += min(len(piece), n - up.written)
+                elif path == "/endless":
+                    self.head()
+                    deadline = time.monotonic() + 60
+                    try:
+                        while time.monotonic() < deadline:
+                            self.chunk(b"e" * 16384)
+                    except OSError:
+                        up.broken.set()
+                else:
+                    self.head(404, 0)
+
+            def do_POST(self):
+                body = self.read_chunked(lambda got: up.first_part.set())
+                out = body
+                self.head(200, len(out), "text/plain")
+                self.wfile.write(out)
+
+            def do_PUT(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                digest, left = hashlib.sha256(), n
+                while left:
+                    data = self.rfile.read(min(left, 1 << 20))
+                    if not data:
+                        break
+                    digest.update(data)
+                    left -= len(data)
+                out = json.dumps({"sha256": digest.hexdigest(), "length": n - left}).encode()
+                self.head(200, len(out), "application/json")
+                self.wfile.write(out)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.server.daemon_threads = True
+        self.server.handle_error = lambda request, address: None
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def pattern(n):
+    """n bytes that are not all alike (a shifted byte would show)."""
+    block = bytes(range(256)) * 256
+    return (block * (n // len(block) + 1))[:n]
+
+
+def wait_steady(read, what, settle_s=1.0, deadline_s=60.0):
+    """Samples read() every 0.1 s until it has not changed for settle_s (bounded by
+    deadline_s); returns the steady value."""
+    deadline = time.monotonic() + deadline_s
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= settle_s:
+            return now
+    raise AssertionError("%s never settled (last %r)" % (what, last))
+
+
+class StreamingTest(GatewayCase):
+    """Passthrough in pieces: nothing is held whole on the way through."""
+
+    def setUp(self):
+        super().setUp()
+        self.up = StreamUpstream()
+        self.addCleanup(self.up.stop)
+
+    def connect(self, gw, rcvbuf=None):
+        s = socket.socket()
+        if rcvbuf:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        s.settimeout(30)
+        s.connect(("127.0.0.1", gw.port))
+        self.addCleanup(s.close)
+        return s
+
+    def test_answer_reaches_the_client_while_the_upstream_writes_it(self):
+        gw = self.gateway(self.up.port)
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/stream")
+        r = conn.getresponse()
+        self.assertEqual(r.status, 200)
+        self.assertEqual(r.getheader("Content-Type"), "text/plain")
+        self.assertEqual(r.read(6), b"first\n")
+        # The upstream has not written the rest yet: it waits for this.
+        self.assertFalse(self.up.release.is_set())
+        self.up.release.set()
+        self.assertEqual(r.read(), b"second\n")
+        # The connection is still good for the next request.
+        conn.request("PUT", "/hash", b"abc")
+        self.assertEqual(json.loads(conn.getresponse().read())["length"], 3)
+
+    def test_body_reaches_the_upstream_while_the_client_sends_it(self):
+        gw = self.gateway(self.up.port)
+        s = self.connect(gw)
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                  b"Content-Type: text/plain\r\n\r\n5\r\npart1\r\n")
+        # The upstream sees the first part before the client has sent the second.
+        self.assertTrue(self.up.first_part.wait(30), "the first part never reached the upstream")
+        s.sendall(b"5\r\npart2\r\n0\r\n\r\n")
+        f = s.makefile("rb")
+        status = f.readline()
+        self.assertIn(b" 200 ", status)
+        length = None
+        while True:
+            line = f.readline()
+            if line in (b"\r\n", b""):
+                break
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        self.assertEqual(f.read(length), b"part1part2")
+
+    def test_bodies_over_the_limits_pass_through(self):
+        gw = self.gateway(self.up.port, "--max-body", "65536", "--upstream-max-body", "65536")
+        body = pattern(3 << 20)
+        r = gw.request("PUT", "/hash", body, timeout=60)
+        self.assertEqual(r[0], 200, r[2])
+        self.assertEqual(parse_json(r[2]), {"sha256": hashlib.sha256(body).hexdigest(),
+                                            "length": len(body)})
+        r = gw.request("GET", "/big?n=%d" % (5 << 20), timeout=60)
+        self.assertEqual(r[0], 200)
+        self.assertEqual(header(r[1], "Content-Length"), str(5 << 20))
+        self.assertEqual(hashlib.sha256(r[2]).digest(), hashlib.sha256(pattern(5 << 20)).digest())
+        # A durable route still reads its body whole, under --max-body.
+        r = gw.post("/api/orders", b"x" * 100000, key="k-" + uuid.uuid4().hex)
+        self.assertEqual(r[0], 413, r[2])
+
+    def test_a_client_that_stops_reading_holds_the_upstream_back(self):
+        n = 64 << 20
+        gw = self.gateway(self.up.port, "--workers", "1")
+        s = self.connect(gw, rcvbuf=65536)
+        s.sendall(b"GET /flood?n=%d HTTP/1.1\r\nHost: x\r\n\r\n" % n)
+        got = s.recv(65536)
+        self.assertIn(b" 200 ", got.split(b"\r\n")[0])
+        # Nothing is read now: the upstream must come to a stop well short of the end
+        # (socket buffers on both sides, the gateway's small window, nothing more).
+        held = wait_steady(lambda: self.up.written, "the upstream's progress")
+        self.assertLess(held, n // 2, "the gateway buffered the answer")
+        total = len(got) - got.index(b"\r\n\r\n") - 4
+        while total < n:
+            data = s.recv(1 << 20)
+            self.assertTrue(data, "the answer broke off after %d bytes" % total)
+            total += len(data)
+        self.assertEqual(total, n)
+
+    def test_a_client_that_leaves_stops_the_upstream_transfer(self):
+        gw = self.gateway(self.up.port)
+        s = self.connect(gw)
+        s.sendall(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b" 200 ", s.recv(4096))
+        s.close()
+        self.assertTrue(self.up.broken.wait(30), "the upstream kept writing to nobody")
+        self.assertEqual(gw.get("/big?n=10")[0], 200)
 
 
 class FlagsTest(h.ServerTestCase):
