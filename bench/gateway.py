@@ -6,7 +6,8 @@ gateway, the backend untouched), the backend called directly without any idempot
 middleware with Redis instead (bench/express_idempotent.js: express-idempotency and its
 Redis adapter, installed here with npm into bench/.npm; Redis from Debian's
 redis-server, with appendfsync always so that an answer is durable before it is sent, as
-the gateway's is), and plain passthrough.
+the gateway's is), plain passthrough, and a large download passed through (MB/s, and
+the gateway workers' peak memory, which it must not grow by).
 
     python3 bench/gateway.py [seconds-per-run]     (bench/run calls it; prints a section)
 
@@ -15,6 +16,7 @@ Release build (build-release), --workers 2 --threads 1, with its own temp data d
 node process. (@node-idempotency/express, the middleware the issue named, was not on
 this machine's npm registry (404): express-idempotency is the one measured.)
 """
+import http.client
 import os
 import re
 import shutil
@@ -124,6 +126,43 @@ def stop(p):
             p.wait(10)
 
 
+BLOB = 256 << 20  # one download, bytes
+
+
+def download(port):
+    """GETs /blob (BLOB bytes) on 127.0.0.1:port; returns MB/s."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        t0 = time.monotonic()
+        conn.request("GET", "/blob?n=%d" % BLOB)
+        r = conn.getresponse()
+        got = 0
+        while True:
+            data = r.read(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        elapsed = time.monotonic() - t0
+    finally:
+        conn.close()
+    if got != BLOB:
+        raise RuntimeError("download broke off at %d bytes" % got)
+    return BLOB / elapsed / 1e6
+
+
+def peak_rss_kib(pid):
+    """The largest VmHWM among pid's child processes (the gateway's workers), KiB."""
+    peak = 0
+    for task in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/children" % (pid, task)) as f:
+            for child in f.read().split():
+                with open("/proc/%s/status" % child) as st:
+                    for line in st:
+                        if line.startswith("VmHWM:"):
+                            peak = max(peak, int(line.split()[1]))
+    return peak
+
+
 def main():
     cores, kernel, cpu, disk = run.machine()
     data = tempfile.mkdtemp(prefix="cnerium-bench-gw-")
@@ -160,6 +199,9 @@ def main():
                                                                 extra=["--path", "/ping"])))
             rows.append(("gateway: GET /ping passed through",
                          run.cnload(via, "plain", extra=["--path", "/ping"])))
+            rss_before = peak_rss_kib(gw.pid)
+            speeds = [(download(nport), download(gport)) for _ in range(3)]
+            rss_after = peak_rss_kib(gw.pid)
         finally:
             stop(gw)
     finally:
@@ -184,6 +226,17 @@ def main():
     print()
     print("The middleware rows: Express with express-idempotency and its Redis adapter, "
           "Redis with appendfsync always (durable before the answer, like the gateway).")
+    print()
+    print("Passthrough streams: one %d MiB download (`GET /blob`, Express writing as the "
+          "client reads), one client, three times each way:" % (BLOB >> 20))
+    print()
+    print("| run | direct MB/s | through the gateway MB/s | ratio |")
+    print("|---|---|---|---|")
+    for i, (d, g) in enumerate(speeds):
+        print("| %d | %.0f | %.0f | %.0f%% |" % (i + 1, d, g, 100.0 * g / d))
+    print()
+    print("Largest gateway worker peak RSS (VmHWM): %.1f MiB before the downloads, %.1f MiB "
+          "after (the answer is never held whole)." % (rss_before / 1024.0, rss_after / 1024.0))
     print()
 
 

@@ -26,6 +26,26 @@ app.post('/slow', (req, res) => {
   setTimeout(() => res.status(201).json({ n }), Number(req.query.ms || 0));
 });
 
+// n bytes, written as the client takes them (bench/gateway.py's download).
+app.get('/blob', (req, res) => {
+  const n = Number(req.query.n || 0);
+  const piece = Buffer.alloc(65536, 98);
+  let sent = 0;
+  res.set('Content-Length', String(n));
+  function more() {
+    while (sent < n) {
+      const k = Math.min(piece.length, n - sent);
+      sent += k;
+      if (!res.write(k === piece.length ? piece : piece.subarray(0, k))) {
+        res.once('drain', more);
+        return;
+      }
+    }
+    res.end();
+  }
+  more();
+});
+
 app.use((req, res) => {
   const n = count(req);
   res.set('X-Upstream', 'express').json({
