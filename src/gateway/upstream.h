@@ -5,7 +5,9 @@
  * One thread per process runs every request to the upstream on one multi handle, so
  * connections to the upstream are kept alive and reused, and no event loop ever waits
  * for the upstream: cn__upstream_send queues a request and returns; the thread calls
- * done(arg, result) when the answer (or the failure) is in.
+ * done(arg, result) when the answer (or the failure) is in. cn__upstream_relay queues
+ * one whose body and answer go through a relay (http/relay.h) in pieces instead: the
+ * thread is the relay's far side, woken through a list of relays whose near side moved.
  */
 #ifndef CN_GATEWAY_UPSTREAM_H
 #define CN_GATEWAY_UPSTREAM_H

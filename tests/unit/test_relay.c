@@ -254,15 +254,16 @@ thread_unpark(void *arg)
     pthread_mutex_unlock(&s->mu);
 }
 
-/* Waits (bounded) until unparked; 0, or -1 after 30 s. */
+/* Waits (bounded) until the near side s is unparked, or the far side s is woken (which
+ * is then cleared); 0, or -1 after 30 s. */
 static int
-wait_unparked(side_t *s)
+side_wait(side_t *s, int far)
 {
     uint64_t deadline = unit_now_ms() + 30000;
     int rc = 0;
 
     pthread_mutex_lock(&s->mu);
-    while (s->parked && !rc) {
+    while ((far ? !s->woken : s->parked) && !rc) {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         ts.tv_nsec += 50 * 1000000;
@@ -274,6 +275,8 @@ wait_unparked(side_t *s)
         if (unit_now_ms() > deadline)
             rc = -1;
     }
+    if (far)
+        s->woken = 0;
     pthread_mutex_unlock(&s->mu);
     return rc;
 }
@@ -288,31 +291,6 @@ thread_wake(void *ctx, cn_relay_t *r)
     pthread_cond_signal(&s->cond);
     pthread_mutex_unlock(&s->mu);
     cn__relay_unref(r);
-}
-
-/* The far side waits for a wake (bounded); 0, or -1 after 30 s. */
-static int
-wait_woken(side_t *s)
-{
-    uint64_t deadline = unit_now_ms() + 30000;
-    int rc = 0;
-
-    pthread_mutex_lock(&s->mu);
-    while (!s->woken && !rc) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&s->cond, &s->mu, &ts);
-        if (unit_now_ms() > deadline)
-            rc = -1;
-    }
-    s->woken = 0;
-    pthread_mutex_unlock(&s->mu);
-    return rc;
 }
 
 static uint8_t
@@ -335,7 +313,7 @@ far_main(void *arg)
         if (n == 0)
             break;
         if (n == CN_RELAY_WAIT) {
-            failed = wait_woken(&far_side);
+            failed = side_wait(&far_side, 1);
             continue;
         }
         if (n < 0) {
@@ -346,7 +324,7 @@ far_main(void *arg)
             int rc = cn__relay_put(r, buf, (size_t)n);
             if (rc == 0)
                 break;
-            if (rc != CN_RELAY_WAIT || wait_woken(&far_side)) {
+            if (rc != CN_RELAY_WAIT || side_wait(&far_side, 1)) {
                 failed = 1;
                 break;
             }
@@ -372,7 +350,7 @@ test_threads(void)
     cn__relay_bind_far(r, thread_wake, &far_side, NULL);
     CU_ASSERT_EQUAL_FATAL(pthread_create(&t, NULL, far_main, r), 0);
     while ((rc = cn__relay_head(r, &head, &length)) == CN_RELAY_WAIT)
-        if (cn__relay_park(r) && wait_unparked(&near_side))
+        if (cn__relay_park(r) && side_wait(&near_side, 0))
             break;
     CU_ASSERT_EQUAL(rc, 1);
     cn_response_free(&head);
@@ -406,7 +384,7 @@ test_threads(void)
             got += (size_t)k;
             moved = 1;
         }
-        if (!moved && !ended && cn__relay_park(r) && wait_unparked(&near_side)) {
+        if (!moved && !ended && cn__relay_park(r) && side_wait(&near_side, 0)) {
             CU_FAIL("the near side was never woken");
             break;
         }
