@@ -66,6 +66,7 @@ typedef struct conn_slot {
     int reading_body;              /* conns_mu: in_request, not dispatched yet */
     int reaped;                    /* conns_mu: the reaper closed it */
     int served;                    /* conns_mu: a request on it has been completed */
+    int parked;                    /* conns_mu: suspended by its relay (relay_park) */
     char *raw_target;              /* the connection's thread only */
 } conn_slot_t;
 
@@ -424,17 +425,30 @@ resume(conn_state_t *st)
     }
 }
 
+/* Marks st's slot parked (or not), for the reaper. */
+static void
+mark_parked(conn_state_t *st, int parked)
+{
+    if (!st->slot)
+        return;
+    pthread_mutex_lock(&st->srv->conns_mu);
+    st->slot->parked = parked;
+    pthread_mutex_unlock(&st->srv->conns_mu);
+}
+
 static void
 relay_park(void *arg)
 {
     conn_state_t *st = arg;
 
+    mark_parked(st, 1);
     MHD_suspend_connection(st->conn);
 }
 
 static void
 relay_unpark(void *arg)
 {
+    mark_parked(arg, 0);
     resume(arg);
 }
 
@@ -788,6 +802,11 @@ reap(cn_http_server_t *srv, uint64_t now)
     for (conn_slot_t *s = srv->conns.next; s != &srv->conns; s = s->next) {
         char c;
         if (s->reaped)
+            continue;
+        /* A relayed body waiting for room upstream: MHD is not reading the socket, so
+         * the end of the stream there may just be a client done sending (a half-close)
+         * and waiting for its answer. */
+        if (s->parked)
             continue;
         if (!s->in_request || s->reading_body) {
             /* In epoll mode 0.9.75 can miss a FIN that came with the last bytes it read
