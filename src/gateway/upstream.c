@@ -12,7 +12,6 @@
 
 #include "gateway/upstream.h"
 #include "http/relay.h"
-#include "support/clock.h"
 #include "support/log.h"
 
 typedef struct job {
@@ -168,9 +167,9 @@ on_header(char *p, size_t size, size_t n, void *arg)
     }
     if (!colon) {
         /* The blank line: a relayed answer's head goes on at once (an interim 1xx
-         * head is followed by another). */
+         * head is followed by another). Any other line without a colon is skipped. */
         long status = 0;
-        if (j->relay && !j->head_given &&
+        if (j->relay && !j->head_given && len <= 2 && (p[0] == '\r' || p[0] == '\n') &&
             curl_easy_getinfo(j->easy, CURLINFO_RESPONSE_CODE, &status) == CURLE_OK &&
             status >= 200 && give_head(j))
             return 0;
@@ -291,7 +290,6 @@ static void *
 upstream_main(void *arg)
 {
     cn_upstream_t *u = arg;
-
     cn_relay_t **woken = NULL;
     size_t woken_cap = 0;
 
