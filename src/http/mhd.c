@@ -66,7 +66,8 @@ typedef struct conn_slot {
     int reading_body;              /* conns_mu: in_request, not dispatched yet */
     int reaped;                    /* conns_mu: the reaper closed it */
     int served;                    /* conns_mu: a request on it has been completed */
-    int parked;                    /* conns_mu: suspended by its relay (relay_park) */
+    atomic_int parked;             /* suspended by its relay (relay_park): no lock, the
+                                    * relay's threads set it, the reaper reads it */
     char *raw_target;              /* the connection's thread only */
 } conn_slot_t;
 
@@ -168,6 +169,7 @@ notify_cb(void *cls, struct MHD_Connection *conn, void **socket_context,
         if (!ci || !(slot = calloc(1, sizeof(*slot))))
             return;
         slot->fd = ci->connect_fd;
+        atomic_init(&slot->parked, 0);
         pthread_mutex_lock(&srv->conns_mu);
         slot->waiting_since = cn__clock_mono_ms();
         slot->next = srv->conns.next;
@@ -429,11 +431,8 @@ resume(conn_state_t *st)
 static void
 mark_parked(conn_state_t *st, int parked)
 {
-    if (!st->slot)
-        return;
-    pthread_mutex_lock(&st->srv->conns_mu);
-    st->slot->parked = parked;
-    pthread_mutex_unlock(&st->srv->conns_mu);
+    if (st->slot)
+        atomic_store_explicit(&st->slot->parked, parked, memory_order_relaxed);
 }
 
 static void
@@ -806,7 +805,7 @@ reap(cn_http_server_t *srv, uint64_t now)
         /* A relayed body waiting for room upstream: MHD is not reading the socket, so
          * the end of the stream there may just be a client done sending (a half-close)
          * and waiting for its answer. */
-        if (s->parked)
+        if (atomic_load_explicit(&s->parked, memory_order_relaxed))
             continue;
         if (!s->in_request || s->reading_body) {
             /* In epoll mode 0.9.75 can miss a FIN that came with the last bytes it read

@@ -408,6 +408,7 @@ class StreamUpstream:
         self.release = threading.Event()
         self.first_part = threading.Event()
         self.broken = threading.Event()
+        self.second_written = threading.Event()
         self.written = 0
         up = self
 
@@ -449,6 +450,7 @@ class StreamUpstream:
                     self.head(ctype="text/plain")
                     self.chunk(b"first\n")
                     up.release.wait(60)
+                    up.second_written.set()
                     self.chunk(b"second\n")
                     self.wfile.write(b"0\r\n\r\n")
                 elif path == "/big":
@@ -550,7 +552,7 @@ class StreamingTest(GatewayCase):
         self.assertEqual(r.getheader("Content-Type"), "text/plain")
         self.assertEqual(r.read(6), b"first\n")
         # The upstream has not written the rest yet: it waits for this.
-        self.assertFalse(self.up.release.is_set())
+        self.assertFalse(self.up.second_written.is_set())
         self.up.release.set()
         self.assertEqual(r.read(), b"second\n")
         # The connection is still good for the next request.
